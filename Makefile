@@ -1,0 +1,38 @@
+# tti-operator: every entry point a newcomer needs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml scripts/venv.sh
+	@PYTHON=$(PYTHON) bash scripts/venv.sh $(VENV)
+
+.PHONY: venv
+venv: $(STAMP) ## Create .venv with the operator, the server and the dev tools
+
+.PHONY: demo
+demo: venv ## The main job: start the server with the stub model and generate one image
+	@$(PY) -m tti_server.demo
+
+.PHONY: lint
+lint: venv ## ruff (lint + format check) and mypy --strict
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+.PHONY: format
+format: venv ## Apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+.PHONY: test
+test: venv ## Run every test (lint, unit, server, cluster); sets up what it needs
+	@$(MAKE) --no-print-directory lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -1,0 +1,1 @@
+"""tti_operator: reconciles TextToImageModel resources into GPU Deployments and Services."""
