@@ -20,15 +20,10 @@ fi
 echo "==> installing tti-operator[server,dev] into $venv (torch is large: the first time takes minutes)"
 "$venv/bin/python" -m pip install --progress-bar on -e "$root[server,dev]"
 
-# setuptools' editable install maps operator/ -> tti_operator with an import hook
-# that mypy cannot follow; a symlink tree on sys.path gives Python and mypy the
-# same view of the renamed packages.
-links="$venv/tti-src"
-mkdir -p "$links"
-ln -sfn "$root/operator" "$links/tti_operator"
-ln -sfn "$root/server" "$links/tti_server"
+# With two source roots setuptools' editable install uses an import hook that
+# mypy cannot follow; putting both roots on sys.path gives mypy the same view.
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-echo "$(cd "$links" && pwd)" > "$site/tti-src.pth"
+printf '%s\n' "$root/operator" "$root/server" > "$site/tti-src.pth"
 
 touch "$venv/.installed"
 echo "==> $venv is ready"
