@@ -1,0 +1,295 @@
+"""Pure builders: the desired Deployment and Service of one TextToImageModel.
+
+Each function maps (resource identity, parsed spec, operator settings) to a plain dict
+that is server-side applied as is. No I/O here, so everything is unit-tested without a
+cluster, and reapplying the same input is a no-op on the API server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tti_operator.spec import API_VERSION, KIND, ModelSpec, Source
+
+Obj = dict[str, Any]
+
+PORT = 8080
+CACHE_DIR = "/cache"
+WEIGHTS_DIR = "/models"
+HF_HOME = f"{CACHE_DIR}/huggingface"
+#: The server image's fixed non-root user (Dockerfile.server).
+SERVER_UID = 10001
+GPU_RESOURCE = "nvidia.com/gpu"
+MANAGED_BY = "tti-operator"
+MODEL_LABEL = "tti.dev/model"
+
+#: How long a pod may take to load (and download) its model before liveness applies:
+#: SDXL-Turbo's fp16 weights are ~7 GB, so allow 30 minutes on a slow link.
+STARTUP_PERIOD_S = 10
+STARTUP_FAILURES = 180
+
+
+@dataclass(frozen=True)
+class Owner:
+    """What the builders need to know about the TextToImageModel itself."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """The labels that pick exactly this model's pods (immutable in the Deployment)."""
+    return {"app.kubernetes.io/name": "tti-server", MODEL_LABEL: name}
+
+
+def labels(name: str) -> dict[str, str]:
+    return {
+        **selector_labels(name),
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "model-server",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+
+
+def selector_string(name: str) -> str:
+    """`status.selector` for the scale subresource (HorizontalPodAutoscaler reads it)."""
+    return ",".join(f"{key}={value}" for key, value in sorted(selector_labels(name).items()))
+
+
+def endpoint(owner: Owner) -> str:
+    return f"http://{owner.name}.{owner.namespace}.svc:{PORT}"
+
+
+def owner_reference(owner: Owner) -> Obj:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(owner: Owner) -> Obj:
+    return {
+        "name": owner.name,
+        "namespace": owner.namespace,
+        "labels": labels(owner.name),
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+def build_service(owner: Owner) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(owner.name),
+            "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def default_resources(spec: ModelSpec) -> Obj:
+    """Requests and limits per model, before the user's `spec.resources` are merged over."""
+    if spec.model == "stub":
+        requests, limits = {"cpu": "100m", "memory": "256Mi"}, {"memory": "1Gi"}
+    elif spec.gpus > 0:
+        requests, limits = {"cpu": "2", "memory": "12Gi"}, {"memory": "24Gi"}
+    else:
+        requests, limits = {"cpu": "4", "memory": "12Gi"}, {"memory": "24Gi"}
+    return {"requests": requests, "limits": limits}
+
+
+def resources(spec: ModelSpec) -> Obj:
+    defaults = default_resources(spec)
+    requests = {**defaults["requests"], **spec.resources.requests}
+    limits = {**defaults["limits"], **spec.resources.limits}
+    # spec.gpus is the one source of truth for GPUs; a stray value in resources loses.
+    requests.pop(GPU_RESOURCE, None)
+    limits.pop(GPU_RESOURCE, None)
+    if spec.gpus > 0:
+        limits[GPU_RESOURCE] = spec.gpus
+    return {"requests": requests, "limits": limits}
+
+
+def model_path(source: Source | None) -> str | None:
+    """What the server gets as --model-path: a repo id, or where the weights are mounted."""
+    if source is None:
+        return None
+    if source.hugging_face is not None:
+        return source.hugging_face.repo
+    return WEIGHTS_DIR
+
+
+def server_args(spec: ModelSpec) -> list[str]:
+    args = ["--model", spec.model, "--image-format", spec.image_format]
+    path = model_path(spec.effective_source)
+    if path is not None:
+        args += ["--model-path", path]
+    args += ["--host", "0.0.0.0", "--port", str(PORT)]
+    if spec.max_batch_size is not None:
+        args += ["--max-batch-size", str(spec.max_batch_size)]
+    if spec.batch_wait_ms is not None:
+        args += ["--batch-wait-ms", str(spec.batch_wait_ms)]
+    return args
+
+
+def env(spec: ModelSpec) -> list[Obj]:
+    # The cache variables point every writer at the writable volume: the root fs is read-only.
+    fixed: list[Obj] = [
+        {"name": "HF_HOME", "value": HF_HOME},
+        {"name": "XDG_CACHE_HOME", "value": CACHE_DIR},
+        {"name": "HOME", "value": CACHE_DIR},
+    ]
+    user = [item.model_dump(by_alias=True, exclude_none=True) for item in spec.env]
+    overridden = {item.name for item in spec.env}
+    return [item for item in fixed if item["name"] not in overridden] + user
+
+
+def volumes(spec: ModelSpec) -> tuple[list[Obj], list[Obj]]:
+    """The pod's volumes and the container's mounts: caches always, weights when mounted."""
+    source = spec.effective_source
+    # A Hugging Face download lands in the cache, so it needs room for the weights.
+    cache_size = "32Gi" if source is not None and source.hugging_face is not None else "2Gi"
+    vols: list[Obj] = [
+        {"name": "cache", "emptyDir": {"sizeLimit": cache_size}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+    ]
+    mounts: list[Obj] = [
+        {"name": "cache", "mountPath": CACHE_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if source is not None and source.pvc is not None:
+        vols.append(
+            {
+                "name": "weights",
+                "persistentVolumeClaim": {"claimName": source.pvc.claim_name, "readOnly": True},
+            }
+        )
+        mount: Obj = {"name": "weights", "mountPath": WEIGHTS_DIR, "readOnly": True}
+        if source.pvc.sub_path:
+            mount["subPath"] = source.pvc.sub_path
+        mounts.append(mount)
+    elif source is not None and source.host_path is not None:
+        vols.append(
+            {"name": "weights", "hostPath": {"path": source.host_path.path, "type": "Directory"}}
+        )
+        mounts.append({"name": "weights", "mountPath": WEIGHTS_DIR, "readOnly": True})
+    return vols, mounts
+
+
+def probes() -> Obj:
+    def get(path: str, period: int, failures: int) -> Obj:
+        return {
+            "httpGet": {"path": path, "port": "http"},
+            "periodSeconds": period,
+            "timeoutSeconds": 5,
+            "failureThreshold": failures,
+        }
+
+    return {
+        # /healthz only answers once the server is up; until then the startup probe
+        # holds liveness off for the whole model load (download included).
+        "startupProbe": get("/healthz", STARTUP_PERIOD_S, STARTUP_FAILURES),
+        "livenessProbe": get("/healthz", 10, 3),
+        "readinessProbe": get("/readyz", 5, 3),
+    }
+
+
+def container_security_context() -> Obj:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": SERVER_UID,
+        "runAsGroup": SERVER_UID,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def tolerations(spec: ModelSpec) -> list[Obj]:
+    gpu: list[Obj] = (
+        [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+        if spec.gpus > 0
+        else []
+    )
+    return gpu + [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations]
+
+
+def rollout_strategy(spec: ModelSpec) -> Obj:
+    # A GPU rollout replaces pods one by one instead of surging: a surge pod would need a
+    # spare GPU and could wait forever in a full pool. CPU models surge for zero downtime.
+    if spec.gpus > 0:
+        return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+
+
+def pod_template(owner: Owner, spec: ModelSpec, default_image: str) -> Obj:
+    vols, mounts = volumes(spec)
+    container: Obj = {
+        "name": "server",
+        "image": spec.image or default_image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": server_args(spec),
+        "env": env(spec),
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "resources": resources(spec),
+        "securityContext": container_security_context(),
+        "volumeMounts": mounts,
+        **probes(),
+    }
+    pod_spec: Obj = {
+        "containers": [container],
+        "volumes": vols,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": SERVER_UID,
+            "runAsGroup": SERVER_UID,
+            "fsGroup": SERVER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        # The server never calls the API, and a namespace with many models would
+        # otherwise inject every Service's variables into every pod.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 30,
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if tols := tolerations(spec):
+        pod_spec["tolerations"] = tols
+    return {
+        "metadata": {
+            "labels": labels(owner.name),
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(PORT),
+                "prometheus.io/path": "/metrics",
+            },
+        },
+        "spec": pod_spec,
+    }
+
+
+def build_deployment(owner: Owner, spec: ModelSpec, default_image: str) -> Obj:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(owner),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": selector_labels(owner.name)},
+            "strategy": rollout_strategy(spec),
+            # Beyond the startup probe's budget, so a slow download is not called stuck.
+            "progressDeadlineSeconds": STARTUP_PERIOD_S * STARTUP_FAILURES + 600,
+            "revisionHistoryLimit": 3,
+            "template": pod_template(owner, spec, default_image),
+        },
+    }

@@ -1,0 +1,173 @@
+"""kopf registrations: thin handlers that delegate to the `Reconciler`.
+
+Triggers: the resource's create/update/resume, and every event of the Deployments,
+Services and Pods it owns (found through the `tti.dev/model` label, filtered server-side).
+Indexes keep a small summary of each child, so a status refresh costs no API read.
+There is deliberately no delete handler: kopf would add a finalizer for it, and children
+go away by owner-reference garbage collection even while the operator is down.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+import kopf
+
+from tti_operator.builders import MANAGED_BY, MODEL_LABEL
+from tti_operator.kube import KubeClient
+from tti_operator.reconciler import Key, ModelRecord, Reconciler, model_key
+from tti_operator.settings import OperatorSettings
+from tti_operator.spec import GROUP, PLURAL, VERSION
+from tti_operator.status import DeploymentState, PodState, deployment_state, pod_state
+
+MODELS = (GROUP, VERSION, PLURAL)
+CHILD_LABELS: dict[str, Any] = {
+    "app.kubernetes.io/managed-by": MANAGED_BY,
+    MODEL_LABEL: kopf.PRESENT,
+}
+CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},{MODEL_LABEL}"
+
+
+def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
+    """kopf's settings: everything under tti.dev, no cluster-scoped needs, batched events."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{GROUP}/finalizer"  # never added: no delete handlers
+    settings.peering.standalone = True  # one operator replica; no peering objects to read
+    # No CRD/namespace watching (cluster-scoped): the served namespaces are listed
+    # explicitly, and the CRD must exist before the operator starts.
+    settings.scanning.disabled = True
+    settings.posting.reporting_component = "tti-operator"
+    settings.posting.event_name_prefix = "tti-operator-"
+    for resource in (("apps", "deployments"), "services", "pods"):
+        settings.watching.label_selectors[resource] = CHILD_SELECTOR
+    if ours.max_workers:
+        settings.queueing.worker_limit = ours.max_workers
+
+
+def reconciler(memo: kopf.Memo) -> Reconciler:
+    return cast(Reconciler, memo["reconciler"])
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Under plain `kopf run` there is no CLI to set things up: do it here.
+    if "reconciler" not in memo:
+        ours = OperatorSettings.model_validate({})
+        configure(settings, ours)
+        memo["reconciler"] = Reconciler(ours, KubeClient(ours.field_manager))
+
+
+@kopf.on.login()
+async def login(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+        settings=settings
+    )
+    if info is None:
+        raise kopf.LoginError("no credentials: neither a service account nor a kubeconfig")
+    await reconciler(memo).client.connect(info)
+    return info
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await reconciler(memo).client.close()
+
+
+@kopf.on.probe(id="models")
+def probe_models(**kwargs: Any) -> int:
+    """How many models this operator tracks, in the liveness endpoint's answer."""
+    return len(kwargs["models"])
+
+
+# Indexes: a small summary per object, keyed by (namespace, model name).
+
+
+@kopf.index(*MODELS)
+def models(body: kopf.Body, **_: Any) -> dict[Key, ModelRecord]:
+    record = ModelRecord.from_body(body)
+    return {record.key: record}
+
+
+@kopf.index("apps", "v1", "deployments", labels=CHILD_LABELS)
+def deployments(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, DeploymentState]:
+    key = model_key(namespace, labels)
+    return {key: deployment_state(body)} if key else {}
+
+
+@kopf.index("v1", "pods", labels=CHILD_LABELS)
+def pods(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, PodState]:
+    key = model_key(namespace, labels)
+    return {key: pod_state(body)} if key else {}
+
+
+# The resource itself.
+
+
+@kopf.on.resume(*MODELS)
+@kopf.on.create(*MODELS)
+@kopf.on.update(*MODELS, field="spec")
+async def reconcile(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    record = ModelRecord.from_body(body)
+    deployments: kopf.Index[Key, DeploymentState] = kwargs["deployments"]
+    pods: kopf.Index[Key, PodState] = kwargs["pods"]
+    await reconciler(memo).reconcile(
+        record, deployments.get(record.key, []), pods.get(record.key, [])
+    )
+
+
+@kopf.on.event(*MODELS, when=lambda type, **_: type == "DELETED")
+def forget(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    reconciler(memo).forget((namespace or "", name))
+
+
+# The children: any change refreshes the owner's status; a hand edit or delete is undone.
+
+
+async def _child_event(
+    kind: str,
+    *,
+    type: str | None,
+    namespace: str | None,
+    labels: kopf.Labels,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    models: kopf.Index[Key, ModelRecord],
+    deployments: kopf.Index[Key, DeploymentState],
+    pods: kopf.Index[Key, PodState],
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    **_: Any,
+) -> None:
+    key = model_key(namespace, labels)
+    record = next(iter(models.get(key, [])), None) if key else None
+    if key is None or record is None:
+        return  # its model is gone (garbage collection follows) or not ours
+    try:
+        await reconciler(memo).child_changed(
+            record, kind, type, body, deployments.get(key, []), pods.get(key, [])
+        )
+    except (kopf.PermanentError, kopf.TemporaryError) as error:
+        # Already on the model's status and Events; the next event or resume retries.
+        logger.warning("could not reconcile %s/%s after a %s event: %s", *key, kind, error)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
+async def deployment_event(**kwargs: Any) -> None:
+    await _child_event("Deployment", **kwargs)
+
+
+@kopf.on.event("v1", "services", labels=CHILD_LABELS)
+async def service_event(**kwargs: Any) -> None:
+    await _child_event("Service", **kwargs)
+
+
+@kopf.on.event("v1", "pods", labels=CHILD_LABELS)
+async def pod_event(**kwargs: Any) -> None:
+    await _child_event("Pod", **kwargs)

@@ -1,0 +1,101 @@
+"""A minimal async Kubernetes client for the three writes the operator makes.
+
+kopf already holds the credentials (see `handlers.login`); this client reuses them over
+aiohttp, so handlers stay async and never block a thread. Children are written with
+server-side apply: one idempotent request creates or updates, and a reapply of the same
+object is a no-op on the server.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import kopf
+
+Obj = dict[str, Any]
+
+_PATHS = {
+    ("apps/v1", "Deployment"): "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
+    ("v1", "Service"): "/api/v1/namespaces/{ns}/services/{name}",
+}
+_STATUS_PATH = "/apis/tti.dev/v1alpha1/namespaces/{ns}/texttoimagemodels/{name}/status"
+
+
+class ApiError(Exception):
+    """The API server answered with an error; `status` is the HTTP status code."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+    @property
+    def permanent(self) -> bool:
+        """Retrying the same request cannot help (the object itself was refused)."""
+        return self.status in (400, 404, 422)
+
+
+class KubeClient:
+    """Server-side apply and status patches with the operator's credentials."""
+
+    def __init__(self, field_manager: str, timeout_s: float = 30.0) -> None:
+        self.field_manager = field_manager
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        self._server = ""
+
+    async def connect(self, info: kopf.ConnectionInfo) -> None:
+        """(Re)connect with fresh credentials; kopf calls login again after a 401."""
+        await self.close()
+        self._server = info.server.rstrip("/")
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=info.as_ssl_context(), limit=64),
+            headers={**info.as_http_headers(), "User-Agent": self.field_manager},
+            timeout=self._timeout,
+            trust_env=info.trust_env,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _request(
+        self, method: str, path: str, body: Obj, content_type: str, params: dict[str, str]
+    ) -> tuple[int, Obj]:
+        if self._session is None:
+            raise ApiError(503, "not connected to the API server yet")
+        try:
+            async with self._session.request(
+                method,
+                self._server + path,
+                params=params,
+                data=json.dumps(body),
+                headers={"Content-Type": content_type},
+            ) as response:
+                payload: Obj = await response.json(content_type=None)
+                if response.status >= 400:
+                    raise ApiError(response.status, str(payload.get("message", payload)))
+                return response.status, payload
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise ApiError(503, f"API server unreachable: {error!r}") from error
+
+    async def apply(self, obj: Obj) -> tuple[bool, Obj]:
+        """Server-side apply `obj`; returns (created, the object as stored)."""
+        meta = obj["metadata"]
+        template = _PATHS[obj["apiVersion"], obj["kind"]]
+        path = template.format(ns=meta["namespace"], name=meta["name"])
+        # Forced: this operator owns every field it sets, also after a hand edit.
+        params = {"fieldManager": self.field_manager, "force": "true"}
+        status, stored = await self._request(
+            "PATCH", path, obj, "application/apply-patch+yaml", params
+        )
+        return status == 201, stored
+
+    async def patch_status(self, namespace: str, name: str, status: Obj) -> None:
+        path = _STATUS_PATH.format(ns=namespace, name=name)
+        params = {"fieldManager": self.field_manager}
+        body = {"status": status}
+        await self._request("PATCH", path, body, "application/merge-patch+json", params)

@@ -1,0 +1,260 @@
+"""The level-based reconcile: apply the desired children, then publish the status.
+
+One `Reconciler` lives for the whole operator process (in kopf's memo). Both the
+resource's own handlers (create, update, resume) and the children's watch handlers end in
+the same two steps, serialised per resource: server-side apply of the Deployment and the
+Service (idempotent), then the status computed from the children as kopf's indexes see
+them. What is remembered in memory is only an optimisation (which child versions this
+process wrote); after a restart, resume reapplies everything and the state is rebuilt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+
+from tti_operator.builders import MODEL_LABEL, Owner, build_deployment, build_service, labels
+from tti_operator.kube import ApiError, KubeClient
+from tti_operator.settings import OperatorSettings
+from tti_operator.spec import API_VERSION, KIND, InvalidSpec, ModelSpec, parse_spec
+from tti_operator.status import DeploymentState, PodState, Problem, compute_status, deployment_state
+
+Key = tuple[str, str]
+#: Seconds before kopf retries a reconcile that failed for a reason that may pass.
+RETRY_DELAY_S = 10
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A TextToImageModel as the operator needs it (what the models index holds)."""
+
+    owner: Owner
+    generation: int
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]
+    deleting: bool
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> ModelRecord:
+        meta = body.get("metadata", {})
+        owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta.get("uid", ""))
+        return cls(
+            owner=owner,
+            generation=int(meta.get("generation", 0)),
+            spec=dict(body.get("spec") or {}),
+            status=dict(body.get("status") or {}),
+            deleting=bool(meta.get("deletionTimestamp")),
+        )
+
+    @property
+    def key(self) -> Key:
+        return (self.owner.namespace, self.owner.name)
+
+    @property
+    def ref(self) -> kopf.Body:
+        """Enough of the body for kopf to post Kubernetes Events about it."""
+        o = self.owner
+        meta = {"name": o.name, "namespace": o.namespace, "uid": o.uid}
+        return cast(kopf.Body, {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta})
+
+
+@dataclass
+class Applied:
+    """What this process last wrote for one model, to tell its own writes from hand edits."""
+
+    deployment_generation: int = 0
+    service_version: str = ""
+
+
+@dataclass
+class Reconciler:
+    settings: OperatorSettings
+    client: KubeClient
+    applied: dict[Key, Applied] = field(default_factory=dict)
+    observed: dict[Key, int] = field(default_factory=dict)
+    failures: dict[Key, Problem] = field(default_factory=dict)
+    posted: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+
+    def lock(self, key: Key) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
+
+    def forget(self, key: Key) -> None:
+        """The resource is gone: drop what was remembered about it."""
+        for memory in (self.applied, self.observed, self.failures, self.posted, self.locks):
+            memory.pop(key, None)
+
+    # The entry points, one per kind of trigger.
+
+    async def reconcile(
+        self,
+        record: ModelRecord,
+        deployments: Iterable[DeploymentState],
+        pods: Iterable[PodState],
+    ) -> None:
+        """Create/update/resume of the resource: bring the children in line, then status."""
+        async with self.lock(record.key):
+            await self._apply_and_publish(record, _first(deployments), pods)
+
+    async def child_changed(
+        self,
+        record: ModelRecord,
+        kind: str,
+        event_type: str | None,
+        child: Mapping[str, Any],
+        deployments: Iterable[DeploymentState],
+        pods: Iterable[PodState],
+    ) -> None:
+        """A Deployment, Service or Pod of the model changed: restore it if edited, then status."""
+        if record.deleting:
+            return
+        async with self.lock(record.key):
+            if self._drifted(record.key, kind, event_type, child):
+                await self._apply_and_publish(record, _first(deployments), pods)
+            else:
+                await self._publish(record, _first(deployments), pods)
+
+    # The steps.
+
+    def _drifted(
+        self, key: Key, kind: str, event_type: str | None, child: Mapping[str, Any]
+    ) -> bool:
+        """Was this child deleted or edited by someone else since this process applied it?"""
+        if event_type is None or kind == "Pod":
+            # The initial listing: resume reapplies every model anyway.
+            return False
+        if event_type == "DELETED":
+            return True
+        meta = child.get("metadata", {})
+        if not labels(key[1]).items() <= (meta.get("labels") or {}).items():
+            return True
+        applied = self.applied.get(key)
+        if applied is None:
+            return True
+        if kind == "Deployment":
+            # Only spec edits bump the generation; older events are stale, not drift.
+            return int(meta.get("generation", 0)) > applied.deployment_generation
+        return str(meta.get("resourceVersion", "")) != applied.service_version
+
+    async def _apply_and_publish(
+        self, record: ModelRecord, known: DeploymentState | None, pods: Iterable[PodState]
+    ) -> None:
+        key = record.key
+        self.observed[key] = record.generation
+        try:
+            spec = parse_spec(record.spec)
+        except InvalidSpec as error:
+            await self._fail(record, Problem("InvalidSpec", str(error)), pods)
+            raise kopf.PermanentError(str(error)) from None
+        try:
+            deployment = await self._apply_children(record, spec, known)
+        except ApiError as error:
+            await self._fail(record, Problem("ApplyFailed", error.message), pods)
+            if error.permanent:
+                raise kopf.PermanentError(error.message) from None
+            raise kopf.TemporaryError(error.message, delay=RETRY_DELAY_S) from None
+        self.failures.pop(key, None)
+        await self._publish(record, deployment, pods)
+
+    async def _apply_children(
+        self, record: ModelRecord, spec: ModelSpec, known: DeploymentState | None
+    ) -> DeploymentState:
+        owner = record.owner
+        image = self.settings.server_image
+        created, deployment = await self.client.apply(build_deployment(owner, spec, image))
+        service_created, service = await self.client.apply(build_service(owner))
+        state = deployment_state(deployment)
+        self.applied[record.key] = Applied(
+            deployment_generation=state.generation,
+            service_version=str(service.get("metadata", {}).get("resourceVersion", "")),
+        )
+        if created or service_created:
+            what = " and ".join(
+                kind for kind, new in (("Deployment", created), ("Service", service_created)) if new
+            )
+            kopf.info(record.ref, reason="Created", message=f"created {what} {owner.name}")
+        elif known is not None and state.generation != known.generation:
+            kopf.info(
+                record.ref,
+                reason="Updated",
+                message=f"updated Deployment {owner.name} to generation {record.generation}",
+            )
+        return state
+
+    async def _fail(self, record: ModelRecord, problem: Problem, pods: Iterable[PodState]) -> None:
+        self.failures[record.key] = problem
+        kopf.warn(record.ref, reason="Failed", message=f"{problem.reason}: {problem.message}")
+        await self._publish(record, None, pods)
+
+    async def _publish(
+        self, record: ModelRecord, deployment: DeploymentState | None, pods: Iterable[PodState]
+    ) -> None:
+        """Compute the status from the children and patch it if it changed."""
+        key = record.key
+        previous = self.posted.get(key) or dict(record.status)
+        desired, gpus = _desired(record.spec)
+        status = compute_status(
+            owner=record.owner,
+            desired=desired,
+            gpus=gpus,
+            generation=self.observed.get(key, int(previous.get("observedGeneration", 0))),
+            deployment=deployment,
+            pods=pods,
+            failure=self.failures.get(key),
+            previous=previous,
+            now=_now(),
+        )
+        if status == previous:
+            return
+        try:
+            await self.client.patch_status(record.owner.namespace, record.owner.name, status)
+        except ApiError as error:
+            if error.status == 404:
+                return  # deleted meanwhile; garbage collection takes the children
+            raise
+        self.posted[key] = status
+        _announce(record, previous, status)
+
+
+def _first(states: Iterable[DeploymentState]) -> DeploymentState | None:
+    return next(iter(states), None)
+
+
+def _desired(raw_spec: Mapping[str, Any]) -> tuple[int, int]:
+    """Replicas and GPUs, also for a spec that does not parse (status still has to say so)."""
+    try:
+        spec = parse_spec(raw_spec)
+    except InvalidSpec:
+        replicas = raw_spec.get("replicas", 1)
+        gpus = raw_spec.get("gpus", 0)
+        return (replicas if isinstance(replicas, int) else 0, gpus if isinstance(gpus, int) else 0)
+    return spec.replicas, spec.gpus
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == kind), {})
+
+
+def _announce(record: ModelRecord, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
+    """Post an Event when the model becomes ready or degraded, for `kubectl describe`."""
+    degraded, was_degraded = _condition(after, "Degraded"), _condition(before, "Degraded")
+    if degraded.get("status") == "True" and degraded.get("reason") != was_degraded.get("reason"):
+        kopf.warn(record.ref, reason=str(degraded["reason"]), message=str(degraded["message"]))
+    ready, was_ready = _condition(after, "Ready"), _condition(before, "Ready")
+    if ready.get("status") == "True" and was_ready.get("status") != "True":
+        kopf.info(record.ref, reason="Ready", message=str(ready.get("message", "")))
+
+
+def model_key(namespace: str | None, child_labels: Mapping[str, str]) -> Key | None:
+    """The (namespace, model) a child belongs to, from its labels."""
+    name = child_labels.get(MODEL_LABEL)
+    return (namespace, name) if namespace and name else None

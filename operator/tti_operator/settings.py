@@ -1,0 +1,42 @@
+"""The operator's one settings object, read from `TTI_OPERATOR_*` environment variables."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class OperatorSettings(BaseSettings):
+    """Each field is also the environment variable `TTI_OPERATOR_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="TTI_OPERATOR_", extra="forbid")
+
+    server_image: str = Field(
+        "tti-server:0.1.0",
+        min_length=1,
+        description="server image for resources without spec.image",
+    )
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="namespaces to serve, comma-separated; empty means all namespaces",
+    )
+    liveness_port: int = Field(
+        8081, ge=0, le=65535, description="port of kopf's liveness endpoint /healthz (0: off)"
+    )
+    log_format: Literal["json", "plain", "full"] = Field("json", description="log line format")
+    verbose: bool = Field(False, description="debug logging")
+    field_manager: str = Field(
+        "tti-operator", min_length=1, description="server-side apply field manager"
+    )
+    max_workers: int = Field(
+        0, ge=0, description="concurrent per-object workers; 0 means no limit (kopf's default)"
+    )
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value

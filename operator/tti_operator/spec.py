@@ -1,0 +1,119 @@
+"""The TextToImageModel spec as typed Python values, with the defaults the CRD cannot express.
+
+The API server already enforces the CRD schema and its CEL rules; parsing again here keeps
+the builders typed and turns a resource that slipped past an older CRD into one clear
+`InvalidSpec` instead of a KeyError deep in a handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+GROUP = "tti.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "TextToImageModel"
+PLURAL = "texttoimagemodels"
+
+ModelName = Literal["stub", "sdxl-turbo"]
+ImageFormat = Literal["png", "jpeg", "webp"]
+
+#: Where a model's weights come from when `spec.source` is unset.
+DEFAULT_REPOS: dict[str, str] = {"sdxl-turbo": "stabilityai/sdxl-turbo"}
+#: GPUs per replica when `spec.gpus` is unset: a CRD default cannot depend on another field.
+DEFAULT_GPUS: dict[str, int] = {"sdxl-turbo": 1, "stub": 0}
+
+
+class InvalidSpec(ValueError):
+    """The resource's spec cannot be realised; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class HuggingFaceSource(_Strict):
+    repo: str = Field(min_length=1)
+
+
+class PvcSource(_Strict):
+    claim_name: str = Field(alias="claimName", min_length=1)
+    sub_path: str = Field("", alias="subPath")
+
+
+class HostPathSource(_Strict):
+    path: str = Field(pattern=r"^/")
+
+
+class Source(_Strict):
+    hugging_face: HuggingFaceSource | None = Field(None, alias="huggingFace")
+    pvc: PvcSource | None = Field(None, alias="persistentVolumeClaim")
+    host_path: HostPathSource | None = Field(None, alias="hostPath")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Source:
+        if sum(x is not None for x in (self.hugging_face, self.pvc, self.host_path)) != 1:
+            raise ValueError("set exactly one of huggingFace, persistentVolumeClaim, hostPath")
+        return self
+
+
+class Toleration(_Strict):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(None, alias="tolerationSeconds")
+
+
+class EnvVar(_Strict):
+    name: str = Field(min_length=1)
+    value: str | None = None
+    value_from: dict[str, Any] | None = Field(None, alias="valueFrom")
+
+
+class Resources(_Strict):
+    requests: dict[str, int | str] = Field(default_factory=dict)
+    limits: dict[str, int | str] = Field(default_factory=dict)
+
+
+class ModelSpec(_Strict):
+    """`spec` of a TextToImageModel, field names as in the CRD."""
+
+    model: ModelName
+    gpus_field: int | None = Field(None, alias="gpus", ge=0)
+    image_format: ImageFormat = Field("png", alias="imageFormat")
+    replicas: int = Field(1, ge=0)
+    source: Source | None = None
+    image: str | None = Field(None, min_length=1)
+    max_batch_size: int | None = Field(None, alias="maxBatchSize", ge=1, le=64)
+    batch_wait_ms: int | None = Field(None, alias="batchWaitMs", ge=0, le=1000)
+    resources: Resources = Field(default_factory=Resources)
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
+    tolerations: tuple[Toleration, ...] = ()
+    env: tuple[EnvVar, ...] = ()
+
+    @property
+    def gpus(self) -> int:
+        """GPUs per replica with the per-model default applied."""
+        return DEFAULT_GPUS[self.model] if self.gpus_field is None else self.gpus_field
+
+    @property
+    def effective_source(self) -> Source | None:
+        """The explicit source, else the model's default Hugging Face repository."""
+        if self.source is not None:
+            return self.source
+        repo = DEFAULT_REPOS.get(self.model)
+        return Source.model_validate({"huggingFace": {"repo": repo}}) if repo else None
+
+
+def parse_spec(spec: Mapping[str, Any]) -> ModelSpec:
+    """Parse a raw spec; the error message names the offending field as `spec.<path>`."""
+    try:
+        return ModelSpec.model_validate(dict(spec))
+    except ValidationError as error:
+        first = error.errors()[0]
+        path = ".".join(str(part) for part in ("spec", *first["loc"]))
+        raise InvalidSpec(f"{path}: {first['msg']}") from None
