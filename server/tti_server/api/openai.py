@@ -1,0 +1,42 @@
+"""OpenAI-compatible image generation and model listing, for the official `openai` client."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from tti_server.api.deps import EngineDep, ServiceDep
+from tti_server.api.errors_doc import GENERATION_ERRORS
+from tti_server.generation import openai_job
+from tti_server.protocol import ModelCard, ModelList, OpenAIImageRequest, OpenAIImagesResponse
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+@router.post(
+    "/images/generations",
+    response_model=OpenAIImagesResponse,
+    responses=GENERATION_ERRORS,
+    summary="Generate 1-10 images (OpenAI images API)",
+)
+async def create_images(
+    body: OpenAIImageRequest, service: ServiceDep, engine: EngineDep
+) -> Response:
+    job = openai_job(body, service.settings)
+    images = await service.generate(engine, job.request, job.image_format)
+    answer = {
+        "created": int(time.time()),
+        "data": [{"b64_json": base64.b64encode(image).decode()} for image in images],
+        "output_format": job.image_format,
+        "size": f"{job.request.key.width}x{job.request.key.height}",
+    }
+    return Response(json.dumps(answer), media_type="application/json")
+
+
+@router.get("/models", summary="The served model (OpenAI models API)")
+async def list_models(service: ServiceDep) -> ModelList:
+    return ModelList(data=[ModelCard(id=service.model_id, created=service.started)])

@@ -1,0 +1,150 @@
+"""`tti-server`: serve a model, or `tti-server make-tiny-model DIR`.
+
+Every flag is a `Settings` field, so flags, `TTI_*` variables and `--help` never drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from tti_server import __version__
+from tti_server.settings import Settings
+
+PROG = "tti-server"
+_EPILOG = """\
+Every flag can also be set as an environment variable: --max-queue is TTI_MAX_QUEUE.
+Flags win over variables, variables over defaults.
+
+other command:
+  tti-server make-tiny-model DIR   write a tiny random-weight SDXL pipeline (offline; for tests)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Serve a text-to-image model over caikit- and OpenAI-compatible HTTP APIs.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    for name, info in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        choices = _literal_choices(info.annotation)
+        default = "none" if info.default is None else info.default
+        parser.add_argument(
+            flag,
+            dest=name,
+            type=_scalar_type(info.annotation),
+            choices=choices,
+            metavar=None if choices else name.upper(),
+            help=f"{info.description} (default: {default}; env TTI_{name.upper()})",
+        )
+    return parser
+
+
+def build_tiny_model_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} make-tiny-model",
+        description="Write a tiny random-weight SDXL pipeline (about 10 MB) with no network. "
+        "It loads like the real model but draws noise, not pictures.",
+    )
+    parser.add_argument("directory", type=Path, help="where to write the pipeline")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["make-tiny-model"]:
+        sys.exit(make_tiny_model(args[1:]))
+    sys.exit(serve(args))
+
+
+def load_settings(argv: Sequence[str]) -> Settings:
+    """Parse flags over the environment; bad values exit 2 with one line per problem."""
+    parser = build_parser()
+    flags = vars(parser.parse_args(argv))
+    try:
+        return Settings(**flags)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+        )
+        parser.error(problems)
+
+
+def serve(argv: Sequence[str]) -> int:
+    import uvicorn
+
+    from tti_server.app import create_app
+
+    settings = load_settings(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    failure: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def stop_on_load_failure(message: str) -> None:
+        failure.append(message)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, on_load_failure=stop_on_load_failure)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=max(5, int(settings.request_timeout)),
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if failure:
+        print(f"{PROG}: error: {failure[0]}", file=sys.stderr)
+        return 1
+    return 0 if server.started else 1
+
+
+def make_tiny_model(argv: Sequence[str]) -> int:
+    args = build_tiny_model_parser().parse_args(argv)
+    from tti_server.tiny_model import write_tiny_model
+
+    try:
+        write_tiny_model(args.directory)
+    except Exception as exc:
+        print(
+            f"{PROG}: error: cannot write the tiny model to {args.directory}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"wrote a tiny SDXL pipeline to {args.directory}")
+    return 0
+
+
+def _literal_choices(annotation: Any) -> list[str] | None:
+    if typing.get_origin(annotation) is typing.Literal:
+        return [str(choice) for choice in typing.get_args(annotation)]
+    return None
+
+
+def _scalar_type(annotation: Any) -> Callable[[str], Any]:
+    """int, float or str; `X | None` counts as X."""
+    if isinstance(annotation, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return int if annotation is int else float if annotation is float else str
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""The wire format: pydantic models for every request and response body.
+
+Request models check types and the fixed rules (positive sizes, `n` 1-10, known
+formats); limits that depend on settings are checked in `generation.py`.
+Numbers are strict: `"64"` or `true` for a height is an error, not a guess.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from tti_server.settings import ImageFormat, normalise_format
+
+AnyCaseFormat = Annotated[ImageFormat, BeforeValidator(normalise_format)]
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+_SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class ErrorResponse(BaseModel):
+    """The one error envelope every error response uses."""
+
+    code: int = Field(description="the HTTP status code")
+    details: str = Field(description="what was wrong, naming the field")
+    id: str = Field(description="the request id, also in the X-Request-Id header")
+
+
+# caikit-runtime: POST /api/v1/task/text-to-image
+
+
+class CaikitParameters(_Strict):
+    """The seed's `SDXL.run` keyword arguments, plus `seed`."""
+
+    height: int | None = Field(default=None, gt=0, description="pixels, rounded to a multiple of 8")
+    width: int | None = Field(default=None, gt=0, description="pixels, rounded to a multiple of 8")
+    num_steps: int | None = Field(
+        default=None, gt=0, description="denoising steps (SDXL-Turbo: 1-4)"
+    )
+    guidance_scale: float | None = Field(default=None, ge=0, le=50)
+    negative_prompt: str | None = None
+    image_format: AnyCaseFormat | None = Field(
+        default=None, description="png, jpeg or webp, any case"
+    )
+    seed: Seed | None = Field(default=None, description="the same seed gives the same image")
+
+
+class CaikitTextToImageRequest(_Strict):
+    model_id: str | None = Field(default=None, description="must name the served model when given")
+    inputs: str = Field(description="the prompt")
+    parameters: CaikitParameters | None = None
+
+
+class CaikitImage(BaseModel):
+    image_data: str = Field(description="the encoded image, base64")
+
+
+class ProducerId(BaseModel):
+    name: str
+    version: str
+
+
+class CaikitTextToImageResponse(BaseModel):
+    """What a caikit runtime returns for the seed's `TextToImageTask` (a CaptionedImage)."""
+
+    output: CaikitImage
+    caption: str
+    producer_id: ProducerId
+
+
+# OpenAI: POST /v1/images/generations, GET /v1/models
+
+
+class OpenAIImageRequest(BaseModel):
+    """OpenAI's image request; unknown OpenAI options (quality, style, ...) are ignored."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    prompt: str
+    model: str | None = None
+    n: int = Field(default=1, ge=1, le=10)
+    size: str | None = Field(default=None, description="'WIDTHxHEIGHT' or 'auto'")
+    response_format: Literal["b64_json", "url"] | None = None
+    output_format: AnyCaseFormat | None = None
+    # Extensions beyond OpenAI's API (pass them with the client's `extra_body`).
+    seed: Seed | None = None
+    num_steps: int | None = Field(default=None, gt=0)
+    guidance_scale: float | None = Field(default=None, ge=0, le=50)
+    negative_prompt: str | None = None
+
+    @field_validator("size")
+    @classmethod
+    def _size_shape(cls, value: str | None) -> str | None:
+        if value is None or value == "auto" or _SIZE.match(value):
+            return value
+        raise ValueError(f"expected 'WIDTHxHEIGHT' such as '512x512' or 'auto', got {value!r}")
+
+    def parsed_size(self) -> tuple[int, int] | None:
+        """(width, height), or None for the default size."""
+        match = _SIZE.match(self.size or "")
+        return (int(match[1]), int(match[2])) if match else None
+
+
+class OpenAIImage(BaseModel):
+    b64_json: str
+    revised_prompt: str | None = None
+
+
+class OpenAIImagesResponse(BaseModel):
+    created: int
+    data: list[OpenAIImage]
+    output_format: ImageFormat
+    size: str
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "tti-operator"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# Probes and information
+
+
+class ModelInfo(BaseModel):
+    """One entry of caikit's `/info/models`."""
+
+    name: str
+    module_id: str
+    loaded: bool
+    workers: int
+    devices: list[str]
+
+
+class ModelsInfo(BaseModel):
+    models: list[ModelInfo]
+
+
+class Status(BaseModel):
+    status: str

@@ -1,0 +1,105 @@
+"""The server's one settings object: command-line flags over `TTI_*` variables over defaults."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ModelKind = Literal["stub", "sdxl-turbo"]
+ImageFormat = Literal["png", "jpeg", "webp"]
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+
+#: Where `--model sdxl-turbo` loads from when no `--model-path` is given.
+DEFAULT_SDXL_TURBO = "stabilityai/sdxl-turbo"
+
+
+def normalise_format(value: object) -> object:
+    """Image formats are case-insensitive and `jpg` means `jpeg`, as PIL has it."""
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        return "jpeg" if lowered == "jpg" else lowered
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set: `max_queue` is flag `--max-queue` and `TTI_MAX_QUEUE`."""
+
+    model_config = SettingsConfigDict(env_prefix="TTI_", extra="forbid", validate_default=True)
+
+    model: ModelKind = Field(default="stub", description="which model to serve")
+    model_path: str | None = Field(
+        default=None,
+        description=f"model directory or Hugging Face repo id (default {DEFAULT_SDXL_TURBO})",
+    )
+    model_id: str | None = Field(
+        default=None,
+        description="the model name clients address (model_id / model); default: --model",
+    )
+    image_format: ImageFormat = Field(default="png", description="format when a request names none")
+    host: str = Field(default="0.0.0.0", description="address to listen on")
+    port: int = Field(default=8080, ge=0, le=65535, description="port to listen on")
+    max_queue: int = Field(
+        default=64, ge=1, description="requests waiting for a worker before new ones get 503"
+    )
+    request_timeout: float = Field(
+        default=60.0, gt=0, description="seconds a request may wait and run before it gets 504"
+    )
+    device: DeviceChoice = Field(
+        default="auto",
+        description="auto: every visible CUDA device, else CPU; cpu or cuda to insist",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="CPU workers (on CUDA: one worker per visible device instead)",
+    )
+    max_batch_size: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="most images one pipeline call may hold; 1 turns batching off",
+    )
+    batch_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=1000,
+        description="how long a worker waits for compatible requests to batch",
+    )
+    max_side: int = Field(
+        default=2048, ge=8, description="largest height or width accepted, in pixels"
+    )
+    max_steps: int = Field(default=50, ge=1, description="largest num_steps accepted")
+    max_prompt_length: int = Field(
+        default=2000,
+        ge=1,
+        description="longest prompt (and negative prompt) accepted, in characters",
+    )
+    default_size: int = Field(
+        default=512, ge=8, description="height and width when a request names none"
+    )
+    stub_latency_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="stub only: pretend each batch takes this long (tests, demos)",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="log level"
+    )
+
+    @field_validator("image_format", mode="before")
+    @classmethod
+    def _format_any_case(cls, value: object) -> object:
+        return normalise_format(value)
+
+    @property
+    def served_model_id(self) -> str:
+        return self.model_id or self.model
+
+    @property
+    def resolved_model_path(self) -> str:
+        if self.model_path:
+            return self.model_path
+        return DEFAULT_SDXL_TURBO if self.model == "sdxl-turbo" else ""
