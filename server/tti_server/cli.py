@@ -110,7 +110,10 @@ def serve(argv: Sequence[str]) -> int:
         timeout_graceful_shutdown=max(5, int(settings.request_timeout)),
     )
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after a clean shutdown
+        return 130
     if failure:
         print(f"{PROG}: error: {failure[0]}", file=sys.stderr)
         return 1

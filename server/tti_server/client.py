@@ -1,0 +1,117 @@
+"""`tti`: a small command-line client for a tti-server (standard library only).
+
+tti generate "a red fox in the snow" --url http://localhost:8080 -o fox.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FORMATS = ("png", "jpeg", "webp")
+_FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+
+
+class ClientError(Exception):
+    """A failure worth one line on stderr."""
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    prompt: str
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    image_format: str = "png"
+    seed: int | None = None
+    model_id: str | None = None
+
+
+def generate(url: str, options: GenerateOptions, timeout: float = 300.0) -> bytes:
+    """Ask the caikit endpoint for raw image bytes; raise `ClientError` with the server's reason."""
+    parameters: dict[str, Any] = {"image_format": options.image_format}
+    for name, value in (
+        ("height", options.height),
+        ("width", options.width),
+        ("num_steps", options.steps),
+        ("seed", options.seed),
+    ):
+        if value is not None:
+            parameters[name] = value
+    body: dict[str, Any] = {"inputs": options.prompt, "parameters": parameters}
+    if options.model_id:
+        body["model_id"] = options.model_id
+    request = urllib.request.Request(
+        url.rstrip("/") + "/api/v1/task/text-to-image",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Accept": f"image/{options.image_format}"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data: bytes = response.read()
+            return data
+    except urllib.error.HTTPError as exc:
+        raise ClientError(f"server answered {exc.code}: {_error_details(exc)}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ClientError(f"cannot reach {url}: {reason}") from None
+
+
+def _error_details(exc: urllib.error.HTTPError) -> str:
+    """The `details` of the server's error envelope, or the raw body when there is none."""
+    raw = exc.read().decode(errors="replace")
+    try:
+        return str(json.loads(raw)["details"])
+    except (ValueError, KeyError, TypeError):
+        return raw.strip()[:200] or exc.reason
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tti", description="Talk to a tti-server.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    gen = commands.add_parser("generate", help="generate one image into a file")
+    gen.add_argument("prompt", help="what to draw")
+    gen.add_argument("--url", default="http://localhost:8080", help="server base URL")
+    gen.add_argument("--height", type=int, help="pixels (rounded to a multiple of 8)")
+    gen.add_argument("--width", type=int, help="pixels (rounded to a multiple of 8)")
+    gen.add_argument("--steps", type=int, help="denoising steps")
+    gen.add_argument("--seed", type=int, help="the same seed gives the same image")
+    gen.add_argument("--format", choices=FORMATS, help="image format (default: from -o, else png)")
+    gen.add_argument("--model-id", help="the served model's name (checked by the server)")
+    gen.add_argument("--timeout", type=float, default=300.0, help="seconds to wait")
+    gen.add_argument("-o", "--output", type=Path, default=Path("out.png"), help="file to write")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    image_format = args.format or _FORMAT_BY_SUFFIX.get(args.output.suffix.lower(), "png")
+    options = GenerateOptions(
+        prompt=args.prompt,
+        height=args.height,
+        width=args.width,
+        steps=args.steps,
+        image_format=image_format,
+        seed=args.seed,
+        model_id=args.model_id,
+    )
+    try:
+        image = generate(args.url, options, args.timeout)
+        args.output.write_bytes(image)
+    except ClientError as exc:
+        sys.exit(f"tti: error: {exc}")
+    except OSError as exc:
+        sys.exit(f"tti: error: cannot write {args.output}: {exc.strerror or exc}")
+    print(f"wrote {args.output} ({len(image)} bytes, {image_format})")
+
+
+if __name__ == "__main__":
+    main()
