@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -25,6 +25,8 @@ from tti_operator.spec import API_VERSION, KIND, InvalidSpec, ModelSpec, parse_s
 from tti_operator.status import DeploymentState, PodState, Problem, compute_status, deployment_state
 
 Key = tuple[str, str]
+#: Posts a Kubernetes Event about a resource: (resource, type, reason, message).
+EventSink = Callable[[kopf.Body, str, str, str], None]
 #: Seconds before kopf retries a reconcile that failed for a reason that may pass.
 RETRY_DELAY_S = 10
 
@@ -71,10 +73,16 @@ class Applied:
     service_version: str = ""
 
 
+def post_event(resource: kopf.Body, type: str, reason: str, message: str) -> None:
+    """Through kopf's batched, retried posting (settings.posting)."""
+    kopf.event(resource, type=type, reason=reason, message=message)
+
+
 @dataclass
 class Reconciler:
     settings: OperatorSettings
     client: KubeClient
+    event: EventSink = post_event
     applied: dict[Key, Applied] = field(default_factory=dict)
     observed: dict[Key, int] = field(default_factory=dict)
     failures: dict[Key, Problem] = field(default_factory=dict)
@@ -177,18 +185,15 @@ class Reconciler:
             what = " and ".join(
                 kind for kind, new in (("Deployment", created), ("Service", service_created)) if new
             )
-            kopf.info(record.ref, reason="Created", message=f"created {what} {owner.name}")
+            self.event(record.ref, "Normal", "Created", f"created {what} {owner.name}")
         elif known is not None and state.generation != known.generation:
-            kopf.info(
-                record.ref,
-                reason="Updated",
-                message=f"updated Deployment {owner.name} to generation {record.generation}",
-            )
+            message = f"updated Deployment {owner.name} to generation {record.generation}"
+            self.event(record.ref, "Normal", "Updated", message)
         return state
 
     async def _fail(self, record: ModelRecord, problem: Problem, pods: Iterable[PodState]) -> None:
         self.failures[record.key] = problem
-        kopf.warn(record.ref, reason="Failed", message=f"{problem.reason}: {problem.message}")
+        self.event(record.ref, "Warning", "Failed", f"{problem.reason}: {problem.message}")
         await self._publish(record, None, pods)
 
     async def _publish(
@@ -218,7 +223,20 @@ class Reconciler:
                 return  # deleted meanwhile; garbage collection takes the children
             raise
         self.posted[key] = status
-        _announce(record, previous, status)
+        self._announce(record, previous, status)
+
+    def _announce(
+        self, record: ModelRecord, before: Mapping[str, Any], after: Mapping[str, Any]
+    ) -> None:
+        """Post an Event when the model becomes ready or degraded, for `kubectl describe`."""
+        degraded, was_degraded = _condition(after, "Degraded"), _condition(before, "Degraded")
+        if degraded.get("status") == "True" and degraded.get("reason") != was_degraded.get(
+            "reason"
+        ):
+            self.event(record.ref, "Warning", str(degraded["reason"]), str(degraded["message"]))
+        ready, was_ready = _condition(after, "Ready"), _condition(before, "Ready")
+        if ready.get("status") == "True" and was_ready.get("status") != "True":
+            self.event(record.ref, "Normal", "Ready", str(ready.get("message", "")))
 
 
 def _first(states: Iterable[DeploymentState]) -> DeploymentState | None:
@@ -242,16 +260,6 @@ def _now() -> str:
 
 def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
     return next((c for c in status.get("conditions") or [] if c.get("type") == kind), {})
-
-
-def _announce(record: ModelRecord, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
-    """Post an Event when the model becomes ready or degraded, for `kubectl describe`."""
-    degraded, was_degraded = _condition(after, "Degraded"), _condition(before, "Degraded")
-    if degraded.get("status") == "True" and degraded.get("reason") != was_degraded.get("reason"):
-        kopf.warn(record.ref, reason=str(degraded["reason"]), message=str(degraded["message"]))
-    ready, was_ready = _condition(after, "Ready"), _condition(before, "Ready")
-    if ready.get("status") == "True" and was_ready.get("status") != "True":
-        kopf.info(record.ref, reason="Ready", message=str(ready.get("message", "")))
 
 
 def model_key(namespace: str | None, child_labels: Mapping[str, str]) -> Key | None:

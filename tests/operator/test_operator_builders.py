@@ -1,0 +1,214 @@
+"""The pure builders: the Deployment and Service a TextToImageModel turns into."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tti_operator.builders import (
+    GPU_RESOURCE,
+    Owner,
+    build_deployment,
+    build_service,
+    selector_labels,
+    selector_string,
+)
+from tti_operator.spec import parse_spec
+
+OWNER = Owner(name="turbo", namespace="ml", uid="1234-abcd")
+IMAGE = "registry.example/tti-server:1.0"
+
+
+def deployment(**spec: Any) -> dict[str, Any]:
+    return build_deployment(OWNER, parse_spec(spec), IMAGE)
+
+
+def container(dep: dict[str, Any]) -> dict[str, Any]:
+    containers = dep["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]  # type: ignore[no-any-return]
+
+
+def arg(args: list[str], flag: str) -> str | None:
+    return args[args.index(flag) + 1] if flag in args else None
+
+
+def test_children_are_owned_by_the_resource_as_controller() -> None:
+    for child in (deployment(model="stub"), build_service(OWNER)):
+        meta = child["metadata"]
+        assert (meta["name"], meta["namespace"]) == ("turbo", "ml")
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "tti.dev/v1alpha1",
+                "kind": "TextToImageModel",
+                "name": "turbo",
+                "uid": "1234-abcd",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "tti-operator"
+        assert meta["labels"]["tti.dev/model"] == "turbo"
+
+
+def test_sdxl_turbo_gets_one_gpu_the_toleration_and_its_repo_by_default() -> None:
+    dep = deployment(model="sdxl-turbo")
+    c = container(dep)
+    assert c["resources"]["limits"][GPU_RESOURCE] == 1
+    assert GPU_RESOURCE not in c["resources"]["requests"]
+    assert dep["spec"]["template"]["spec"]["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert arg(c["args"], "--model") == "sdxl-turbo"
+    assert arg(c["args"], "--model-path") == "stabilityai/sdxl-turbo"
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["HF_HOME"] == "/cache/huggingface"
+    # GPU rollouts replace pods one at a time rather than needing a spare GPU.
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+
+
+def test_stub_runs_on_cpu_without_gpu_limits_or_toleration() -> None:
+    dep = deployment(model="stub")
+    c = container(dep)
+    assert GPU_RESOURCE not in c["resources"]["limits"]
+    assert "tolerations" not in dep["spec"]["template"]["spec"]
+    assert arg(c["args"], "--model-path") is None
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+def test_server_flags_follow_the_spec() -> None:
+    c = container(
+        deployment(model="stub", imageFormat="webp", maxBatchSize=8, batchWaitMs=5, replicas=3)
+    )
+    args = c["args"]
+    assert arg(args, "--image-format") == "webp"
+    assert arg(args, "--max-batch-size") == "8"
+    assert arg(args, "--batch-wait-ms") == "5"
+    assert arg(args, "--port") == "8080"
+    assert arg(args, "--host") == "0.0.0.0"
+    assert deployment(model="stub", replicas=3)["spec"]["replicas"] == 3
+
+
+def test_image_defaults_to_the_operator_setting_and_is_overridable() -> None:
+    assert container(deployment(model="stub"))["image"] == IMAGE
+    assert container(deployment(model="stub", image="mine:2"))["image"] == "mine:2"
+
+
+def test_probes_use_readyz_healthz_and_a_long_startup_budget() -> None:
+    c = container(deployment(model="sdxl-turbo"))
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    startup = c["startupProbe"]
+    assert startup["httpGet"]["path"] == "/healthz"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 20 * 60
+    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+
+
+def test_security_context_is_hardened_with_a_writable_cache() -> None:
+    dep = deployment(model="sdxl-turbo")
+    pod = dep["spec"]["template"]["spec"]
+    c = container(dep)
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert mounts["/cache"] == "cache" and mounts["/tmp"] == "tmp"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes["cache"] and "emptyDir" in volumes["tmp"]
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_prometheus_scrape_annotations() -> None:
+    annotations = deployment(model="stub")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "8080",
+        "prometheus.io/path": "/metrics",
+    }
+
+
+def test_pvc_source_mounts_the_sub_path_read_only_at_a_fixed_path() -> None:
+    dep = deployment(
+        model="sdxl-turbo",
+        source={"persistentVolumeClaim": {"claimName": "weights", "subPath": "sdxl/turbo"}},
+    )
+    pod = dep["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["weights"]["persistentVolumeClaim"] == {"claimName": "weights", "readOnly": True}
+    c = container(dep)
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "weights")
+    assert mount == {
+        "name": "weights",
+        "mountPath": "/models",
+        "subPath": "sdxl/turbo",
+        "readOnly": True,
+    }
+    assert arg(c["args"], "--model-path") == "/models"
+
+
+def test_host_path_source_mounts_the_directory() -> None:
+    dep = deployment(model="sdxl-turbo", source={"hostPath": {"path": "/data/turbo"}})
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["weights"]["hostPath"] == {"path": "/data/turbo", "type": "Directory"}
+    assert arg(container(dep)["args"], "--model-path") == "/models"
+
+
+def test_user_resources_merge_over_defaults_and_gpus_come_from_spec_only() -> None:
+    c = container(
+        deployment(
+            model="sdxl-turbo",
+            gpus=2,
+            resources={"requests": {"cpu": "8"}, "limits": {GPU_RESOURCE: 7, "memory": "64Gi"}},
+        )
+    )
+    assert c["resources"]["requests"]["cpu"] == "8"
+    assert c["resources"]["requests"]["memory"] == "12Gi"  # the default survives
+    assert c["resources"]["limits"] == {"memory": "64Gi", GPU_RESOURCE: 2}
+
+
+def test_scheduling_fields_pass_through_and_gpu_toleration_comes_first() -> None:
+    pod = deployment(
+        model="sdxl-turbo",
+        nodeSelector={"pool": "a100"},
+        tolerations=[{"key": "spot", "operator": "Exists"}],
+    )["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "a100"}
+    assert [t["key"] for t in pod["tolerations"]] == ["nvidia.com/gpu", "spot"]
+
+
+def test_user_env_is_appended_and_can_override_the_cache_variables() -> None:
+    env = container(
+        deployment(
+            model="stub",
+            env=[{"name": "HF_HOME", "value": "/elsewhere"}, {"name": "A", "value": "1"}],
+        )
+    )["env"]
+    values = {e["name"]: e["value"] for e in env}
+    assert values["HF_HOME"] == "/elsewhere"
+    assert values["A"] == "1"
+    assert [e["name"] for e in env].count("HF_HOME") == 1
+
+
+def test_service_selects_exactly_the_models_pods_on_port_http() -> None:
+    svc = build_service(OWNER)
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+    ]
+    dep = deployment(model="stub")
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    assert svc["spec"]["selector"]["tti.dev/model"] == "turbo"
+    other = selector_labels("other")
+    assert other != svc["spec"]["selector"]
+
+
+def test_selector_string_matches_the_selector_labels() -> None:
+    assert selector_string("turbo") == "app.kubernetes.io/name=tti-server,tti.dev/model=turbo"
+
+
+def test_builders_are_deterministic() -> None:
+    assert deployment(model="sdxl-turbo", gpus=3) == deployment(model="sdxl-turbo", gpus=3)

@@ -1,0 +1,65 @@
+"""The CRD file and samples: names, subresources and columns users rely on.
+
+Whether the API server accepts the schema and refuses bad objects is tested against a
+real API server in test_operator_cluster.py; here the file's promises are pinned.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tti_operator.spec import GROUP, KIND, PLURAL, VERSION, parse_spec
+
+CRDS = Path(__file__).resolve().parents[2] / "crds"
+
+
+def crd() -> dict[str, Any]:
+    return yaml.safe_load((CRDS / "tti.dev_texttoimagemodels.yaml").read_text())  # type: ignore[no-any-return]
+
+
+def test_names_match_the_operator() -> None:
+    spec = crd()["spec"]
+    assert crd()["metadata"]["name"] == f"{PLURAL}.{GROUP}"
+    assert (spec["group"], spec["scope"]) == (GROUP, "Namespaced")
+    assert spec["names"]["kind"] == KIND
+    assert spec["names"]["plural"] == PLURAL
+    assert {"ttimodel", "ttimodels"} <= set(spec["names"]["shortNames"])
+    assert [v["name"] for v in spec["versions"]] == [VERSION]
+
+
+def test_status_and_scale_subresources() -> None:
+    sub = crd()["spec"]["versions"][0]["subresources"]
+    assert sub["status"] == {}
+    assert sub["scale"] == {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
+
+
+def test_printer_columns() -> None:
+    columns = crd()["spec"]["versions"][0]["additionalPrinterColumns"]
+    shown = [c["name"] for c in columns if c.get("priority", 0) == 0]
+    assert shown == ["Model", "GPUs", "Format", "Ready", "Status", "Endpoint", "Age"]
+
+
+def test_schema_defaults_and_required_fields() -> None:
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    props = schema["properties"]
+    assert schema["required"] == ["model"]
+    assert props["model"]["enum"] == ["stub", "sdxl-turbo"]
+    assert props["imageFormat"]["default"] == "png"
+    assert props["replicas"]["default"] == 1
+    # gpus has no schema default: it depends on the model, the operator applies it.
+    assert "default" not in props["gpus"] and props["gpus"]["minimum"] == 0
+
+
+@pytest.mark.parametrize("sample", sorted((CRDS / "samples").glob("*.yaml")), ids=lambda p: p.name)
+def test_samples_parse(sample: Path) -> None:
+    body = yaml.safe_load(sample.read_text())
+    assert body["apiVersion"] == f"{GROUP}/{VERSION}" and body["kind"] == KIND
+    parse_spec(body["spec"])

@@ -1,0 +1,192 @@
+"""The reconcile loop's decisions, with an in-memory API in place of the cluster.
+
+What is checked here is the operator's own logic (when to reapply, when to patch the
+status, which Events to post, how failures surface); the real API server, apply
+semantics and garbage collection are exercised in test_operator_cluster.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+import kopf
+import pytest
+
+from tti_operator.kube import ApiError, KubeClient
+from tti_operator.reconciler import ModelRecord, Reconciler
+from tti_operator.settings import OperatorSettings
+from tti_operator.status import PodState, Problem, deployment_state
+
+Obj = dict[str, Any]
+
+
+class MemoryApi(KubeClient):
+    """Stores applied objects; bumps a Deployment's generation when its spec changes."""
+
+    def __init__(self) -> None:
+        super().__init__("test")
+        self.objects: dict[tuple[str, str], Obj] = {}
+        self.applies: list[tuple[str, str]] = []
+        self.statuses: list[Obj] = []
+        self.refuse: ApiError | None = None
+
+    async def apply(self, obj: Obj) -> tuple[bool, Obj]:
+        if self.refuse is not None:
+            raise self.refuse
+        key = (obj["kind"], obj["metadata"]["name"])
+        self.applies.append(key)
+        old = self.objects.get(key)
+        stored = copy.deepcopy(obj)
+        generation = 1 if old is None else old["metadata"]["generation"]
+        if old is not None and old["spec"] != obj["spec"]:
+            generation += 1
+        stored["metadata"]["generation"] = generation
+        stored["metadata"]["resourceVersion"] = str(len(self.applies))
+        self.objects[key] = stored
+        return old is None, stored
+
+    async def patch_status(self, namespace: str, name: str, status: Obj) -> None:
+        self.statuses.append(status)
+
+
+def resource(spec: Obj | None = None, generation: int = 1) -> ModelRecord:
+    return ModelRecord.from_body(
+        {
+            "metadata": {"name": "m", "namespace": "ns", "uid": "u", "generation": generation},
+            "spec": spec or {"model": "stub"},
+        }
+    )
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.api = MemoryApi()
+        self.events: list[tuple[str, str]] = []
+        self.reconciler = Reconciler(
+            OperatorSettings.model_validate({}),
+            self.api,
+            event=lambda _res, kind, reason, _msg: self.events.append((kind, reason)),
+        )
+
+    def reconcile(self, record: ModelRecord, pods: list[PodState] | None = None) -> None:
+        deployments = [
+            deployment_state(d) for (k, _), d in self.api.objects.items() if k == "Deployment"
+        ]
+        asyncio.run(self.reconciler.reconcile(record, deployments, pods or []))
+
+    def child(self, record: ModelRecord, kind: str, event_type: str | None, body: Obj) -> None:
+        deployments = [
+            deployment_state(d) for (k, _), d in self.api.objects.items() if k == "Deployment"
+        ]
+        asyncio.run(self.reconciler.child_changed(record, kind, event_type, body, deployments, []))
+
+    def stored(self, kind: str) -> Obj:
+        return self.api.objects[kind, "m"]
+
+
+def test_create_applies_both_children_posts_created_and_a_status() -> None:
+    h = Harness()
+    h.reconcile(resource())
+    assert sorted(h.api.applies) == [("Deployment", "m"), ("Service", "m")]
+    assert h.events == [("Normal", "Created")]
+    assert len(h.api.statuses) == 1
+    assert h.api.statuses[0]["phase"] == "Progressing"
+    assert h.api.statuses[0]["observedGeneration"] == 1
+
+
+def test_reconciling_an_unchanged_resource_writes_no_status_and_posts_nothing() -> None:
+    h = Harness()
+    h.reconcile(resource())
+    h.events.clear()
+    h.reconcile(resource())
+    assert len(h.api.statuses) == 1
+    assert h.events == []
+
+
+def test_a_spec_change_updates_the_deployment_and_posts_updated() -> None:
+    h = Harness()
+    h.reconcile(resource())
+    h.reconcile(resource({"model": "stub", "imageFormat": "webp"}, generation=2))
+    assert h.stored("Deployment")["metadata"]["generation"] == 2
+    assert ("Normal", "Updated") in h.events
+    assert h.api.statuses[-1]["observedGeneration"] == 2
+
+
+def test_the_operators_own_writes_are_not_drift() -> None:
+    h = Harness()
+    record = resource()
+    h.reconcile(record)
+    applies = len(h.api.applies)
+    h.child(record, "Deployment", "MODIFIED", h.stored("Deployment"))
+    h.child(record, "Service", "MODIFIED", h.stored("Service"))
+    assert len(h.api.applies) == applies
+
+
+def test_a_hand_edited_or_deleted_child_is_reapplied() -> None:
+    h = Harness()
+    record = resource()
+    h.reconcile(record)
+    edited = copy.deepcopy(h.stored("Deployment"))
+    edited["metadata"]["generation"] += 1
+    h.child(record, "Deployment", "MODIFIED", edited)
+    assert h.api.applies[-2:] == [("Deployment", "m"), ("Service", "m")]
+    applies = len(h.api.applies)
+    h.child(record, "Service", "DELETED", h.stored("Service"))
+    assert len(h.api.applies) == applies + 2
+    relabelled = copy.deepcopy(h.stored("Service"))
+    relabelled["metadata"]["labels"] = {}
+    h.child(record, "Service", "MODIFIED", relabelled)
+    assert len(h.api.applies) == applies + 4
+
+
+def test_pod_events_only_refresh_the_status() -> None:
+    h = Harness()
+    record = resource()
+    h.reconcile(record)
+    applies = len(h.api.applies)
+    stuck = PodState("m-1", False, False, Problem("Unschedulable", "0/2 nodes are available"))
+    asyncio.run(h.reconciler.child_changed(record, "Pod", "MODIFIED", {}, [], [stuck]))
+    assert len(h.api.applies) == applies
+    assert h.api.statuses[-1]["phase"] == "Unschedulable"
+    assert ("Warning", "Unschedulable") in h.events
+
+
+def test_an_invalid_spec_is_a_permanent_failure_on_the_status() -> None:
+    h = Harness()
+    with pytest.raises(kopf.PermanentError, match=r"spec\.model"):
+        h.reconcile(resource({"model": "dalle"}))
+    assert h.api.applies == []
+    status = h.api.statuses[-1]
+    assert status["phase"] == "Invalid"
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "InvalidSpec" and "spec.model" in degraded["message"]
+    assert ("Warning", "Failed") in h.events
+
+
+def test_a_refused_apply_is_permanent_and_an_unreachable_api_is_retried() -> None:
+    h = Harness()
+    h.api.refuse = ApiError(422, 'Deployment.apps "m" is invalid')
+    with pytest.raises(kopf.PermanentError):
+        h.reconcile(resource())
+    assert h.api.statuses[-1]["phase"] == "Degraded"
+    h.api.refuse = ApiError(503, "API server unreachable")
+    with pytest.raises(kopf.TemporaryError):
+        h.reconcile(resource())
+    h.api.refuse = None
+    h.reconcile(resource())
+    degraded = next(c for c in h.api.statuses[-1]["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "False"  # the failure clears once the apply succeeds
+
+
+def test_a_deleting_resource_is_left_to_garbage_collection() -> None:
+    h = Harness()
+    deleting = ModelRecord.from_body(
+        {
+            "metadata": {"name": "m", "namespace": "ns", "uid": "u", "deletionTimestamp": "t"},
+            "spec": {"model": "stub"},
+        }
+    )
+    h.child(deleting, "Deployment", "DELETED", {})
+    assert h.api.applies == [] and h.api.statuses == []

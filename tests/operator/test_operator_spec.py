@@ -1,0 +1,63 @@
+"""The spec parser: per-model defaults the CRD cannot express, and errors naming the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from tti_operator.spec import InvalidSpec, parse_spec
+
+
+def test_sdxl_turbo_defaults_to_one_gpu_and_its_hugging_face_repo() -> None:
+    spec = parse_spec({"model": "sdxl-turbo"})
+    assert spec.gpus == 1
+    source = spec.effective_source
+    assert source is not None and source.hugging_face is not None
+    assert source.hugging_face.repo == "stabilityai/sdxl-turbo"
+    assert (spec.replicas, spec.image_format) == (1, "png")
+
+
+def test_stub_defaults_to_cpu_and_no_weights() -> None:
+    spec = parse_spec({"model": "stub"})
+    assert spec.gpus == 0
+    assert spec.effective_source is None
+
+
+def test_explicit_gpus_win_over_the_model_default() -> None:
+    assert parse_spec({"model": "sdxl-turbo", "gpus": 0}).gpus == 0
+    assert parse_spec({"model": "stub", "gpus": 2}).gpus == 2
+
+
+def test_explicit_source_wins_over_the_default_repo() -> None:
+    spec = parse_spec(
+        {"model": "sdxl-turbo", "source": {"persistentVolumeClaim": {"claimName": "w"}}}
+    )
+    assert spec.effective_source is not None
+    assert spec.effective_source.pvc is not None
+    assert spec.effective_source.pvc.claim_name == "w"
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"model": "dalle"}, "spec.model"),
+        ({}, "spec.model"),
+        ({"model": "stub", "gpus": -1}, "spec.gpus"),
+        ({"model": "stub", "imageFormat": "gif"}, "spec.imageFormat"),
+        ({"model": "stub", "replicas": -1}, "spec.replicas"),
+        (
+            {
+                "model": "stub",
+                "source": {"huggingFace": {"repo": "a/b"}, "hostPath": {"path": "/m"}},
+            },
+            "spec.source",
+        ),
+        ({"model": "stub", "source": {}}, "spec.source"),
+        ({"model": "stub", "source": {"hostPath": {"path": "rel"}}}, "spec.source.hostPath.path"),
+        ({"model": "stub", "maxBatchSize": 0}, "spec.maxBatchSize"),
+        ({"model": "stub", "colour": "red"}, "spec.colour"),
+    ],
+)
+def test_invalid_specs_name_the_field(raw: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        parse_spec(raw)
+    assert str(caught.value).startswith(f"{field}:"), str(caught.value)
