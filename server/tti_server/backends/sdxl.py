@@ -1,0 +1,283 @@
+"""The SDXL-Turbo backend: one diffusers pipeline on one device.
+
+`load_sdxl` accepts what users have: a diffusers directory, a model directory saved
+by the seed's caikit module (a `config.yml` whose `sdxl_model` key names the
+pipeline sub-folder), or a Hugging Face repo id. Whatever fails, it raises
+`ModelLoadError` with one line saying what it tried.
+
+`SDXLBackend.generate` runs a batch of compatible requests as one pipeline call
+with one seeded generator per image, so a seeded request gets the same images
+whether it ran alone or batched with others.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import secrets
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+import yaml
+from PIL import Image
+
+from tti_server.backends.base import BackendOutOfMemory, GenerationRequest
+from tti_server.backends.loading import ModelLoadError
+
+#: The key under which the seed's caikit module records the pipeline sub-folder.
+CAIKIT_PIPELINE_KEY = "sdxl_model"
+_CAIKIT_CONFIG = "config.yml"
+_DIFFUSERS_INDEX = "model_index.json"
+_HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_SEED_SPACE = 1 << 64  # torch.Generator.manual_seed takes 64-bit seeds
+
+
+@dataclass(frozen=True)
+class SDXLOptions:
+    """Optional speed-ups for CUDA; each trades start-up time or generality for speed."""
+
+    channels_last: bool = False  # UNet and VAE in channels-last memory format
+    fuse_qkv: bool = False  # one matmul for the q, k and v projections of self-attention
+    compile: bool = False  # torch.compile the UNet (slow first call per new shape)
+
+
+@dataclass(frozen=True)
+class PipelineSource:
+    """Where the pipeline comes from, and how to name that in an error."""
+
+    location: str
+    local: bool
+    description: str
+
+
+class SDXLBackend:
+    """A loaded SDXL pipeline on one device; only its worker thread calls it."""
+
+    name = "sdxl-turbo"
+
+    def __init__(self, pipeline: Any, device: str) -> None:
+        self.pipeline = pipeline
+        self.device = device
+
+    def generate(self, batch: list[GenerationRequest]) -> list[list[Image.Image]]:
+        """Run `batch` as one pipeline call and hand each request exactly its `n` images."""
+        key = batch[0].key
+        if any(request.key != key for request in batch):
+            raise ValueError("every request of a batch must share one BatchKey")
+        if key.height % 8 or key.width % 8:
+            # The server rounds sizes as the seed does; a backend never guesses.
+            raise ValueError(
+                f"height and width must be multiples of 8, got {key.height}x{key.width}"
+            )
+        prompts = [request.prompt for request in batch for _ in range(request.n)]
+        generators = [_generator(seed) for request in batch for seed in image_seeds(request)]
+        try:
+            with torch.inference_mode():
+                output = self.pipeline(
+                    prompt=prompts,
+                    negative_prompt=(
+                        [key.negative_prompt] * len(prompts) if key.negative_prompt else None
+                    ),
+                    height=key.height,
+                    width=key.width,
+                    num_inference_steps=key.num_steps,
+                    guidance_scale=key.guidance_scale,
+                    generator=generators,
+                    output_type="pil",
+                )
+        except torch.cuda.OutOfMemoryError as exc:
+            raise BackendOutOfMemory(
+                f"{self.device} ran out of memory for {len(prompts)} image(s) of "
+                f"{key.width}x{key.height}"
+            ) from exc
+        return split_per_request(list(output.images), [request.n for request in batch])
+
+    def release_memory(self) -> None:
+        """Return the CUDA caching allocator's free blocks after a failed batch."""
+        if not self.device.startswith("cuda"):
+            return
+        gc.collect()  # the failed batch's tensors may still sit in a traceback's frames
+        with torch.cuda.device(self.device):
+            torch.cuda.empty_cache()
+
+
+def load_sdxl(model_path: str, device: str, options: SDXLOptions | None = None) -> SDXLBackend:
+    """Load the pipeline at `model_path` onto `device` (`cpu`, `cuda`, `cuda:N`).
+
+    CUDA gets fp16 (the `fp16` weight variant when there is one); the VAE decodes in
+    fp32 whenever its config asks for it (`force_upcast`, as SDXL's VAE does), so
+    fp16 never overflows it. CPU gets fp32. Raises `ModelLoadError` with one line.
+    """
+    source = resolve_source(model_path)
+    on_cuda = device.startswith("cuda")
+    pipeline = _from_pretrained(source, torch.float16 if on_cuda else torch.float32, on_cuda)
+    try:
+        pipeline = pipeline.to(device)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"loaded {source.description} but cannot move it to {device}: {one_line(exc)}"
+        ) from exc
+    # A progress bar per request would flood the server's log.
+    pipeline.set_progress_bar_config(disable=True)
+    _apply_options(pipeline, options or SDXLOptions())
+    return SDXLBackend(pipeline, device)
+
+
+def resolve_source(model_path: str) -> PipelineSource:
+    """Decide what `model_path` is: a diffusers dir, a caikit model dir or a hub repo id."""
+    path = Path(model_path).expanduser()
+    if path.is_dir():
+        if (path / _CAIKIT_CONFIG).is_file():
+            return _caikit_source(path)
+        if (path / _DIFFUSERS_INDEX).is_file():
+            return PipelineSource(str(path), True, f"diffusers directory {path}")
+        raise ModelLoadError(
+            f"{path} is neither a diffusers pipeline (no {_DIFFUSERS_INDEX}) "
+            f"nor a caikit model (no {_CAIKIT_CONFIG})"
+        )
+    if path.exists():
+        raise ModelLoadError(f"model path {path} is a file, not a model directory")
+    if _HUB_REPO_ID.match(model_path) and ".." not in model_path:
+        return _hub_source(model_path)
+    raise ModelLoadError(f"model directory {path} does not exist")
+
+
+def image_seeds(request: GenerationRequest) -> list[int]:
+    """One seed per image: `seed, seed+1, ...`; a random start when the request has none."""
+    start = secrets.randbits(63) if request.seed is None else request.seed
+    return [(start + index) % _SEED_SPACE for index in range(request.n)]
+
+
+def split_per_request(images: list[Image.Image], counts: list[int]) -> list[list[Image.Image]]:
+    """Cut the flat list of a pipeline call back into each request's images, in order."""
+    if len(images) != sum(counts):
+        raise RuntimeError(f"the pipeline returned {len(images)} images for {sum(counts)} asked")
+    result: list[list[Image.Image]] = []
+    start = 0
+    for count in counts:
+        result.append(images[start : start + count])
+        start += count
+    return result
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _generator(seed: int) -> torch.Generator:
+    # CPU generators draw the same noise whatever the device, so a seed gives the
+    # same image on every worker of a pod; the noise is tiny next to the UNet.
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def _caikit_source(path: Path) -> PipelineSource:
+    config_path = path / _CAIKIT_CONFIG
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ModelLoadError(f"cannot read caikit config {config_path}: {one_line(exc)}") from exc
+    subfolder = config.get(CAIKIT_PIPELINE_KEY) if isinstance(config, dict) else None
+    if not isinstance(subfolder, str) or not subfolder:
+        raise ModelLoadError(
+            f"caikit config {config_path} has no `{CAIKIT_PIPELINE_KEY}` key naming "
+            "the pipeline sub-folder"
+        )
+    pipeline_dir = path / subfolder
+    if not (pipeline_dir / _DIFFUSERS_INDEX).is_file():
+        raise ModelLoadError(
+            f"caikit config {config_path} names {CAIKIT_PIPELINE_KEY}: {subfolder}, "
+            f"but {pipeline_dir} holds no diffusers pipeline ({_DIFFUSERS_INDEX})"
+        )
+    return PipelineSource(
+        str(pipeline_dir), True, f"caikit model {path} ({CAIKIT_PIPELINE_KEY}: {subfolder})"
+    )
+
+
+def _hub_source(repo_id: str) -> PipelineSource:
+    tried = f"Hugging Face repo {repo_id} (no local directory of that name)"
+    if _hub_reachable():
+        return PipelineSource(repo_id, False, tried)
+    # Offline, the hub client retries for half a minute before failing; a model
+    # already in the local cache loads without it.
+    return PipelineSource(repo_id, True, f"{tried} from the local cache only (offline)")
+
+
+def _hub_reachable() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.getaddrinfo(host or "huggingface.co", 443)
+    except OSError:
+        return False
+    return True
+
+
+def _from_pretrained(source: PipelineSource, dtype: torch.dtype, want_fp16_variant: bool) -> Any:
+    from diffusers import AutoPipelineForText2Image
+
+    directory = Path(source.location)
+    on_disk = source.local and directory.is_dir()
+    if on_disk:
+        _check_model_index(directory, source)
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": source.local}
+    error: Exception | None = None
+    for variant in _variants_to_try(directory if on_disk else None, want_fp16_variant):
+        try:
+            with warnings.catch_warnings():
+                # diffusers still passes an argument huggingface_hub deprecated.
+                warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks")
+                return AutoPipelineForText2Image.from_pretrained(
+                    source.location, variant=variant, **kwargs
+                )
+        except Exception as exc:  # any failure here means "this model does not load"
+            error = exc
+    assert error is not None
+    raise ModelLoadError(f"cannot load {source.description}: {one_line(error)}") from error
+
+
+def _check_model_index(directory: Path, source: PipelineSource) -> None:
+    """Fail early, and clearly, on the most common corruption: a broken model_index.json."""
+    index_path = directory / _DIFFUSERS_INDEX
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(
+            f"cannot load {source.description}: {index_path} is not valid JSON ({one_line(exc)})"
+        ) from exc
+    if not isinstance(index, dict) or "_class_name" not in index:
+        raise ModelLoadError(
+            f"cannot load {source.description}: {index_path} names no pipeline class"
+        )
+
+
+def _variants_to_try(directory: Path | None, want_fp16: bool) -> list[str | None]:
+    if not want_fp16:
+        return [None]
+    if directory is not None:
+        return ["fp16"] if _has_fp16_variant(directory) else [None]
+    return ["fp16", None]  # a hub repo may or may not have the variant: try it first
+
+
+def _has_fp16_variant(directory: Path) -> bool:
+    return any(directory.glob("*/*.fp16.safetensors")) or any(directory.glob("*/*.fp16.bin"))
+
+
+def _apply_options(pipeline: Any, options: SDXLOptions) -> None:
+    if options.fuse_qkv:
+        pipeline.fuse_qkv_projections()
+    if options.channels_last:
+        pipeline.unet.to(memory_format=torch.channels_last)
+        pipeline.vae.to(memory_format=torch.channels_last)
+    if options.compile:
+        pipeline.unet = torch.compile(pipeline.unet)
