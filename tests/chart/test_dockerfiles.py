@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from tti_operator import builders
+from tti_operator.settings import OperatorSettings
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = ("Dockerfile.operator", "Dockerfile.server")
 # An exact version (three numeric parts) or a digest; never `latest` or `3.12`.
@@ -196,3 +199,19 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "DL3007" in result.stdout and "DL3002" in result.stdout
+
+
+def test_server_image_matches_what_the_operators_pods_expect() -> None:
+    """Port, uid, cache volume and HF_HOME are set in two places: keep them equal."""
+    instructions = parse(ROOT / "Dockerfile.server")
+    assert args_of(instructions, "EXPOSE") == [str(builders.PORT)]
+    assert args_of(instructions, "USER")[-1] == f"{builders.SERVER_UID}:{builders.SERVER_UID}"
+    volumes = [v.strip('[]" ') for v in args_of(instructions, "VOLUME")]
+    assert volumes == [builders.CACHE_DIR]
+    env = " ".join(args_of(instructions, "ENV"))
+    assert f"HF_HOME={builders.HF_HOME}" in env.split()
+
+
+def test_operator_image_exposes_the_liveness_port() -> None:
+    exposed = args_of(parse(ROOT / "Dockerfile.operator"), "EXPOSE")
+    assert exposed == [str(OperatorSettings().liveness_port)]

@@ -1,0 +1,159 @@
+{{/*
+The chart name, cut to 63 characters: Kubernetes name fields are limited to that
+(DNS-1123 labels).
+*/}}
+{{- define "tti-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The fully qualified name of this release's objects, cut to 63 characters.
+If the release name already contains the chart name it is used as is.
+*/}}
+{{- define "tti-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version, as used by the helm.sh/chart label.
+*/}}
+{{- define "tti-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels on every object of the release.
+*/}}
+{{- define "tti-operator.labels" -}}
+helm.sh/chart: {{ include "tti-operator.chart" . }}
+{{ include "tti-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tti-operator
+{{- end }}
+
+{{/*
+Labels that select the operator pod; immutable once installed.
+*/}}
+{{- define "tti-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tti-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+The ServiceAccount the operator runs as.
+*/}}
+{{- define "tti-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "tti-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+An image reference from {repository, tag, digest}; the tag defaults to the
+chart's appVersion and a digest, when given, wins over the tag.
+*/}}
+{{- define "tti-operator.imageRef" -}}
+{{- $image := index . 0 }}
+{{- $root := index . 1 }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The namespaces the operator watches and holds Roles in; empty means all
+namespaces (one ClusterRole).
+*/}}
+{{- define "tti-operator.watchNamespaces" -}}
+{{- .Values.watchNamespaces | uniq | join "," }}
+{{- end }}
+
+{{/*
+Pod security context: the same hardening the operator gives model pods
+(non-root, fixed uid/gid of the images, seccomp RuntimeDefault).
+*/}}
+{{- define "tti-operator.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/*
+Container security context: the operator's builders give model containers the
+same (tests/chart compares them): no privilege escalation, every capability
+dropped, read-only root filesystem, the images' non-root uid.
+*/}}
+{{- define "tti-operator.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop:
+    - ALL
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/*
+The operator's settings, passed as the environment variables it reads.
+*/}}
+{{- define "tti-operator.operatorEnv" -}}
+- name: TTI_OPERATOR_SERVER_IMAGE
+  value: {{ include "tti-operator.imageRef" (list .Values.serverImage .) | quote }}
+- name: TTI_OPERATOR_NAMESPACES
+  value: {{ include "tti-operator.watchNamespaces" . | quote }}
+- name: TTI_OPERATOR_LIVENESS_PORT
+  value: {{ .Values.operator.livenessPort | quote }}
+- name: TTI_OPERATOR_LOG_FORMAT
+  value: {{ .Values.operator.logFormat | quote }}
+- name: TTI_OPERATOR_VERBOSE
+  value: {{ .Values.operator.verbose | quote }}
+- name: TTI_OPERATOR_MAX_WORKERS
+  value: {{ .Values.operator.maxWorkers | quote }}
+{{- end }}
+
+{{/*
+The model `helm test` calls: tests.model, else the first of `models`; as a
+dict with name and namespace, or empty when there is none.
+*/}}
+{{- define "tti-operator.testModel" -}}
+{{- $found := dict }}
+{{- range .Values.models }}
+{{- if and (not $found.name) (or (not $.Values.tests.model) (eq .name $.Values.tests.model)) }}
+{{- $_ := set $found "name" .name }}
+{{- $_ := set $found "namespace" (.namespace | default $.Release.Namespace) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.tests.model (not $found.name) }}
+{{- $_ := set $found "name" .Values.tests.model }}
+{{- $_ := set $found "namespace" .Release.Namespace }}
+{{- end }}
+{{- toJson $found }}
+{{- end }}
+
+{{/*
+The in-cluster URL of a model's Service: the operator names the Service after
+the model and serves HTTP on port 8080.
+*/}}
+{{- define "tti-operator.modelUrl" -}}
+{{- printf "http://%s.%s.svc:8080" .name .namespace }}
+{{- end }}

@@ -1,0 +1,34 @@
+{{/*
+What the operator does in a namespace it serves, and nothing more (see
+docs/deploy.md). kopf lists and watches; the operator writes children with
+server-side apply (PATCH, which needs `create` when the object is new) and
+the status with a merge patch. It never reads a single object by name, never
+deletes (owner references let the garbage collector do that) and never
+touches anything cluster-scoped: kopf's CRD and namespace scanning is off.
+The cluster tests run the real operator with exactly these rules.
+*/}}
+{{- define "tti-operator.rules" -}}
+# The models: kopf's watch, and its progress annotations on each model.
+- apiGroups: ["tti.dev"]
+  resources: ["texttoimagemodels"]
+  verbs: ["list", "watch", "patch"]
+# The status the operator publishes (Ready, endpoint, conditions).
+- apiGroups: ["tti.dev"]
+  resources: ["texttoimagemodels/status"]
+  verbs: ["patch"]
+# Each model's Deployment and Service: watched, and applied.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["list", "watch", "create", "patch"]
+# Pod state feeds the status (Unschedulable, CrashLoopBackOff, ImagePullBackOff).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
+# Kubernetes Events on the models (created, updated, failed).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
