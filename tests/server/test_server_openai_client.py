@@ -1,0 +1,63 @@
+"""The official `openai` client, unchanged, against a real server on a loopback port."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import openai
+import pytest
+from PIL import Image
+from support.server import ServerProcess
+
+
+@pytest.fixture
+def client(contract_server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=contract_server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_images_generate(client: openai.OpenAI) -> None:
+    result = client.images.generate(
+        model="stub", prompt="a lighthouse", n=3, size="64x48", response_format="b64_json"
+    )
+    assert result.data is not None and len(result.data) == 3
+    for item in result.data:
+        assert item.b64_json is not None
+        image = Image.open(io.BytesIO(base64.b64decode(item.b64_json)))
+        assert (image.format, image.size) == ("PNG", (64, 48))
+        assert image.convert("RGB").getpixel((0, 0)) == (0, 100, 200)
+
+
+def test_images_generate_with_output_format_and_extensions(client: openai.OpenAI) -> None:
+    result = client.images.generate(
+        prompt="webp please",
+        size="32x32",
+        output_format="webp",
+        extra_body={"seed": 3, "num_steps": 2},
+    )
+    assert result.output_format == "webp"
+    assert result.data is not None and result.data[0].b64_json is not None
+    image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+    assert image.format == "WEBP"
+
+
+def test_models_list(client: openai.OpenAI) -> None:
+    models = client.models.list()
+    assert [model.id for model in models.data] == ["stub"]
+
+
+def test_errors_surface_as_openai_exceptions(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.images.generate(prompt="x", n=11)
+    assert bad.value.status_code == 400
+    # The client keeps our error envelope as the exception's body.
+    assert isinstance(bad.value.body, dict)
+    assert bad.value.body["details"] == "n: Input should be less than or equal to 10"
+    with pytest.raises(openai.BadRequestError) as url:
+        client.images.generate(prompt="x", response_format="url")
+    assert isinstance(url.value.body, dict)
+    assert url.value.body["details"].startswith("response_format: 'url' is not supported")
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.images.generate(prompt="x", model="dall-e-3")
+    assert isinstance(missing.value.body, dict)
+    assert "dall-e-3" in missing.value.body["details"]
