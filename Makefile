@@ -33,6 +33,18 @@ format: venv ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff format .
 
 .PHONY: test
-test: venv ## Run every test (lint, unit, server, cluster); sets up what it needs
+test: venv cluster-build ## Run every test (lint, unit, server, cluster); sets up what it needs
 	@$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+.PHONY: cluster-build
+cluster-build: ## Build the test cluster's binaries (Kubernetes, etcd, kwok, helm) from Go modules; cached
+	@bash tests/cluster/build-binaries.sh
+
+.PHONY: cluster-up
+cluster-up: cluster-build ## Start the local cluster (real control plane, simulated GPU nodes; NODES=2)
+	@$(PYTHON) tests/cluster/launcher.py up --nodes $(or $(NODES),2)
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local cluster, leaving no process behind
+	@$(PYTHON) tests/cluster/launcher.py down

@@ -1,3 +1,3 @@
 """Shared fixtures live in tests/support/; each module there is a pytest plugin."""
 
-pytest_plugins: list[str] = ["support.server", "support.helm"]
+pytest_plugins: list[str] = ["support.server", "support.helm", "support.cluster"]

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Build the test cluster's binaries from Go modules (no downloads at cluster-up time):
+#   kube-apiserver, kube-controller-manager, kube-scheduler  (go/kubernetes wrapper module)
+#   etcd                                                      (go/etcd wrapper module)
+#   kwok, kwokctl, helm                                       (go install pkg@version)
+#   kubectl, only when the one on PATH is more than one minor away from the cluster.
+# They land in ${TTI_CACHE_DIR:-~/.cache/tti-operator}/bin/<versions>/, which is reused until a
+# pin (versions.env, go/*/go.mod, go/*/go.sum or this script) changes.
+#
+# Usage: build-binaries.sh [--print-dir]
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+cache_root=${TTI_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tti-operator}
+bin_dir="$cache_root/bin/kubernetes-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
+if [[ ${1:-} == --print-dir ]]; then
+  echo "$bin_dir"
+  exit 0
+fi
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'cluster-build: %s\n' "$*" >&2; exit 1; }
+
+command -v go >/dev/null 2>&1 ||
+  die "Go is not installed (or not on PATH). Install Go >= 1.24 from https://go.dev/dl/ and retry."
+
+# The wrapper modules must build the versions named in versions.env.
+pinned() { sed -n "s|^require $1 \(v[^ ]*\).*|\1|p; s|^[[:space:]]$1 \(v[^ ]*\).*|\1|p" "$2" | head -n1; }
+[[ $(pinned k8s.io/kubernetes "$here/go/kubernetes/go.mod") == "$KUBERNETES_VERSION" ]] ||
+  die "go/kubernetes/go.mod does not require k8s.io/kubernetes $KUBERNETES_VERSION (versions.env)"
+[[ $(pinned go.etcd.io/etcd/server/v3 "$here/go/etcd/go.mod") == "$ETCD_VERSION" ]] ||
+  die "go/etcd/go.mod does not require go.etcd.io/etcd/server/v3 $ETCD_VERSION (versions.env)"
+
+inputs_hash=$(cat "$here/versions.env" "$here/build-binaries.sh" "$here"/go/*/go.mod "$here"/go/*/go.sum |
+  sha256sum | cut -c1-16)
+stamp="$bin_dir/.built-$inputs_hash"
+
+# kubectl from PATH is fine within one minor version of the cluster (Kubernetes' skew policy).
+kube_minor=$(cut -d. -f2 <<<"$KUBERNETES_VERSION")
+path_kubectl_ok() {
+  local minor
+  command -v kubectl >/dev/null 2>&1 || return 1
+  minor=$(kubectl version --client -o json 2>/dev/null |
+    sed -n 's/.*"minor": *"\([0-9]*\).*/\1/p' | head -n1)
+  [[ -n $minor ]] && (( minor >= kube_minor - 1 && minor <= kube_minor + 1 ))
+}
+
+need_kubectl=0
+if ! path_kubectl_ok; then need_kubectl=1; fi
+if [[ -f $stamp ]] && { (( need_kubectl == 0 )) || [[ -x $bin_dir/kubectl ]]; }; then
+  say "cluster binaries up to date in $bin_dir"
+  exit 0
+fi
+
+export CGO_ENABLED=0
+# Keep the module cache and build cache where Go keeps them: a second build reuses them.
+mkdir -p "$bin_dir"
+work=$(mktemp -d "$bin_dir/.build.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+log="$work/build.log"
+
+# go build -v names each package as it compiles: count them against the total for progress.
+# On a terminal one line is updated in place; elsewhere (CI) a line every 10%.
+progress() {
+  local total=$1 label=$2
+  awk -v total="$total" -v label="$label" -v tty="$([[ -t 1 ]] && echo 1 || echo 0)" -v logfile="$log" '
+    { print >> logfile; n++; pct = int(100 * n / total); if (pct > 100) pct = 100
+      if (tty) { printf "\r    %s: %d/%d packages compiled (%d%%)", label, n, total, pct; fflush() }
+      else if (pct >= next_pct) { printf "    %s: %d%% (%d/%d packages)\n", label, pct, n, total; fflush(); next_pct = pct + 10 } }
+    END { if (tty) printf "\n" }'
+}
+
+# run_go LABEL LIST-DIR LIST-PKGS GO-ARGS...: run `go GO-ARGS -v` with progress (the total is
+# `go list -deps LIST-PKGS` in LIST-DIR); on failure show the errors from its log.
+run_go() {
+  local label=$1 list_dir=$2 list_pkgs=$3 total start rc
+  shift 3
+  start=$SECONDS
+  # shellcheck disable=SC2086  # LIST-PKGS is a space-separated list
+  total=$(cd "$list_dir" && go list -deps $list_pkgs 2>/dev/null | wc -l) || total=0
+  (( total > 0 )) || total=1000
+  : >"$log"
+  set +e
+  nice go "$1" -v "${@:2}" 2>&1 | progress "$total" "$label"
+  rc=${PIPESTATUS[0]}
+  set -e
+  if (( rc != 0 )); then
+    # -v lines are bare package paths; anything else is a diagnostic.
+    grep -v '^[a-zA-Z0-9_./~-]*$' "$log" | tail -n 40 >&2 || true
+    die "building $label failed (errors above)"
+  fi
+  say "$label built in $((SECONDS - start)) s"
+}
+
+# module_dir MODULE@VERSION: where Go keeps that module's source (downloading it if needed).
+module_dir() { go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p'; }
+
+t0=$SECONDS
+say "building the cluster binaries into $bin_dir (the first build takes many minutes; later runs reuse Go's caches)"
+
+kube_ldflags="-s -w
+  -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION
+  -X k8s.io/component-base/version.gitMajor=$(cut -d. -f1 <<<"${KUBERNETES_VERSION#v}")
+  -X k8s.io/component-base/version.gitMinor=$kube_minor
+  -X k8s.io/component-base/version.gitTreeState=clean
+  -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z
+  -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION
+  -X k8s.io/client-go/pkg/version.gitMajor=$(cut -d. -f1 <<<"${KUBERNETES_VERSION#v}")
+  -X k8s.io/client-go/pkg/version.gitMinor=$kube_minor"
+kube_pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler)
+if (( need_kubectl )); then
+  say "kubectl on PATH is missing or more than one minor away from $KUBERNETES_VERSION: building kubectl too"
+  kube_pkgs+=(k8s.io/kubernetes/cmd/kubectl)
+fi
+say "[1/4] kubernetes $KUBERNETES_VERSION: ${kube_pkgs[*]##*/}"
+(cd "$here/go/kubernetes" &&
+  run_go "kubernetes" . "${kube_pkgs[*]}" build -trimpath -ldflags "$kube_ldflags" -o "$work/" "${kube_pkgs[@]}")
+
+say "[2/4] etcd $ETCD_VERSION"
+(cd "$here/go/etcd" &&
+  run_go "etcd" . go.etcd.io/etcd/server/v3 build -trimpath -ldflags "-s -w" -o "$work/etcd" go.etcd.io/etcd/server/v3)
+
+say "[3/4] kwok, kwokctl $KWOK_VERSION"
+kwok_ldflags="-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}
+  -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${KUBERNETES_VERSION#v}"
+kwok_src=$(module_dir "sigs.k8s.io/kwok@$KWOK_VERSION")
+GOBIN="$work" run_go "kwok" "$kwok_src" "./cmd/kwok ./cmd/kwokctl" install -trimpath -ldflags "$kwok_ldflags" \
+  "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
+
+say "[4/4] helm $HELM_VERSION"
+helm_src=$(module_dir "helm.sh/helm/v3@$HELM_VERSION")
+# helm's default .Capabilities.KubeVersion is the client-go it was built with: 0.N -> 1.N,
+# as helm's Makefile derives it.
+helm_kube_minor=$(sed -n 's|^[[:space:]]*k8s.io/client-go v0\.\([0-9]*\)\..*|\1|p' "$helm_src/go.mod")
+helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION
+  -X helm.sh/helm/v3/internal/version.gitTreeState=clean
+  -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$helm_kube_minor
+  -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$helm_kube_minor"
+GOBIN="$work" run_go "helm" "$helm_src" ./cmd/helm install -trimpath -ldflags "$helm_ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+
+rm -f "$work/build.log" "$bin_dir"/.built-*
+mv -f "$work"/* "$bin_dir/"
+touch "$stamp"
+say "cluster binaries ready in $bin_dir ($((SECONDS - t0)) s)"
+for b in kube-apiserver etcd kwokctl helm; do printf '    %-15s %s\n' "$b" "$("$bin_dir/$b" --version 2>&1 | head -n1)"; done

@@ -1,0 +1,165 @@
+"""pytest plugin: `cluster`, a real Kubernetes control plane with simulated GPU nodes.
+
+The API server, etcd, controller manager and scheduler are the real binaries (built by
+`make cluster-build`); the nodes are kwok's, so pods get scheduled and marked Running but no
+container runs. See docs/testing.md.
+
+    @pytest.mark.cluster
+    def test_something(cluster: Cluster, kube_namespace: str) -> None:
+        cluster.kubectl("apply", "-n", kube_namespace, "-f", "-", input=manifest)
+        cluster.helm("install", ...)
+
+The session fixture reuses a cluster that is already up (`make cluster-up`) and otherwise
+starts one and stops it at the end, unless another test session in the same checkout is still
+using it (then the last one out stops it). A test that uses `cluster` must carry
+`@pytest.mark.cluster`, so `-m "not cluster"` selects exactly the tests that need none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cluster import launcher
+
+__all__ = ["Cluster", "CommandError", "cluster", "kube_namespace"]
+
+
+class CommandError(subprocess.CalledProcessError):
+    """A failed kubectl/helm call whose message carries the tool's stderr."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\nstderr: {self.stderr.strip()}"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Handle on the running test cluster."""
+
+    paths: launcher.ClusterPaths
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.paths.kubeconfig
+
+    @property
+    def bin_dir(self) -> Path:
+        """The built binaries: kube-apiserver, etcd, kwokctl, helm, ..."""
+        return self.paths.bin_dir
+
+    @property
+    def kubectl_binary(self) -> Path:
+        return self.paths.kubectl
+
+    @property
+    def helm_binary(self) -> Path:
+        return self.paths.helm
+
+    def env(self) -> dict[str, str]:
+        """Environment for a subprocess that talks to the cluster (KUBECONFIG, PATH)."""
+        return self.paths.env()
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl against the cluster; stdout/stderr come back as text."""
+        command = [str(self.kubectl_binary), "--kubeconfig", str(self.kubeconfig), *args]
+        return self._run(command, input=input, check=check, timeout=timeout)
+
+    def helm(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 300.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the built helm against the cluster."""
+        command = [str(self.helm_binary), "--kubeconfig", str(self.kubeconfig), *args]
+        return self._run(command, input=input, check=check, timeout=timeout)
+
+    def _run(
+        self, command: list[str], *, input: str | None, check: bool, timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            command,
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise CommandError(result.returncode, command, result.stdout, result.stderr)
+        return result
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Let SIGTERM unwind like Ctrl-C, so fixture teardown stops the cluster's processes."""
+
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, launcher.raise_keyboard_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def shared_use(paths: launcher.ClusterPaths) -> Iterator[None]:
+    """Hold a shared lock while using the cluster; on exit, the last user stops a cluster
+    that a test session started (one from `make cluster-up` is left running)."""
+    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(paths.state_dir / "users.lock", "w") as users:
+        fcntl.flock(users, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            try:
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # another session still uses it
+            if (paths.state_dir / launcher.EPHEMERAL_MARKER).exists():
+                launcher.down(paths)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """The local cluster, started if needed (needs `make cluster-build`; `make test` does it)."""
+    paths = launcher.default_paths()
+    with sigterm_as_interrupt(), shared_use(paths):
+        try:
+            launcher.up(paths, ephemeral=True)
+        except launcher.ClusterError as error:
+            pytest.fail(f"test cluster: {error}", pytrace=False)
+        yield Cluster(paths)
+
+
+@pytest.fixture
+def kube_namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", name, "--timeout=60s")
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "cluster" in getattr(item, "fixturenames", ())
+        and item.get_closest_marker("cluster") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests use the `cluster` fixture but lack @pytest.mark.cluster: "
+            + ", ".join(unmarked)
+        )
