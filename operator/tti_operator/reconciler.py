@@ -122,7 +122,7 @@ class Reconciler:
         if record.deleting:
             return
         async with self.lock(record.key):
-            if self._drifted(record.key, kind, event_type, child):
+            if self._drifted(record, kind, event_type, child):
                 await self._apply_and_publish(record, _first(deployments), pods)
             else:
                 await self._publish(record, _first(deployments), pods)
@@ -130,9 +130,10 @@ class Reconciler:
     # The steps.
 
     def _drifted(
-        self, key: Key, kind: str, event_type: str | None, child: Mapping[str, Any]
+        self, record: ModelRecord, kind: str, event_type: str | None, child: Mapping[str, Any]
     ) -> bool:
         """Was this child deleted or edited by someone else since this process applied it?"""
+        key = record.key
         if event_type is None or kind == "Pod":
             # The initial listing: resume reapplies every model anyway.
             return False
@@ -140,6 +141,9 @@ class Reconciler:
             return True
         meta = child.get("metadata", {})
         if not labels(key[1]).items() <= (meta.get("labels") or {}).items():
+            return True
+        owners = meta.get("ownerReferences") or []
+        if not any(ref.get("uid") == record.owner.uid for ref in owners):
             return True
         applied = self.applied.get(key)
         if applied is None:

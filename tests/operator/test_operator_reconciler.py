@@ -139,6 +139,10 @@ def test_a_hand_edited_or_deleted_child_is_reapplied() -> None:
     relabelled["metadata"]["labels"] = {}
     h.child(record, "Service", "MODIFIED", relabelled)
     assert len(h.api.applies) == applies + 4
+    orphaned = copy.deepcopy(h.stored("Deployment"))
+    orphaned["metadata"]["ownerReferences"] = []
+    h.child(record, "Deployment", "MODIFIED", orphaned)
+    assert len(h.api.applies) == applies + 6
 
 
 def test_pod_events_only_refresh_the_status() -> None:

@@ -1,0 +1,306 @@
+"""Benchmark: how fast the operator turns many TextToImageModels into Deployments and Ready.
+
+For each count (default 500 and 1000) it starts a fresh operator process serving one fresh
+namespace, creates that many stub resources at once (concurrent POSTs), and watches the API
+server. It reports:
+
+* seconds until every Deployment exists, and until every resource is Ready
+  (resources/s = count / seconds; target >= 50/s at 1000);
+* apply-to-Deployment latency p50/p99: from the moment a resource's ADDED event reaches
+  the benchmark to the moment its Deployment's does (same watcher, same clock; target
+  p50 <= 100 ms);
+* the operator's peak RSS (VmHWM; target <= 200 MB at 1000).
+
+"Ready" needs the control plane's own work too (ReplicaSets, Pods, scheduling, kwok);
+"Deployment exists" is the operator's part alone. Needs the test cluster:
+
+    make cluster-up && .venv/bin/python tests/benchmarks/bench_operator.py [--counts 500 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kopf
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+
+from cluster import launcher  # noqa: E402
+
+NODE_PREFIX = "kwok-bench-cpu-"
+PODS_PER_NODE = 250
+TARGET_RATE = 50.0
+TARGET_P50_MS = 100.0
+TARGET_RSS_MB = 200.0
+
+
+@dataclass
+class Run:
+    count: int
+    resource_seen: dict[str, float] = field(default_factory=dict)
+    deployment_seen: dict[str, float] = field(default_factory=dict)
+    ready_seen: dict[str, float] = field(default_factory=dict)
+    started: float = 0.0
+    all_deployments: float = 0.0
+    all_ready: float = 0.0
+    peak_rss_mb: float = 0.0
+
+    def latencies_ms(self) -> list[float]:
+        return sorted(
+            (self.deployment_seen[n] - self.resource_seen[n]) * 1000
+            for n in self.deployment_seen
+            if n in self.resource_seen
+        )
+
+
+def progress(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def kubectl(paths: launcher.ClusterPaths, *args: str, input: str | None = None) -> str:
+    return launcher.kubectl(paths, *args, input=input).stdout
+
+
+def bench_nodes(count: int) -> dict[str, Any]:
+    """Untainted kwok nodes with room for every stub pod."""
+    resources = {"cpu": "1000", "memory": "4Ti", "pods": str(PODS_PER_NODE)}
+    items = [
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": f"{NODE_PREFIX}{i}",
+                "annotations": {"kwok.x-k8s.io/node": "fake"},
+                "labels": {"type": "kwok", "tti.dev/bench-node": "true"},
+            },
+            "status": {"capacity": resources, "allocatable": resources},
+        }
+        for i in range(count)
+    ]
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+def resource(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "tti.dev/v1alpha1",
+        "kind": "TextToImageModel",
+        "metadata": {"name": name},
+        "spec": {"model": "stub", "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}},
+    }
+
+
+def is_ready(obj: dict[str, Any]) -> bool:
+    conditions = obj.get("status", {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def watch(
+    session: aiohttp.ClientSession, url: str, on_event: Any, stop: asyncio.Event
+) -> None:
+    params = {"watch": "true", "allowWatchBookmarks": "false", "timeoutSeconds": "600"}
+    async with session.get(url, params=params, timeout=aiohttp.ClientTimeout(total=None)) as r:
+        r.raise_for_status()
+        async for line in r.content:
+            if line.strip():
+                on_event(json.loads(line))
+            if stop.is_set():
+                return
+
+
+async def run_once(server: str, session: aiohttp.ClientSession, namespace: str, run: Run) -> None:
+    base = f"{server}/apis"
+    models = f"{base}/tti.dev/v1alpha1/namespaces/{namespace}/texttoimagemodels"
+    deployments = f"{base}/apps/v1/namespaces/{namespace}/deployments"
+    done = asyncio.Event()
+    names = {f"m{i:04d}" for i in range(run.count)}
+
+    def on_model(event: dict[str, Any]) -> None:
+        name = event["object"]["metadata"]["name"]
+        now = time.monotonic()
+        run.resource_seen.setdefault(name, now)
+        if is_ready(event["object"]) and name not in run.ready_seen:
+            run.ready_seen[name] = now
+            if len(run.ready_seen) == run.count:
+                run.all_ready = now
+                done.set()
+
+    def on_deployment(event: dict[str, Any]) -> None:
+        name = event["object"]["metadata"]["name"]
+        if name in names and name not in run.deployment_seen:
+            run.deployment_seen[name] = time.monotonic()
+            if len(run.deployment_seen) == run.count:
+                run.all_deployments = run.deployment_seen[name]
+
+    watchers = [
+        asyncio.create_task(watch(session, models, on_model, done)),
+        asyncio.create_task(watch(session, deployments, on_deployment, done)),
+    ]
+    await asyncio.sleep(0.5)  # let both watches open before the first create
+    semaphore = asyncio.Semaphore(32)
+
+    async def create(name: str) -> None:
+        async with semaphore, session.post(models, json=resource(name)) as response:
+            if response.status >= 300:
+                raise RuntimeError(f"create {name}: {response.status} {await response.text()}")
+
+    run.started = time.monotonic()
+    await asyncio.gather(*(create(n) for n in sorted(names)))
+    progress(f"{run.count} created in {time.monotonic() - run.started:.1f} s; waiting for Ready")
+    reporter = asyncio.create_task(report_progress(run, done))
+    try:
+        await asyncio.wait_for(done.wait(), timeout=900)
+    finally:
+        reporter.cancel()
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, reporter, return_exceptions=True)
+
+
+async def report_progress(run: Run, done: asyncio.Event) -> None:
+    while not done.is_set():
+        await asyncio.sleep(5)
+        elapsed = time.monotonic() - run.started
+        progress(
+            f"  {elapsed:5.0f} s: {len(run.deployment_seen)}/{run.count} Deployments, "
+            f"{len(run.ready_seen)}/{run.count} Ready"
+        )
+
+
+def start_operator(
+    paths: launcher.ClusterPaths, namespace: str, log: Path
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        **paths.env(),
+        "TTI_OPERATOR_NAMESPACES": namespace,
+        "TTI_OPERATOR_LIVENESS_PORT": "0",
+        "TTI_OPERATOR_LOG_FORMAT": "plain",
+    }
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tti_operator.cli"], env=env, stdout=out, stderr=out, cwd=REPO
+        )
+
+
+async def measure(paths: launcher.ClusterPaths, count: int, log: Path) -> Run:
+    namespace = f"bench-{count}-{int(time.time())}"
+    kubectl(paths, "create", "namespace", namespace)
+    operator = start_operator(paths, namespace, log)
+    run = Run(count)
+    try:
+        await asyncio.sleep(3)  # the operator's initial listing of an empty namespace
+        os.environ["KUBECONFIG"] = str(paths.kubeconfig)
+        info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
+        assert info is not None
+        connector = aiohttp.TCPConnector(ssl=info.as_ssl_context(), limit=64)
+        async with aiohttp.ClientSession(
+            connector=connector, headers=info.as_http_headers()
+        ) as session:
+            await run_once(info.server.rstrip("/"), session, namespace, run)
+        run.peak_rss_mb = peak_rss_mb(operator.pid)
+    finally:
+        operator.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            operator.wait(timeout=30)
+        if operator.poll() is None:
+            operator.kill()
+        progress(f"deleting namespace {namespace} (the next run starts on a quiet cluster)")
+        launcher.kubectl(paths, "delete", "namespace", namespace, "--wait=false", check=False)
+        launcher.run(
+            paths,
+            [paths.kubectl, "--kubeconfig", paths.kubeconfig, "wait", "--for=delete",
+             f"namespace/{namespace}", "--timeout=600s"],
+            check=False,
+            timeout=660,
+        )  # fmt: skip
+    return run
+
+
+def summarise(run: Run) -> dict[str, float]:
+    latencies = run.latencies_ms()
+    deployments_s = run.all_deployments - run.started
+    ready_s = run.all_ready - run.started
+    return {
+        "count": run.count,
+        "deployments_s": deployments_s,
+        "deployments_per_s": run.count / deployments_s,
+        "ready_s": ready_s,
+        "ready_per_s": run.count / ready_s,
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "peak_rss_mb": run.peak_rss_mb,
+    }
+
+
+def print_table(rows: list[dict[str, float]]) -> None:
+    print(
+        f"{'count':>6} {'all Deployments s':>18} {'res/s':>7} {'all Ready s':>12} {'res/s':>7} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'peak RSS MB':>12}"
+    )
+    for r in rows:
+        print(
+            f"{r['count']:>6.0f} {r['deployments_s']:>18.1f} {r['deployments_per_s']:>7.1f} "
+            f"{r['ready_s']:>12.1f} {r['ready_per_s']:>7.1f} {r['p50_ms']:>7.0f} "
+            f"{r['p99_ms']:>7.0f} {r['peak_rss_mb']:>12.0f}"
+        )
+    last = rows[-1]
+    print(
+        f"\ntargets at {last['count']:.0f}: Ready rate {last['ready_per_s']:.1f}/{TARGET_RATE:.0f} "
+        f"res/s (x{last['ready_per_s'] / TARGET_RATE:.2f}), "
+        f"Deployment rate x{last['deployments_per_s'] / TARGET_RATE:.2f}, "
+        f"p50 {last['p50_ms']:.0f}/{TARGET_P50_MS:.0f} ms "
+        f"(x{TARGET_P50_MS / last['p50_ms']:.2f} of budget), "
+        f"RSS {last['peak_rss_mb']:.0f}/{TARGET_RSS_MB:.0f} MB"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--counts", type=int, nargs="+", default=[500, 1000])
+    parser.add_argument("--log", type=Path, default=Path("/tmp/bench_operator.log"))
+    args = parser.parse_args()
+    paths = launcher.default_paths()
+    if not launcher.is_ready(paths):
+        print("bench_operator: the test cluster is not up: run `make cluster-up`", file=sys.stderr)
+        return 2
+    crd = REPO / "crds" / "tti.dev_texttoimagemodels.yaml"
+    kubectl(paths, "apply", "--server-side", "--force-conflicts", "-f", str(crd))
+    kubectl(paths, "wait", "--for=condition=Established", "crd/texttoimagemodels.tti.dev")
+    nodes = -(-max(args.counts) // PODS_PER_NODE)
+    kubectl(paths, "apply", "-f", "-", input=json.dumps(bench_nodes(nodes)))
+    progress(f"{nodes} untainted kwok node(s) of {PODS_PER_NODE} pods; operator log: {args.log}")
+    rows = []
+    try:
+        for count in args.counts:
+            progress(f"--- {count} resources ---")
+            rows.append(summarise(asyncio.run(measure(paths, count, args.log))))
+    finally:
+        launcher.kubectl(
+            paths, "delete", "node", "-l", "tti.dev/bench-node=true", "--wait=false", check=False
+        )
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
