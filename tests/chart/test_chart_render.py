@@ -308,3 +308,27 @@ def test_operator_env_is_what_its_settings_read(
     assert settings.namespaces == ["team-a", "team-b"]
     assert settings.server_image == "tti-server:0.1.0"
     assert settings.liveness_port == container["ports"][0]["containerPort"]
+
+
+def documented_rbac() -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) from docs/operator.md's RBAC table: what the operator calls."""
+    text = (ROOT / "docs" / "operator.md").read_text()
+    section = text.split("## RBAC", 1)[1].split("\n## ", 1)[0]
+    triples = set()
+    for line in section.splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or cells[0] in {"API group", ""} or set(cells[0]) <= {"-"}:
+            continue
+        group = "" if cells[0] == '""' else cells[0]
+        for verb in cells[2].split(","):
+            triples.add((group, cells[1], verb.strip().strip("`")))
+    return triples
+
+
+def test_rbac_grants_nothing_the_operator_docs_do_not_list(helm: Helm) -> None:
+    documented = documented_rbac()
+    assert ("apps", "deployments", "create") in documented  # the table was parsed
+    for objects in (helm.template(), helm.template("watchNamespaces={team-a}")):
+        for role in objects_of(objects, "ClusterRole") + objects_of(objects, "Role"):
+            extra = granted(role["rules"]) - documented
+            assert not extra, f"{role['kind']} grants what the operator never calls: {extra}"

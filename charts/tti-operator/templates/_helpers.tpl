@@ -145,7 +145,7 @@ dict with name and namespace, or empty when there is none.
 {{- end }}
 {{- if and .Values.tests.model (not $found.name) }}
 {{- $_ := set $found "name" .Values.tests.model }}
-{{- $_ := set $found "namespace" .Release.Namespace }}
+{{- $_ := set $found "namespace" (.Values.tests.namespace | default .Release.Namespace) }}
 {{- end }}
 {{- toJson $found }}
 {{- end }}

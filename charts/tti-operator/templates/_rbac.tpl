@@ -1,6 +1,6 @@
 {{/*
-What the operator does in a namespace it serves, and nothing more (see
-docs/deploy.md). kopf lists and watches; the operator writes children with
+What the operator does in a namespace it serves, and nothing more (docs/operator.md
+lists the calls; tests/chart checks this grants nothing that list lacks). kopf lists and watches; the operator writes children with
 server-side apply (PATCH, which needs `create` when the object is new) and
 the status with a merge patch. It never reads a single object by name, never
 deletes (owner references let the garbage collector do that) and never
@@ -16,6 +16,12 @@ The cluster tests run the real operator with exactly these rules.
 - apiGroups: ["tti.dev"]
   resources: ["texttoimagemodels/status"]
   verbs: ["patch"]
+# Children carry owner references with blockOwnerDeletion, which clusters that run
+# the OwnerReferencesPermissionEnforcement admission plugin (OpenShift) allow only
+# to whoever may update the owner's finalizers.
+- apiGroups: ["tti.dev"]
+  resources: ["texttoimagemodels/finalizers"]
+  verbs: ["update"]
 # Each model's Deployment and Service: watched, and applied.
 - apiGroups: ["apps"]
   resources: ["deployments"]
