@@ -26,6 +26,46 @@ _VOCAB_SIZE = 1000
 _MAX_TOKENS = 77
 
 
+#: The tiny configs, shaped like diffusers' own SDXL test components.
+TINY_UNET: dict[str, Any] = {
+    "block_out_channels": (32, 64),
+    "layers_per_block": 2,
+    "sample_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "attention_head_dim": (2, 4),
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": _TIME_EMBED,
+    "transformer_layers_per_block": (1, 2),
+    # 6 time ids (original size, crop, target size) embedded, plus the pooled text.
+    "projection_class_embeddings_input_dim": 6 * _TIME_EMBED + _TEXT_HIDDEN,
+    "cross_attention_dim": 2 * _TEXT_HIDDEN,  # both text encoders' states, concatenated
+    "norm_num_groups": 1,
+}
+TINY_VAE: dict[str, Any] = {
+    "block_out_channels": (32, 64),
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    "latent_channels": 4,
+    "sample_size": 128,
+}
+TINY_TEXT: dict[str, Any] = {
+    "vocab_size": _VOCAB_SIZE,
+    "hidden_size": _TEXT_HIDDEN,
+    "intermediate_size": 37,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 5,
+    "projection_dim": _TEXT_HIDDEN,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-5,
+}
+
+
 def write_tiny_model(path: Path) -> None:
     """Write the tiny pipeline as a diffusers directory at `path` (about 10 MB).
 
@@ -33,11 +73,10 @@ def write_tiny_model(path: Path) -> None:
     RNG state, so two calls write identical models.
     """
     import torch
-    from diffusers import StableDiffusionXLPipeline
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED)
-        pipeline = StableDiffusionXLPipeline(**_components())
+        pipeline = random_sdxl_pipeline(TINY_UNET, TINY_VAE, TINY_TEXT, TINY_TEXT)
     path.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(str(path))
 
@@ -60,54 +99,45 @@ def write_tiny_caikit_model(path: Path, subfolder: str = "sdxl_model") -> None:
     (path / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def _components() -> dict[str, Any]:
-    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
+def random_sdxl_pipeline(
+    unet: dict[str, Any],
+    vae: dict[str, Any],
+    text_encoder: dict[str, Any],
+    text_encoder_2: dict[str, Any],
+) -> Any:
+    """An SDXL pipeline of these component configs with random weights, in fp32.
+
+    Parameters are created on torch's default device (wrap the call in
+    `with torch.device("cuda"):` to build a large one quickly). The tokenizers are
+    byte-level (`byte_level_clip_tokenizer`), whatever the text encoders' vocabulary.
+    """
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    tokenizer = _tokenizer()
-    text_config = CLIPTextConfig(
-        vocab_size=_VOCAB_SIZE,
-        hidden_size=_TEXT_HIDDEN,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=5,
-        projection_dim=_TEXT_HIDDEN,
-        max_position_embeddings=_MAX_TOKENS,
-        hidden_act="gelu",
-        layer_norm_eps=1e-5,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    tokenizer = byte_level_clip_tokenizer()
+    special = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "max_position_embeddings": _MAX_TOKENS,
+    }
+    return StableDiffusionXLPipeline(
+        unet=UNet2DConditionModel(**unet),
+        vae=AutoencoderKL(**vae),
+        scheduler=turbo_scheduler(),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**text_encoder, **special)),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text_encoder_2, **special)),
+        tokenizer=tokenizer,
+        tokenizer_2=byte_level_clip_tokenizer(),
     )
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=_TIME_EMBED,
-        transformer_layers_per_block=(1, 2),
-        # 6 time ids (original size, crop, target size) embedded, plus the pooled text.
-        projection_class_embeddings_input_dim=6 * _TIME_EMBED + _TEXT_HIDDEN,
-        cross_attention_dim=2 * _TEXT_HIDDEN,
-        norm_num_groups=1,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        sample_size=128,
-    )
-    # SDXL-Turbo's scheduler: one to four steps need the trailing timesteps.
-    scheduler = EulerAncestralDiscreteScheduler(
+
+
+def turbo_scheduler() -> Any:
+    """SDXL-Turbo's scheduler: Euler ancestral; one to four steps need trailing timesteps."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    return EulerAncestralDiscreteScheduler(
+        num_train_timesteps=1000,
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
@@ -115,21 +145,13 @@ def _components() -> dict[str, Any]:
         timestep_spacing="trailing",
         prediction_type="epsilon",
     )
-    return {
-        "unet": unet,
-        "vae": vae,
-        "scheduler": scheduler,
-        "text_encoder": CLIPTextModel(text_config),
-        "text_encoder_2": CLIPTextModelWithProjection(text_config),
-        "tokenizer": tokenizer,
-        "tokenizer_2": _tokenizer(),
-    }
 
 
-def _tokenizer() -> Any:
-    """A byte-level CLIP tokenizer whose vocabulary is every byte, alone or ending a word.
+def byte_level_clip_tokenizer() -> Any:
+    """A CLIP tokenizer whose vocabulary is every byte, alone or ending a word.
 
-    Any prompt tokenizes (one token per byte), which is all random weights need.
+    Any prompt tokenizes (one token per byte), which is all random weights need;
+    the vocabulary is written here, so no network is needed.
     """
     from transformers import CLIPTokenizer
 

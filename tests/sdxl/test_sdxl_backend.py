@@ -18,7 +18,7 @@ from support.tiny_model import pixel_difference
 
 from tti_server.backends.base import BackendOutOfMemory, BatchKey, GenerationRequest
 from tti_server.backends.loading import ModelLoadError
-from tti_server.backends.sdxl import SDXLBackend, load_sdxl
+from tti_server.backends.sdxl import SDXLBackend, SDXLOptions, load_sdxl
 from tti_server.tiny_model import write_tiny_model
 
 BATCH_TOLERANCE = 2
@@ -253,3 +253,24 @@ def test_hub_repo_offline_names_what_it_tried(monkeypatch: pytest.MonkeyPatch) -
         "cannot load Hugging Face repo tti-test-org/no-such-model (no local directory of that "
         "name) from the local cache only (offline): "
     )
+
+
+# --- optional speed-ups ---------------------------------------------------------------
+
+
+def test_speed_up_options_parse_from_a_settings_string() -> None:
+    assert SDXLOptions.parse("") == SDXLOptions()
+    assert SDXLOptions.parse(" channels-last , fuse_qkv") == SDXLOptions(
+        channels_last=True, fuse_qkv=True
+    )
+    assert str(SDXLOptions.parse("compile")) == "compile"
+    with pytest.raises(ValueError, match="unknown SDXL speed-up turbo; choose from channels_last"):
+        SDXLOptions.parse("channels_last,turbo")
+
+
+def test_channels_last_and_fused_qkv_draw_the_same_images(
+    tiny_model_dir: Path, tiny_backend: SDXLBackend
+) -> None:
+    options = SDXLOptions(channels_last=True, fuse_qkv=True)
+    fast = load_sdxl(str(tiny_model_dir), "cpu", options)
+    assert pixel_difference(one(fast, "a fox", 8), one(tiny_backend, "a fox", 8)) <= BATCH_TOLERANCE

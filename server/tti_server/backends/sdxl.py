@@ -19,7 +19,7 @@ import re
 import secrets
 import socket
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -46,6 +46,20 @@ class SDXLOptions:
     channels_last: bool = False  # UNet and VAE in channels-last memory format
     fuse_qkv: bool = False  # one matmul for the q, k and v projections of self-attention
     compile: bool = False  # torch.compile the UNet (slow first call per new shape)
+
+    @classmethod
+    def parse(cls, text: str) -> SDXLOptions:
+        """`"channels_last,fuse_qkv"` -> those options on; `""` -> none (a settings string)."""
+        names = [name.strip().replace("-", "_") for name in text.split(",") if name.strip()]
+        known = {field.name for field in fields(cls)}
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            choices = ", ".join(sorted(known))
+            raise ValueError(f"unknown SDXL speed-up {', '.join(unknown)}; choose from {choices}")
+        return cls(**dict.fromkeys(names, True))
+
+    def __str__(self) -> str:
+        return ",".join(f.name for f in fields(self) if getattr(self, f.name)) or "none"
 
 
 @dataclass(frozen=True)
