@@ -5,12 +5,15 @@
 #   kwok, kwokctl, helm                                       (go install pkg@version)
 #   kubectl, only when the one on PATH is more than one minor away from the cluster.
 # They land in ${TTI_CACHE_DIR:-~/.cache/tti-operator}/bin/<versions>/, which is reused until a
-# pin (versions.env, go/*/go.mod, go/*/go.sum or this script) changes.
+# pin (versions.env, go/*/go.mod, go/*/go.sum) changes.
 #
 # Usage: build-binaries.sh [--print-dir]
 set -euo pipefail
 
-here=$(cd "$(dirname "$0")" && pwd)
+# No dirname: the "Go is missing" check must work with a bare PATH.
+src=${BASH_SOURCE[0]}
+[[ $src == */* ]] || src=./$src
+here=$(cd "${src%/*}" && pwd)
 # shellcheck source=versions.env
 source "$here/versions.env"
 
@@ -34,7 +37,7 @@ pinned() { sed -n "s|^require $1 \(v[^ ]*\).*|\1|p; s|^[[:space:]]$1 \(v[^ ]*\).
 [[ $(pinned go.etcd.io/etcd/server/v3 "$here/go/etcd/go.mod") == "$ETCD_VERSION" ]] ||
   die "go/etcd/go.mod does not require go.etcd.io/etcd/server/v3 $ETCD_VERSION (versions.env)"
 
-inputs_hash=$(cat "$here/versions.env" "$here/build-binaries.sh" "$here"/go/*/go.mod "$here"/go/*/go.sum |
+inputs_hash=$(cat "$here/versions.env" "$here"/go/*/go.mod "$here"/go/*/go.sum |
   sha256sum | cut -c1-16)
 stamp="$bin_dir/.built-$inputs_hash"
 
@@ -145,4 +148,7 @@ rm -f "$work/build.log" "$bin_dir"/.built-*
 mv -f "$work"/* "$bin_dir/"
 touch "$stamp"
 say "cluster binaries ready in $bin_dir ($((SECONDS - t0)) s)"
-for b in kube-apiserver etcd kwokctl helm; do printf '    %-15s %s\n' "$b" "$("$bin_dir/$b" --version 2>&1 | head -n1)"; done
+for b in kube-apiserver etcd kwokctl; do
+  printf '    %-15s %s\n' "$b" "$("$bin_dir/$b" --version 2>&1 | head -n1)"
+done
+printf '    %-15s %s\n' helm "$("$bin_dir/helm" version --short)"

@@ -173,16 +173,8 @@ def gpu_node(index: int) -> dict[str, Any]:
             },
         },
         "spec": {"taints": [GPU_TAINT]},
-        "status": {
-            "capacity": resources,
-            "allocatable": resources,
-            "nodeInfo": {
-                "architecture": "amd64",
-                "operatingSystem": "linux",
-                "kubeletVersion": "fake",
-                "kubeProxyVersion": "fake",
-            },
-        },
+        # kwok's node-initialize stage keeps this capacity and fills in the rest of the status.
+        "status": {"capacity": resources, "allocatable": resources},
     }
 
 

@@ -1,0 +1,160 @@
+"""The launcher and the build script: bad input, loopback only, idempotence, clean teardown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from support.cluster import Cluster
+
+from cluster import launcher
+
+LAUNCHER = Path(launcher.__file__)
+BUILD_SCRIPT = launcher.BUILD_SCRIPT
+
+
+def run_launcher(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(LAUNCHER), "--state-dir", str(state_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_up_rejects_zero_nodes(tmp_path: Path) -> None:
+    result = run_launcher(tmp_path, "up", "--nodes", "0")
+
+    assert result.returncode == 1
+    assert result.stderr.strip() == "cluster: --nodes must be at least 1, got 0"
+
+
+def test_up_without_binaries_says_how_to_build_them(tmp_path: Path) -> None:
+    paths = launcher.ClusterPaths(bin_dir=tmp_path / "no-bin", state_dir=tmp_path / "state")
+
+    with pytest.raises(launcher.ClusterError, match=r"run `make cluster-build` first"):
+        launcher.up(paths)
+
+
+def test_build_without_go_fails_with_a_clear_message(tmp_path: Path) -> None:
+    env = {"PATH": str(tmp_path), "HOME": os.environ["HOME"]}
+
+    result = subprocess.run(
+        ["/bin/bash", str(BUILD_SCRIPT)], capture_output=True, text=True, env=env, check=False
+    )
+
+    assert result.returncode == 1
+    assert "Go is not installed" in result.stderr
+
+
+@pytest.mark.cluster
+def test_build_is_cached_once_built() -> None:
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=60, check=True
+    )
+
+    assert "cluster binaries up to date" in result.stdout
+
+
+@pytest.mark.cluster
+def test_binaries_report_their_pinned_versions(cluster: Cluster) -> None:
+    versions = dict(
+        line.split("=", 1)
+        for line in (BUILD_SCRIPT.parent / "versions.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+
+    def version_of(binary: str, *args: str) -> str:
+        command = [str(cluster.bin_dir / binary), *args]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    kubernetes = versions["KUBERNETES_VERSION"]
+    for binary in launcher.KUBE_BINARIES:
+        assert version_of(binary, "--version").strip() == f"Kubernetes {kubernetes}"
+    etcd = versions["ETCD_VERSION"].lstrip("v")
+    assert f"etcd Version: {etcd}" in version_of("etcd", "--version")
+    assert versions["KWOK_VERSION"].lstrip("v") in version_of("kwokctl", "--version")
+    assert version_of("helm", "version", "--short").startswith(versions["HELM_VERSION"])
+    server = cluster.kubectl("version", "-o", "json").stdout
+    assert f'"gitVersion": "{kubernetes}"' in server
+
+
+@pytest.mark.cluster
+def test_components_listen_on_loopback_only(cluster: Cluster) -> None:
+    pids = launcher.component_pids(cluster.paths)
+    assert set(pids) >= {"etcd", *launcher.KUBE_BINARIES, "kwok-controller"}
+
+    sockets = subprocess.run(
+        ["ss", "-H", "-ltnp"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    ours = [line for line in sockets if any(f"pid={pid}," in line for pid in pids.values())]
+
+    assert ours, "no listening socket found for the cluster's processes"
+    for line in ours:
+        local_address = line.split()[3]
+        assert local_address.startswith("127.0.0.1:"), line
+
+
+@pytest.mark.cluster
+def test_up_again_reuses_the_running_cluster(cluster: Cluster) -> None:
+    before = launcher.component_pids(cluster.paths)
+
+    started = launcher.up(cluster.paths, ephemeral=True)
+
+    assert started is False
+    assert launcher.component_pids(cluster.paths) == before
+    nodes = cluster.kubectl("get", "nodes", "-l", launcher.NODE_LABEL, "-o", "name").stdout.split()
+    assert nodes == ["node/kwok-gpu-0", "node/kwok-gpu-1"]
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_up_then_down_leaves_no_process(tmp_path: Path) -> None:
+    paths = launcher.ClusterPaths(bin_dir=launcher.default_bin_dir(), state_dir=tmp_path)
+
+    up = run_launcher(tmp_path, "up", "--nodes", "1")
+    assert up.returncode == 0, up.stderr
+    pids = launcher.component_pids(paths)
+    assert len(pids) == 5 and all(launcher.is_alive(pid) for pid in pids.values())
+    assert run_launcher(tmp_path, "status").returncode == 0
+
+    down = run_launcher(tmp_path, "down")
+
+    assert down.returncode == 0, down.stderr
+    assert not any(launcher.is_alive(pid) for pid in pids.values())
+    assert launcher.cluster_processes(paths) == {}
+    assert not paths.cluster_dir.exists() and not paths.kubeconfig.exists()
+    assert run_launcher(tmp_path, "status").returncode == 3
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_sigterm_during_up_stops_what_was_started(tmp_path: Path) -> None:
+    paths = launcher.ClusterPaths(bin_dir=launcher.default_bin_dir(), state_dir=tmp_path)
+    command = [sys.executable, str(LAUNCHER), "--state-dir", str(tmp_path), "up"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        # Interrupt once the control plane runs, before `up` has finished.
+        pids: dict[str, int] = {}
+        while "kube-apiserver" not in pids and process.poll() is None:
+            time.sleep(0.05)
+            pids = launcher.component_pids(paths)
+        assert process.poll() is None, "up finished before it could be interrupted"
+
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    assert process.returncode == 130, stderr
+    assert "stopping what was started" in stderr
+    assert not any(launcher.is_alive(pid) for pid in pids.values())
+    assert launcher.cluster_processes(paths) == {}
+    assert not paths.cluster_dir.exists()
