@@ -7,6 +7,13 @@ batch holds `max_batch_size` images, and runs them as one `backend.generate`
 call on its thread. Because only free workers take work, a request always goes
 to the least-loaded worker and never waits behind a busy one while another idles.
 
+Each request may carry a `finish` step (the server encodes images with it),
+run off the event loop and answered with one loop wake-up per batch. A CUDA
+worker hands the batch to a small finishing pool and goes straight back to the
+GPU; a CPU worker finishes the batch itself, since its device is the CPU anyway
+and a hand-off would only add a thread switch (the dominant cost of a cheap
+request: measured with tests/benchmarks/bench_stub_server.py).
+
 A batch that raises fails only its own requests; the worker releases device
 memory and keeps serving. Nothing here knows about HTTP.
 """
@@ -17,15 +24,19 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 from PIL import Image
 
 from tti_server.backends.base import Backend, BackendOutOfMemory, GenerationRequest
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Images = list[Image.Image]
 
 
 class EngineError(Exception):
@@ -64,7 +75,8 @@ class EngineStats:
 @dataclass(eq=False)
 class _Job:
     request: GenerationRequest
-    future: asyncio.Future[list[Image.Image]]
+    finish: Callable[[Images], Any]
+    future: asyncio.Future[Any]
 
 
 @dataclass(eq=False)
@@ -80,6 +92,11 @@ class Worker:
     def __post_init__(self) -> None:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"tti-worker-{self.index}")
 
+    @property
+    def hands_off_finishing(self) -> bool:
+        """Keep an accelerator fed: let other threads encode while it generates."""
+        return not self.backend.device.startswith("cpu")
+
 
 class Engine:
     """Queue, batch and run generation requests on a set of loaded backends."""
@@ -92,6 +109,7 @@ class Engine:
         request_timeout: float,
         max_batch_size: int = 1,
         batch_wait: float = 0.0,
+        finish_threads: int = 2,
     ) -> None:
         if not backends:
             raise ValueError("the engine needs at least one backend")
@@ -102,9 +120,11 @@ class Engine:
         self.batch_wait = batch_wait
         self.stats = EngineStats()
         self._pending: deque[_Job] = deque()
-        self._arrival = asyncio.Condition()
+        # Idle workers park on these futures; each arrival wakes them all.
+        self._arrival_waiters: list[asyncio.Future[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
+        self._finishers = ThreadPoolExecutor(finish_threads, thread_name_prefix="tti-finish")
 
     @property
     def queue_depth(self) -> int:
@@ -128,25 +148,30 @@ class Engine:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for worker in self.workers:
             worker.executor.shutdown(wait=False, cancel_futures=True)
+        self._finishers.shutdown(wait=False, cancel_futures=True)
 
-    async def generate(self, request: GenerationRequest) -> list[Image.Image]:
+    async def generate(self, request: GenerationRequest) -> Images:
         """Queue `request` and wait for its `n` images (raises an `EngineError` subclass)."""
+        return await self.generate_then(request, _unchanged)
+
+    async def generate_then(self, request: GenerationRequest, finish: Callable[[Images], T]) -> T:
+        """Like `generate`, then `finish(images)` off the event loop; returns what it returns."""
         if self._stopped:
             raise EngineStopped("the server is shutting down")
         if len(self._pending) >= self.max_queue:
             raise QueueFull(f"{len(self._pending)} requests are already waiting; retry shortly")
-        job = _Job(request, asyncio.get_running_loop().create_future())
-        async with self._arrival:
-            self._pending.append(job)
-            self._arrival.notify_all()
+        loop = asyncio.get_running_loop()
+        job = _Job(request, finish, loop.create_future())
+        self._pending.append(job)
+        self._wake_workers()
+        # A timer instead of asyncio.wait_for: no extra future per request.
+        deadline = loop.call_later(self.request_timeout, self._expire, job)
         try:
-            return await asyncio.wait_for(asyncio.shield(job.future), self.request_timeout)
-        except TimeoutError:
-            raise GenerationTimeout(
-                f"the request did not finish within {self.request_timeout:g} s"
-            ) from None
+            return cast(T, await job.future)
         finally:
-            self._forget(job)
+            deadline.cancel()
+            if job.future.cancelled():  # the client went away
+                self._withdraw(job)
 
     async def run_on_each_worker(self, request: GenerationRequest) -> None:
         """Run `request` once on every worker, bypassing the queue (the warm-up)."""
@@ -158,12 +183,29 @@ class Engine:
             )
         )
 
-    def _forget(self, job: _Job) -> None:
-        """A request that gave up (timeout, disconnect) leaves the queue."""
+    def _expire(self, job: _Job) -> None:
         if not job.future.done():
-            job.future.cancel()
+            timeout = GenerationTimeout(
+                f"the request did not finish within {self.request_timeout:g} s"
+            )
+            job.future.set_exception(timeout)
+            self._withdraw(job)
+
+    def _withdraw(self, job: _Job) -> None:
+        """A request that gave up leaves the queue (a running one just gets ignored)."""
         with contextlib.suppress(ValueError):
             self._pending.remove(job)
+
+    def _wake_workers(self) -> None:
+        for waiter in self._arrival_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._arrival_waiters.clear()
+
+    def _next_arrival(self) -> asyncio.Future[None]:
+        waiter = asyncio.get_running_loop().create_future()
+        self._arrival_waiters.append(waiter)
+        return waiter
 
     async def _serve(self, worker: Worker) -> None:
         while True:
@@ -176,10 +218,9 @@ class Engine:
 
     async def _next_batch(self) -> list[_Job]:
         """Wait for the oldest live request, then gather compatible ones into its batch."""
-        async with self._arrival:
-            await self._arrival.wait_for(self._has_live_job)
-            first = self._pending.popleft()
-        batch = [first]
+        while not self._has_live_job():
+            await self._next_arrival()
+        batch = [self._pending.popleft()]
         if self.max_batch_size > 1:
             await self._fill(batch)
         return batch
@@ -198,9 +239,10 @@ class Engine:
             remaining = deadline - loop.time()
             if _images(batch) >= self.max_batch_size or remaining <= 0:
                 return
-            async with self._arrival:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._arrival.wait(), remaining)
+            arrival = self._next_arrival()
+            window = loop.call_later(remaining, _resolve, arrival)
+            await arrival
+            window.cancel()
 
     def _take_compatible(self, batch: list[_Job]) -> None:
         """Move waiting requests with the batch's key into it, oldest first, while they fit."""
@@ -215,15 +257,14 @@ class Engine:
                 room -= job.request.n
 
     async def _run(self, worker: Worker, batch: list[_Job]) -> None:
-        """Run one batch on the worker's thread and hand each request its own images."""
+        """Run one batch on the worker's thread; the finishing pool answers each request."""
         live = [job for job in batch if not job.future.done()]
         if not live:
             return
-        requests = [job.request for job in live]
         loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(
-                worker.executor, _generate_checked, worker.backend, requests
+            images = await loop.run_in_executor(
+                worker.executor, self._generate_and_finish, worker, live, loop
             )
         except Exception as exc:
             self.stats.failed_batches += 1
@@ -233,13 +274,21 @@ class Engine:
             return
         worker.batches += 1
         self.stats.batches += 1
-        self.stats.images_generated += sum(len(images) for images in results)
-        for job, images in zip(live, results, strict=True):
-            if not job.future.done():
-                job.future.set_result(images)
+        self.stats.images_generated += images
+
+    def _generate_and_finish(
+        self, worker: Worker, jobs: list[_Job], loop: asyncio.AbstractEventLoop
+    ) -> int:
+        """On the worker thread: generate, finish here or in the pool, count the images."""
+        results = _generate_checked(worker.backend, [job.request for job in jobs])
+        if worker.hands_off_finishing:
+            self._finishers.submit(_finish_batch, jobs, results, loop)
+        else:
+            _finish_batch(jobs, results, loop)
+        return sum(len(images) for images in results)
 
 
-def _generate_checked(backend: Backend, batch: list[GenerationRequest]) -> list[list[Image.Image]]:
+def _generate_checked(backend: Backend, batch: list[GenerationRequest]) -> list[Images]:
     """Call the backend on its thread; on failure free its memory there before re-raising."""
     try:
         results = backend.generate(batch)
@@ -251,6 +300,38 @@ def _generate_checked(backend: Backend, batch: list[GenerationRequest]) -> list[
     except BaseException:
         backend.release_memory()
         raise
+
+
+def _finish_batch(jobs: list[_Job], results: list[Images], loop: asyncio.AbstractEventLoop) -> None:
+    """On a finishing thread: finish each request, then wake the loop once to answer all."""
+    outcomes: list[tuple[_Job, Any, EngineError | None]] = []
+    for job, images in zip(jobs, results, strict=True):
+        try:
+            outcomes.append((job, job.finish(images), None))
+        except Exception as exc:
+            log.error("finishing a request failed", exc_info=exc)
+            outcomes.append((job, None, GenerationFailed(f"finishing failed: {exc}")))
+    with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting any more
+        loop.call_soon_threadsafe(_settle, outcomes)
+
+
+def _settle(outcomes: list[tuple[_Job, Any, EngineError | None]]) -> None:
+    for job, result, error in outcomes:
+        if job.future.done():
+            continue
+        if error is None:
+            job.future.set_result(result)
+        else:
+            job.future.set_exception(error)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _unchanged(images: Images) -> Images:
+    return images
 
 
 def _client_error(exc: Exception, worker: Worker) -> EngineError:

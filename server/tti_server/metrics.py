@@ -6,9 +6,9 @@ request). It also gives every request its id and every response `X-Request-Id`.
 
 from __future__ import annotations
 
+import random
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterator
 
 from prometheus_client import (
@@ -20,7 +20,6 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tti_server.engine import Engine
@@ -29,6 +28,7 @@ from tti_server.engine import Engine
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -72,9 +72,19 @@ class ServerMetrics:
         )
         self.registry.register(EngineCollector(engine))
 
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:  # labels() is a locked lookup: resolve each series once
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -100,9 +110,10 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                if "x-request-id" not in headers:
-                    headers.append("X-Request-Id", rid)
+                headers = list(message.get("headers", ()))
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    headers.append((b"x-request-id", rid.encode()))
+                message["headers"] = headers
             await send(message)
 
         try:
@@ -110,7 +121,8 @@ class RequestContextMiddleware:
         finally:
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
-            self.metrics.observe(label, scope["method"], status, time.perf_counter() - start)
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            self.metrics.observe(label, method, status, time.perf_counter() - start)
 
 
 def _request_id(scope: Scope) -> str:
@@ -120,4 +132,5 @@ def _request_id(scope: Scope) -> str:
             candidate: str = value.decode("latin-1")
             if _CLIENT_ID.match(candidate):
                 return candidate
-    return uuid.uuid4().hex
+    # 128 random bits like uuid4, but without a getrandom() syscall per request.
+    return f"{random.getrandbits(128):032x}"

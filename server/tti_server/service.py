@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 from tti_server import __version__
 from tti_server.backends.base import GenerationRequest
@@ -34,5 +34,6 @@ class Service:
         self, engine: Engine, request: GenerationRequest, image_format: ImageFormat
     ) -> list[bytes]:
         """Generate `request.n` images and encode them, neither on the event loop."""
-        images = await engine.generate(request)
-        return await asyncio.to_thread(encode_images, images, image_format)
+        return await engine.generate_then(
+            request, partial(encode_images, image_format=image_format)
+        )

@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 import json
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from tti_server.api.deps import EngineDep, ServiceDep
+from tti_server.api.deps import ready_engine, service_of
 from tti_server.api.errors_doc import GENERATION_ERRORS
 from tti_server.encoding import MEDIA_TYPES, NotAcceptable, negotiate_raw_format
 from tti_server.errors import InvalidRequest
@@ -26,15 +26,12 @@ _RAW_IMAGES: dict[str, dict[str, object]] = {media: {} for media in MEDIA_TYPES.
     responses={**GENERATION_ERRORS, 200: {"content": _RAW_IMAGES}},
     summary="Generate one image (caikit TextToImageTask)",
 )
-async def text_to_image(
-    body: CaikitTextToImageRequest,
-    service: ServiceDep,
-    engine: EngineDep,
-    accept: str | None = Header(None),
-) -> Response:
+async def text_to_image(body: CaikitTextToImageRequest, request: Request) -> Response:
+    service = service_of(request)
+    engine = ready_engine(service)
     job = caikit_job(body, service.settings)
     try:
-        raw_format = negotiate_raw_format(accept, job.image_format)
+        raw_format = negotiate_raw_format(request.headers.get("accept"), job.image_format)
     except NotAcceptable as exc:
         raise InvalidRequest(str(exc), status=406) from None
     image_format = raw_format or job.image_format

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import PlainTextResponse, Response
 
-from tti_server.api.deps import EngineDep, ServiceDep
+from tti_server.api.deps import ready_engine, service_of
 from tti_server.protocol import ErrorResponse, ModelInfo, ModelsInfo, Status
 
 router = APIRouter(tags=["operations"])
@@ -27,12 +27,14 @@ async def healthz() -> Status:
     summary="Readiness: the model is loaded and warmed up",
     responses={503: {"model": ErrorResponse, "description": "Loading, or failed to load"}},
 )
-async def readyz(engine: EngineDep) -> Status:
+async def readyz(request: Request) -> Status:
+    ready_engine(service_of(request))
     return Status(status="ready")
 
 
 @router.get("/info/models", summary="The served model (caikit's /info/models)")
-async def info_models(service: ServiceDep) -> ModelsInfo:
+async def info_models(request: Request) -> ModelsInfo:
+    service = service_of(request)
     engine = service.engine
     devices = [worker.backend.device for worker in engine.workers] if engine else []
     model = ModelInfo(

@@ -6,10 +6,10 @@ import base64
 import json
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from tti_server.api.deps import EngineDep, ServiceDep
+from tti_server.api.deps import ready_engine, service_of
 from tti_server.api.errors_doc import GENERATION_ERRORS
 from tti_server.generation import openai_job
 from tti_server.protocol import ModelCard, ModelList, OpenAIImageRequest, OpenAIImagesResponse
@@ -23,9 +23,9 @@ router = APIRouter(prefix="/v1", tags=["openai"])
     responses=GENERATION_ERRORS,
     summary="Generate 1-10 images (OpenAI images API)",
 )
-async def create_images(
-    body: OpenAIImageRequest, service: ServiceDep, engine: EngineDep
-) -> Response:
+async def create_images(body: OpenAIImageRequest, request: Request) -> Response:
+    service = service_of(request)
+    engine = ready_engine(service)
     job = openai_job(body, service.settings)
     images = await service.generate(engine, job.request, job.image_format)
     answer = {
@@ -38,5 +38,6 @@ async def create_images(
 
 
 @router.get("/models", summary="The served model (OpenAI models API)")
-async def list_models(service: ServiceDep) -> ModelList:
+async def list_models(request: Request) -> ModelList:
+    service = service_of(request)
     return ModelList(data=[ModelCard(id=service.model_id, created=service.started)])

@@ -1,0 +1,261 @@
+"""Benchmark: tti-server with the stub model against a minimal FastAPI app, side by side.
+
+Both answer `POST /api/v1/task/text-to-image` for a 64x64 image with the same
+caikit JSON (a base64 PNG). The minimal app does only that, on the event loop;
+tti-server adds validation, the bounded queue, a worker thread, encoding off the
+loop, request ids and metrics. The ratio is what all of that costs
+(target: tti-server >= 0.8 x the minimal app).
+
+The machine has two cores, so the server under test is pinned to core 0 and the
+load generator to core 1: neither steals the other's CPU. The load generator is
+`wrk` (one thread, keep-alive connections) when it is on PATH, else a small
+asyncio HTTP/1.1 client in its own process. Rounds alternate between the two
+servers so background load hits both alike; the median round is reported.
+
+    .venv/bin/python tests/benchmarks/bench_stub_server.py [--duration 10] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from PIL import Image
+from pydantic import BaseModel
+
+PATH = "/api/v1/task/text-to-image"
+BODY = json.dumps({"inputs": "a blue square", "parameters": {"height": 64, "width": 64}})
+SERVER_CORE, LOAD_CORE = 0, 1
+TARGET = 0.8
+
+
+class MinimalRequest(BaseModel):
+    inputs: str
+    parameters: dict[str, Any] = {}
+
+
+def minimal_app() -> FastAPI:
+    """The baseline: FastAPI, a pydantic body, the same image and JSON, nothing else."""
+    app = FastAPI()
+
+    @app.get("/readyz")
+    async def readyz() -> dict[str, str]:
+        return {"status": "ready"}
+
+    @app.post(PATH)
+    async def generate(body: MinimalRequest) -> dict[str, Any]:
+        size = (body.parameters.get("width", 64), body.parameters.get("height", 64))
+        buffer = io.BytesIO()
+        Image.new("RGB", size, (0, 100, 200)).save(buffer, format="PNG")
+        return {
+            "output": {"image_data": base64.b64encode(buffer.getvalue()).decode()},
+            "caption": body.inputs,
+            "producer_id": {"name": "minimal", "version": "0"},
+        }
+
+    return app
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def pinned(core: int) -> Callable[[], None]:
+    return lambda: os.sched_setaffinity(0, {core})
+
+
+def start(command: list[str], port: int) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        command, preexec_fn=pinned(SERVER_CORE), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{command[0]} exited: {process.stderr.read().decode()}")  # type: ignore[union-attr]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as answer:
+                if answer.status == 200:
+                    return process
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"{command} not ready")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def servers() -> dict[str, Callable[[int], list[str]]]:
+    here = Path(__file__).resolve()
+    uvicorn_flags = ["--log-level", "warning", "--no-access-log"]
+    return {
+        "minimal FastAPI": lambda port: [
+            sys.executable, "-m", "uvicorn", "--factory", f"{here.stem}:minimal_app",
+            "--app-dir", str(here.parent), "--host", "127.0.0.1", "--port", str(port),
+            *uvicorn_flags,
+        ],
+        "tti-server stub": lambda port: [
+            sys.executable, "-m", "tti_server", "--model", "stub", "--host", "127.0.0.1",
+            "--port", str(port), "--log-level", "warning",
+        ],
+    }  # fmt: skip
+
+
+# Load generators: both keep `connections` keep-alive connections busy for `duration` s.
+
+
+def wrk_load(url: str, duration: float, connections: int) -> tuple[float, int]:
+    script = f"""
+wrk.method = "POST"
+wrk.body = {json.dumps(BODY)}
+wrk.headers["Content-Type"] = "application/json"
+"""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
+        lua.write(script)
+    try:
+        command = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "-s", lua.name, url + PATH]
+        result = subprocess.run(
+            command, capture_output=True, text=True, check=True, preexec_fn=pinned(LOAD_CORE)
+        )
+    finally:
+        os.unlink(lua.name)
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)[1])  # type: ignore[index]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", result.stdout)
+    errors = re.search(r"Socket errors: .*", result.stdout)
+    return rate, (int(bad[1]) if bad else 0) + (1 if errors else 0)
+
+
+def asyncio_load(url: str, duration: float, connections: int) -> tuple[float, int]:
+    """Fallback load generator: raw HTTP/1.1 on asyncio streams (httpx would be the bottleneck)."""
+    command = [sys.executable, __file__, "--_load", url, str(duration), str(connections)]
+    result = subprocess.run(
+        command, capture_output=True, text=True, check=True, preexec_fn=pinned(LOAD_CORE)
+    )
+    done, bad, seconds = json.loads(result.stdout)
+    return done / seconds, bad
+
+
+async def _drive(url: str, duration: float, connections: int) -> tuple[int, int, float]:
+    host, port = url.removeprefix("http://").split(":")
+    payload = BODY.encode()
+    request = (
+        f"POST {PATH} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
+    counts = [0, 0]
+    deadline = time.monotonic() + duration
+
+    async def one_connection() -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        while time.monotonic() < deadline:
+            writer.write(request)
+            status_line = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            counts[0 if b" 200 " in status_line else 1] += 1
+        writer.close()
+
+    started = time.monotonic()
+    await asyncio.gather(*(one_connection() for _ in range(connections)))
+    return counts[0], counts[1], time.monotonic() - started
+
+
+def measure(
+    name: str, command: Callable[[int], list[str]], args: argparse.Namespace
+) -> tuple[float, float]:
+    load = wrk_load if shutil.which("wrk") and not args.no_wrk else asyncio_load
+    port = free_port()
+    process = start(command(port), port)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        load(url, 2, args.connections)  # warm-up
+        cpu_before = cpu_seconds(process.pid)
+        rate, bad = load(url, args.duration, args.connections)
+        cpu = cpu_seconds(process.pid) - cpu_before
+    finally:
+        stop(process)
+    if bad:
+        raise SystemExit(f"{name}: {bad} failed responses; the comparison is void")
+    cpu_per_request = cpu / (rate * args.duration) * 1e6
+    print(f"  {name:<16} {rate:8.0f} req/s  {cpu_per_request:6.0f} us CPU/request", flush=True)
+    return rate, cpu_per_request
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its threads, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    if "--_load" in sys.argv:
+        url, duration, connections = sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+        print(json.dumps(asyncio.run(_drive(url, duration, connections))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per server (alternating)")
+    parser.add_argument("--connections", type=int, default=16, help="keep-alive connections")
+    parser.add_argument("--no-wrk", action="store_true", help="use the asyncio load generator")
+    args = parser.parse_args()
+    if len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("needs two cores: one for the server, one for the load generator")
+    generator = "wrk" if shutil.which("wrk") and not args.no_wrk else "asyncio client"
+    print(
+        f"POST {PATH}, 64x64 PNG in caikit JSON; {generator}, {args.connections} connections, "
+        f"{args.duration:g} s x {args.rounds} rounds; server on core {SERVER_CORE}, "
+        f"load on core {LOAD_CORE}"
+    )
+    rates: dict[str, list[float]] = {name: [] for name in servers()}
+    costs: dict[str, list[float]] = {name: [] for name in servers()}
+    for round_number in range(1, args.rounds + 1):
+        print(f"round {round_number}")
+        for name, command in servers().items():
+            rate, cost = measure(name, command, args)
+            rates[name].append(rate)
+            costs[name].append(cost)
+    baseline, ours = (statistics.median(r) for r in rates.values())
+    baseline_cost, our_cost = (statistics.median(c) for c in costs.values())
+    ratio = ours / baseline
+    print(f"median: minimal FastAPI {baseline:.0f} req/s, tti-server stub {ours:.0f} req/s")
+    verdict = "meets" if ratio >= TARGET else "BELOW"
+    print(f"ratio tti-server / minimal = {ratio:.2f} ({verdict} the target of {TARGET})")
+    # On a busy machine throughput follows the scheduler's whims; CPU per request does not.
+    print(
+        f"CPU per request: minimal {baseline_cost:.0f} us, tti-server {our_cost:.0f} us; "
+        f"cost ratio minimal / tti-server = {baseline_cost / our_cost:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
