@@ -129,8 +129,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(request, 500, "internal server error (see the server log)")
+    # Starlette re-raises after this answer, so the server logs the traceback itself.
+    rid = request_id(request)
+    log.error(
+        "unhandled %s in %s %s (request %s)",
+        type(exc).__name__,
+        request.method,
+        request.url.path,
+        rid,
+    )
+    return error_response(request, 500, f"internal server error (request {rid}; see the log)")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     default_size: int = Field(
         default=512, ge=8, description="height and width when a request names none"
     )
+    sdxl_speedups: str = Field(
+        default="",
+        description="sdxl-turbo: comma-separated speed-ups: channels_last, fuse_qkv, compile",
+    )
     stub_latency_ms: float = Field(
         default=0.0,
         ge=0,

@@ -214,3 +214,28 @@ def test_every_worker_is_warmed_up_and_listed() -> None:
 def test_backends_and_loader_are_exclusive() -> None:
     with pytest.raises(ValueError, match="not both"):
         create_app(Settings(), backends=[StubBackend()], loader=lambda s: [StubBackend()])
+
+
+def test_an_unexpected_error_is_a_500_envelope_without_traceback() -> None:
+    app = create_app(Settings())
+
+    async def broken() -> None:
+        raise KeyError("a real bug")
+
+    app.add_api_route("/broken", broken)
+
+    async def scenario() -> httpx.Response:
+        async with app.router.lifespan_context(app):
+            # Starlette re-raises after answering (for the server's log); keep the answer.
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+                return await client.get("/broken", headers={"X-Request-Id": "bug-1"})
+
+    answer = asyncio.run(scenario())
+    assert answer.status_code == 500
+    assert answer.headers["x-request-id"] == "bug-1"
+    assert answer.json() == {
+        "code": 500,
+        "details": "internal server error (request bug-1; see the log)",
+        "id": "bug-1",
+    }

@@ -129,6 +129,29 @@ def test_a_model_that_cannot_load_exits_non_zero_with_one_clear_line(
     assert "Traceback" not in output
 
 
+def test_an_unknown_speed_up_is_a_load_failure(start_server: StartServer) -> None:
+    server = start_server(
+        "--model",
+        "sdxl-turbo",
+        "--device",
+        "cpu",
+        "--sdxl-speedups",
+        "warp-drive",
+        wait_ready=False,
+    )
+    assert server.wait_exit(timeout=120) == 1
+    last = server.output().strip().splitlines()[-1]
+    assert last.startswith("tti-server: error: model: cannot load sdxl-turbo")
+    assert "--sdxl-speedups: unknown SDXL speed-up warp_drive" in last
+
+
+def test_make_tiny_model_has_its_own_help() -> None:
+    command = [*server_command(), "make-tiny-model", "--help"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "usage: tti-server make-tiny-model [-h] directory" in result.stdout
+
+
 def test_python_dash_m_runs_the_same_server() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "tti_server", "--version"], capture_output=True, text=True

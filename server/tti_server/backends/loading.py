@@ -40,7 +40,11 @@ def load_backends(settings: Settings) -> list[Backend]:
     if settings.model == "stub":
         latency_s = settings.stub_latency_ms / 1000
         return [StubBackend("cpu", latency_s) for _ in range(settings.workers)]
-    from tti_server.backends.sdxl import load_sdxl
+    from tti_server.backends.sdxl import SDXLOptions, load_sdxl
 
+    try:
+        options = SDXLOptions.parse(settings.sdxl_speedups)
+    except ValueError as exc:
+        raise ModelLoadError(f"--sdxl-speedups: {exc}") from None
     path = settings.resolved_model_path
-    return [load_sdxl(path, device) for device in worker_devices(settings)]
+    return [load_sdxl(path, device, options) for device in worker_devices(settings)]
