@@ -18,11 +18,16 @@ LAUNCHER = Path(launcher.__file__)
 BUILD_SCRIPT = launcher.BUILD_SCRIPT
 
 
+# Any download attempt goes through this dead proxy and fails (loopback is never proxied).
+NO_NETWORK = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+
+
 def run_launcher(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(LAUNCHER), "--state-dir", str(state_dir), *args],
         capture_output=True,
         text=True,
+        env={**os.environ, **NO_NETWORK},
         timeout=180,
         check=False,
     )
@@ -115,7 +120,7 @@ def test_up_again_reuses_the_running_cluster(cluster: Cluster) -> None:
 
 @pytest.mark.cluster
 @pytest.mark.slow
-def test_up_then_down_leaves_no_process(tmp_path: Path) -> None:
+def test_up_downloads_nothing_and_down_leaves_no_process(tmp_path: Path) -> None:
     paths = launcher.ClusterPaths(bin_dir=launcher.default_bin_dir(), state_dir=tmp_path)
 
     up = run_launcher(tmp_path, "up", "--nodes", "1")
