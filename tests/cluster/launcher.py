@@ -116,7 +116,10 @@ def default_bin_dir() -> Path:
 
 
 def default_paths(state_dir: Path | None = None) -> ClusterPaths:
-    return ClusterPaths(bin_dir=default_bin_dir(), state_dir=state_dir or REPO_ROOT / ".cluster")
+    """The cache's binaries; state in `state_dir`, else $TTI_CLUSTER_STATE_DIR, else .cluster/."""
+    if state_dir is None:
+        state_dir = Path(os.environ.get("TTI_CLUSTER_STATE_DIR") or REPO_ROOT / ".cluster")
+    return ClusterPaths(bin_dir=default_bin_dir(), state_dir=state_dir)
 
 
 def log(message: str) -> None:

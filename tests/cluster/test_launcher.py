@@ -163,3 +163,50 @@ def test_sigterm_during_up_stops_what_was_started(tmp_path: Path) -> None:
     assert not any(launcher.is_alive(pid) for pid in pids.values())
     assert launcher.cluster_processes(paths) == {}
     assert not paths.cluster_dir.exists()
+
+
+SLEEPY_TEST = """
+import time
+
+import pytest
+
+
+@pytest.mark.cluster
+def test_holds_the_cluster(cluster):
+    print("cluster-ready", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_sigterm_to_a_test_session_stops_the_cluster_it_started(tmp_path: Path) -> None:
+    (tmp_path / "test_sleepy.py").write_text(SLEEPY_TEST)
+    state_dir = tmp_path / "state"
+    paths = launcher.ClusterPaths(bin_dir=launcher.default_bin_dir(), state_dir=state_dir)
+    tests_dir = LAUNCHER.parents[1]
+    command = [
+        *(sys.executable, "-m", "pytest", "-p", "support.cluster", "-s", "-p", "no:cacheprovider"),
+        *("-c", str(tests_dir.parent / "pyproject.toml"), "--rootdir", str(tmp_path)),
+        str(tmp_path / "test_sleepy.py"),
+    ]
+    env = {**os.environ, "TTI_CLUSTER_STATE_DIR": str(state_dir), "PYTHONPATH": str(tests_dir)}
+    session = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert session.stdout is not None
+        for line in session.stdout:
+            if "cluster-ready" in line:
+                break
+        pids = launcher.component_pids(paths)
+        assert len(pids) == 5 and all(launcher.is_alive(pid) for pid in pids.values())
+
+        session.send_signal(signal.SIGTERM)
+        output, _ = session.communicate(timeout=120)
+    finally:
+        if session.poll() is None:
+            session.kill()
+
+    assert "KeyboardInterrupt" in output
+    assert not any(launcher.is_alive(pid) for pid in pids.values())
+    assert launcher.cluster_processes(paths) == {}
+    assert not paths.cluster_dir.exists()
