@@ -53,9 +53,13 @@ path_kubectl_ok() {
 
 need_kubectl=0
 if ! path_kubectl_ok; then need_kubectl=1; fi
-if [[ -f $stamp ]] && { (( need_kubectl == 0 )) || [[ -x $bin_dir/kubectl ]]; }; then
-  say "cluster binaries up to date in $bin_dir"
-  exit 0
+only_kubectl=0
+if [[ -f $stamp ]]; then
+  if (( need_kubectl == 0 )) || [[ -x $bin_dir/kubectl ]]; then
+    say "cluster binaries up to date in $bin_dir"
+    exit 0
+  fi
+  only_kubectl=1
 fi
 
 export CGO_ENABLED=0
@@ -101,8 +105,6 @@ run_go() {
 # module_dir MODULE@VERSION: where Go keeps that module's source (downloading it if needed).
 module_dir() { go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p'; }
 
-t0=$SECONDS
-say "building the cluster binaries into $bin_dir (the first build takes many minutes; later runs reuse Go's caches)"
 
 kube_ldflags="-s -w
   -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION
@@ -113,6 +115,18 @@ kube_ldflags="-s -w
   -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION
   -X k8s.io/client-go/pkg/version.gitMajor=$(cut -d. -f1 <<<"${KUBERNETES_VERSION#v}")
   -X k8s.io/client-go/pkg/version.gitMinor=$kube_minor"
+if (( only_kubectl )); then
+  say "kubectl on PATH is missing or more than one minor away from $KUBERNETES_VERSION: building kubectl"
+  (cd "$here/go/kubernetes" &&
+    run_go "kubectl" . k8s.io/kubernetes/cmd/kubectl build -trimpath -ldflags "$kube_ldflags" \
+      -o "$work/kubectl" k8s.io/kubernetes/cmd/kubectl)
+  mv -f "$work/kubectl" "$bin_dir/kubectl"
+  say "kubectl ready: $("$bin_dir/kubectl" version --client | head -n1)"
+  exit 0
+fi
+
+t0=$SECONDS
+say "building the cluster binaries into $bin_dir (the first build takes many minutes; later runs reuse Go's caches)"
 kube_pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler)
 if (( need_kubectl )); then
   say "kubectl on PATH is missing or more than one minor away from $KUBERNETES_VERSION: building kubectl too"
