@@ -18,7 +18,11 @@ $(STAMP): pyproject.toml scripts/venv.sh
 venv: $(STAMP) ## Create .venv with the operator, the server and the dev tools
 
 .PHONY: demo
-demo: venv ## The main job: start the server with the stub model and generate one image
+demo: venv ## The main job: local cluster, chart, operator, a model, one image (DEMO_ARGS="--model sdxl-turbo")
+	@$(PY) tests/e2e/demo.py $(DEMO_ARGS)
+
+.PHONY: demo-server
+demo-server: venv ## The server alone: start it with the stub model and generate one image
 	@$(PY) -m tti_server.demo
 
 .PHONY: lint
