@@ -44,6 +44,7 @@ if str(TESTS_DIR) not in sys.path:  # run as a script: make `cluster.launcher` i
     sys.path.insert(0, str(TESTS_DIR))
 
 from cluster import launcher  # noqa: E402
+from support.cluster import shared_use  # noqa: E402
 
 ROOT = TESTS_DIR.parent
 CHART = ROOT / "charts" / "tti-operator"
@@ -200,11 +201,6 @@ def delete_quietly(kube: Kube, kind: str, name: str) -> None:
 def uninstall(kube: Kube) -> None:
     kube.helm("uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait", "--ignore-not-found")
     say(f"uninstalled helm release {RELEASE}")
-
-
-def stop_cluster(paths: launcher.ClusterPaths) -> None:
-    launcher.down(paths)
-    say("stopped the local cluster")
 
 
 def namespace_phase(kube: Kube, name: str) -> str:
@@ -373,14 +369,15 @@ def start_cluster(stack: contextlib.ExitStack) -> Kube:
     say("binaries: Kubernetes, etcd, kwok and helm, built from Go modules (cached after once)")
     subprocess.run(["bash", str(launcher.BUILD_SCRIPT)], check=True)
     paths = launcher.default_paths()
+    # Shared with test sessions in this checkout: the last user out stops a cluster that
+    # one of them started; one from `make cluster-up` is never stopped.
+    stack.enter_context(shared_use(paths))
     try:
-        started = launcher.up(paths)
+        started = launcher.up(paths, ephemeral=True)
     except launcher.ClusterError as error:
         raise DemoError(f"cluster: {error}") from None
-    if started:
-        stack.callback(stop_cluster, paths)
-    else:
-        say("a cluster was already up: using it, and leaving it running afterwards")
+    if not started:
+        say("a cluster was already up: using it, and leaving it to whoever started it")
     kube = Kube(paths)
     if not has_untainted_node(kube):
         # The launcher's nodes are GPU nodes (tainted); CPU pods need a node of their own.
