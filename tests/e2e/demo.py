@@ -364,6 +364,21 @@ def model_manifest(options: Options, weights: Path | None) -> Obj:
     }
 
 
+@contextlib.contextmanager
+def sharing(paths: launcher.ClusterPaths) -> Iterator[None]:
+    """`shared_use`, told nothing about an exception on the way out.
+
+    Its last-user check returns from a `finally`, which would swallow a Ctrl-C in flight;
+    exiting it as if all went well lets the exception go on up to `main`.
+    """
+    use = shared_use(paths)
+    use.__enter__()
+    try:
+        yield
+    finally:
+        use.__exit__(None, None, None)
+
+
 def start_cluster(stack: contextlib.ExitStack) -> Kube:
     step(1, "Building what is missing and starting the local cluster")
     say("binaries: Kubernetes, etcd, kwok and helm, built from Go modules (cached after once)")
@@ -371,7 +386,7 @@ def start_cluster(stack: contextlib.ExitStack) -> Kube:
     paths = launcher.default_paths()
     # Shared with test sessions in this checkout: the last user out stops a cluster that
     # one of them started; one from `make cluster-up` is never stopped.
-    stack.enter_context(shared_use(paths))
+    stack.enter_context(sharing(paths))
     try:
         started = launcher.up(paths, ephemeral=True)
     except launcher.ClusterError as error:
