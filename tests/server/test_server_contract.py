@@ -99,6 +99,20 @@ def test_metrics_count_requests_images_and_queue(api: httpx.Client) -> None:
     assert "tti_ready 1.0" in text
 
 
+def test_openapi_describes_every_route(api: httpx.Client) -> None:
+    paths = api.get("/openapi.json").json()["paths"]
+    assert set(paths) >= {
+        "/api/v1/task/text-to-image",
+        "/v1/images/generations",
+        "/v1/models",
+        "/health",
+        "/healthz",
+        "/readyz",
+        "/info/models",
+        "/metrics",
+    }
+
+
 def test_every_response_carries_a_request_id(api: httpx.Client) -> None:
     for answer in (api.get("/health"), api.get("/nowhere"), caikit(api, {"inputs": 1})):
         assert len(answer.headers["x-request-id"]) == 32

@@ -74,7 +74,7 @@ def test_flags_win_over_environment_variables(start_server: StartServer) -> None
 def test_a_full_queue_answers_503_at_once_and_the_server_recovers(
     start_server: StartServer,
 ) -> None:
-    # One worker busy for 2 s and room for one waiting request: of 6 requests sent
+    # One worker busy for 1 s and room for one waiting request: of 6 requests sent
     # together, at most 2 can be accepted before the first finishes.
     server = start_server("--stub-latency-ms", "2000", "--max-queue", "1", "--max-batch-size", "1")
     with ThreadPoolExecutor(6) as pool:
