@@ -111,10 +111,15 @@ def random_sdxl_pipeline(
     `with torch.device("cuda"):` to build a large one quickly). The tokenizers are
     byte-level (`byte_level_clip_tokenizer`), whatever the text encoders' vocabulary.
     """
+    import torch
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = byte_level_clip_tokenizer()
+    # The scheduler's tables go through numpy, so they are built on the CPU even when
+    # the caller makes CUDA the default device.
+    with torch.device("cpu"):
+        scheduler = turbo_scheduler()
     special = {
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
@@ -124,7 +129,7 @@ def random_sdxl_pipeline(
     return StableDiffusionXLPipeline(
         unet=UNet2DConditionModel(**unet),
         vae=AutoencoderKL(**vae),
-        scheduler=turbo_scheduler(),
+        scheduler=scheduler,
         text_encoder=CLIPTextModel(CLIPTextConfig(**text_encoder, **special)),
         text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text_encoder_2, **special)),
         tokenizer=tokenizer,
