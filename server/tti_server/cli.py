@@ -77,10 +77,7 @@ def load_settings(argv: Sequence[str]) -> Settings:
     try:
         return Settings(**flags)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()
-        )
-        parser.error(problems)
+        parser.error("; ".join(_describe(error) for error in exc.errors()))
 
 
 def serve(argv: Sequence[str]) -> int:
@@ -134,6 +131,12 @@ def make_tiny_model(argv: Sequence[str]) -> int:
         return 1
     print(f"wrote a tiny SDXL pipeline to {args.directory}")
     return 0
+
+
+def _describe(error: Any) -> str:
+    """`--max-queue (TTI_MAX_QUEUE): Input should be ...`: the flag and the variable."""
+    name = ".".join(map(str, error["loc"]))
+    return f"--{name.replace('_', '-')} (TTI_{name.upper()}): {error['msg']}"
 
 
 def _literal_choices(annotation: Any) -> list[str] | None:

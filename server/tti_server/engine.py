@@ -86,8 +86,6 @@ class Worker:
     index: int
     backend: Backend
     executor: ThreadPoolExecutor = field(init=False)
-    busy: bool = False
-    batches: int = 0
 
     def __post_init__(self) -> None:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"tti-worker-{self.index}")
@@ -209,12 +207,7 @@ class Engine:
 
     async def _serve(self, worker: Worker) -> None:
         while True:
-            batch = await self._next_batch()
-            worker.busy = True
-            try:
-                await self._run(worker, batch)
-            finally:
-                worker.busy = False
+            await self._run(worker, await self._next_batch())
 
     async def _next_batch(self) -> list[_Job]:
         """Wait for the oldest live request, then gather compatible ones into its batch."""
@@ -272,7 +265,6 @@ class Engine:
             for job in live:
                 _fail(job, error)
             return
-        worker.batches += 1
         self.stats.batches += 1
         self.stats.images_generated += images
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -46,8 +47,8 @@ def test_help_lists_every_setting_and_the_subcommand() -> None:
     [
         (["--port", "abc"], "--port: invalid int value: 'abc'"),
         (["--model", "dalle"], "--model: invalid choice: 'dalle'"),
-        (["--max-batch-size", "0"], "--max-batch-size: Input should be greater than or equal to 1"),
-        (["--request-timeout", "-1"], "--request-timeout: Input should be greater than 0"),
+        (["--max-batch-size", "0"], "--max-batch-size (TTI_MAX_BATCH_SIZE): Input should be"),
+        (["--request-timeout", "-1"], "--request-timeout (TTI_REQUEST_TIMEOUT): Input should be"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(args: list[str], fragment: str) -> None:
@@ -55,6 +56,14 @@ def test_bad_flags_exit_2_with_one_line(args: list[str], fragment: str) -> None:
     assert result.returncode == 2
     assert fragment in result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr
+
+
+def test_a_bad_environment_variable_names_itself() -> None:
+    command = [*server_command(), "--port", "1"]
+    env = {**os.environ, "TTI_MAX_QUEUE": "many"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == 2
+    assert "--max-queue (TTI_MAX_QUEUE): Input should be a valid integer" in result.stderr
 
 
 def test_environment_variables_configure_the_server(start_server: StartServer) -> None:
