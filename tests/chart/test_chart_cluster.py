@@ -69,11 +69,11 @@ def release_objects(cluster: Cluster, release: str, namespaces: list[str]) -> se
 
 
 def test_install_upgrade_uninstall(
-    cluster: Cluster, kube_namespace: str, release_namespace: str
+    cluster: Cluster, kube_namespace: str, release_namespace: str, tmp_path: Path
 ) -> None:
     release = f"r{uuid.uuid4().hex[:6]}"
     model = {"name": "stub", "namespace": kube_namespace, "spec": {"model": "stub", "gpus": 0}}
-    values = Path(cluster.paths.state_dir) / f"{release}-values.json"
+    values = tmp_path / "values.json"
     values.write_text(json.dumps({"watchNamespaces": [kube_namespace], "models": [model]}))
     try:
         installed = cluster.helm(
@@ -118,7 +118,6 @@ def test_install_upgrade_uninstall(
         assert [h["status"] for h in history] == ["superseded", "deployed"]
     finally:
         cluster.helm("uninstall", release, "-n", release_namespace, "--wait", check=False)
-        values.unlink(missing_ok=True)
     assert release_objects(cluster, release, [release_namespace, kube_namespace]) == set()
     # Helm never deletes what it installed from crds/: the models of other releases live on.
     cluster.kubectl("get", "crd", "texttoimagemodels.tti.dev")

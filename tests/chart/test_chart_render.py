@@ -190,6 +190,7 @@ def test_helm_test_hook_calls_the_models_service(helm: Helm) -> None:
     pod = one(helm.template(values=values), "Pod")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert pod["spec"]["restartPolicy"] == "Never"
+    assert pod["spec"]["automountServiceAccountToken"] is False
     container = pod["spec"]["containers"][0]
     assert container["image"] == "tti-server:0.1.0"
     assert container["command"] == ["tti"]
