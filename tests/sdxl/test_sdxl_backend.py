@@ -274,3 +274,14 @@ def test_channels_last_and_fused_qkv_draw_the_same_images(
     options = SDXLOptions(channels_last=True, fuse_qkv=True)
     fast = load_sdxl(str(tiny_model_dir), "cpu", options)
     assert pixel_difference(one(fast, "a fox", 8), one(tiny_backend, "a fox", 8)) <= BATCH_TOLERANCE
+
+
+def test_a_model_saved_only_as_the_fp16_variant_loads_on_the_cpu_in_fp32(
+    tiny_backend: SDXLBackend, tmp_path: Path
+) -> None:
+    # What `save_pretrained(variant="fp16")` writes, as the GPU benchmark does.
+    tiny_backend.pipeline.save_pretrained(str(tmp_path), variant="fp16")
+    assert not list(tmp_path.glob("unet/diffusion_pytorch_model.safetensors"))
+    backend = load_sdxl(str(tmp_path), "cpu")
+    assert backend.pipeline.unet.dtype == torch.float32
+    assert one(backend, "a fox", 1).size == (64, 64)

@@ -45,7 +45,7 @@ class SDXLOptions:
 
     channels_last: bool = False  # UNet and VAE in channels-last memory format
     fuse_qkv: bool = False  # one matmul for the q, k and v projections of self-attention
-    compile: bool = False  # torch.compile the UNet (slow first call per new shape)
+    compile: bool = False  # torch.compile the UNet (the first calls compile: minutes)
 
     @classmethod
     def parse(cls, text: str) -> SDXLOptions:
@@ -276,11 +276,12 @@ def _check_model_index(directory: Path, source: PipelineSource) -> None:
 
 
 def _variants_to_try(directory: Path | None, want_fp16: bool) -> list[str | None]:
-    if not want_fp16:
+    """Weight variants to try, preferred first: a repo may hold fp16 files, plain ones or both."""
+    if directory is None:  # a hub repo: the listing is not known before trying
+        return ["fp16", None] if want_fp16 else [None]
+    if not _has_fp16_variant(directory):
         return [None]
-    if directory is not None:
-        return ["fp16"] if _has_fp16_variant(directory) else [None]
-    return ["fp16", None]  # a hub repo may or may not have the variant: try it first
+    return ["fp16", None] if want_fp16 else [None, "fp16"]
 
 
 def _has_fp16_variant(directory: Path) -> bool:
@@ -294,4 +295,6 @@ def _apply_options(pipeline: Any, options: SDXLOptions) -> None:
         pipeline.unet.to(memory_format=torch.channels_last)
         pipeline.vae.to(memory_format=torch.channels_last)
     if options.compile:
-        pipeline.unet = torch.compile(pipeline.unet)
+        # Dynamic shapes: a server sees many sizes and batch sizes; static graphs would
+        # recompile for each and fall back to eager after torch's recompile limit.
+        pipeline.unet = torch.compile(pipeline.unet, dynamic=True)
