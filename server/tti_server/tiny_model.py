@@ -104,34 +104,38 @@ def random_sdxl_pipeline(
     vae: dict[str, Any],
     text_encoder: dict[str, Any],
     text_encoder_2: dict[str, Any],
+    device: str = "cpu",
 ) -> Any:
-    """An SDXL pipeline of these component configs with random weights, in fp32.
+    """An SDXL pipeline of these component configs with random fp32 weights on `device`.
 
-    Parameters are created on torch's default device (wrap the call in
-    `with torch.device("cuda"):` to build a large one quickly). The tokenizers are
-    byte-level (`byte_level_clip_tokenizer`), whatever the text encoders' vocabulary.
+    Building a large model directly on a GPU is much faster than on the CPU. The
+    tokenizers are byte-level (`byte_level_clip_tokenizer`) whatever the text
+    encoders' vocabulary size.
     """
     import torch
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = byte_level_clip_tokenizer()
-    # The scheduler's tables go through numpy, so they are built on the CPU even when
-    # the caller makes CUDA the default device.
-    with torch.device("cpu"):
-        scheduler = turbo_scheduler()
     special = {
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
         "max_position_embeddings": _MAX_TOKENS,
     }
+    # Only the networks: the scheduler computes its tables with numpy, on the CPU.
+    with torch.device(device):
+        networks = {
+            "unet": UNet2DConditionModel(**unet),
+            "vae": AutoencoderKL(**vae),
+            "text_encoder": CLIPTextModel(CLIPTextConfig(**text_encoder, **special)),
+            "text_encoder_2": CLIPTextModelWithProjection(
+                CLIPTextConfig(**text_encoder_2, **special)
+            ),
+        }
     return StableDiffusionXLPipeline(
-        unet=UNet2DConditionModel(**unet),
-        vae=AutoencoderKL(**vae),
-        scheduler=scheduler,
-        text_encoder=CLIPTextModel(CLIPTextConfig(**text_encoder, **special)),
-        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text_encoder_2, **special)),
+        **networks,
+        scheduler=turbo_scheduler(),
         tokenizer=tokenizer,
         tokenizer_2=byte_level_clip_tokenizer(),
     )

@@ -193,8 +193,7 @@ def build_model(scale: Scale, directory: Path) -> None:
     dtype = torch.float16 if on_cuda else torch.float32
     started = time.monotonic()
     torch.manual_seed(0)
-    with torch.device(scale.device):
-        pipeline = tiny_model.random_sdxl_pipeline(*scale.configs)
+    pipeline = tiny_model.random_sdxl_pipeline(*scale.configs, device=scale.device)
     if dtype != torch.float32:
         pipeline.to(dtype)
     parameters = sum(p.numel() for p in pipeline.unet.parameters())
