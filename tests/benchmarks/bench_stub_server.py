@@ -1,19 +1,24 @@
 """Benchmark: tti-server with the stub model against a minimal FastAPI app, side by side.
 
-Both answer `POST /api/v1/task/text-to-image` for a 64x64 image with the same
-caikit JSON (a base64 PNG). The minimal app does only that, on the event loop;
-tti-server adds validation, the bounded queue, a worker thread, encoding off the
-loop, request ids and metrics. The ratio is what all of that costs
-(target: tti-server >= 0.8 x the minimal app).
+All answer `POST /api/v1/task/text-to-image` for a 64x64 image with the same
+caikit JSON (a base64 PNG):
 
-The machine has two cores, so the server under test is pinned to core 0 and the
-load generator to core 1: neither steals the other's CPU. Both run at nice -10
-when the script may raise priority, so other jobs on a shared machine disturb
-them less; CPU time per request is printed too, since it is the steadier figure
-when they still do. The load generator is
-`wrk` (one thread, keep-alive connections) when it is on PATH, else a small
-asyncio HTTP/1.1 client in its own process. Rounds alternate between the two
-servers so background load hits both alike; the median round is reported.
+- "minimal": FastAPI, a pydantic body, the PNG made and encoded in the handler, on
+  the event loop. The target is measured against it: tti-server >= 0.8 x minimal.
+- "minimal, off loop": the same, but the PNG is made on one worker thread, as any
+  server that keeps generation off the event loop must. Printed for context: the
+  gap between the two minimal apps is the price of that thread hand-off alone.
+- "tti-server": validation, the bounded queue, dynamic batching, a worker thread,
+  request ids and metrics.
+
+The machine has two cores, so each server is pinned to core 0 and the load
+generator to core 1. Each runs in its own session at nice -10 (with autogroups the
+kernel shares CPU between sessions first), so other jobs on a shared machine
+disturb them less; CPU time per request is printed as well, the steadier figure
+when they still do. The load generator is `wrk` (one thread, keep-alive
+connections) when it is on PATH, else a small asyncio HTTP/1.1 client in its own
+process. Rounds alternate between the servers so background load hits all alike;
+the median round is reported.
 
     .venv/bin/python tests/benchmarks/bench_stub_server.py [--duration 10] [--rounds 3]
 """
@@ -38,6 +43,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +62,24 @@ class MinimalRequest(BaseModel):
     parameters: dict[str, Any] = {}
 
 
-def minimal_app() -> FastAPI:
+def stub_png(size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (0, 100, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def caikit_answer(body: MinimalRequest, png: bytes) -> dict[str, Any]:
+    return {
+        "output": {"image_data": base64.b64encode(png).decode()},
+        "caption": body.inputs,
+        "producer_id": {"name": "minimal", "version": "0"},
+    }
+
+
+def minimal_app(off_loop: bool = False) -> FastAPI:
     """The baseline: FastAPI, a pydantic body, the same image and JSON, nothing else."""
     app = FastAPI()
+    worker = ThreadPoolExecutor(1)
 
     @app.get("/readyz")
     async def readyz() -> dict[str, str]:
@@ -67,15 +88,17 @@ def minimal_app() -> FastAPI:
     @app.post(PATH)
     async def generate(body: MinimalRequest) -> dict[str, Any]:
         size = (body.parameters.get("width", 64), body.parameters.get("height", 64))
-        buffer = io.BytesIO()
-        Image.new("RGB", size, (0, 100, 200)).save(buffer, format="PNG")
-        return {
-            "output": {"image_data": base64.b64encode(buffer.getvalue()).decode()},
-            "caption": body.inputs,
-            "producer_id": {"name": "minimal", "version": "0"},
-        }
+        if off_loop:
+            png = await asyncio.get_running_loop().run_in_executor(worker, stub_png, size)
+        else:
+            png = stub_png(size)
+        return caikit_answer(body, png)
 
     return app
+
+
+def minimal_off_loop_app() -> FastAPI:
+    return minimal_app(off_loop=True)
 
 
 def free_port() -> int:
@@ -86,19 +109,29 @@ def free_port() -> int:
 
 
 def pinned(core: int) -> Callable[[], None]:
-    """Run on one core, ahead of other jobs on a shared machine when allowed to (root)."""
+    """Run on one core, ahead of other jobs on a shared machine when allowed to (root).
+
+    Called in the child after `setsid()`: with the kernel's autogroups, CPU is shared
+    fairly between sessions and a plain nice value only counts inside one, so the
+    child gets a session of its own and raises that session's weight.
+    """
 
     def pin() -> None:
         os.sched_setaffinity(0, {core})
-        with contextlib.suppress(PermissionError):
+        with contextlib.suppress(OSError):
             os.nice(-10)
+            Path("/proc/self/autogroup").write_text("-10")
 
     return pin
 
 
 def start(command: list[str], port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        command, preexec_fn=pinned(SERVER_CORE), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        command,
+        preexec_fn=pinned(SERVER_CORE),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -126,13 +159,27 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 def servers() -> dict[str, Callable[[int], list[str]]]:
     here = Path(__file__).resolve()
     uvicorn_flags = ["--log-level", "warning", "--no-access-log"]
-    return {
-        "minimal FastAPI": lambda port: [
-            sys.executable, "-m", "uvicorn", "--factory", f"{here.stem}:minimal_app",
-            "--app-dir", str(here.parent), "--host", "127.0.0.1", "--port", str(port),
+
+    def minimal(factory: str) -> Callable[[int], list[str]]:
+        return lambda port: [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            f"{here.stem}:{factory}",
+            "--app-dir",
+            str(here.parent),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
             *uvicorn_flags,
-        ],
-        "tti-server stub": lambda port: [
+        ]
+
+    return {
+        "minimal": minimal("minimal_app"),
+        "minimal, off loop": minimal("minimal_off_loop_app"),
+        "tti-server": lambda port: [
             sys.executable, "-m", "tti_server", "--model", "stub", "--host", "127.0.0.1",
             "--port", str(port), "--log-level", "warning",
         ],
@@ -153,7 +200,12 @@ wrk.headers["Content-Type"] = "application/json"
     try:
         command = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "-s", lua.name, url + PATH]
         result = subprocess.run(
-            command, capture_output=True, text=True, check=True, preexec_fn=pinned(LOAD_CORE)
+            command,
+            capture_output=True,
+            text=True,
+            check=True,
+            preexec_fn=pinned(LOAD_CORE),
+            start_new_session=True,
         )
     finally:
         os.unlink(lua.name)
@@ -218,7 +270,7 @@ def measure(
     if bad:
         raise SystemExit(f"{name}: {bad} failed responses; the comparison is void")
     cpu_per_request = cpu / (rate * args.duration) * 1e6
-    print(f"  {name:<16} {rate:8.0f} req/s  {cpu_per_request:6.0f} us CPU/request", flush=True)
+    print(f"  {name:<18} {rate:8.0f} req/s  {cpu_per_request:6.0f} us CPU/request", flush=True)
     return rate, cpu_per_request
 
 
@@ -255,17 +307,18 @@ def main() -> None:
             rate, cost = measure(name, command, args)
             rates[name].append(rate)
             costs[name].append(cost)
-    baseline, ours = (statistics.median(r) for r in rates.values())
-    baseline_cost, our_cost = (statistics.median(c) for c in costs.values())
-    ratio = ours / baseline
-    print(f"median: minimal FastAPI {baseline:.0f} req/s, tti-server stub {ours:.0f} req/s")
+    rate = {name: statistics.median(r) for name, r in rates.items()}
+    cost = {name: statistics.median(c) for name, c in costs.items()}
+    print("median of the rounds:")
+    for name in servers():
+        print(f"  {name:<18} {rate[name]:8.0f} req/s  {cost[name]:6.0f} us CPU/request")
+    ratio = rate["tti-server"] / rate["minimal"]
     verdict = "meets" if ratio >= TARGET else "BELOW"
-    print(f"ratio tti-server / minimal = {ratio:.2f} ({verdict} the target of {TARGET})")
-    # On a busy machine throughput follows the scheduler's whims; CPU per request does not.
-    print(
-        f"CPU per request: minimal {baseline_cost:.0f} us, tti-server {our_cost:.0f} us; "
-        f"cost ratio minimal / tti-server = {baseline_cost / our_cost:.2f}"
-    )
+    print(f"tti-server / minimal            = {ratio:.2f} req/s ({verdict} the target {TARGET})")
+    # On a busy machine throughput follows the scheduler; CPU per request is steadier.
+    print(f"  by CPU per request (inverse)  = {cost['minimal'] / cost['tti-server']:.2f}")
+    context = rate["tti-server"] / rate["minimal, off loop"]
+    print(f"tti-server / minimal, off loop  = {context:.2f} req/s (context)")
 
 
 if __name__ == "__main__":
