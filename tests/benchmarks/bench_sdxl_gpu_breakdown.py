@@ -1,0 +1,132 @@
+"""Where the time of one SDXL-Turbo generation goes, on one GPU, without HTTP.
+
+Builds the full-size SDXL-Turbo architecture with random weights (as
+bench_sdxl_gpu.py does), loads it through `load_sdxl` with and without the
+speed-ups, and times each stage at 512x512, one step: the prompt encoders, the
+UNet and scheduler (`output_type="latent"`), the VAE decode, the tensor-to-PIL
+step, and the image encoders. The gap between this and bench_sdxl_gpu.py's
+figures is the server's own cost. Without CUDA it says so and exits 0.
+
+    python tests/benchmarks/bench_sdxl_gpu_breakdown.py [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_sdxl_gpu import FULL, build_model, with_fp16_safe_vae
+
+from tti_server.backends.sdxl import SDXLOptions, load_sdxl
+
+SIZE = 512
+PROMPT = "a photo of a cat"
+
+
+def median_ms(run: Callable[[], Any], repeats: int = 10) -> float:
+    run()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def stages(pipeline: Any, batch: int) -> dict[str, float]:
+    prompts = [PROMPT] * batch
+    common = {"height": SIZE, "width": SIZE, "num_inference_steps": 1, "guidance_scale": 0.0}
+    with torch.inference_mode():
+        latents = pipeline(prompt=prompts, output_type="latent", **common).images
+        vae = pipeline.vae
+        needs_upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+
+        def decode() -> Any:
+            if needs_upcast:
+                vae.to(torch.float32)
+            sample = latents.to(vae.dtype) / vae.config.scaling_factor
+            decoded = vae.decode(sample, return_dict=False)[0]
+            if needs_upcast:
+                vae.to(torch.float16)
+            return decoded
+
+        decoded = decode()
+        return {
+            "encode_prompt": median_ms(
+                lambda: pipeline.encode_prompt(prompts, do_classifier_free_guidance=False)
+            ),
+            "unet+scheduler": median_ms(
+                lambda: pipeline(prompt=prompts, output_type="latent", **common)
+            ),
+            "vae decode": median_ms(decode),
+            "to PIL": median_ms(
+                lambda: pipeline.image_processor.postprocess(decoded, output_type="pil")
+            ),
+            "whole call (pil)": median_ms(
+                lambda: pipeline(prompt=prompts, output_type="pil", **common)
+            ),
+        }
+
+
+def encoders(image: Any) -> dict[str, float]:
+    def encode(**options: Any) -> Callable[[], bytes]:
+        def run() -> bytes:
+            buffer = io.BytesIO()
+            image.save(buffer, **options)
+            return buffer.getvalue()
+
+        return run
+
+    return {
+        "png (level 6)": median_ms(encode(format="PNG")),
+        "png (level 1)": median_ms(encode(format="PNG", compress_level=1)),
+        "jpeg": median_ms(encode(format="JPEG")),
+        "webp": median_ms(encode(format="WEBP")),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", type=Path, help="build the model here and keep it")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA device here: nothing to measure")
+        return
+    model_dir = args.keep or Path(tempfile.mkdtemp(prefix="bench-breakdown-")) / "model"
+    if not (model_dir / "model_index.json").is_file():
+        build_model(FULL, model_dir)
+    fast_dir = with_fp16_safe_vae(model_dir, model_dir.parent / "fp16-vae")
+    print(f"{torch.cuda.get_device_name(0)}, {SIZE}x{SIZE}, 1 step, median ms of 10")
+    for label, directory, speedups in (
+        ("fp32 VAE", model_dir, ""),
+        ("fp16 VAE, channels_last, fuse_qkv", fast_dir, "channels_last,fuse_qkv"),
+    ):
+        backend = load_sdxl(str(directory), "cuda:0", SDXLOptions.parse(speedups))
+        for batch in (1, 8):
+            timings = stages(backend.pipeline, batch)
+            row = ", ".join(f"{name} {ms:.1f}" for name, ms in timings.items())
+            print(f"{label}, batch {batch}: {row}")
+        image = backend.pipeline(
+            prompt=PROMPT, height=SIZE, width=SIZE, num_inference_steps=1, guidance_scale=0.0
+        ).images[0]
+        del backend
+        torch.cuda.empty_cache()
+    row = ", ".join(f"{name} {ms:.1f}" for name, ms in encoders(image).items())
+    print(f"encoding one {SIZE}x{SIZE} image (random weights draw noise, the worst case): {row}")
+
+
+if __name__ == "__main__":
+    main()
