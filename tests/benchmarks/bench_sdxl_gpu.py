@@ -406,6 +406,7 @@ def report(results: list[Result], scale: Scale) -> None:
         row += "".join(f"{r.images_per_s[b]:>10.1f}" for b in BATCHES)
         row += f"{r.mean_batch[max(BATCHES)]:>13.2f}"
         print(row)
+    print("targets on one H100: p50 <= 60 ms end to end, >= 30 images/s at batch 8")
 
 
 def device_name(scale: Scale) -> str:
@@ -451,7 +452,10 @@ def main() -> None:
     deadline = STARTED + args.budget_s
     global hard_deadline
     hard_deadline = deadline + GRACE_S
-    log(f"{scale.name} model on {device_name(scale)}; budget {args.budget_s:.0f} s")
+    import diffusers
+
+    versions = f"torch {torch.__version__}, diffusers {diffusers.__version__}"
+    log(f"{scale.name} model on {device_name(scale)} ({versions}); budget {args.budget_s:.0f} s")
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-sdxl-gpu-"))
     model_dir = args.keep or scratch / "model"
