@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Images = list[Image.Image]
+#: Per request: what its finish step returned, or the error to raise instead.
+Outcomes = list[tuple["_Job", Any, "EngineError | None"]]
 
 
 class EngineError(Exception):
@@ -256,7 +258,7 @@ class Engine:
             return
         loop = asyncio.get_running_loop()
         try:
-            images = await loop.run_in_executor(
+            images, outcomes = await loop.run_in_executor(
                 worker.executor, self._generate_and_finish, worker, live, loop
             )
         except Exception as exc:
@@ -267,17 +269,23 @@ class Engine:
             return
         self.stats.batches += 1
         self.stats.images_generated += images
+        if outcomes is not None:
+            _settle(outcomes)
 
     def _generate_and_finish(
         self, worker: Worker, jobs: list[_Job], loop: asyncio.AbstractEventLoop
-    ) -> int:
-        """On the worker thread: generate, finish here or in the pool, count the images."""
+    ) -> tuple[int, Outcomes | None]:
+        """On the worker thread: generate, then finish here (CPU) or in the pool (CUDA).
+
+        Finished here, the outcomes ride back with the batch's own completion: one
+        event-loop wake-up per batch.
+        """
         results = _generate_checked(worker.backend, [job.request for job in jobs])
+        count = sum(len(images) for images in results)
         if worker.hands_off_finishing:
-            self._finishers.submit(_finish_batch, jobs, results, loop)
-        else:
-            _finish_batch(jobs, results, loop)
-        return sum(len(images) for images in results)
+            self._finishers.submit(_finish_in_pool, jobs, results, loop)
+            return count, None
+        return count, _finish(jobs, results)
 
 
 def _generate_checked(backend: Backend, batch: list[GenerationRequest]) -> list[Images]:
@@ -294,20 +302,28 @@ def _generate_checked(backend: Backend, batch: list[GenerationRequest]) -> list[
         raise
 
 
-def _finish_batch(jobs: list[_Job], results: list[Images], loop: asyncio.AbstractEventLoop) -> None:
+def _finish_in_pool(
+    jobs: list[_Job], results: list[Images], loop: asyncio.AbstractEventLoop
+) -> None:
     """On a finishing thread: finish each request, then wake the loop once to answer all."""
-    outcomes: list[tuple[_Job, Any, EngineError | None]] = []
+    outcomes = _finish(jobs, results)
+    with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting any more
+        loop.call_soon_threadsafe(_settle, outcomes)
+
+
+def _finish(jobs: list[_Job], results: list[Images]) -> Outcomes:
+    """Run each request's finish step (off the loop); a failure fails that request only."""
+    outcomes: Outcomes = []
     for job, images in zip(jobs, results, strict=True):
         try:
             outcomes.append((job, job.finish(images), None))
         except Exception as exc:
             log.error("finishing a request failed", exc_info=exc)
             outcomes.append((job, None, GenerationFailed(f"finishing failed: {exc}")))
-    with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting any more
-        loop.call_soon_threadsafe(_settle, outcomes)
+    return outcomes
 
 
-def _settle(outcomes: list[tuple[_Job, Any, EngineError | None]]) -> None:
+def _settle(outcomes: Outcomes) -> None:
     for job, result, error in outcomes:
         if job.future.done():
             continue

@@ -314,3 +314,47 @@ def test_stopping_fails_waiting_requests() -> None:
             await engine.generate(request("too late"))
 
     run_with_engine([backend], scenario)
+
+
+@pytest.mark.parametrize(
+    ("device", "finishing_thread"), [("cpu", "tti-worker-0"), ("cuda:0", "tti-finish")]
+)
+def test_finishing_runs_off_the_loop_and_off_an_accelerator_worker(
+    device: str, finishing_thread: str
+) -> None:
+    backend = Recording()
+    backend.device = device  # the engine decides by the device name alone
+
+    async def scenario(engine: Engine) -> tuple[str, bool]:
+        loop_thread = threading.current_thread().name
+
+        def finish(images: list[Image.Image]) -> tuple[str, bool]:
+            name = threading.current_thread().name
+            return name, name == loop_thread
+
+        return await engine.generate_then(request("finish me"), finish)
+
+    thread_name, on_loop = run_with_engine([backend], scenario)
+    assert thread_name.startswith(finishing_thread)
+    assert not on_loop
+
+
+def test_a_failing_finish_step_fails_only_its_request() -> None:
+    backend = Recording(gated=True)
+
+    def explode(images: list[Image.Image]) -> None:
+        raise OSError("disk full")
+
+    async def scenario(engine: Engine) -> list[object]:
+        first = await occupy(engine, backend)
+        bad = asyncio.create_task(engine.generate_then(request("bad"), explode))
+        good = asyncio.create_task(engine.generate(request("good")))
+        await asyncio.sleep(0)
+        backend.gate.set()
+        return list(await asyncio.gather(first, bad, good, return_exceptions=True))
+
+    _, bad, good = run_with_engine([backend], scenario)
+    assert backend.batches[1] == ["bad", "good"]
+    assert isinstance(bad, GenerationFailed)
+    assert str(bad) == "finishing failed: disk full"
+    assert isinstance(good, list)
