@@ -16,7 +16,7 @@ import kopf
 
 from tti_operator.builders import MANAGED_BY, MODEL_LABEL
 from tti_operator.kube import KubeClient
-from tti_operator.reconciler import Key, ModelRecord, Reconciler, model_key
+from tti_operator.reconciler import Key, ModelRecord, Reconciler, Views, model_key
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import GROUP, PLURAL, VERSION
 from tti_operator.status import DeploymentState, PodState, deployment_state, pod_state
@@ -50,6 +50,11 @@ def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
 
 def reconciler(memo: kopf.Memo) -> Reconciler:
     return cast(Reconciler, memo["reconciler"])
+
+
+def views(kwargs: dict[str, Any]) -> Views:
+    """kopf passes every index to every handler, by the index function's name."""
+    return Views(models=kwargs["models"], deployments=kwargs["deployments"], pods=kwargs["pods"])
 
 
 @kopf.on.startup()
@@ -115,12 +120,7 @@ def pods(
 @kopf.on.create(*MODELS)
 @kopf.on.update(*MODELS, field="spec")
 async def reconcile(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    record = ModelRecord.from_body(body)
-    deployments: kopf.Index[Key, DeploymentState] = kwargs["deployments"]
-    pods: kopf.Index[Key, PodState] = kwargs["pods"]
-    await reconciler(memo).reconcile(
-        record, deployments.get(record.key, []), pods.get(record.key, [])
-    )
+    await reconciler(memo).reconcile(ModelRecord.from_body(body), views(kwargs))
 
 
 @kopf.on.event(*MODELS, when=lambda type, **_: type == "DELETED")
@@ -151,7 +151,7 @@ async def _child_event(
         return  # its model is gone (garbage collection follows) or not ours
     try:
         await reconciler(memo).child_changed(
-            record, kind, type, body, deployments.get(key, []), pods.get(key, [])
+            record, kind, type, body, Views(models, deployments, pods)
         )
     except (kopf.PermanentError, kopf.TemporaryError) as error:
         # Already on the model's status and Events; the next event or resume retries.

@@ -14,7 +14,7 @@ import asyncio
 import datetime
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import kopf
 
@@ -25,6 +25,7 @@ from tti_operator.spec import API_VERSION, KIND, InvalidSpec, ModelSpec, parse_s
 from tti_operator.status import DeploymentState, PodState, Problem, compute_status, deployment_state
 
 Key = tuple[str, str]
+_T = TypeVar("_T")
 #: Posts a Kubernetes Event about a resource: (resource, type, reason, message).
 EventSink = Callable[[kopf.Body, str, str, str], None]
 #: Seconds before kopf retries a reconcile that failed for a reason that may pass.
@@ -65,6 +66,14 @@ class ModelRecord:
         return cast(kopf.Body, {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta})
 
 
+class Views(NamedTuple):
+    """Live views of the cluster by (namespace, model name): kopf's indexes, updated in place."""
+
+    models: Mapping[Key, Iterable[ModelRecord]]
+    deployments: Mapping[Key, Iterable[DeploymentState]]
+    pods: Mapping[Key, Iterable[PodState]]
+
+
 @dataclass
 class Applied:
     """What this process last wrote for one model, to tell its own writes from hand edits."""
@@ -88,6 +97,7 @@ class Reconciler:
     failures: dict[Key, Problem] = field(default_factory=dict)
     posted: dict[Key, dict[str, Any]] = field(default_factory=dict)
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    pending: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -96,18 +106,18 @@ class Reconciler:
         """The resource is gone: drop what was remembered about it."""
         for memory in (self.applied, self.observed, self.failures, self.posted, self.locks):
             memory.pop(key, None)
+        if task := self.pending.pop(key, None):
+            task.cancel()
 
     # The entry points, one per kind of trigger.
 
-    async def reconcile(
-        self,
-        record: ModelRecord,
-        deployments: Iterable[DeploymentState],
-        pods: Iterable[PodState],
-    ) -> None:
+    async def reconcile(self, record: ModelRecord, views: Views) -> None:
         """Create/update/resume of the resource: bring the children in line, then status."""
-        async with self.lock(record.key):
-            await self._apply_and_publish(record, _first(deployments), pods)
+        key = record.key
+        async with self.lock(key):
+            await self._apply_and_publish(
+                record, _first(views.deployments.get(key, ())), views.pods.get(key, ())
+            )
 
     async def child_changed(
         self,
@@ -115,17 +125,34 @@ class Reconciler:
         kind: str,
         event_type: str | None,
         child: Mapping[str, Any],
-        deployments: Iterable[DeploymentState],
-        pods: Iterable[PodState],
+        views: Views,
     ) -> None:
         """A Deployment, Service or Pod of the model changed: restore it if edited, then status."""
         if record.deleting:
             return
-        async with self.lock(record.key):
+        key = record.key
+        # Under the lock: an apply in flight must be recorded before its own echo is judged.
+        async with self.lock(key):
             if self._drifted(record, kind, event_type, child):
-                await self._apply_and_publish(record, _first(deployments), pods)
-            else:
-                await self._publish(record, _first(deployments), pods)
+                await self._apply_and_publish(
+                    record, _first(views.deployments.get(key, ())), views.pods.get(key, ())
+                )
+                return
+        if key not in self.pending:
+            # Children change in bursts (a rollout is a dozen events): one status patch after
+            # the burst instead of one per event keeps the API server and kopf unloaded.
+            self.pending[key] = asyncio.create_task(self._publish_later(key, views))
+
+    async def _publish_later(self, key: Key, views: Views) -> None:
+        await asyncio.sleep(self.settings.status_delay_s)
+        del self.pending[key]
+        record = _first(views.models.get(key, ()))
+        if record is None or record.deleting:
+            return
+        async with self.lock(key):
+            await self._publish(
+                record, _first(views.deployments.get(key, ())), views.pods.get(key, ())
+            )
 
     # The steps.
 
@@ -243,8 +270,8 @@ class Reconciler:
             self.event(record.ref, "Normal", "Ready", str(ready.get("message", "")))
 
 
-def _first(states: Iterable[DeploymentState]) -> DeploymentState | None:
-    return next(iter(states), None)
+def _first(items: Iterable[_T]) -> _T | None:
+    return next(iter(items), None)
 
 
 def _desired(raw_spec: Mapping[str, Any]) -> tuple[int, int]:

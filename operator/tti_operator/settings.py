@@ -30,6 +30,12 @@ class OperatorSettings(BaseSettings):
     field_manager: str = Field(
         "tti-operator", min_length=1, description="server-side apply field manager"
     )
+    status_delay_s: float = Field(
+        0.5,
+        ge=0,
+        le=30,
+        description="seconds to gather a burst of child events into one status update",
+    )
     max_workers: int = Field(
         0, ge=0, description="concurrent per-object workers; 0 means no limit (kopf's default)"
     )

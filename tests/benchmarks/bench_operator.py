@@ -12,9 +12,11 @@ server. It reports:
 * the operator's peak RSS (VmHWM; target <= 200 MB at 1000).
 
 "Ready" needs the control plane's own work too (ReplicaSets, Pods, scheduling, kwok);
-"Deployment exists" is the operator's part alone. Needs the test cluster:
+"Deployment exists" is the operator's part alone. It starts a private test cluster (same
+binaries as `make cluster-up`, its own state folder, so other test sessions neither disturb
+nor see it) and stops it at the end:
 
-    make cluster-up && .venv/bin/python tests/benchmarks/bench_operator.py [--counts 500 1000]
+    .venv/bin/python tests/benchmarks/bench_operator.py [--counts 500 1000] [--reuse]
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +46,8 @@ from cluster import launcher  # noqa: E402
 
 NODE_PREFIX = "kwok-bench-cpu-"
 PODS_PER_NODE = 250
+#: Extra interpreter arguments for the operator (--profile sets cProfile).
+PROFILE: list[str] = []
 TARGET_RATE = 50.0
 TARGET_P50_MS = 100.0
 TARGET_RSS_MB = 200.0
@@ -57,6 +63,7 @@ class Run:
     all_deployments: float = 0.0
     all_ready: float = 0.0
     peak_rss_mb: float = 0.0
+    operator_cpu_s: float = 0.0
 
     def latencies_ms(self) -> list[float]:
         return sorted(
@@ -107,6 +114,12 @@ def is_ready(obj: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -117,14 +130,25 @@ def peak_rss_mb(pid: int) -> float:
 async def watch(
     session: aiohttp.ClientSession, url: str, on_event: Any, stop: asyncio.Event
 ) -> None:
-    params = {"watch": "true", "allowWatchBookmarks": "false", "timeoutSeconds": "600"}
-    async with session.get(url, params=params, timeout=aiohttp.ClientTimeout(total=None)) as r:
-        r.raise_for_status()
-        async for line in r.content:
-            if line.strip():
-                on_event(json.loads(line))
-            if stop.is_set():
-                return
+    """Follow a watch until `stop`, reconnecting from the last version when the server ends it."""
+    version = ""
+    while not stop.is_set():
+        params = {"watch": "true", "timeoutSeconds": "600"}
+        if version:
+            params["resourceVersion"] = version
+        timeout = aiohttp.ClientTimeout(total=None)
+        async with session.get(url, params=params, timeout=timeout) as response:
+            response.raise_for_status()
+            async for line in response.content:
+                event = json.loads(line) if line.strip() else {}
+                if event.get("type") == "ERROR":
+                    version = ""  # expired: relist through a fresh watch
+                    break
+                if event:
+                    version = event["object"]["metadata"]["resourceVersion"]
+                    on_event(event)
+                if stop.is_set():
+                    return
 
 
 async def run_once(server: str, session: aiohttp.ClientSession, namespace: str, run: Run) -> None:
@@ -167,9 +191,14 @@ async def run_once(server: str, session: aiohttp.ClientSession, namespace: str, 
     await asyncio.gather(*(create(n) for n in sorted(names)))
     progress(f"{run.count} created in {time.monotonic() - run.started:.1f} s; waiting for Ready")
     reporter = asyncio.create_task(report_progress(run, done))
+    finished = asyncio.create_task(done.wait())
     try:
-        await asyncio.wait_for(done.wait(), timeout=900)
+        await asyncio.wait([finished, *watchers], timeout=900, return_when="FIRST_COMPLETED")
+        if not done.is_set():
+            failed = [t.exception() for t in watchers if t.done() and t.exception()]
+            raise RuntimeError(f"gave up: watches ended ({failed}) or 900 s passed")
     finally:
+        finished.cancel()
         reporter.cancel()
         for task in watchers:
             task.cancel()
@@ -194,12 +223,33 @@ def start_operator(
         **paths.env(),
         "TTI_OPERATOR_NAMESPACES": namespace,
         "TTI_OPERATOR_LIVENESS_PORT": "0",
-        "TTI_OPERATOR_LOG_FORMAT": "plain",
+        "TTI_OPERATOR_LOG_FORMAT": "full",
     }
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "tti_operator.cli"], env=env, stdout=out, stderr=out, cwd=REPO
+            [sys.executable, *PROFILE, "-m", "tti_operator.cli"],
+            env=env,
+            stdout=out,
+            stderr=out,
+            cwd=REPO,
         )
+
+
+async def warm_up(server: str, session: aiohttp.ClientSession, namespace: str) -> None:
+    """One resource end to end, so the measurement starts with the operator watching."""
+    models = f"{server}/apis/tti.dev/v1alpha1/namespaces/{namespace}/texttoimagemodels"
+    async with session.post(models, json=resource("warm-up")) as response:
+        response.raise_for_status()
+    deployment = f"{server}/apis/apps/v1/namespaces/{namespace}/deployments/warm-up"
+    for _ in range(600):
+        async with session.get(deployment) as response:
+            if response.status == 200:
+                break
+        await asyncio.sleep(0.1)
+    else:
+        raise RuntimeError("the operator never created the warm-up Deployment")
+    async with session.delete(f"{models}/warm-up") as response:
+        response.raise_for_status()
 
 
 async def measure(paths: launcher.ClusterPaths, count: int, log: Path) -> Run:
@@ -208,7 +258,6 @@ async def measure(paths: launcher.ClusterPaths, count: int, log: Path) -> Run:
     operator = start_operator(paths, namespace, log)
     run = Run(count)
     try:
-        await asyncio.sleep(3)  # the operator's initial listing of an empty namespace
         os.environ["KUBECONFIG"] = str(paths.kubeconfig)
         info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
         assert info is not None
@@ -216,8 +265,12 @@ async def measure(paths: launcher.ClusterPaths, count: int, log: Path) -> Run:
         async with aiohttp.ClientSession(
             connector=connector, headers=info.as_http_headers()
         ) as session:
-            await run_once(info.server.rstrip("/"), session, namespace, run)
+            server = info.server.rstrip("/")
+            await warm_up(server, session, namespace)
+            cpu_before = cpu_seconds(operator.pid)
+            await run_once(server, session, namespace, run)
         run.peak_rss_mb = peak_rss_mb(operator.pid)
+        run.operator_cpu_s = cpu_seconds(operator.pid) - cpu_before
     finally:
         operator.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -249,19 +302,20 @@ def summarise(run: Run) -> dict[str, float]:
         "p50_ms": statistics.median(latencies),
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
         "peak_rss_mb": run.peak_rss_mb,
+        "operator_cpu_s": run.operator_cpu_s,
     }
 
 
 def print_table(rows: list[dict[str, float]]) -> None:
     print(
         f"{'count':>6} {'all Deployments s':>18} {'res/s':>7} {'all Ready s':>12} {'res/s':>7} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'peak RSS MB':>12}"
+        f"{'p50 ms':>7} {'p99 ms':>7} {'peak RSS MB':>12} {'operator CPU s':>15}"
     )
     for r in rows:
         print(
             f"{r['count']:>6.0f} {r['deployments_s']:>18.1f} {r['deployments_per_s']:>7.1f} "
             f"{r['ready_s']:>12.1f} {r['ready_per_s']:>7.1f} {r['p50_ms']:>7.0f} "
-            f"{r['p99_ms']:>7.0f} {r['peak_rss_mb']:>12.0f}"
+            f"{r['p99_ms']:>7.0f} {r['peak_rss_mb']:>12.0f} {r['operator_cpu_s']:>15.1f}"
         )
     last = rows[-1]
     print(
@@ -274,30 +328,56 @@ def print_table(rows: list[dict[str, float]]) -> None:
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--counts", type=int, nargs="+", default=[500, 1000])
-    parser.add_argument("--log", type=Path, default=Path("/tmp/bench_operator.log"))
-    args = parser.parse_args()
-    paths = launcher.default_paths()
-    if not launcher.is_ready(paths):
-        print("bench_operator: the test cluster is not up: run `make cluster-up`", file=sys.stderr)
-        return 2
+def run_all(paths: launcher.ClusterPaths, counts: list[int], log: Path) -> list[dict[str, float]]:
     crd = REPO / "crds" / "tti.dev_texttoimagemodels.yaml"
     kubectl(paths, "apply", "--server-side", "--force-conflicts", "-f", str(crd))
     kubectl(paths, "wait", "--for=condition=Established", "crd/texttoimagemodels.tti.dev")
-    nodes = -(-max(args.counts) // PODS_PER_NODE)
+    nodes = -(-max(counts) // PODS_PER_NODE)
     kubectl(paths, "apply", "-f", "-", input=json.dumps(bench_nodes(nodes)))
-    progress(f"{nodes} untainted kwok node(s) of {PODS_PER_NODE} pods; operator log: {args.log}")
+    progress(f"{nodes} untainted kwok node(s) of {PODS_PER_NODE} pods; operator log: {log}")
     rows = []
     try:
-        for count in args.counts:
+        for count in counts:
             progress(f"--- {count} resources ---")
-            rows.append(summarise(asyncio.run(measure(paths, count, args.log))))
+            rows.append(summarise(asyncio.run(measure(paths, count, log))))
     finally:
         launcher.kubectl(
             paths, "delete", "node", "-l", "tti.dev/bench-node=true", "--wait=false", check=False
         )
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--counts", type=int, nargs="+", default=[500, 1000])
+    parser.add_argument("--log", type=Path, default=Path("/tmp/bench_operator.log"))
+    parser.add_argument(
+        "--reuse", action="store_true", help="use the shared test cluster (make cluster-up)"
+    )
+    parser.add_argument("--profile", type=Path, help="write the operator's cProfile stats here")
+    args = parser.parse_args()
+    if args.profile:
+        PROFILE[:] = ["-m", "cProfile", "-o", str(args.profile)]
+    # Ctrl-C and SIGTERM unwind through the finally blocks: no operator or cluster left behind.
+    signal.signal(signal.SIGTERM, launcher.raise_keyboard_interrupt)
+    args.log.write_bytes(b"")
+    progress(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    if args.reuse:
+        paths = launcher.default_paths()
+        if not launcher.is_ready(paths):
+            print(
+                "bench_operator: the test cluster is not up: run `make cluster-up`", file=sys.stderr
+            )
+            return 2
+        rows = run_all(paths, args.counts, args.log)
+    else:
+        with tempfile.TemporaryDirectory(prefix="tti-bench-cluster-") as state:
+            paths = launcher.default_paths(Path(state))
+            launcher.up(paths, nodes=1, ephemeral=True)
+            try:
+                rows = run_all(paths, args.counts, args.log)
+            finally:
+                launcher.down(paths)
     print_table(rows)
     return 0
 

@@ -15,9 +15,9 @@ import kopf
 import pytest
 
 from tti_operator.kube import ApiError, KubeClient
-from tti_operator.reconciler import ModelRecord, Reconciler
+from tti_operator.reconciler import ModelRecord, Reconciler, Views
 from tti_operator.settings import OperatorSettings
-from tti_operator.status import PodState, Problem, deployment_state
+from tti_operator.status import DeploymentState, PodState, Problem, deployment_state
 
 Obj = dict[str, Any]
 
@@ -52,6 +52,7 @@ class MemoryApi(KubeClient):
 
 
 def resource(spec: Obj | None = None, generation: int = 1) -> ModelRecord:
+    """A TextToImageModel `ns/m` as the models index holds it."""
     return ModelRecord.from_body(
         {
             "metadata": {"name": "m", "namespace": "ns", "uid": "u", "generation": generation},
@@ -65,22 +66,32 @@ class Harness:
         self.api = MemoryApi()
         self.events: list[tuple[str, str]] = []
         self.reconciler = Reconciler(
-            OperatorSettings.model_validate({}),
+            OperatorSettings.model_validate({"status_delay_s": 0}),
             self.api,
             event=lambda _res, kind, reason, _msg: self.events.append((kind, reason)),
         )
+        self.pods: list[PodState] = []
+        self.model: ModelRecord | None = None
 
-    def reconcile(self, record: ModelRecord, pods: list[PodState] | None = None) -> None:
-        deployments = [
-            deployment_state(d) for (k, _), d in self.api.objects.items() if k == "Deployment"
-        ]
-        asyncio.run(self.reconciler.reconcile(record, deployments, pods or []))
+    def views(self) -> Views:
+        """What kopf's indexes would hold: the API's Deployment, the test's pods and model."""
+        deployments: dict[tuple[str, str], list[DeploymentState]] = {}
+        if ("Deployment", "m") in self.api.objects:
+            deployments[("ns", "m")] = [deployment_state(self.api.objects["Deployment", "m"])]
+        models = {("ns", "m"): [self.model]} if self.model else {}
+        return Views(models=models, deployments=deployments, pods={("ns", "m"): self.pods})
+
+    def reconcile(self, record: ModelRecord) -> None:
+        self.model = record
+        asyncio.run(self.reconciler.reconcile(record, self.views()))
 
     def child(self, record: ModelRecord, kind: str, event_type: str | None, body: Obj) -> None:
-        deployments = [
-            deployment_state(d) for (k, _), d in self.api.objects.items() if k == "Deployment"
-        ]
-        asyncio.run(self.reconciler.child_changed(record, kind, event_type, body, deployments, []))
+        async def changed_then_settled() -> None:
+            await self.reconciler.child_changed(record, kind, event_type, body, self.views())
+            await asyncio.gather(*self.reconciler.pending.values())
+
+        self.model = record
+        asyncio.run(changed_then_settled())
 
     def stored(self, kind: str) -> Obj:
         return self.api.objects[kind, "m"]
@@ -150,11 +161,27 @@ def test_pod_events_only_refresh_the_status() -> None:
     record = resource()
     h.reconcile(record)
     applies = len(h.api.applies)
-    stuck = PodState("m-1", False, False, Problem("Unschedulable", "0/2 nodes are available"))
-    asyncio.run(h.reconciler.child_changed(record, "Pod", "MODIFIED", {}, [], [stuck]))
+    h.pods = [PodState("m-1", False, False, Problem("Unschedulable", "0/2 nodes are available"))]
+    h.child(record, "Pod", "MODIFIED", {})
     assert len(h.api.applies) == applies
     assert h.api.statuses[-1]["phase"] == "Unschedulable"
     assert ("Warning", "Unschedulable") in h.events
+
+
+def test_a_burst_of_child_events_gives_one_status_patch() -> None:
+    h = Harness()
+    record = resource()
+    h.reconcile(record)
+    patches = len(h.api.statuses)
+    h.pods = [PodState("m-1", False, False, Problem("CrashLoopBackOff", "exit 1"))]
+
+    async def burst() -> None:
+        for _ in range(10):
+            await h.reconciler.child_changed(record, "Pod", "MODIFIED", {}, h.views())
+        await asyncio.gather(*h.reconciler.pending.values())
+
+    asyncio.run(burst())
+    assert len(h.api.statuses) == patches + 1
 
 
 def test_an_invalid_spec_is_a_permanent_failure_on_the_status() -> None:
