@@ -1,1 +1,1 @@
-"""Fixtures and helpers shared by the test suites (loaded as pytest plugins by tests/conftest.py)."""
+"""Fixtures shared by the test suites, loaded as pytest plugins by tests/conftest.py."""
