@@ -8,6 +8,7 @@ object is a no-op on the server.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -40,9 +41,15 @@ class ApiError(Exception):
 class KubeClient:
     """Server-side apply and status patches with the operator's credentials."""
 
-    def __init__(self, field_manager: str, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, field_manager: str, timeout_s: float = 30.0, max_in_flight: int = 16
+    ) -> None:
         self.field_manager = field_manager
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        # Hundreds of resources created at once must not become hundreds of concurrent
+        # writes: the API server slows down for everyone and requests time out. Waiting
+        # for a slot costs nothing, and the timeout only counts once a request is sent.
+        self._slots = asyncio.Semaphore(max_in_flight)
         self._session: aiohttp.ClientSession | None = None
         self._server = ""
 
@@ -51,7 +58,7 @@ class KubeClient:
         await self.close()
         self._server = info.server.rstrip("/")
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=info.as_ssl_context(), limit=64),
+            connector=aiohttp.TCPConnector(ssl=info.as_ssl_context(), limit=0),
             headers={**info.as_http_headers(), "User-Agent": self.field_manager},
             timeout=self._timeout,
             trust_env=info.trust_env,
@@ -68,13 +75,16 @@ class KubeClient:
         if self._session is None:
             raise ApiError(503, "not connected to the API server yet")
         try:
-            async with self._session.request(
-                method,
-                self._server + path,
-                params=params,
-                data=json.dumps(body),
-                headers={"Content-Type": content_type},
-            ) as response:
+            async with (
+                self._slots,
+                self._session.request(
+                    method,
+                    self._server + path,
+                    params=params,
+                    data=json.dumps(body),
+                    headers={"Content-Type": content_type},
+                ) as response,
+            ):
                 payload: Obj = await response.json(content_type=None)
                 if response.status >= 400:
                     raise ApiError(response.status, str(payload.get("message", payload)))

@@ -48,6 +48,7 @@ NODE_PREFIX = "kwok-bench-cpu-"
 PODS_PER_NODE = 250
 #: Extra interpreter arguments for the operator (--profile sets cProfile).
 PROFILE: list[str] = []
+STALL_S = 120.0
 TARGET_RATE = 50.0
 TARGET_P50_MS = 100.0
 TARGET_RSS_MB = 200.0
@@ -64,6 +65,7 @@ class Run:
     all_ready: float = 0.0
     peak_rss_mb: float = 0.0
     operator_cpu_s: float = 0.0
+    stalled: bool = False
 
     def latencies_ms(self) -> list[float]:
         return sorted(
@@ -206,13 +208,21 @@ async def run_once(server: str, session: aiohttp.ClientSession, namespace: str, 
 
 
 async def report_progress(run: Run, done: asyncio.Event) -> None:
+    """Every 5 s say where it stands; give up after STALL_S without any progress."""
+    last, still = (-1, -1), 0.0
     while not done.is_set():
         await asyncio.sleep(5)
         elapsed = time.monotonic() - run.started
+        now = (len(run.deployment_seen), len(run.ready_seen))
+        still = still + 5 if now == last else 0.0
+        last = now
         progress(
-            f"  {elapsed:5.0f} s: {len(run.deployment_seen)}/{run.count} Deployments, "
-            f"{len(run.ready_seen)}/{run.count} Ready"
+            f"  {elapsed:5.0f} s: {now[0]}/{run.count} Deployments, {now[1]}/{run.count} Ready"
         )
+        if still >= STALL_S:
+            progress(f"no progress for {STALL_S:.0f} s: giving up on this run")
+            run.stalled = True
+            done.set()
 
 
 def start_operator(
@@ -252,6 +262,21 @@ async def warm_up(server: str, session: aiohttp.ClientSession, namespace: str) -
         response.raise_for_status()
 
 
+def delete_namespace(paths: launcher.ClusterPaths, namespace: str, wait: bool) -> None:
+    """Delete and wait, so the next run starts on a quiet cluster."""
+    progress(f"deleting namespace {namespace}")
+    launcher.kubectl(paths, "delete", "namespace", namespace, "--wait=false", check=False)
+    if not wait:
+        return  # a stalled control plane may never finish it
+    launcher.run(
+        paths,
+        [paths.kubectl, "--kubeconfig", paths.kubeconfig, "wait", "--for=delete",
+         f"namespace/{namespace}", "--timeout=600s"],
+        check=False,
+        timeout=660,
+    )  # fmt: skip
+
+
 async def measure(paths: launcher.ClusterPaths, count: int, log: Path) -> Run:
     namespace = f"bench-{count}-{int(time.time())}"
     kubectl(paths, "create", "namespace", namespace)
@@ -277,22 +302,15 @@ async def measure(paths: launcher.ClusterPaths, count: int, log: Path) -> Run:
             operator.wait(timeout=30)
         if operator.poll() is None:
             operator.kill()
-        progress(f"deleting namespace {namespace} (the next run starts on a quiet cluster)")
-        launcher.kubectl(paths, "delete", "namespace", namespace, "--wait=false", check=False)
-        launcher.run(
-            paths,
-            [paths.kubectl, "--kubeconfig", paths.kubeconfig, "wait", "--for=delete",
-             f"namespace/{namespace}", "--timeout=600s"],
-            check=False,
-            timeout=660,
-        )  # fmt: skip
+    delete_namespace(paths, namespace, wait=not run.stalled)
     return run
 
 
 def summarise(run: Run) -> dict[str, float]:
-    latencies = run.latencies_ms()
-    deployments_s = run.all_deployments - run.started
-    ready_s = run.all_ready - run.started
+    latencies = run.latencies_ms() or [float("nan")]
+    nan = float("nan")
+    deployments_s = run.all_deployments - run.started if run.all_deployments else nan
+    ready_s = run.all_ready - run.started if run.all_ready else nan
     return {
         "count": run.count,
         "deployments_s": deployments_s,
@@ -303,20 +321,29 @@ def summarise(run: Run) -> dict[str, float]:
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
         "peak_rss_mb": run.peak_rss_mb,
         "operator_cpu_s": run.operator_cpu_s,
+        "deployments": len(run.deployment_seen),
+        "ready": len(run.ready_seen),
     }
 
 
 def print_table(rows: list[dict[str, float]]) -> None:
     print(
         f"{'count':>6} {'all Deployments s':>18} {'res/s':>7} {'all Ready s':>12} {'res/s':>7} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'peak RSS MB':>12} {'operator CPU s':>15}"
+        f"{'p50 ms':>7} {'p99 ms':>7} {'peak RSS MB':>12} {'operator CPU s':>15} "
+        f"{'CPU ms/res':>11}"
     )
     for r in rows:
         print(
             f"{r['count']:>6.0f} {r['deployments_s']:>18.1f} {r['deployments_per_s']:>7.1f} "
             f"{r['ready_s']:>12.1f} {r['ready_per_s']:>7.1f} {r['p50_ms']:>7.0f} "
-            f"{r['p99_ms']:>7.0f} {r['peak_rss_mb']:>12.0f} {r['operator_cpu_s']:>15.1f}"
+            f"{r['p99_ms']:>7.0f} {r['peak_rss_mb']:>12.0f} {r['operator_cpu_s']:>15.1f} "
+            f"{1000 * r['operator_cpu_s'] / r['count']:>11.1f}"
         )
+        if r["ready"] < r["count"]:
+            print(
+                f"       (stalled: {r['deployments']:.0f} Deployments, {r['ready']:.0f} Ready "
+                f"of {r['count']:.0f}; nan = not reached)"
+            )
     last = rows[-1]
     print(
         f"\ntargets at {last['count']:.0f}: Ready rate {last['ready_per_s']:.1f}/{TARGET_RATE:.0f} "
