@@ -53,7 +53,8 @@ from pydantic import BaseModel
 
 PATH = "/api/v1/task/text-to-image"
 BODY = json.dumps({"inputs": "a blue square", "parameters": {"height": 64, "width": 64}})
-SERVER_CORE, LOAD_CORE = 0, 1
+#: Where the servers and the load generator run: one core each.
+CORES = {"server": {0}, "load": {1}}
 TARGET = 0.8
 
 
@@ -108,7 +109,7 @@ def free_port() -> int:
         return port
 
 
-def pinned(core: int) -> Callable[[], None]:
+def pinned(role: str) -> Callable[[], None]:
     """Run on one core, ahead of other jobs on a shared machine when allowed to (root).
 
     Called in the child after `setsid()`: with the kernel's autogroups, CPU is shared
@@ -117,7 +118,7 @@ def pinned(core: int) -> Callable[[], None]:
     """
 
     def pin() -> None:
-        os.sched_setaffinity(0, {core})
+        os.sched_setaffinity(0, CORES[role])
         with contextlib.suppress(OSError):
             os.nice(-10)
             Path("/proc/self/autogroup").write_text("-10")
@@ -128,7 +129,7 @@ def pinned(core: int) -> Callable[[], None]:
 def start(command: list[str], port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         command,
-        preexec_fn=pinned(SERVER_CORE),
+        preexec_fn=pinned("server"),
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -204,7 +205,7 @@ wrk.headers["Content-Type"] = "application/json"
             capture_output=True,
             text=True,
             check=True,
-            preexec_fn=pinned(LOAD_CORE),
+            preexec_fn=pinned("load"),
             start_new_session=True,
         )
     finally:
@@ -219,7 +220,12 @@ def asyncio_load(url: str, duration: float, connections: int) -> tuple[float, in
     """Fallback load generator: raw HTTP/1.1 on asyncio streams (httpx would be the bottleneck)."""
     command = [sys.executable, __file__, "--_load", url, str(duration), str(connections)]
     result = subprocess.run(
-        command, capture_output=True, text=True, check=True, preexec_fn=pinned(LOAD_CORE)
+        command,
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=pinned("load"),
+        start_new_session=True,
     )
     done, bad, seconds = json.loads(result.stdout)
     return done / seconds, bad
@@ -296,8 +302,8 @@ def main() -> None:
     generator = "wrk" if shutil.which("wrk") and not args.no_wrk else "asyncio client"
     print(
         f"POST {PATH}, 64x64 PNG in caikit JSON; {generator}, {args.connections} connections, "
-        f"{args.duration:g} s x {args.rounds} rounds; server on core {SERVER_CORE}, "
-        f"load on core {LOAD_CORE}"
+        f"{args.duration:g} s x {args.rounds} rounds; server on cores {CORES['server']}, "
+        f"load on cores {CORES['load']}"
     )
     rates: dict[str, list[float]] = {name: [] for name in servers()}
     costs: dict[str, list[float]] = {name: [] for name in servers()}
