@@ -79,7 +79,7 @@ async def login(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> k
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    await reconciler(memo).client.close()
+    await reconciler(memo).close()
 
 
 @kopf.on.probe(id="models")

@@ -72,25 +72,25 @@ class KubeClient:
     async def _request(
         self, method: str, path: str, body: Obj, content_type: str, params: dict[str, str]
     ) -> tuple[int, Obj]:
-        if self._session is None:
-            raise ApiError(503, "not connected to the API server yet")
-        try:
-            async with (
-                self._slots,
-                self._session.request(
+        async with self._slots:
+            # Looked up once a slot is free: a re-login may have replaced the session.
+            session = self._session
+            if session is None:
+                raise ApiError(503, "not connected to the API server")
+            try:
+                async with session.request(
                     method,
                     self._server + path,
                     params=params,
                     data=json.dumps(body),
                     headers={"Content-Type": content_type},
-                ) as response,
-            ):
-                payload: Obj = await response.json(content_type=None)
-                if response.status >= 400:
-                    raise ApiError(response.status, str(payload.get("message", payload)))
-                return response.status, payload
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise ApiError(503, f"API server unreachable: {error!r}") from error
+                ) as response:
+                    payload: Obj = await response.json(content_type=None)
+                    if response.status >= 400:
+                        raise ApiError(response.status, str(payload.get("message", payload)))
+                    return response.status, payload
+            except (aiohttp.ClientError, TimeoutError) as error:
+                raise ApiError(503, f"API server unreachable: {error!r}") from error
 
     async def apply(self, obj: Obj) -> tuple[bool, Obj]:
         """Server-side apply `obj`; returns (created, the object as stored)."""

@@ -109,6 +109,13 @@ class Reconciler:
         if task := self.pending.pop(key, None):
             task.cancel()
 
+    async def close(self) -> None:
+        """Operator shutdown: drop scheduled status refreshes, close the connections."""
+        for task in self.pending.values():
+            task.cancel()
+        self.pending.clear()
+        await self.client.close()
+
     # The entry points, one per kind of trigger.
 
     async def reconcile(self, record: ModelRecord, views: Views) -> None:

@@ -49,6 +49,12 @@ PODS_PER_NODE = 250
 #: Extra interpreter arguments for the operator (--profile sets cProfile).
 PROFILE: list[str] = []
 STALL_S = 120.0
+SERVICE_CIDR = {
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "ServiceCIDR",
+    "metadata": {"name": "tti-bench"},
+    "spec": {"cidrs": ["10.96.0.0/16"]},
+}
 TARGET_RATE = 50.0
 TARGET_P50_MS = 100.0
 TARGET_RSS_MB = 200.0
@@ -359,6 +365,8 @@ def run_all(paths: launcher.ClusterPaths, counts: list[int], log: Path) -> list[
     crd = REPO / "crds" / "tti.dev_texttoimagemodels.yaml"
     kubectl(paths, "apply", "--server-side", "--force-conflicts", "-f", str(crd))
     kubectl(paths, "wait", "--for=condition=Established", "crd/texttoimagemodels.tti.dev")
+    # The API server's default Service range is a /24 (about 250 ClusterIPs): widen it.
+    kubectl(paths, "apply", "-f", "-", input=json.dumps(SERVICE_CIDR))
     nodes = -(-max(counts) // PODS_PER_NODE)
     kubectl(paths, "apply", "-f", "-", input=json.dumps(bench_nodes(nodes)))
     progress(f"{nodes} untainted kwok node(s) of {PODS_PER_NODE} pods; operator log: {log}")
