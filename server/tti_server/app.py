@@ -97,6 +97,10 @@ async def _load(
         )
         engine.start()
         await engine.run_on_each_worker(WARM_UP)
+    except asyncio.CancelledError:  # shut down while still loading
+        if engine is not None:
+            await engine.stop()
+        raise
     except Exception as exc:
         if engine is not None:
             await engine.stop()

@@ -239,3 +239,26 @@ def test_an_unexpected_error_is_a_500_envelope_without_traceback() -> None:
         "details": "internal server error (request bug-1; see the log)",
         "id": "bug-1",
     }
+
+
+def test_shutting_down_while_warming_up_stops_the_engine() -> None:
+    started, release = threading.Event(), threading.Event()
+
+    class SlowWarmUp(StubBackend):
+        def generate(self, batch: list[GenerationRequest]) -> list[list[Image.Image]]:
+            started.set()
+            release.wait(10)
+            return super().generate(batch)
+
+    app = create_app(Settings(), backends=[SlowWarmUp()])
+
+    async def scenario() -> None:
+        async with app.router.lifespan_context(app):
+            assert await asyncio.to_thread(started.wait, 10)
+        # Leaving the lifespan cancelled the warm-up; no worker task may be left behind.
+        release.set()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert [t.get_name() for t in others if not t.done()] == []
+
+    asyncio.run(scenario())
+    assert app.state.service.engine is None
