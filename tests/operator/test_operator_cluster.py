@@ -9,6 +9,8 @@ Ready; no container runs), so "Ready" here means "the pods were placed and start
 from __future__ import annotations
 
 import json
+import socket
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -173,6 +175,16 @@ def test_kubectl_scale_reaches_the_deployment(kube: Kube) -> None:
         "3/3 replicas ready",
     )
     assert kube.must_get("deployment", "scaled")["spec"]["replicas"] == 3
+    # What a HorizontalPodAutoscaler reads: the scale subresource with the pod selector.
+    scale = json.loads(
+        kube.cluster.kubectl(
+            "get", "--raw",
+            f"/apis/tti.dev/v1alpha1/namespaces/{kube.namespace}/texttoimagemodels/scaled/scale",
+        ).stdout
+    )  # fmt: skip
+    assert scale["spec"]["replicas"] == 3
+    assert scale["status"]["replicas"] == 3
+    assert scale["status"]["selector"] == "app.kubernetes.io/name=tti-server,tti.dev/model=scaled"
 
 
 def test_changing_gpus_and_format_rolls_out(kube: Kube) -> None:
@@ -435,3 +447,35 @@ def test_the_documented_rbac_is_enough_in_namespaced_mode(kube: Kube, tmp_path: 
         assert "forbidden" not in log.lower(), log
     finally:
         restricted.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_liveness_endpoint_answers(kube: Kube, tmp_path: Path) -> None:
+    port = free_port()
+    probed = OperatorProcess(
+        kube.cluster,
+        tmp_path / "probed.log",
+        extra_env={
+            "TTI_OPERATOR_LIVENESS_PORT": str(port),
+            "TTI_OPERATOR_NAMESPACES": kube.namespace,
+        },
+    )
+    probed.start()
+    try:
+
+        def healthz() -> dict[str, Any] | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                    return json.loads(r.read())  # type: ignore[no-any-return]
+            except OSError:
+                return None
+
+        answer = wait_for(healthz, lambda a: a is not None, "/healthz", operator=probed)
+        assert answer is not None and answer["models"] == 0
+    finally:
+        probed.stop()
