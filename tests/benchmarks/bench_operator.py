@@ -17,6 +17,10 @@ binaries as `make cluster-up`, its own state folder, so other test sessions neit
 nor see it) and stops it at the end:
 
     .venv/bin/python tests/benchmarks/bench_operator.py [--counts 500 1000] [--reuse]
+    .venv/bin/python tests/benchmarks/bench_operator.py --counts 100 --rate 5   # no burst
+
+`--rate` creates the resources at a steady rate instead: the apply-to-Deployment latency of
+one resource when the operator is not working through a thousand-deep backlog.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ TARGET_RSS_MB = 200.0
 @dataclass
 class Run:
     count: int
+    rate: float | None = None  # resources created per second; None: all at once
     resource_seen: dict[str, float] = field(default_factory=dict)
     deployment_seen: dict[str, float] = field(default_factory=dict)
     ready_seen: dict[str, float] = field(default_factory=dict)
@@ -196,7 +201,14 @@ async def run_once(server: str, session: aiohttp.ClientSession, namespace: str, 
                 raise RuntimeError(f"create {name}: {response.status} {await response.text()}")
 
     run.started = time.monotonic()
-    await asyncio.gather(*(create(n) for n in sorted(names)))
+    if run.rate is None:
+        await asyncio.gather(*(create(n) for n in sorted(names)))
+    else:
+        creating = []
+        for name in sorted(names):
+            creating.append(asyncio.create_task(create(name)))
+            await asyncio.sleep(1 / run.rate)
+        await asyncio.gather(*creating)
     progress(f"{run.count} created in {time.monotonic() - run.started:.1f} s; waiting for Ready")
     reporter = asyncio.create_task(report_progress(run, done))
     finished = asyncio.create_task(done.wait())
@@ -283,11 +295,11 @@ def delete_namespace(paths: launcher.ClusterPaths, namespace: str, wait: bool) -
     )  # fmt: skip
 
 
-async def measure(paths: launcher.ClusterPaths, count: int, log: Path) -> Run:
+async def measure(paths: launcher.ClusterPaths, count: int, rate: float | None, log: Path) -> Run:
     namespace = f"bench-{count}-{int(time.time())}"
     kubectl(paths, "create", "namespace", namespace)
     operator = start_operator(paths, namespace, log)
-    run = Run(count)
+    run = Run(count, rate)
     try:
         os.environ["KUBECONFIG"] = str(paths.kubeconfig)
         info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
@@ -361,7 +373,9 @@ def print_table(rows: list[dict[str, float]]) -> None:
     )
 
 
-def run_all(paths: launcher.ClusterPaths, counts: list[int], log: Path) -> list[dict[str, float]]:
+def run_all(
+    paths: launcher.ClusterPaths, counts: list[int], rate: float | None, log: Path
+) -> list[dict[str, float]]:
     crd = REPO / "crds" / "tti.dev_texttoimagemodels.yaml"
     kubectl(paths, "apply", "--server-side", "--force-conflicts", "-f", str(crd))
     kubectl(paths, "wait", "--for=condition=Established", "crd/texttoimagemodels.tti.dev")
@@ -373,8 +387,9 @@ def run_all(paths: launcher.ClusterPaths, counts: list[int], log: Path) -> list[
     rows = []
     try:
         for count in counts:
-            progress(f"--- {count} resources ---")
-            rows.append(summarise(asyncio.run(measure(paths, count, log))))
+            how = "at once" if rate is None else f"at {rate:g}/s"
+            progress(f"--- {count} resources, created {how} ---")
+            rows.append(summarise(asyncio.run(measure(paths, count, rate, log))))
     finally:
         launcher.kubectl(
             paths, "delete", "node", "-l", "tti.dev/bench-node=true", "--wait=false", check=False
@@ -388,6 +403,9 @@ def main() -> int:
     parser.add_argument("--log", type=Path, default=Path("/tmp/bench_operator.log"))
     parser.add_argument(
         "--reuse", action="store_true", help="use the shared test cluster (make cluster-up)"
+    )
+    parser.add_argument(
+        "--rate", type=float, help="create this many resources per second instead of all at once"
     )
     parser.add_argument("--profile", type=Path, help="write the operator's cProfile stats here")
     args = parser.parse_args()
@@ -404,13 +422,13 @@ def main() -> int:
                 "bench_operator: the test cluster is not up: run `make cluster-up`", file=sys.stderr
             )
             return 2
-        rows = run_all(paths, args.counts, args.log)
+        rows = run_all(paths, args.counts, args.rate, args.log)
     else:
         with tempfile.TemporaryDirectory(prefix="tti-bench-cluster-") as state:
             paths = launcher.default_paths(Path(state))
             launcher.up(paths, nodes=1, ephemeral=True)
             try:
-                rows = run_all(paths, args.counts, args.log)
+                rows = run_all(paths, args.counts, args.rate, args.log)
             finally:
                 launcher.down(paths)
     print_table(rows)
