@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -53,6 +54,16 @@ EPHEMERAL_MARKER = "started-by-tests"
 
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 REQUIRED_BINARIES = (*KUBE_BINARIES, "etcd", "kwok", "kwokctl", "helm")
+# kwokctl's own port choice scans down from 32767 in every process, so clusters created at the
+# same moment on one machine pick the same ports; we hand it kernel-chosen free ports instead.
+PORT_OPTIONS = (
+    "kubeApiserverPort",
+    "etcdPort",
+    "etcdPeerPort",
+    "kubeControllerManagerPort",
+    "kubeSchedulerPort",
+    "kwokControllerPort",
+)
 READY_TIMEOUT_S = 60.0
 
 
@@ -188,6 +199,15 @@ def node_list(count: int) -> dict[str, Any]:
 # --- processes ----------------------------------------------------------------------------
 
 
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel reports free on 127.0.0.1 (all held open at once, so distinct)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
 def run(
     paths: ClusterPaths,
     args: Sequence[str | Path],
@@ -198,15 +218,20 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """Run a tool against this cluster; a failure becomes a ClusterError quoting its stderr."""
     command = [str(a) for a in args]
-    result = subprocess.run(
-        command,
-        input=input,
-        capture_output=True,
-        text=True,
-        env=paths.env(),
-        timeout=timeout,
-        check=False,
-    )
+    try:
+        result = subprocess.run(
+            command,
+            input=input,
+            capture_output=True,
+            text=True,
+            env=paths.env(),
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise ClusterError(
+            f"{Path(command[0]).name} {command[1:4]} timed out after {timeout:.0f} s"
+        ) from error
     if check and result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()[-5:]
         raise ClusterError(f"{Path(command[0]).name} failed: " + " | ".join(detail))
@@ -350,7 +375,10 @@ def ensure_nodes(paths: ClusterPaths, count: int) -> None:
 
 
 def create(paths: ClusterPaths) -> None:
-    paths.kwokctl_config.write_text(json.dumps(kwokctl_configuration(paths), indent=2) + "\n")
+    ports = dict(zip(PORT_OPTIONS, free_ports(len(PORT_OPTIONS)), strict=True))
+    config = kwokctl_configuration(paths)
+    config["options"].update(ports)
+    paths.kwokctl_config.write_text(json.dumps(config, indent=2) + "\n")
     # --kubeconfig "" keeps kwokctl away from ~/.kube/config; we export our own copy.
     kwokctl(
         paths,
@@ -368,6 +396,16 @@ def create(paths: ClusterPaths) -> None:
     tmp.write_text(kubeconfig)
     tmp.chmod(0o600)
     tmp.replace(paths.kubeconfig)
+
+
+def keep_logs(paths: ClusterPaths) -> None:
+    """Copy the components' logs out of the work dir that delete() removes."""
+    logs = paths.cluster_dir / "logs"
+    if logs.is_dir():
+        kept = paths.state_dir / "failed-start-logs"
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(logs, kept)
+        log(f"component logs kept in {kept}")
 
 
 def delete(paths: ClusterPaths) -> None:
@@ -407,6 +445,7 @@ def up(paths: ClusterPaths, nodes: int = DEFAULT_NODES, *, ephemeral: bool = Fal
                 ensure_nodes(paths, nodes)
             except BaseException:
                 log("start failed or interrupted: stopping what was started")
+                keep_logs(paths)
                 delete(paths)
                 raise
             log(
