@@ -34,8 +34,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +48,10 @@ from typing import Any
 from fastapi import FastAPI
 from PIL import Image
 from pydantic import BaseModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from support.server import free_port, stop_process
 
 PATH = "/api/v1/task/text-to-image"
 BODY = json.dumps({"inputs": "a blue square", "parameters": {"height": 64, "width": 64}})
@@ -102,13 +104,6 @@ def minimal_off_loop_app() -> FastAPI:
     return minimal_app(off_loop=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def pinned(role: str) -> Callable[[], None]:
     """Run on one core, ahead of other jobs on a shared machine when allowed to (root).
 
@@ -146,15 +141,6 @@ def start(command: list[str], port: int) -> subprocess.Popen[bytes]:
             time.sleep(0.1)
     process.kill()
     raise RuntimeError(f"{command} not ready")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def servers() -> dict[str, Callable[[int], list[str]]]:
@@ -272,7 +258,7 @@ def measure(
         rate, bad = load(url, args.duration, args.connections)
         cpu = cpu_seconds(process.pid) - cpu_before
     finally:
-        stop(process)
+        stop_process(process)
     if bad:
         raise SystemExit(f"{name}: {bad} failed responses; the comparison is void")
     cpu_per_request = cpu / (rate * args.duration) * 1e6

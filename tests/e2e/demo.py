@@ -28,7 +28,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,6 +44,7 @@ if str(TESTS_DIR) not in sys.path:  # run as a script: make `cluster.launcher` i
 
 from cluster import launcher  # noqa: E402
 from support.cluster import shared_use  # noqa: E402
+from support.server import free_port, stop_process  # noqa: E402
 
 ROOT = TESTS_DIR.parent
 CHART = ROOT / "charts" / "tti-operator"
@@ -93,22 +93,9 @@ def indented(text: str) -> None:
 # --- processes ----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def stop(process: subprocess.Popen[bytes], name: str) -> None:
     """SIGTERM, then SIGKILL: the process must be gone when this returns."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_process(process, timeout=15)
     say(f"stopped {name} (pid {process.pid})")
 
 

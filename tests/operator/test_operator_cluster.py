@@ -9,7 +9,6 @@ Ready; no container runs), so "Ready" here means "the pods were placed and start
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 import yaml
 from operator_harness import REPO, SERVER_IMAGE, OperatorProcess, wait_for
 from support.cluster import Cluster
+from support.server import free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -447,12 +447,6 @@ def test_the_documented_rbac_is_enough_in_namespaced_mode(kube: Kube, tmp_path: 
         assert "forbidden" not in log.lower(), log
     finally:
         restricted.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_the_liveness_endpoint_answers(kube: Kube, tmp_path: Path) -> None:
