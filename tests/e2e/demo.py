@@ -589,14 +589,16 @@ def run(options: Options) -> Path:
 
 def wait_for_ctrl_c(result: Result) -> None:
     kubeconfig = result.kube.paths.kubeconfig
-    print(
-        f"\nEverything is still up. Try:\n"
-        f"  KUBECONFIG={kubeconfig} kubectl get ttimodels -A\n"
-        f"  curl -s {result.url}/v1/models\n"
-        "Press Ctrl-C to tear it all down.",
-        flush=True,
-    )
+    # Inside the try: a Ctrl-C that lands right after the prompt is printed is the
+    # expected one, not an interruption of the demo.
     try:
+        print(
+            f"\nEverything is still up. Try:\n"
+            f"  KUBECONFIG={kubeconfig} kubectl get ttimodels -A\n"
+            f"  curl -s {result.url}/v1/models\n"
+            "Press Ctrl-C to tear it all down.",
+            flush=True,
+        )
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
