@@ -19,7 +19,7 @@ from tti_operator.builders import MANAGED_BY, MODEL_LABEL
 from tti_operator.kube import KubeClient
 from tti_operator.reconciler import Key, ModelRecord, Reconciler, Views, model_key
 from tti_operator.settings import OperatorSettings
-from tti_operator.spec import GROUP, PLURAL, VERSION
+from tti_operator.spec import GROUP, KIND, PLURAL, VERSION
 from tti_operator.status import DeploymentState, PodState, deployment_state, pod_state
 
 MODELS = (GROUP, VERSION, PLURAL)
@@ -34,7 +34,7 @@ def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
     """kopf's settings: everything under tti.dev, no cluster-scoped needs, batched events."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = LeanDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
+        prefix=GROUP, key="last-handled-configuration", changing_kinds={KIND}
     )
     settings.persistence.finalizer = f"{GROUP}/finalizer"  # never added: no delete handlers
     settings.peering.standalone = True  # one operator replica; no peering objects to read
@@ -56,16 +56,25 @@ def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
 class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
     """kopf's annotation diff base, with the same essence built at a fraction of the cost.
 
-    kopf builds the essence on every event of every watched kind, Pods and Deployments
-    included, and its build deep-copies the whole body before deleting metadata and status.
-    Those two are most of an object (managedFields alone can be half of it), and the copy was
-    the top entry of the operator's profile under a burst. Here they are left out before
-    kopf's own build runs, except the parts its build reads back.
+    kopf builds the essence on every event of every watched kind, and its build deep-copies
+    the whole body before deleting metadata and status. That copy was the top entry of the
+    operator's profile under a burst. Two savings, neither changing what a handler sees:
+
+    - Pods, Deployments and Services have no change handlers here (only `on.event` and
+      indexes), so kopf computes their diff and never reads it: they get an empty essence.
+    - For the kinds with change handlers (`changing_kinds`), metadata and status are left
+      out before kopf's own build runs, except the parts that build reads back.
     """
+
+    def __init__(self, *, prefix: str, key: str, changing_kinds: Iterable[str]) -> None:
+        super().__init__(prefix=prefix, key=key)
+        self.changing_kinds = frozenset(changing_kinds)
 
     def build(
         self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
     ) -> kopf.BodyEssence:
+        if body.get("kind") not in self.changing_kinds:
+            return cast(kopf.BodyEssence, {})
         extra = list(extra_fields or [])
         return super().build(body=essential_part(body, extra), extra_fields=extra)
 

@@ -30,12 +30,14 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,8 @@ class Run:
     all_ready: float = 0.0
     peak_rss_mb: float = 0.0
     operator_cpu_s: float = 0.0
+    #: CPU seconds of every process involved during the run, by name.
+    cpu_s: dict[str, float] = field(default_factory=dict)
     stalled: bool = False
 
     def latencies_ms(self) -> list[float]:
@@ -131,6 +135,32 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a live process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_process(paths: launcher.ClusterPaths, operator: int) -> dict[str, float]:
+    """CPU seconds so far of the operator, each control-plane component, and this script
+    (its watchers parse every event too): where a resource's cost goes, not only ours."""
+    pids = {"operator": operator, **launcher.component_pids(paths)}
+    spent = {name: cpu_seconds(pid) for name, pid in pids.items() if launcher.is_alive(pid)}
+    return spent | {"this benchmark": time.process_time()}
+
+
+async def api_requests(session: aiohttp.ClientSession, server: str) -> Counter[str]:
+    """The API server's own count of the requests it served, by verb and resource."""
+    async with session.get(f"{server}/metrics") as response:
+        text = await response.text()
+    counts: Counter[str] = Counter()
+    for line in text.splitlines():
+        if line.startswith("apiserver_request_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            what = "/".join(filter(None, (labels["resource"], labels.get("subresource"))))
+            counts[f"{labels['verb']} {what}"] += int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+def print_requests(requests: Counter[str], count: int) -> None:
+    top = ", ".join(f"{what} {n / count:.1f}" for what, n in requests.most_common(10))
+    progress(f"API requests per resource (all clients): {top}")
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -312,10 +342,15 @@ async def measure(
         ) as session:
             server = info.server.rstrip("/")
             await warm_up(server, session, namespace)
-            cpu_before = cpu_seconds(operator.pid)
+            before = cpu_by_process(paths, operator.pid)
+            requests_before = await api_requests(session, server)
             await run_once(server, session, namespace, run)
+            requests = await api_requests(session, server) - requests_before
         run.peak_rss_mb = peak_rss_mb(operator.pid)
-        run.operator_cpu_s = cpu_seconds(operator.pid) - cpu_before
+        after = cpu_by_process(paths, operator.pid)
+        run.cpu_s = {name: after[name] - before[name] for name in after if name in before}
+        run.operator_cpu_s = run.cpu_s["operator"]
+        print_requests(requests, count)
     finally:
         operator.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -342,6 +377,7 @@ def summarise(run: Run) -> dict[str, float]:
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
         "peak_rss_mb": run.peak_rss_mb,
         "operator_cpu_s": run.operator_cpu_s,
+        **{f"cpu:{name}": seconds for name, seconds in run.cpu_s.items()},
         "deployments": len(run.deployment_seen),
         "ready": len(run.ready_seen),
     }
@@ -360,6 +396,12 @@ def print_table(rows: list[dict[str, float]]) -> None:
             f"{r['p99_ms']:>7.0f} {r['peak_rss_mb']:>12.0f} {r['operator_cpu_s']:>15.1f} "
             f"{1000 * r['operator_cpu_s'] / r['count']:>11.1f}"
         )
+        shares = ", ".join(
+            f"{name[4:]} {1000 * seconds / r['count']:.1f}"
+            for name, seconds in sorted(r.items(), key=lambda item: -item[1])
+            if name.startswith("cpu:")
+        )
+        print(f"       CPU ms per resource: {shares}")
         if r["ready"] < r["count"]:
             print(
                 f"       (stalled: {r['deployments']:.0f} Deployments, {r['ready']:.0f} Ready "
