@@ -7,6 +7,7 @@ cluster, and reapplying the same input is a no-op on the API server.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -292,4 +293,32 @@ def build_deployment(owner: Owner, spec: ModelSpec, default_image: str) -> Obj:
             "revisionHistoryLimit": 3,
             "template": pod_template(owner, spec, default_image),
         },
+    }
+
+
+def build_event(
+    resource: Mapping[str, Any], type: str, reason: str, message: str, component: str, now: str
+) -> dict[str, Any]:
+    """A core/v1 Event about `resource`, as `kubectl describe` and `kubectl events` show it."""
+    meta = resource["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": resource["apiVersion"],
+            "kind": resource["kind"],
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+        },
+        "type": type,
+        "reason": reason,
+        "message": message[:1024],  # the API server refuses longer ones
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": component,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
     }

@@ -1,9 +1,10 @@
 """kopf registrations: thin handlers that delegate to the `Reconciler`.
 
 Triggers: the resource's create/update/resume, and every event of the Deployments,
-Services and Pods it owns (found through the `tti.dev/model` label, filtered server-side).
-Indexes keep a small summary of each child, so a status refresh costs no API read.
-There is deliberately no delete handler: kopf would add a finalizer for it, and children
+Services and Pods it owns. kopf watches the models; the children are watched by the lean
+watches of `informer.Children` (found through the `tti.dev/model` label, filtered
+server-side), which keep a small summary of each child, so a status refresh costs no API
+read. There is deliberately no delete handler: kopf would add a finalizer for it, and children
 go away by owner-reference garbage collection even while the operator is down.
 """
 
@@ -15,26 +16,20 @@ from typing import Any, cast
 
 import kopf
 
-from tti_operator.builders import MANAGED_BY, MODEL_LABEL
+from tti_operator.informer import Children
 from tti_operator.kube import KubeClient
 from tti_operator.reconciler import Key, ModelRecord, Reconciler, Views, model_key
 from tti_operator.settings import OperatorSettings
-from tti_operator.spec import GROUP, KIND, PLURAL, VERSION
-from tti_operator.status import DeploymentState, PodState, deployment_state, pod_state
+from tti_operator.spec import GROUP, PLURAL, VERSION
 
 MODELS = (GROUP, VERSION, PLURAL)
-CHILD_LABELS: dict[str, Any] = {
-    "app.kubernetes.io/managed-by": MANAGED_BY,
-    MODEL_LABEL: kopf.PRESENT,
-}
-CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},{MODEL_LABEL}"
 
 
 def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
     """kopf's settings: everything under tti.dev, no cluster-scoped needs, batched events."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = LeanDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration", changing_kinds={KIND}
+        prefix=GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{GROUP}/finalizer"  # never added: no delete handlers
     settings.peering.standalone = True  # one operator replica; no peering objects to read
@@ -47,8 +42,6 @@ def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
     # operator's own Created/Updated/Ready Events do not.
     settings.posting.level = logging.WARNING
     settings.posting.event_name_prefix = "tti-operator-"
-    for resource in (("apps", "deployments"), "services", "pods"):
-        settings.watching.label_selectors[resource] = CHILD_SELECTOR
     if ours.max_workers:
         settings.queueing.worker_limit = ours.max_workers
 
@@ -56,25 +49,14 @@ def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
 class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
     """kopf's annotation diff base, with the same essence built at a fraction of the cost.
 
-    kopf builds the essence on every event of every watched kind, and its build deep-copies
-    the whole body before deleting metadata and status. That copy was the top entry of the
-    operator's profile under a burst. Two savings, neither changing what a handler sees:
-
-    - Pods, Deployments and Services have no change handlers here (only `on.event` and
-      indexes), so kopf computes their diff and never reads it: they get an empty essence.
-    - For the kinds with change handlers (`changing_kinds`), metadata and status are left
-      out before kopf's own build runs, except the parts that build reads back.
+    kopf builds the essence on every event of a model, and its build deep-copies the whole
+    body before deleting metadata and status, most of it (managedFields alone can be half).
+    Those are left out here before kopf's own build runs, except the parts it reads back.
     """
-
-    def __init__(self, *, prefix: str, key: str, changing_kinds: Iterable[str]) -> None:
-        super().__init__(prefix=prefix, key=key)
-        self.changing_kinds = frozenset(changing_kinds)
 
     def build(
         self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
     ) -> kopf.BodyEssence:
-        if body.get("kind") not in self.changing_kinds:
-            return cast(kopf.BodyEssence, {})
         extra = list(extra_fields or [])
         return super().build(body=essential_part(body, extra), extra_fields=extra)
 
@@ -105,18 +87,37 @@ def reconciler(memo: kopf.Memo) -> Reconciler:
     return cast(Reconciler, memo["reconciler"])
 
 
-def views(kwargs: dict[str, Any]) -> Views:
-    """kopf passes every index to every handler, by the index function's name."""
-    return Views(models=kwargs["models"], deployments=kwargs["deployments"], pods=kwargs["pods"])
+def children(memo: kopf.Memo) -> Children:
+    return cast(Children, memo["children"])
+
+
+def views(memo: kopf.Memo, models: kopf.Index[Key, ModelRecord]) -> Views:
+    watched = children(memo)
+    return Views(models=models, deployments=watched.deployments, pods=watched.pods)
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def startup(
+    settings: kopf.OperatorSettings,
+    memo: kopf.Memo,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    **kwargs: Any,
+) -> None:
     # Under plain `kopf run` there is no CLI to set things up: do it here.
     if "reconciler" not in memo:
         ours = OperatorSettings.model_validate({})
         configure(settings, ours)
         memo["reconciler"] = Reconciler(ours, KubeClient(ours.field_manager))
+    ours = reconciler(memo).settings
+
+    models: kopf.Index[Key, ModelRecord] = kwargs["models"]
+
+    async def on_child_event(kind: str, event_type: str | None, child: dict[str, Any]) -> None:
+        await child_event(memo, models, logger, kind, event_type, child)
+
+    # Started by `login`, once there are credentials; kopf passes the live models index to
+    # activities too, and that same object is what the handlers get later.
+    memo["children"] = Children(reconciler(memo).client, ours.namespaces, on_child_event)
 
 
 @kopf.on.login()
@@ -127,11 +128,13 @@ async def login(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> k
     if info is None:
         raise kopf.LoginError("no credentials: neither a service account nor a kubeconfig")
     await reconciler(memo).client.connect(info)
+    children(memo).start()
     return info
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await children(memo).close()
     await reconciler(memo).close()
 
 
@@ -141,30 +144,14 @@ async def probe_models(**kwargs: Any) -> int:
     return len(kwargs["models"])
 
 
-# Indexes: a small summary per object, keyed by (namespace, model name). Every kopf
-# callback here is async: kopf runs a plain function in a thread pool, a hand-off per event.
+# Every kopf callback here is async: kopf runs a plain function in a thread pool, a
+# hand-off per call.
 
 
 @kopf.index(*MODELS)
 async def models(body: kopf.Body, **_: Any) -> dict[Key, ModelRecord]:
     record = ModelRecord.from_body(body)
     return {record.key: record}
-
-
-@kopf.index("apps", "v1", "deployments", labels=CHILD_LABELS)
-async def deployments(
-    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[Key, DeploymentState]:
-    key = model_key(namespace, labels)
-    return {key: deployment_state(body)} if key else {}
-
-
-@kopf.index("v1", "pods", labels=CHILD_LABELS)
-async def pods(
-    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[Key, PodState]:
-    key = model_key(namespace, labels)
-    return {key: pod_state(body)} if key else {}
 
 
 # The resource itself.
@@ -174,7 +161,8 @@ async def pods(
 @kopf.on.create(*MODELS)
 @kopf.on.update(*MODELS, field="spec")
 async def reconcile(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    await reconciler(memo).reconcile(ModelRecord.from_body(body), views(kwargs))
+    await children(memo).synced()  # on resume, know the existing children first
+    await reconciler(memo).reconcile(ModelRecord.from_body(body), views(memo, kwargs["models"]))
 
 
 @kopf.on.event(*MODELS, when=lambda type, **_: type == "DELETED")
@@ -185,43 +173,21 @@ async def forget(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) ->
 # The children: any change refreshes the owner's status; a hand edit or delete is undone.
 
 
-async def _child_event(
-    kind: str,
-    *,
-    type: str | None,
-    namespace: str | None,
-    labels: kopf.Labels,
-    body: kopf.Body,
+async def child_event(
     memo: kopf.Memo,
     models: kopf.Index[Key, ModelRecord],
-    deployments: kopf.Index[Key, DeploymentState],
-    pods: kopf.Index[Key, PodState],
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
-    **_: Any,
+    kind: str,
+    event_type: str | None,
+    child: dict[str, Any],
 ) -> None:
-    key = model_key(namespace, labels)
+    meta = child.get("metadata") or {}
+    key = model_key(meta.get("namespace"), meta.get("labels") or {})
     record = next(iter(models.get(key, [])), None) if key else None
     if key is None or record is None:
         return  # its model is gone (garbage collection follows) or not ours
     try:
-        await reconciler(memo).child_changed(
-            record, kind, type, body, Views(models, deployments, pods)
-        )
+        await reconciler(memo).child_changed(record, kind, event_type, child, views(memo, models))
     except (kopf.PermanentError, kopf.TemporaryError) as error:
         # Already on the model's status and Events; the next event or resume retries.
         logger.warning("could not reconcile %s/%s after a %s event: %s", *key, kind, error)
-
-
-@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
-async def deployment_event(**kwargs: Any) -> None:
-    await _child_event("Deployment", **kwargs)
-
-
-@kopf.on.event("v1", "services", labels=CHILD_LABELS)
-async def service_event(**kwargs: Any) -> None:
-    await _child_event("Service", **kwargs)
-
-
-@kopf.on.event("v1", "pods", labels=CHILD_LABELS)
-async def pod_event(**kwargs: Any) -> None:
-    await _child_event("Pod", **kwargs)

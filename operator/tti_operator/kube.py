@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -22,6 +23,8 @@ _PATHS = {
     ("v1", "Service"): "/api/v1/namespaces/{ns}/services/{name}",
 }
 _STATUS_PATH = "/apis/tti.dev/v1alpha1/namespaces/{ns}/texttoimagemodels/{name}/status"
+#: The API server ends a watch after this long; it is then resumed where it stopped.
+WATCH_TIMEOUT_S = 300
 
 
 class ApiError(Exception):
@@ -70,7 +73,7 @@ class KubeClient:
             self._session = None
 
     async def _request(
-        self, method: str, path: str, body: Obj, content_type: str, params: dict[str, str]
+        self, method: str, path: str, body: Obj | None, content_type: str, params: dict[str, str]
     ) -> tuple[int, Obj]:
         async with self._slots:
             # Looked up once a slot is free: a re-login may have replaced the session.
@@ -82,8 +85,8 @@ class KubeClient:
                     method,
                     self._server + path,
                     params=params,
-                    data=json.dumps(body),
-                    headers={"Content-Type": content_type},
+                    data=None if body is None else json.dumps(body),
+                    headers={"Content-Type": content_type} if content_type else None,
                 ) as response:
                     payload: Obj = await response.json(content_type=None)
                     if response.status >= 400:
@@ -104,8 +107,53 @@ class KubeClient:
         )
         return status == 201, stored
 
+    async def create(self, obj: Obj) -> Obj:
+        """POST a namespaced core/v1 object (here: Events)."""
+        meta = obj["metadata"]
+        path = f"/api/v1/namespaces/{meta['namespace']}/{obj['kind'].lower()}s"
+        return (await self._request("POST", path, obj, "application/json", {}))[1]
+
     async def patch_status(self, namespace: str, name: str, status: Obj) -> None:
         path = _STATUS_PATH.format(ns=namespace, name=name)
         params = {"fieldManager": self.field_manager}
         body = {"status": status}
         await self._request("PATCH", path, body, "application/merge-patch+json", params)
+
+    async def list(self, path: str, params: dict[str, str]) -> Obj:
+        """GET a collection (a `...List` object with `items` and its resourceVersion)."""
+        return (await self._request("GET", path, None, "", params))[1]
+
+    async def watch(self, path: str, params: dict[str, str]) -> AsyncIterator[Obj]:
+        """The watch events of a collection, one dict per event, until the server ends it."""
+        session = self._session
+        if session is None:
+            raise ApiError(503, "not connected to the API server")
+        params = {
+            **params,
+            "watch": "true",
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(WATCH_TIMEOUT_S),
+        }
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=WATCH_TIMEOUT_S + 30)
+        try:
+            async with session.get(self._server + path, params=params, timeout=timeout) as response:
+                if response.status >= 400:
+                    payload = await response.json(content_type=None)
+                    raise ApiError(response.status, str(payload.get("message", payload)))
+                async for line in _lines(response.content):
+                    yield json.loads(line)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise ApiError(503, f"watch of {path} broke: {error!r}") from error
+
+
+async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """Whole lines of a stream, however long: aiohttp's own line reader has a size limit."""
+    pending = b""
+    async for chunk in content.iter_any():
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            if line.strip():
+                yield line
+    if pending.strip():
+        yield pending

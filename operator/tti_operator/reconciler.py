@@ -12,13 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar, cast
 
 import kopf
 
-from tti_operator.builders import MODEL_LABEL, Owner, build_deployment, build_service, labels
+from tti_operator.builders import (
+    MODEL_LABEL,
+    Owner,
+    build_deployment,
+    build_event,
+    build_service,
+    labels,
+)
 from tti_operator.kube import ApiError, KubeClient
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import API_VERSION, KIND, InvalidSpec, ModelSpec, parse_spec
@@ -30,6 +38,8 @@ _T = TypeVar("_T")
 EventSink = Callable[[kopf.Body, str, str, str], None]
 #: Seconds before kopf retries a reconcile that failed for a reason that may pass.
 RETRY_DELAY_S = 10
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -82,22 +92,51 @@ class Applied:
     service_version: str = ""
 
 
-def post_event(resource: kopf.Body, type: str, reason: str, message: str) -> None:
-    """Through kopf's batched, retried posting (settings.posting)."""
-    kopf.event(resource, type=type, reason=reason, message=message)
+class EventPoster:
+    """Posts Kubernetes Events with the operator's client, in the background.
+
+    Not `kopf.event`: that one only works inside kopf's handling of an object, and most
+    Events (Ready, Degraded) follow a child's event, which kopf does not watch here. An
+    Event that cannot be posted is logged and dropped: it never holds up a reconcile.
+    """
+
+    def __init__(self, client: KubeClient, component: str) -> None:
+        self.client = client
+        self.component = component
+        self._posting: set[asyncio.Task[None]] = set()
+
+    def __call__(self, resource: kopf.Body, type: str, reason: str, message: str) -> None:
+        event = build_event(resource, type, reason, message, self.component, _now())
+        task = asyncio.create_task(self._post(event))
+        self._posting.add(task)
+        task.add_done_callback(self._posting.discard)
+
+    async def _post(self, event: dict[str, Any]) -> None:
+        try:
+            await self.client.create(event)
+        except ApiError as error:
+            logger.warning("could not post Event %s: %s", event["reason"], error)
 
 
 @dataclass
 class Reconciler:
     settings: OperatorSettings
     client: KubeClient
-    event: EventSink = post_event
+    event: EventSink | None = None  # None: EventPoster with this client
     applied: dict[Key, Applied] = field(default_factory=dict)
     observed: dict[Key, int] = field(default_factory=dict)
     failures: dict[Key, Problem] = field(default_factory=dict)
     posted: dict[Key, dict[str, Any]] = field(default_factory=dict)
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     pending: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.event is None:
+            self.event = EventPoster(self.client, self.settings.field_manager)
+
+    def _emit(self, resource: kopf.Body, type: str, reason: str, message: str) -> None:
+        assert self.event is not None  # set in __post_init__
+        self.event(resource, type, reason, message)
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -223,15 +262,15 @@ class Reconciler:
             what = " and ".join(
                 kind for kind, new in (("Deployment", created), ("Service", service_created)) if new
             )
-            self.event(record.ref, "Normal", "Created", f"created {what} {owner.name}")
+            self._emit(record.ref, "Normal", "Created", f"created {what} {owner.name}")
         elif known is not None and state.generation != known.generation:
             message = f"updated Deployment {owner.name} to generation {record.generation}"
-            self.event(record.ref, "Normal", "Updated", message)
+            self._emit(record.ref, "Normal", "Updated", message)
         return state
 
     async def _fail(self, record: ModelRecord, problem: Problem, pods: Iterable[PodState]) -> None:
         self.failures[record.key] = problem
-        self.event(record.ref, "Warning", "Failed", f"{problem.reason}: {problem.message}")
+        self._emit(record.ref, "Warning", "Failed", f"{problem.reason}: {problem.message}")
         await self._publish(record, None, pods)
 
     async def _publish(
@@ -271,10 +310,10 @@ class Reconciler:
         if degraded.get("status") == "True" and degraded.get("reason") != was_degraded.get(
             "reason"
         ):
-            self.event(record.ref, "Warning", str(degraded["reason"]), str(degraded["message"]))
+            self._emit(record.ref, "Warning", str(degraded["reason"]), str(degraded["message"]))
         ready, was_ready = _condition(after, "Ready"), _condition(before, "Ready")
         if ready.get("status") == "True" and was_ready.get("status") != "True":
-            self.event(record.ref, "Normal", "Ready", str(ready.get("message", "")))
+            self._emit(record.ref, "Normal", "Ready", str(ready.get("message", "")))
 
 
 def _first(items: Iterable[_T]) -> _T | None:

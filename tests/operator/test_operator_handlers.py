@@ -11,7 +11,6 @@ import pytest
 
 from tti_operator import handlers
 from tti_operator.settings import OperatorSettings
-from tti_operator.spec import GROUP, KIND, PLURAL, VERSION
 
 MODEL: dict[str, Any] = {
     "apiVersion": "tti.dev/v1alpha1",
@@ -56,9 +55,7 @@ def kopf_essence(body: dict[str, Any], extra: list[kopf.FieldSpec]) -> kopf.Body
 
 
 def lean_essence(body: dict[str, Any], extra: list[kopf.FieldSpec]) -> kopf.BodyEssence:
-    storage = handlers.LeanDiffBaseStorage(
-        prefix="tti.dev", key="last-handled-configuration", changing_kinds={"Pod", KIND}
-    )
+    storage = handlers.LeanDiffBaseStorage(prefix="tti.dev", key="last-handled-configuration")
     return storage.build(body=kopf.Body(cast(kopf.RawBody, body)), extra_fields=extra)
 
 
@@ -94,30 +91,6 @@ def test_a_spec_change_is_seen_and_a_status_or_managed_fields_change_is_not() ->
     assert lean_essence(spec_change, [("spec",)]) != before
 
 
-def test_kinds_without_change_handlers_get_an_empty_essence() -> None:
-    storage = handlers.LeanDiffBaseStorage(
-        prefix="tti.dev", key="last-handled-configuration", changing_kinds={KIND}
-    )
-    assert storage.build(body=kopf.Body(cast(kopf.RawBody, POD))) == {}
-    assert storage.build(body=kopf.Body(cast(kopf.RawBody, MODEL))) == kopf_essence(MODEL, [])
-
-
-def test_only_the_models_have_change_handlers() -> None:
-    """The empty essence for every other kind is safe only while this holds."""
-    registry = kopf.get_default_registry()
-    changing = registry._changing.get_all_handlers()  # kopf keeps no public listing of them
-    models = kopf.Resource(GROUP, VERSION, PLURAL, kind=KIND)
-    children = [
-        kopf.Resource("apps", "v1", "deployments", kind="Deployment"),
-        kopf.Resource("", "v1", "services", kind="Service"),
-        kopf.Resource("", "v1", "pods", kind="Pod"),
-    ]
-    assert changing
-    for handler in changing:
-        assert handler.selector is not None and handler.selector.check(models)
-        assert not any(handler.selector.check(child) for child in children)
-
-
 def test_configure_installs_the_lean_storage_and_posts_only_kopfs_warnings() -> None:
     settings = kopf.OperatorSettings()
     handlers.configure(settings, OperatorSettings.model_validate({}))
@@ -129,16 +102,15 @@ def test_configure_installs_the_lean_storage_and_posts_only_kopfs_warnings() -> 
     "callback",
     [
         handlers.models,
-        handlers.deployments,
-        handlers.pods,
         handlers.forget,
         handlers.probe_models,
-        handlers.deployment_event,
-        handlers.service_event,
-        handlers.pod_event,
+        handlers.startup,
+        handlers.login,
+        handlers.cleanup,
+        handlers.child_event,
         handlers.reconcile,
     ],
 )
 def test_every_per_event_callback_is_async(callback: object) -> None:
-    """kopf hands a plain function to a thread pool on every call; these run per event."""
+    """kopf hands a plain function to a thread pool on every call."""
     assert inspect.iscoroutinefunction(callback)
