@@ -192,7 +192,9 @@ class Children:
         child waiting for its model's lock never holds up the other models' events."""
         if self.record(kind.kind, event_type, obj) is None:
             return
-        task = asyncio.create_task(self.dispatch(kind.kind, event_type, obj))
+        # Only the metadata travels on: under a burst thousands of these wait for their
+        # model's lock, and whole Pod bodies would be most of the operator's memory.
+        task = asyncio.create_task(self.dispatch(kind.kind, event_type, _identity(obj)))
         self._handling.add(task)
         task.add_done_callback(self._finished)
 
@@ -208,6 +210,17 @@ class Children:
 
 
 def _identity(obj: Obj) -> Obj:
-    """What a deletion found by a relist needs to be reported, and no more (memory)."""
+    """What the reconciler reads of a child (who it is, whose it is, which version)."""
     meta = obj.get("metadata") or {}
-    return {"metadata": {k: meta[k] for k in ("name", "namespace", "uid", "labels") if k in meta}}
+    return {"metadata": {k: meta[k] for k in _IDENTITY if k in meta}}
+
+
+_IDENTITY = (
+    "name",
+    "namespace",
+    "uid",
+    "labels",
+    "ownerReferences",
+    "generation",
+    "resourceVersion",
+)

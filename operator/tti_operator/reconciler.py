@@ -3,7 +3,7 @@
 One `Reconciler` lives for the whole operator process (in kopf's memo). Both the
 resource's own handlers (create, update, resume) and the children's watch handlers end in
 the same two steps, serialised per resource: server-side apply of the Deployment and the
-Service (idempotent), then the status computed from the children as kopf's indexes see
+Service (idempotent), then the status computed from the children as the watches see
 them. What is remembered in memory is only an optimisation (which child versions this
 process wrote); after a restart, resume reapplies everything and the state is rebuilt.
 """
