@@ -142,10 +142,15 @@ class Children:
                 failures = 0
                 while version:  # resumed after each server-side timeout; "" means relist
                     version = await self._follow(kind, path, params, version, known)
-            except ApiError as error:
+            except Exception as error:  # a watch must outlive anything one response does
                 delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)]
                 failures += 1
-                logger.warning("watching %s: %s; listing again in %.0f s", path, error, delay)
+                logger.warning(
+                    "watching %s: %s; listing again in %.0f s",
+                    path,
+                    error if isinstance(error, ApiError) else repr(error),
+                    delay,
+                )
                 await asyncio.sleep(delay)
 
     async def _list(
