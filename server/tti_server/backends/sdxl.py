@@ -7,13 +7,16 @@ pipeline sub-folder), or a Hugging Face repo id. Whatever fails, it raises
 
 `SDXLBackend.generate` runs a batch of compatible requests as one pipeline call
 with one seeded generator per image, so a seeded request gets the same images
-whether it ran alone or batched with others.
+whether it ran alone or batched with others. The pipeline stops at the latents;
+the backend decodes them itself with the VAE in the dtype `vae_dtype` chose at
+load time (see there why), which diffusers' pipeline cannot do.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import re
 import secrets
@@ -94,7 +97,7 @@ class SDXLBackend:
         generators = [_generator(seed) for request in batch for seed in image_seeds(request)]
         try:
             with torch.inference_mode():
-                output = self.pipeline(
+                latents = self.pipeline(
                     prompt=prompts,
                     negative_prompt=(
                         [key.negative_prompt] * len(prompts) if key.negative_prompt else None
@@ -104,14 +107,15 @@ class SDXLBackend:
                     num_inference_steps=key.num_steps,
                     guidance_scale=key.guidance_scale,
                     generator=generators,
-                    output_type="pil",
-                )
+                    output_type="latent",
+                ).images
+                images = to_pil(self.pipeline, decode_latents(self.pipeline, latents))
         except torch.cuda.OutOfMemoryError as exc:
             raise BackendOutOfMemory(
                 f"{self.device} ran out of memory for {len(prompts)} image(s) of "
                 f"{key.width}x{key.height}"
             ) from exc
-        return split_per_request(list(output.images), [request.n for request in batch])
+        return split_per_request(images, [request.n for request in batch])
 
     def release_memory(self) -> None:
         """Return the CUDA caching allocator's free blocks after a failed batch."""
@@ -125,15 +129,19 @@ class SDXLBackend:
 def load_sdxl(model_path: str, device: str, options: SDXLOptions | None = None) -> SDXLBackend:
     """Load the pipeline at `model_path` onto `device` (`cpu`, `cuda`, `cuda:N`).
 
-    CUDA gets fp16 (the `fp16` weight variant when there is one); the VAE decodes in
-    fp32 whenever its config asks for it (`force_upcast`, as SDXL's VAE does), so
-    fp16 never overflows it. CPU gets fp32. Raises `ModelLoadError` with one line.
+    CUDA gets fp16 (the `fp16` weight variant when there is one) except the VAE,
+    which stays for good in the dtype `vae_dtype` picks (bf16 or fp32 for SDXL's VAE,
+    which overflows fp16). CPU gets fp32. Raises `ModelLoadError` with one line.
     """
     source = resolve_source(model_path)
     on_cuda = device.startswith("cuda")
     pipeline = _from_pretrained(source, torch.float16 if on_cuda else torch.float32, on_cuda)
     try:
         pipeline = pipeline.to(device)
+        force_upcast = bool(getattr(pipeline.vae.config, "force_upcast", True))
+        bf16 = on_cuda and _cuda_has_bf16(device)
+        dtype = vae_dtype(device, force_upcast=force_upcast, bf16_supported=bf16)
+        cast_vae(pipeline.vae, dtype)
     except Exception as exc:
         raise ModelLoadError(
             f"loaded {source.description} but cannot move it to {device}: {one_line(exc)}"
@@ -142,6 +150,76 @@ def load_sdxl(model_path: str, device: str, options: SDXLOptions | None = None) 
     pipeline.set_progress_bar_config(disable=True)
     _apply_options(pipeline, options or SDXLOptions())
     return SDXLBackend(pipeline, device)
+
+
+def vae_dtype(device: str, *, force_upcast: bool, bf16_supported: bool) -> torch.dtype:
+    """The dtype the VAE is kept in for good: chosen once at load, never converted per call.
+
+    SDXL's VAE overflows fp16 (its config says `force_upcast`). diffusers' fp16
+    pipeline copes by converting the whole VAE to fp32 before every decode and back
+    to fp16 after it: two conversions of its weights per call, then an fp32 decode.
+    Instead the VAE stays in bf16 where the GPU has it (fp32's exponent range, so
+    nothing overflows, at half precision's speed), else in fp32. A VAE whose config
+    declares fp16 safe (`force_upcast: false`, as sdxl-vae-fp16-fix ships) keeps
+    fp16, the pipeline's dtype. Off CUDA everything is fp32.
+    """
+    if not device.startswith("cuda"):
+        return torch.float32
+    if not force_upcast:
+        return torch.float16
+    return torch.bfloat16 if bf16_supported else torch.float32
+
+
+def cast_vae(vae: Any, dtype: torch.dtype) -> None:
+    """Convert the VAE to `dtype` once, without diffusers' empty warning."""
+    if vae.dtype == dtype:
+        return
+    if getattr(vae, "_keep_in_fp32_modules", None):  # modules that must stay fp32: let it warn
+        vae.to(dtype=dtype)
+        return
+    # diffusers warns on every dtype cast of a model, even one with no modules to keep
+    # in fp32 (AutoencoderKL has none): a warning with nothing behind it.
+    modeling_logger = logging.getLogger("diffusers.models.modeling_utils")
+    level = modeling_logger.level
+    modeling_logger.setLevel(logging.ERROR)
+    try:
+        vae.to(dtype=dtype)
+    finally:
+        modeling_logger.setLevel(level)
+
+
+def decode_latents(pipeline: Any, latents: torch.Tensor) -> torch.Tensor:
+    """The pipeline's latents as an fp32 image tensor in [-1, 1], as diffusers decodes them.
+
+    The same steps as the end of diffusers' SDXL `__call__` (unscaling, with the VAE
+    config's `latents_mean`/`latents_std` when it has them; the watermark when the
+    pipeline has a watermarker), except that the latents are cast to the VAE's dtype
+    rather than the VAE to theirs.
+    """
+    vae = pipeline.vae
+    config = vae.config
+    latents = latents.float()  # unscale at full precision whatever the VAE's dtype
+    mean = getattr(config, "latents_mean", None)
+    std = getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean_t = torch.tensor(mean, dtype=latents.dtype, device=latents.device).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=latents.dtype, device=latents.device).view(1, -1, 1, 1)
+        latents = latents * std_t / config.scaling_factor + mean_t
+    else:
+        latents = latents / config.scaling_factor
+    decoded: torch.Tensor = vae.decode(latents.to(vae.device, vae.dtype), return_dict=False)[0]
+    # fp32 before anything rounds: postprocessing in bf16 would cost precision, and
+    # the watermarker goes through numpy, which has no bf16.
+    images = decoded.float()
+    watermark = getattr(pipeline, "watermark", None)
+    if watermark is not None:
+        images = watermark.apply_watermark(images)
+    return images
+
+
+def to_pil(pipeline: Any, images: torch.Tensor) -> list[Image.Image]:
+    """An image tensor in [-1, 1] as PIL images, with the pipeline's own image processor."""
+    return list(pipeline.image_processor.postprocess(images, output_type="pil"))
 
 
 def resolve_source(model_path: str) -> PipelineSource:
@@ -186,6 +264,13 @@ def one_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _cuda_has_bf16(device: str) -> bool:
+    # Native bf16 only (compute capability 8.0 on): older GPUs merely emulate it,
+    # and fp32 is the plain, safe choice there.
+    with torch.cuda.device(device):
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
 
 
 def _generator(seed: int) -> torch.Generator:
