@@ -17,12 +17,13 @@ reports:
   the mean images per pipeline call the server actually ran (target >= 30 images/s
   at batch 8 on one H100).
 
-Variants: `baseline` (the model as published: the VAE decodes in fp32 because its
-config says force_upcast), `fast` (an fp16-safe VAE config as madebyollin's
-sdxl-vae-fp16-fix ships, channels_last, fused QKV), `compiled` (fast plus
-torch.compile of the UNet). A time budget (`--budget-s`, default 420) skips the
-variants that would not fit. Without CUDA it says so and exits 0; `--smoke`
-runs the same code path with the tiny configs on the CPU at 64x64.
+Variants: `baseline` (the model as published: its VAE config says force_upcast,
+so the backend keeps the VAE in bf16, or fp32 on a GPU without bf16), `fast`
+(an fp16-safe VAE config as madebyollin's sdxl-vae-fp16-fix ships, channels_last,
+fused QKV), `compiled` (fast plus torch.compile of the UNet). A time budget
+(`--budget-s`, default 420) skips the variants that would not fit. Without CUDA
+it says so and exits 0; `--smoke` runs the same code path with the tiny configs
+on the CPU at 64x64.
 
     .venv/bin/python tests/benchmarks/bench_sdxl_gpu.py [--json results.json]
     .venv/bin/python tests/benchmarks/bench_sdxl_gpu.py --smoke
@@ -400,7 +401,7 @@ def report(results: list[Result], scale: Scale) -> None:
         if r.error:
             print(f"{r.variant:10}{r.error}")
             continue
-        vae = "fp16 VAE, " if r.fp16_safe_vae else "fp32 VAE, "
+        vae = "fp16 VAE, " if r.fp16_safe_vae else "bf16/fp32 VAE, "
         row = f"{r.variant:10}{(vae + r.speedups):32}"
         row += f"{r.latency_p50_ms['png']:>7.1f}ms{r.latency_p50_ms['jpeg']:>8.1f}ms"
         row += "".join(f"{r.images_per_s[b]:>10.1f}" for b in BATCHES)

@@ -3,9 +3,14 @@
 Builds the full-size SDXL-Turbo architecture with random weights (as
 bench_sdxl_gpu.py does), loads it through `load_sdxl` with and without the
 speed-ups, and times each stage at 512x512, one step: the prompt encoders, the
-UNet and scheduler (`output_type="latent"`), the VAE decode, the tensor-to-PIL
-step, and the image encoders. The gap between this and bench_sdxl_gpu.py's
-figures is the server's own cost. Without CUDA it says so and exits 0.
+UNet and scheduler (`output_type="latent"`), the backend's VAE decode (the VAE in
+the dtype `vae_dtype` chose at load), the tensor-to-PIL step, the backend's whole
+`generate`, and the image encoders. For a VAE whose config says `force_upcast`
+it also times, side by side on the same latents, the decode with the VAE kept in
+fp32 (what a GPU without bf16 gets) and diffusers' own way (the fp16 VAE converted
+to fp32 and back around every decode), and prints diffusers' time over ours. The
+gap between this and bench_sdxl_gpu.py's figures is the server's own cost.
+Without CUDA it says so and exits 0.
 
     python tests/benchmarks/bench_sdxl_gpu_breakdown.py [--keep DIR]
 """
@@ -28,7 +33,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_sdxl_gpu import FULL, build_model, with_fp16_safe_vae
 
-from tti_server.backends.sdxl import SDXLOptions, load_sdxl
+from tti_server.backends.base import BatchKey, GenerationRequest
+from tti_server.backends.sdxl import (
+    SDXLBackend,
+    SDXLOptions,
+    cast_vae,
+    decode_latents,
+    load_sdxl,
+    to_pil,
+)
 
 SIZE = 512
 PROMPT = "a photo of a cat"
@@ -46,39 +59,57 @@ def median_ms(run: Callable[[], Any], repeats: int = 10) -> float:
     return statistics.median(times) * 1000
 
 
-def stages(pipeline: Any, batch: int) -> dict[str, float]:
+def stages(backend: SDXLBackend, batch: int) -> dict[str, float]:
+    pipeline = backend.pipeline
     prompts = [PROMPT] * batch
     common = {"height": SIZE, "width": SIZE, "num_inference_steps": 1, "guidance_scale": 0.0}
+    request = GenerationRequest(PROMPT, BatchKey(SIZE, SIZE, 1, 0.0, None), n=batch, seed=0)
     with torch.inference_mode():
         latents = pipeline(prompt=prompts, output_type="latent", **common).images
-        vae = pipeline.vae
-        needs_upcast = vae.dtype == torch.float16 and vae.config.force_upcast
-
-        def decode() -> Any:
-            if needs_upcast:
-                vae.to(torch.float32)
-            sample = latents.to(vae.dtype) / vae.config.scaling_factor
-            decoded = vae.decode(sample, return_dict=False)[0]
-            if needs_upcast:
-                vae.to(torch.float16)
-            return decoded
-
-        decoded = decode()
-        return {
+        decoded = decode_latents(pipeline, latents)
+        timings = {
             "encode_prompt": median_ms(
                 lambda: pipeline.encode_prompt(prompts, do_classifier_free_guidance=False)
             ),
             "unet+scheduler": median_ms(
                 lambda: pipeline(prompt=prompts, output_type="latent", **common)
             ),
-            "vae decode": median_ms(decode),
-            "to PIL": median_ms(
-                lambda: pipeline.image_processor.postprocess(decoded, output_type="pil")
-            ),
-            "whole call (pil)": median_ms(
-                lambda: pipeline(prompt=prompts, output_type="pil", **common)
-            ),
+            "vae decode": median_ms(lambda: decode_latents(pipeline, latents)),
+            "to PIL": median_ms(lambda: to_pil(pipeline, decoded)),
+            "whole generate": median_ms(lambda: backend.generate([request])),
         }
+        if pipeline.vae.config.force_upcast:
+            timings["vae decode kept fp32"] = kept_in_fp32_decode_ms(pipeline, latents)
+            timings["diffusers' decode"] = diffusers_decode_ms(pipeline.vae, latents)
+    return timings
+
+
+def kept_in_fp32_decode_ms(pipeline: Any, latents: torch.Tensor) -> float:
+    """The backend's decode with the VAE kept in fp32, as on a GPU without bf16."""
+    kept = pipeline.vae.dtype
+    cast_vae(pipeline.vae, torch.float32)
+    try:
+        return median_ms(lambda: decode_latents(pipeline, latents))
+    finally:
+        cast_vae(pipeline.vae, kept)
+
+
+def diffusers_decode_ms(vae: Any, latents: torch.Tensor) -> float:
+    """What diffusers' fp16 pipeline does for a force_upcast VAE, timed on the same latents."""
+    kept = vae.dtype
+    cast_vae(vae, torch.float16)
+
+    def decode() -> Any:
+        cast_vae(vae, torch.float32)
+        sample = latents.to(torch.float32) / vae.config.scaling_factor
+        decoded = vae.decode(sample, return_dict=False)[0]
+        cast_vae(vae, torch.float16)
+        return decoded
+
+    try:
+        return median_ms(decode)
+    finally:
+        cast_vae(vae, kept)
 
 
 def encoders(image: Any) -> dict[str, float]:
@@ -111,17 +142,20 @@ def main() -> None:
     fast_dir = with_fp16_safe_vae(model_dir, model_dir.parent / "fp16-vae")
     print(f"{torch.cuda.get_device_name(0)}, {SIZE}x{SIZE}, 1 step, median ms of 10")
     for label, directory, speedups in (
-        ("fp32 VAE", model_dir, ""),
-        ("fp16 VAE, channels_last, fuse_qkv", fast_dir, "channels_last,fuse_qkv"),
+        ("VAE as published (force_upcast)", model_dir, ""),
+        ("fp16-safe VAE, channels_last, fuse_qkv", fast_dir, "channels_last,fuse_qkv"),
     ):
         backend = load_sdxl(str(directory), "cuda:0", SDXLOptions.parse(speedups))
+        vae = str(backend.pipeline.vae.dtype).removeprefix("torch.")
         for batch in (1, 8):
-            timings = stages(backend.pipeline, batch)
+            timings = stages(backend, batch)
             row = ", ".join(f"{name} {ms:.1f}" for name, ms in timings.items())
-            print(f"{label}, batch {batch}: {row}")
-        image = backend.pipeline(
-            prompt=PROMPT, height=SIZE, width=SIZE, num_inference_steps=1, guidance_scale=0.0
-        ).images[0]
+            if "diffusers' decode" in timings:
+                ratio = timings["diffusers' decode"] / timings["vae decode"]
+                row += f" (diffusers' / ours: {ratio:.2f}x)"
+            print(f"{label}, VAE kept in {vae}, batch {batch}: {row}")
+        key = BatchKey(SIZE, SIZE, 1, 0.0, None)
+        [[image]] = backend.generate([GenerationRequest(PROMPT, key, n=1, seed=0)])
         del backend
         torch.cuda.empty_cache()
     row = ", ".join(f"{name} {ms:.1f}" for name, ms in encoders(image).items())
