@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 BackendLoader = Callable[[Settings], Sequence[Backend]]
 LoadFailureHook = Callable[[str], None]
+ReadyHook = Callable[[], None]
 
 #: The warm-up request: small, so it is quick even on CPU.
 WARM_UP = GenerationRequest(prompt="warm-up", key=BatchKey(64, 64, 1, 0.0, None), n=1, seed=0)
@@ -39,8 +40,13 @@ def create_app(
     backends: Sequence[Backend] | None = None,
     loader: BackendLoader | None = None,
     on_load_failure: LoadFailureHook | None = None,
+    on_ready: ReadyHook | None = None,
 ) -> FastAPI:
-    """Build the app. Tests may pass pre-built `backends` or a `loader` instead of the model."""
+    """Build the app. Tests may pass pre-built `backends` or a `loader` instead of the model.
+
+    `on_ready` runs once the model is loaded and warmed up, before the first request
+    is served (the server process tunes the garbage collector there).
+    """
     settings = settings or Settings()
     if backends is not None and loader is not None:
         raise ValueError("pass backends or loader, not both")
@@ -52,7 +58,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(_load(service, chosen_loader, on_load_failure))
+        loading = asyncio.create_task(_load(service, chosen_loader, on_load_failure, on_ready))
         try:
             yield
         finally:
@@ -79,7 +85,10 @@ def create_app(
 
 
 async def _load(
-    service: Service, loader: BackendLoader, on_failure: LoadFailureHook | None
+    service: Service,
+    loader: BackendLoader,
+    on_failure: LoadFailureHook | None,
+    on_ready: ReadyHook | None,
 ) -> None:
     """Load, start the engine, warm every worker up; only then is the service ready."""
     settings = service.settings
@@ -110,6 +119,8 @@ async def _load(
         if on_failure is not None:
             on_failure(service.load_error)
         return
+    if on_ready is not None:
+        on_ready()
     service.engine = engine
     devices = ", ".join(b.device for b in backends)
     log.info(

@@ -84,6 +84,7 @@ def serve(argv: Sequence[str]) -> int:
     import uvicorn
 
     from tti_server.app import create_app
+    from tti_server.gc_tuning import settle_after_load
 
     settings = load_settings(argv)
     logging.basicConfig(
@@ -97,7 +98,7 @@ def serve(argv: Sequence[str]) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, on_load_failure=stop_on_load_failure)
+    app = create_app(settings, on_load_failure=stop_on_load_failure, on_ready=settle_after_load)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -94,7 +94,8 @@ def _describe_one(error: Mapping[str, Any]) -> str:
     kind = error.get("type", "")
     if kind == "json_invalid":
         reason = (error.get("ctx") or {}).get("error", "malformed")
-        return f"body: invalid JSON ({reason} at position {loc[0] if loc else '?'})"
+        where = f" at position {loc[0]}" if loc else ""  # pydantic-core puts it in the reason
+        return f"body: invalid JSON ({reason}{where})"
     field = ".".join(loc) or "body"
     message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     if field == "body" and kind in {"model_attributes_type", "dict_type"}:

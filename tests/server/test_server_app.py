@@ -171,9 +171,33 @@ def test_a_model_that_fails_to_load_reports_why() -> None:
     assert readyz.json()["details"] == expected
 
 
+def test_the_ready_hook_runs_once_after_warm_up_before_the_first_request() -> None:
+    backend = CountingStub()
+    ready_calls: list[int] = []  # how many generate calls the warm-up had made by then
+
+    def ready() -> None:
+        ready_calls.append(backend.calls)
+
+    app = create_app(Settings(), backends=[backend], on_ready=ready)
+
+    async def scenario(client: httpx.AsyncClient) -> int:
+        await until_ready(client)
+        body = {"inputs": "x", "parameters": {"height": 64, "width": 64}}
+        return (await client.post(CAIKIT, json=body)).status_code
+
+    assert run(app, scenario) == 200
+    assert ready_calls == [1]
+
+
 def test_a_failing_warm_up_counts_as_a_failed_load() -> None:
     failures: list[str] = []
-    app = create_app(Settings(), backends=[FailsOnPromptAlways()], on_load_failure=failures.append)
+    ready_calls: list[None] = []
+    app = create_app(
+        Settings(),
+        backends=[FailsOnPromptAlways()],
+        on_load_failure=failures.append,
+        on_ready=lambda: ready_calls.append(None),
+    )
 
     async def scenario(client: httpx.AsyncClient) -> int:
         for _ in range(500):
@@ -184,6 +208,15 @@ def test_a_failing_warm_up_counts_as_a_failed_load() -> None:
 
     assert run(app, scenario) == 503
     assert "RuntimeError: warm-up refused" in failures[0]
+    assert ready_calls == []
+
+
+class CountingStub(StubBackend):
+    calls = 0
+
+    def generate(self, batch: list[GenerationRequest]) -> list[list[Image.Image]]:
+        self.calls += 1
+        return super().generate(batch)
 
 
 class FailsOnPromptAlways(StubBackend):

@@ -266,6 +266,25 @@ def test_body_that_is_not_json(api: httpx.Client) -> None:
     assert_error(answer, 400, "body", "Content-Type: application/json")
 
 
+def test_empty_body(api: httpx.Client) -> None:
+    answer = api.post(CAIKIT, content=b"", headers={"Content-Type": "application/json"})
+    assert_error(answer, 400, "body: Field required")
+
+
+@pytest.mark.parametrize("media", ["application/json; charset=utf-8", "application/x+json"])
+def test_json_media_types_with_parameters_or_a_suffix(api: httpx.Client, media: str) -> None:
+    body = json.dumps({"inputs": "x", "parameters": {"height": 8, "width": 8}})
+    assert api.post(CAIKIT, content=body, headers={"Content-Type": media}).status_code == 200
+
+
+def test_openapi_documents_the_generation_request_bodies(api: httpx.Client) -> None:
+    paths = api.get("/openapi.json").json()["paths"]
+    caikit_body = paths[CAIKIT]["post"]["requestBody"]["content"]["application/json"]
+    openai_body = paths[OPENAI]["post"]["requestBody"]["content"]["application/json"]
+    assert caikit_body["schema"] == {"$ref": "#/components/schemas/CaikitTextToImageRequest"}
+    assert openai_body["schema"] == {"$ref": "#/components/schemas/OpenAIImageRequest"}
+
+
 def test_unanswerable_accept_header(api: httpx.Client) -> None:
     answer = caikit(api, {"inputs": "x"}, headers={"Accept": "image/gif"})
     assert_error(answer, 406, "accept", "image/gif")

@@ -10,12 +10,13 @@ from starlette.responses import Response
 
 from tti_server.api.deps import ready_engine, service_of
 from tti_server.api.errors_doc import GENERATION_ERRORS
+from tti_server.api.json_route import ValidatedJSONRoute
 from tti_server.encoding import MEDIA_TYPES, NotAcceptable, negotiate_raw_format
 from tti_server.errors import InvalidRequest
 from tti_server.generation import caikit_job
 from tti_server.protocol import CaikitTextToImageRequest, CaikitTextToImageResponse
 
-router = APIRouter(tags=["caikit"])
+router = APIRouter(tags=["caikit"], route_class=ValidatedJSONRoute)
 
 _RAW_IMAGES: dict[str, dict[str, object]] = {media: {} for media in MEDIA_TYPES.values()}
 

@@ -11,10 +11,11 @@ from starlette.responses import Response
 
 from tti_server.api.deps import ready_engine, service_of
 from tti_server.api.errors_doc import GENERATION_ERRORS
+from tti_server.api.json_route import ValidatedJSONRoute
 from tti_server.generation import openai_job
 from tti_server.protocol import ModelCard, ModelList, OpenAIImageRequest, OpenAIImagesResponse
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=ValidatedJSONRoute)
 
 
 @router.post(
