@@ -120,6 +120,11 @@ class Engine:
         self.batch_wait = batch_wait
         self.stats = EngineStats()
         self._pending: deque[_Job] = deque()
+        # Every request, queued or running, with its deadline. One timeout for all, so
+        # insertion order is deadline order and one timer, armed for the oldest, serves
+        # them all (a timer per request cost a libuv timer handle each).
+        self._deadlines: dict[_Job, float] = {}
+        self._expiry: asyncio.TimerHandle | None = None
         # Idle workers park on these futures; each arrival wakes them all.
         self._arrival_waiters: list[asyncio.Future[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -141,6 +146,9 @@ class Engine:
     async def stop(self) -> None:
         """Fail waiting requests, stop the workers and let their threads finish."""
         self._stopped = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         while self._pending:
             _fail(self._pending.popleft(), EngineStopped("the server is shutting down"))
         for task in self._tasks:
@@ -164,12 +172,13 @@ class Engine:
         job = _Job(request, finish, loop.create_future())
         self._pending.append(job)
         self._wake_workers()
-        # A timer instead of asyncio.wait_for: no extra future per request.
-        deadline = loop.call_later(self.request_timeout, self._expire, job)
+        self._deadlines[job] = loop.time() + self.request_timeout
+        if self._expiry is None:
+            self._arm_expiry(loop)
         try:
             return cast(T, await job.future)
         finally:
-            deadline.cancel()
+            del self._deadlines[job]
             if job.future.cancelled():  # the client went away
                 self._withdraw(job)
 
@@ -182,6 +191,23 @@ class Engine:
                 for w in self.workers
             )
         )
+
+    def _arm_expiry(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wake at the oldest unanswered request's deadline (none left: the next arrival arms)."""
+        for job, deadline in self._deadlines.items():
+            if not job.future.done():
+                self._expiry = loop.call_at(deadline, self._expire_due, loop)
+                return
+
+    def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail every request past its deadline, then wait for the next oldest."""
+        self._expiry = None
+        now = loop.time()
+        for job, deadline in self._deadlines.items():
+            if deadline > now:
+                break
+            self._expire(job)  # its generate_then call removes it from _deadlines
+        self._arm_expiry(loop)
 
     def _expire(self, job: _Job) -> None:
         if not job.future.done():

@@ -9,25 +9,25 @@ from __future__ import annotations
 import random
 import re
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from itertools import accumulate
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tti_server.engine import Engine
 
-# `*_created` series double the output and no dashboard reads them.
-disable_created_metrics()  # type: ignore[no-untyped-call]
-
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+REQUEST_LABELS = ["route", "method", "status"]
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -54,37 +54,64 @@ class EngineCollector(Collector):
         yield from (depth, images, batches, ready)
 
 
-class ServerMetrics:
-    def __init__(self, engine: Callable[[], Engine | None]) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "tti_requests",
-            "HTTP requests by route and status code",
-            ["route", "method", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "tti_request_duration_seconds",
-            "HTTP request latency by route",
-            ["route"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.registry.register(EngineCollector(engine))
+class RequestCollector(Collector):
+    """Requests by route, method and status, and latency by route, as plain numbers.
 
-        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+    prometheus_client's Counter and Histogram take a lock per update and find the
+    bucket in Python; every observation and every scrape here runs on the event
+    loop, so plain integers and `bisect` are enough (a third of the cost per request).
+    """
+
+    def __init__(self) -> None:
+        self._requests: dict[tuple[str, str, int], int] = {}
+        self._latency: dict[str, _Latency] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
-        children = self._children.get(key)
-        if children is None:  # labels() is a locked lookup: resolve each series once
-            children = (
-                self.requests.labels(route, method, str(status)),
-                self.latency.labels(route),
-            )
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        latency = self._latency.get(route)
+        if latency is None:
+            latency = self._latency[route] = _Latency()
+        latency.observe(seconds)
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "tti_requests", "HTTP requests by route and status code", labels=REQUEST_LABELS
+        )
+        for (route, method, status), count in self._requests.items():
+            requests.add_metric([route, method, str(status)], count)
+        latency = HistogramMetricFamily(
+            "tti_request_duration_seconds", "HTTP request latency by route", labels=["route"]
+        )
+        for route, histogram in self._latency.items():
+            latency.add_metric([route], histogram.cumulative_buckets(), histogram.total)
+        yield from (requests, latency)
+
+
+class _Latency:
+    """One route's latency histogram: a count per bucket (the last is +Inf) and the sum."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bound's bucket (le).
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def cumulative_buckets(self) -> list[tuple[str, float]]:
+        bounds = [*map(floatToGoString, LATENCY_BUCKETS), "+Inf"]
+        return list(zip(bounds, accumulate(self.counts), strict=True))
+
+
+class ServerMetrics:
+    def __init__(self, engine: Callable[[], Engine | None]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = RequestCollector()
+        self.registry.register(self.requests)
+        self.registry.register(EngineCollector(engine))
+        self.observe = self.requests.observe
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -111,7 +138,8 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", ()))
-                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                # ASGI response header names are lowercase; error responses set their own.
+                if all(name != b"x-request-id" for name, _ in headers):
                     headers.append((b"x-request-id", rid.encode()))
                 message["headers"] = headers
             await send(message)

@@ -89,6 +89,12 @@ class Settings(BaseSettings):
         ge=0,
         description="stub only: pretend each batch takes this long (tests, demos)",
     )
+    opentelemetry: bool = Field(
+        default=False,
+        description="FastAPI's native OpenTelemetry spans and metrics, for an OpenTelemetry "
+        "SDK set up in the process (off: /metrics serves Prometheus, and even unused the "
+        "feature costs a check on every request)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="log level"
     )

@@ -295,3 +295,12 @@ def test_shutting_down_while_warming_up_stops_the_engine() -> None:
 
     asyncio.run(scenario())
     assert app.state.service.engine is None
+
+
+def test_fastapi_opentelemetry_is_off_unless_asked_for() -> None:
+    # No OpenTelemetry SDK is installed here, so only the configuration can be checked.
+    signals = ("tracing", "metrics", "logs")
+    default = create_app(Settings())._telemetry
+    asked = create_app(Settings(opentelemetry=True))._telemetry
+    assert [default[signal] for signal in signals] == [False, False, False]
+    assert [asked[signal] for signal in signals] == [True, True, True]

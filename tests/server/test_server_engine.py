@@ -300,6 +300,26 @@ def test_a_request_that_outlives_the_timeout_fails_and_leaves_the_queue() -> Non
     assert backend.batches[-1] == ["after"]
 
 
+def test_each_request_times_out_at_its_own_deadline() -> None:
+    backend = Recording(gated=True)
+
+    async def scenario(engine: Engine) -> tuple[bool, bool]:
+        first = asyncio.create_task(engine.generate(request("first")))
+        await until_started(backend)
+        await asyncio.sleep(0.25)  # the second arrives later, so its deadline is later
+        second = asyncio.create_task(engine.generate(request("second")))
+        with pytest.raises(GenerationTimeout):
+            await first
+        second_done_with_first = second.done()
+        with pytest.raises(GenerationTimeout):
+            await second
+        backend.gate.set()
+        await engine.generate(request("after"))  # the engine still serves
+        return second_done_with_first, engine.queue_depth == 0
+
+    assert run_with_engine([backend], scenario, request_timeout=0.5) == (False, True)
+
+
 def test_stopping_fails_waiting_requests() -> None:
     backend = Recording(gated=True)
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import base64
-import json
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from tti_server.api.deps import ready_engine, service_of
 from tti_server.api.errors_doc import GENERATION_ERRORS
-from tti_server.api.json_route import ValidatedJSONRoute
+from tti_server.api.json_route import ValidatedJSONRoute, json_response
 from tti_server.encoding import MEDIA_TYPES, NotAcceptable, negotiate_raw_format
 from tti_server.errors import InvalidRequest
 from tti_server.generation import caikit_job
@@ -44,4 +43,4 @@ async def text_to_image(body: CaikitTextToImageRequest, request: Request) -> Res
         "caption": body.inputs,
         "producer_id": service.producer,
     }
-    return Response(json.dumps(answer), media_type="application/json")
+    return json_response(answer)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import time
 
 from fastapi import APIRouter, Request
@@ -11,7 +10,7 @@ from starlette.responses import Response
 
 from tti_server.api.deps import ready_engine, service_of
 from tti_server.api.errors_doc import GENERATION_ERRORS
-from tti_server.api.json_route import ValidatedJSONRoute
+from tti_server.api.json_route import ValidatedJSONRoute, json_response
 from tti_server.generation import openai_job
 from tti_server.protocol import ModelCard, ModelList, OpenAIImageRequest, OpenAIImagesResponse
 
@@ -35,7 +34,7 @@ async def create_images(body: OpenAIImageRequest, request: Request) -> Response:
         "output_format": job.image_format,
         "size": f"{job.request.key.width}x{job.request.key.height}",
     }
-    return Response(json.dumps(answer), media_type="application/json")
+    return json_response(answer)
 
 
 @router.get("/models", summary="The served model (OpenAI models API)")
