@@ -1,15 +1,15 @@
 """Garbage-collector settings for the long-running server process.
 
-Measured with tests/benchmarks/bench_stub_server.py (see docs/server.md): with
-Python's defaults the collector cost about 50 us of a 500 us stub request. Two
-things made it expensive, and both are properties of any busy async server:
+Measured under tests/benchmarks/bench_stub_server.py's load (docs/server.md): with
+Python's defaults the collector took about 26 us of every stub request. Two things
+made it expensive, and both are properties of any busy async server:
 
 - Requests in flight keep objects alive (about 70 each: scope, task, frames,
   futures). With 16 requests waiting, that is more than the default young
-  threshold of 700, so a young collection ran every dozen requests, found the
+  threshold of 700, so a young collection ran every few dozen requests, found the
   same live objects and promoted them; the promotions then triggered full
   collections, each walking every object of every imported module (~60 000 for
-  the stub, hundreds of thousands once torch and diffusers are loaded).
+  the stub, far more once torch and diffusers are loaded).
 - Nothing the server loads at start-up ever becomes garbage, yet every full
   collection walked it again.
 
