@@ -80,7 +80,7 @@ def _validated_json_handler(
     async def handle(request: Request) -> Response:
         raw = await request.body()
         if not raw:
-            raise RequestValidationError([_MISSING])
+            raise RequestValidationError([dict(_MISSING)])
         if not is_json_media_type(request.headers.get("content-type")):
             raise RequestValidationError([{**_NOT_AN_OBJECT, "input": raw}])
         try:
