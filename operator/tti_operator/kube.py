@@ -69,8 +69,11 @@ class KubeClient:
 
     async def close(self) -> None:
         if self._session is not None:
-            await self._session.close()
-            self._session = None
+            session, self._session = self._session, None
+            await session.close()
+            # The connections' transports close on the loop's next turns; let them, so
+            # none is left to the garbage collector when the loop ends right after.
+            await asyncio.sleep(0.05)
 
     async def _request(
         self, method: str, path: str, body: Obj | None, content_type: str, params: dict[str, str]

@@ -101,19 +101,8 @@ def kubectl(paths: launcher.ClusterPaths, *args: str, input: str | None = None) 
 def bench_nodes(count: int) -> dict[str, Any]:
     """Untainted kwok nodes with room for every stub pod."""
     resources = {"cpu": "1000", "memory": "4Ti", "pods": str(PODS_PER_NODE)}
-    items = [
-        {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": f"{NODE_PREFIX}{i}",
-                "annotations": {"kwok.x-k8s.io/node": "fake"},
-                "labels": {"type": "kwok", "tti.dev/bench-node": "true"},
-            },
-            "status": {"capacity": resources, "allocatable": resources},
-        }
-        for i in range(count)
-    ]
+    labels = {"tti.dev/bench-node": "true"}
+    items = [launcher.kwok_node(f"{NODE_PREFIX}{i}", resources, labels) for i in range(count)]
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
 

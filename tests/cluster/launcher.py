@@ -158,16 +158,14 @@ def kwokctl_configuration(paths: ClusterPaths) -> dict[str, Any]:
     }
 
 
-def gpu_node(index: int) -> dict[str, Any]:
-    """A Node kwok manages, shaped like one 8-GPU machine of a GPU node pool."""
-    name = f"{NODE_PREFIX}{index}"
-    resources = {
-        "cpu": "64",
-        "memory": "512Gi",
-        "ephemeral-storage": "1Ti",
-        "pods": "110",
-        "nvidia.com/gpu": str(GPUS_PER_NODE),
-    }
+def kwok_node(
+    name: str,
+    resources: dict[str, str],
+    labels: dict[str, str] | None = None,
+    taints: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """A Node that kwok's controller takes over (it keeps the given capacity and fills in
+    the rest of the status), with the labels every Linux node carries."""
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -176,20 +174,34 @@ def gpu_node(index: int) -> dict[str, Any]:
             # kwok's controller only takes over nodes carrying this annotation.
             "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
             "labels": {
-                NODE_LABEL: "true",
                 "type": "kwok",
                 "kubernetes.io/arch": "amd64",
                 "kubernetes.io/os": "linux",
                 "kubernetes.io/hostname": name,
-                # What NVIDIA's GPU feature discovery labels real GPU nodes with.
-                "nvidia.com/gpu.present": "true",
-                "nvidia.com/gpu.count": str(GPUS_PER_NODE),
+                **(labels or {}),
             },
         },
-        "spec": {"taints": [GPU_TAINT]},
-        # kwok's node-initialize stage keeps this capacity and fills in the rest of the status.
+        "spec": {"taints": taints} if taints else {},
         "status": {"capacity": resources, "allocatable": resources},
     }
+
+
+def gpu_node(index: int) -> dict[str, Any]:
+    """A Node kwok manages, shaped like one 8-GPU machine of a GPU node pool."""
+    resources = {
+        "cpu": "64",
+        "memory": "512Gi",
+        "ephemeral-storage": "1Ti",
+        "pods": "110",
+        "nvidia.com/gpu": str(GPUS_PER_NODE),
+    }
+    # What NVIDIA's GPU feature discovery labels real GPU nodes with.
+    labels = {
+        NODE_LABEL: "true",
+        "nvidia.com/gpu.present": "true",
+        "nvidia.com/gpu.count": str(GPUS_PER_NODE),
+    }
+    return kwok_node(f"{NODE_PREFIX}{index}", resources, labels, [GPU_TAINT])
 
 
 def node_list(count: int) -> dict[str, Any]:

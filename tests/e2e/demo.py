@@ -162,21 +162,7 @@ class Kube:
 def cpu_node(name: str = CPU_NODE) -> Obj:
     """An untainted kwok node: where pods that ask for no GPU (the stub, the operator) go."""
     resources = {"cpu": "16", "memory": "64Gi", "pods": "110", "ephemeral-storage": "100Gi"}
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-            "labels": {
-                "type": "kwok",
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": "amd64",
-            },
-        },
-        "status": {"capacity": resources, "allocatable": resources},
-    }
+    return launcher.kwok_node(name, resources)
 
 
 def delete_quietly(kube: Kube, kind: str, name: str) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cluster import launcher
 from support.cluster import Cluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,17 +83,7 @@ class OperatorProcess:
 
 def cpu_node() -> dict[str, Any]:
     """A kwok node without the GPU taint, where CPU-only models (the stub) are scheduled."""
-    resources = {"cpu": "64", "memory": "256Gi", "pods": "110"}
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": CPU_NODE,
-            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-            "labels": {"type": "kwok", "kubernetes.io/hostname": CPU_NODE},
-        },
-        "status": {"capacity": resources, "allocatable": resources},
-    }
+    return launcher.kwok_node(CPU_NODE, {"cpu": "64", "memory": "256Gi", "pods": "110"})
 
 
 def wait_for(
