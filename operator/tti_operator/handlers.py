@@ -18,7 +18,7 @@ import kopf
 
 from tti_operator.informer import Children
 from tti_operator.kube import KubeClient
-from tti_operator.reconciler import Key, ModelRecord, Reconciler, Views, model_key
+from tti_operator.reconciler import Key, ModelRecord, Reconciler, Views
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import GROUP, PLURAL, VERSION
 
@@ -26,7 +26,7 @@ MODELS = (GROUP, VERSION, PLURAL)
 
 
 def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
-    """kopf's settings: everything under tti.dev, no cluster-scoped needs, batched events."""
+    """kopf's settings: everything under tti.dev, no cluster-scoped needs, no peering."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = LeanDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
@@ -112,8 +112,10 @@ async def startup(
 
     models: kopf.Index[Key, ModelRecord] = kwargs["models"]
 
-    async def on_child_event(kind: str, event_type: str | None, child: dict[str, Any]) -> None:
-        await child_event(memo, models, logger, kind, event_type, child)
+    async def on_child_event(
+        kind: str, key: Key, event_type: str | None, child: dict[str, Any]
+    ) -> None:
+        await child_event(memo, models, logger, kind, key, event_type, child)
 
     # Started by `login`, once there are credentials; kopf passes the live models index to
     # activities too, and that same object is what the handlers get later.
@@ -178,13 +180,12 @@ async def child_event(
     models: kopf.Index[Key, ModelRecord],
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
     kind: str,
+    key: Key,
     event_type: str | None,
     child: dict[str, Any],
 ) -> None:
-    meta = child.get("metadata") or {}
-    key = model_key(meta.get("namespace"), meta.get("labels") or {})
-    record = next(iter(models.get(key, [])), None) if key else None
-    if key is None or record is None:
+    record = next(iter(models.get(key, [])), None)
+    if record is None:
         return  # its model is gone (garbage collection follows) or not ours
     try:
         await reconciler(memo).child_changed(record, kind, event_type, child, views(memo, models))

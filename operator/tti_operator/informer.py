@@ -26,8 +26,9 @@ from tti_operator.reconciler import Key, model_key
 from tti_operator.status import DeploymentState, PodState, deployment_state, pod_state
 
 Obj = dict[str, Any]
-#: Receives each child event: (kind, event type or None for a listed object, the object).
-Dispatch = Callable[[str, str | None, Obj], Coroutine[Any, Any, None]]
+#: Receives each child event: (kind, its model, event type or None for a listed object,
+#: the object's metadata).
+Dispatch = Callable[[str, Key, str | None, Obj], Coroutine[Any, Any, None]]
 
 CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},{MODEL_LABEL}"
 #: Seconds before a watch that failed is listed again (doubling up to the last).
@@ -69,10 +70,11 @@ class ByModel(Mapping[Key, Iterable[_S]], Generic[_S]):
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, key: Key, uid: str, summary: _S) -> None:
-        self._items.setdefault(key, {})[uid] = summary
-
-    def drop(self, key: Key, uid: str) -> None:
+    def update(self, key: Key, uid: str, summary: _S | None) -> None:
+        """Keep `summary` for the child `uid`; None: the child is gone."""
+        if summary is not None:
+            self._items.setdefault(key, {})[uid] = summary
+            return
         children = self._items.get(key)
         if children is not None:
             children.pop(uid, None)
@@ -117,23 +119,20 @@ class Children:
         """Keep the summary of one child event; returns the model it belongs to."""
         meta = obj.get("metadata") or {}
         key = model_key(meta.get("namespace"), meta.get("labels") or {})
-        if key is None or kind == SERVICES.kind:
-            return key
-        uid = str(meta.get("uid", ""))
-        summaries: ByModel[Any] = self.deployments if kind == DEPLOYMENTS.kind else self.pods
-        if event_type == "DELETED":
-            summaries.drop(key, uid)
-        elif kind == DEPLOYMENTS.kind:
-            self.deployments.put(key, uid, deployment_state(obj))
-        else:
-            self.pods.put(key, uid, pod_state(obj))
+        if key is None:
+            return None
+        uid, deleted = str(meta.get("uid", "")), event_type == "DELETED"
+        if kind == DEPLOYMENTS.kind:
+            self.deployments.update(key, uid, None if deleted else deployment_state(obj))
+        elif kind == PODS.kind:
+            self.pods.update(key, uid, None if deleted else pod_state(obj))
         return key
 
     # The watch loop of one kind in one namespace (or all).
 
     async def _watch(self, kind: ChildKind, namespace: str | None) -> None:
         path, params = kind.path(namespace), {"labelSelector": CHILD_SELECTOR}
-        known: dict[str, Obj] = {}  # uid -> the last object seen, for a relist's deletions
+        known: dict[str, Obj] = {}  # uid -> the child's metadata, for a relist's deletions
         failures = 0
         while True:
             try:
@@ -159,11 +158,10 @@ class Children:
         listing = await self.client.list(path, params)
         items = {str(item["metadata"].get("uid")): item for item in listing.get("items") or []}
         for uid in set(known) - set(items):
-            self._handle(kind, "DELETED", known.pop(uid))
-        for uid, item in items.items():
+            self._handle(kind, "DELETED", known[uid], known)
+        for item in items.values():
             # The list's items carry no kind; the reconciler's drift check does not need it.
-            known[uid] = _identity(item)
-            self._handle(kind, None, item)
+            self._handle(kind, None, item, known)
         return str(listing.get("metadata", {}).get("resourceVersion", ""))
 
     async def _follow(
@@ -182,24 +180,27 @@ class Children:
                     return ""
                 raise ApiError(int(obj.get("code") or 500), str(obj.get("message", obj)))
             version = str(obj.get("metadata", {}).get("resourceVersion") or version)
-            if event_type == "BOOKMARK":
-                continue
-            uid = str(obj.get("metadata", {}).get("uid"))
-            if event_type == "DELETED":
-                known.pop(uid, None)
-            else:
-                known[uid] = _identity(obj)
-            self._handle(kind, event_type, obj)
+            if event_type != "BOOKMARK":
+                self._handle(kind, event_type, obj, known)
         return version
 
-    def _handle(self, kind: ChildKind, event_type: str | None, obj: Obj) -> None:
+    def _handle(
+        self, kind: ChildKind, event_type: str | None, obj: Obj, known: dict[str, Obj]
+    ) -> None:
         """Summaries now, in stream order; the reconciler's part in a task of its own, so a
         child waiting for its model's lock never holds up the other models' events."""
-        if self.record(kind.kind, event_type, obj) is None:
+        # Only the metadata is kept and travels on: under a burst thousands of events wait
+        # for their model's lock, and whole Pod bodies would be most of the operator's memory.
+        identity = _identity(obj)
+        uid = str(identity["metadata"].get("uid"))
+        if event_type == "DELETED":
+            known.pop(uid, None)
+        else:
+            known[uid] = identity  # what a relist needs to report it deleted
+        key = self.record(kind.kind, event_type, obj)
+        if key is None:
             return
-        # Only the metadata travels on: under a burst thousands of these wait for their
-        # model's lock, and whole Pod bodies would be most of the operator's memory.
-        task = asyncio.create_task(self.dispatch(kind.kind, event_type, _identity(obj)))
+        task = asyncio.create_task(self.dispatch(kind.kind, key, event_type, identity))
         self._handling.add(task)
         task.add_done_callback(self._finished)
 

@@ -22,6 +22,7 @@ _PATHS = {
     ("apps/v1", "Deployment"): "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
     ("v1", "Service"): "/api/v1/namespaces/{ns}/services/{name}",
 }
+_EVENTS_PATH = "/api/v1/namespaces/{ns}/events"
 _STATUS_PATH = "/apis/tti.dev/v1alpha1/namespaces/{ns}/texttoimagemodels/{name}/status"
 #: The API server ends a watch after this long; it is then resumed where it stopped.
 WATCH_TIMEOUT_S = 300
@@ -110,11 +111,10 @@ class KubeClient:
         )
         return status == 201, stored
 
-    async def create(self, obj: Obj) -> Obj:
-        """POST a namespaced core/v1 object (here: Events)."""
-        meta = obj["metadata"]
-        path = f"/api/v1/namespaces/{meta['namespace']}/{obj['kind'].lower()}s"
-        return (await self._request("POST", path, obj, "application/json", {}))[1]
+    async def create_event(self, event: Obj) -> None:
+        """POST a core/v1 Event (see `builders.build_event`)."""
+        path = _EVENTS_PATH.format(ns=event["metadata"]["namespace"])
+        await self._request("POST", path, event, "application/json", {})
 
     async def patch_status(self, namespace: str, name: str, status: Obj) -> None:
         path = _STATUS_PATH.format(ns=namespace, name=name)

@@ -113,7 +113,7 @@ class EventPoster:
 
     async def _post(self, event: dict[str, Any]) -> None:
         try:
-            await self.client.create(event)
+            await self.client.create_event(event)
         except ApiError as error:
             logger.warning("could not post Event %s: %s", event["reason"], error)
 

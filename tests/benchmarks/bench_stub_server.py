@@ -186,34 +186,31 @@ wrk.headers["Content-Type"] = "application/json"
         lua.write(script)
     try:
         command = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "-s", lua.name, url + PATH]
-        result = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            check=True,
-            preexec_fn=pinned("load"),
-            start_new_session=True,
-        )
+        output = run_load(command)
     finally:
         os.unlink(lua.name)
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)[1])  # type: ignore[index]
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", result.stdout)
-    errors = re.search(r"Socket errors: .*", result.stdout)
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1])  # type: ignore[index]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(r"Socket errors: .*", output)
     return rate, (int(bad[1]) if bad else 0) + (1 if errors else 0)
 
 
-def asyncio_load(url: str, duration: float, connections: int) -> tuple[float, int]:
-    """Fallback load generator: raw HTTP/1.1 on asyncio streams (httpx would be the bottleneck)."""
-    command = [sys.executable, __file__, "--_load", url, str(duration), str(connections)]
-    result = subprocess.run(
+def run_load(command: list[str]) -> str:
+    """Run a load generator on its own core and session; returns what it printed."""
+    return subprocess.run(
         command,
         capture_output=True,
         text=True,
         check=True,
         preexec_fn=pinned("load"),
         start_new_session=True,
-    )
-    done, bad, seconds = json.loads(result.stdout)
+    ).stdout
+
+
+def asyncio_load(url: str, duration: float, connections: int) -> tuple[float, int]:
+    """Fallback load generator: raw HTTP/1.1 on asyncio streams (httpx would be the bottleneck)."""
+    command = [sys.executable, __file__, "--_load", url, str(duration), str(connections)]
+    done, bad, seconds = json.loads(run_load(command))
     return done / seconds, bad
 
 

@@ -62,7 +62,9 @@ async def watching(cluster: Cluster, namespace: str) -> AsyncIterator[tuple[Chil
     """Children of `namespace`, not started yet, recording what reaches the reconciler."""
     seen: Seen = []
 
-    async def dispatch(kind: str, event_type: str | None, obj: dict[str, Any]) -> None:
+    async def dispatch(
+        kind: str, _key: tuple[str, str], event_type: str | None, obj: dict[str, Any]
+    ) -> None:
         seen.append((kind, event_type, obj["metadata"]["name"]))
 
     client = await connected(cluster)
