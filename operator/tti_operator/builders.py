@@ -128,8 +128,10 @@ def model_path(source: Source | None) -> str | None:
     return WEIGHTS_DIR
 
 
-def server_args(spec: ModelSpec) -> list[str]:
-    args = ["--model", spec.model, "--image-format", spec.image_format]
+def server_args(owner: Owner, spec: ModelSpec) -> list[str]:
+    # Clients address the model by the resource's name (as KServe and vLLM do), not by
+    # the backend: `model` / `model_id` in a request and `GET /v1/models` use it.
+    args = ["--model", spec.model, "--model-id", owner.name, "--image-format", spec.image_format]
     path = model_path(spec.effective_source)
     if path is not None:
         args += ["--model-path", path]
@@ -238,7 +240,7 @@ def pod_template(owner: Owner, spec: ModelSpec, default_image: str) -> Obj:
         "name": "server",
         "image": spec.image or default_image,
         "imagePullPolicy": "IfNotPresent",
-        "args": server_args(spec),
+        "args": server_args(owner, spec),
         "env": env(spec),
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         "resources": resources(spec),

@@ -13,6 +13,7 @@ from tti_operator.builders import (
     selector_string,
 )
 from tti_operator.spec import parse_spec
+from tti_server.cli import load_settings
 
 OWNER = Owner(name="turbo", namespace="ml", uid="1234-abcd")
 IMAGE = "registry.example/tti-server:1.0"
@@ -86,6 +87,28 @@ def test_server_flags_follow_the_spec() -> None:
     assert arg(args, "--port") == "8080"
     assert arg(args, "--host") == "0.0.0.0"
     assert deployment(model="stub", replicas=3)["spec"]["replicas"] == 3
+
+
+def test_the_served_model_id_is_the_resource_name_not_the_backend() -> None:
+    for backend in ("stub", "sdxl-turbo"):
+        args = container(deployment(model=backend))["args"]
+        assert arg(args, "--model") == backend
+        assert arg(args, "--model-id") == "turbo"
+
+
+def test_the_real_server_cli_accepts_the_args_and_serves_the_resource_name() -> None:
+    dep = build_deployment(
+        Owner(name="turbo-a", namespace="ml", uid="u"),
+        parse_spec({"model": "sdxl-turbo", "imageFormat": "webp", "maxBatchSize": 2}),
+        IMAGE,
+    )
+    settings = load_settings(container(dep)["args"])
+    assert settings.served_model_id == "turbo-a"
+    assert (settings.model, settings.image_format, settings.max_batch_size) == (
+        "sdxl-turbo",
+        "webp",
+        2,
+    )
 
 
 def test_image_defaults_to_the_operator_setting_and_is_overridable() -> None:
