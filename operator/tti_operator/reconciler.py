@@ -1,11 +1,13 @@
 """The level-based reconcile: apply the desired children, then publish the status.
 
-One `Reconciler` lives for the whole operator process (in kopf's memo). Both the
-resource's own handlers (create, update, resume) and the children's watch handlers end in
-the same two steps, serialised per resource: server-side apply of the Deployment and the
-Service (idempotent), then the status computed from the children as the watches see
-them. What is remembered in memory is only an optimisation (which child versions this
-process wrote); after a restart, resume reapplies everything and the state is rebuilt.
+One `Reconciler` lives for the whole operator process (in kopf's memo). Every event of a
+model and of its children ends in the same two steps, serialised per resource: server-side
+apply of the Deployment and the Service (idempotent), then the status computed from the
+children as the watches see them. A model is reconciled when this process first sees it
+(the initial listing after a start, or its creation), when its generation moves (a spec
+change), when one of its children drifts, and again after a failure that may pass. What is
+remembered in memory is only an optimisation (which generation and child versions this
+process handled); after a restart, the listing reapplies everything.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -36,7 +38,7 @@ Key = tuple[str, str]
 _T = TypeVar("_T")
 #: Posts a Kubernetes Event about a resource: (resource, type, reason, message).
 EventSink = Callable[[kopf.Body, str, str, str], None]
-#: Seconds before kopf retries a reconcile that failed for a reason that may pass.
+#: Seconds before a reconcile that failed for a reason that may pass is tried again.
 RETRY_DELAY_S = 10
 
 logger = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ModelRecord:
-    """A TextToImageModel as the operator needs it (what the models index holds)."""
+    """A TextToImageModel as the operator needs it, from its latest event."""
 
     owner: Owner
     generation: int
@@ -77,9 +79,8 @@ class ModelRecord:
 
 
 class Views(NamedTuple):
-    """Live views of the cluster by (namespace, model name): kopf's indexes, updated in place."""
+    """Live views of the children by (namespace, model name), updated in place by the watches."""
 
-    models: Mapping[Key, Iterable[ModelRecord]]
     deployments: Mapping[Key, Iterable[DeploymentState]]
     pods: Mapping[Key, Iterable[PodState]]
 
@@ -123,12 +124,16 @@ class Reconciler:
     settings: OperatorSettings
     client: KubeClient
     event: EventSink | None = None  # None: EventPoster with this client
+    #: Every model this process serves, as its latest event showed it.
+    models: dict[Key, ModelRecord] = field(default_factory=dict)
     applied: dict[Key, Applied] = field(default_factory=dict)
     observed: dict[Key, int] = field(default_factory=dict)
     failures: dict[Key, Problem] = field(default_factory=dict)
     posted: dict[Key, dict[str, Any]] = field(default_factory=dict)
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    #: Scheduled status refreshes, and scheduled retries of a failed reconcile.
     pending: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+    retrying: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.event is None:
@@ -143,27 +148,44 @@ class Reconciler:
 
     def forget(self, key: Key) -> None:
         """The resource is gone: drop what was remembered about it."""
-        for memory in (self.applied, self.observed, self.failures, self.posted, self.locks):
+        memories = (self.models, self.applied, self.observed, self.failures, self.posted)
+        for memory in (*memories, self.locks):
             memory.pop(key, None)
-        if task := self.pending.pop(key, None):
-            task.cancel()
+        for tasks in (self.pending, self.retrying):
+            if task := tasks.pop(key, None):
+                task.cancel()
 
     async def close(self) -> None:
-        """Operator shutdown: drop scheduled status refreshes, close the connections."""
-        for task in self.pending.values():
-            task.cancel()
-        self.pending.clear()
+        """Operator shutdown: drop scheduled refreshes and retries, close the connections."""
+        for tasks in (self.pending, self.retrying):
+            for task in tasks.values():
+                task.cancel()
+            tasks.clear()
         await self.client.close()
 
     # The entry points, one per kind of trigger.
 
-    async def reconcile(self, record: ModelRecord, views: Views) -> None:
-        """Create/update/resume of the resource: bring the children in line, then status."""
+    async def model_changed(
+        self, event_type: str | None, record: ModelRecord, views: Views
+    ) -> None:
+        """An event of the model itself: reconcile a generation this process has not handled.
+
+        Most events of a model are echoes of its own status patches; those only refresh the
+        record. `event_type` is None for the listing when the operator starts.
+        """
         key = record.key
-        async with self.lock(key):
-            await self._apply_and_publish(
-                record, _first(views.deployments.get(key, ())), views.pods.get(key, ())
-            )
+        if event_type == "DELETED":
+            self.forget(key)
+            return
+        self.models[key] = record
+        if record.deleting or self.observed.get(key) == record.generation:
+            return
+        await self.reconcile(record, views)
+
+    async def reconcile(self, record: ModelRecord, views: Views) -> None:
+        """Bring the children in line with the spec, then publish the status."""
+        async with self.lock(record.key):
+            await self._converge(record, views)
 
     async def child_changed(
         self,
@@ -180,21 +202,35 @@ class Reconciler:
         # Under the lock: an apply in flight must be recorded before its own echo is judged.
         async with self.lock(key):
             if self._drifted(record, kind, event_type, child):
-                await self._apply_and_publish(
-                    record, _first(views.deployments.get(key, ())), views.pods.get(key, ())
-                )
+                await self._converge(record, views)
                 return
-        if key not in self.pending:
-            # Children change in bursts (a rollout is a dozen events): one status patch after
-            # the burst instead of one per event keeps the API server and kopf unloaded.
-            self.pending[key] = asyncio.create_task(self._publish_later(key, views))
+        # Children change in bursts (a rollout is a dozen events): one status patch after
+        # the burst instead of one per event keeps the API server unloaded.
+        self._later(self.pending, key, self.settings.status_delay_s, self._refresh, views)
 
-    async def _publish_later(self, key: Key, views: Views) -> None:
-        await asyncio.sleep(self.settings.status_delay_s)
-        del self.pending[key]
-        record = _first(views.models.get(key, ()))
-        if record is None or record.deleting:
+    def _later(
+        self,
+        tasks: dict[Key, asyncio.Task[None]],
+        key: Key,
+        delay_s: float,
+        step: Callable[[ModelRecord, Views], Coroutine[Any, Any, None]],
+        views: Views,
+    ) -> None:
+        """Run `step` on the model's latest record after `delay_s`, once however often asked."""
+        if key in tasks:
             return
+
+        async def after_delay() -> None:
+            await asyncio.sleep(delay_s)
+            del tasks[key]
+            record = self.models.get(key)
+            if record is not None and not record.deleting:
+                await step(record, views)
+
+        tasks[key] = asyncio.create_task(after_delay())
+
+    async def _refresh(self, record: ModelRecord, views: Views) -> None:
+        key = record.key
         async with self.lock(key):
             await self._publish(
                 record, _first(views.deployments.get(key, ())), views.pods.get(key, ())
@@ -226,23 +262,29 @@ class Reconciler:
             return int(meta.get("generation", 0)) > applied.deployment_generation
         return str(meta.get("resourceVersion", "")) != applied.service_version
 
-    async def _apply_and_publish(
-        self, record: ModelRecord, known: DeploymentState | None, pods: Iterable[PodState]
-    ) -> None:
+    async def _converge(self, record: ModelRecord, views: Views) -> None:
+        """Apply and publish; a failure that may pass is tried again in RETRY_DELAY_S."""
+        try:
+            await self._apply_and_publish(record, views)
+        except ApiError as error:
+            logger.warning("could not reconcile %s/%s: %s", *record.key, error)
+            if not error.permanent:
+                self._later(self.retrying, record.key, RETRY_DELAY_S, self.reconcile, views)
+
+    async def _apply_and_publish(self, record: ModelRecord, views: Views) -> None:
         key = record.key
+        known, pods = _first(views.deployments.get(key, ())), views.pods.get(key, ())
         self.observed[key] = record.generation
         try:
             spec = parse_spec(record.spec)
         except InvalidSpec as error:
             await self._fail(record, Problem("InvalidSpec", str(error)), pods)
-            raise kopf.PermanentError(str(error)) from None
+            return  # nothing to retry until the spec changes
         try:
             deployment = await self._apply_children(record, spec, known)
         except ApiError as error:
             await self._fail(record, Problem("ApplyFailed", error.message), pods)
-            if error.permanent:
-                raise kopf.PermanentError(error.message) from None
-            raise kopf.TemporaryError(error.message, delay=RETRY_DELAY_S) from None
+            raise
         self.failures.pop(key, None)
         await self._publish(record, deployment, pods)
 

@@ -11,7 +11,6 @@ import asyncio
 import copy
 from typing import Any
 
-import kopf
 import pytest
 
 from tti_operator.kube import ApiError, KubeClient
@@ -71,18 +70,20 @@ class Harness:
             event=lambda _res, kind, reason, _msg: self.events.append((kind, reason)),
         )
         self.pods: list[PodState] = []
-        self.model: ModelRecord | None = None
 
     def views(self) -> Views:
-        """What kopf's indexes would hold: the API's Deployment, the test's pods and model."""
+        """What the watches would hold: the API's Deployment and the test's pods."""
         deployments: dict[tuple[str, str], list[DeploymentState]] = {}
         if ("Deployment", "m") in self.api.objects:
             deployments[("ns", "m")] = [deployment_state(self.api.objects["Deployment", "m"])]
-        models = {("ns", "m"): [self.model]} if self.model else {}
-        return Views(models=models, deployments=deployments, pods={("ns", "m"): self.pods})
+        return Views(deployments=deployments, pods={("ns", "m"): self.pods})
+
+    def event(self, record: ModelRecord, event_type: str | None = "ADDED") -> None:
+        """An event of the model, as kopf delivers it; scheduled retries are left pending."""
+        asyncio.run(self.reconciler.model_changed(event_type, record, self.views()))
 
     def reconcile(self, record: ModelRecord) -> None:
-        self.model = record
+        self.reconciler.models[record.key] = record
         asyncio.run(self.reconciler.reconcile(record, self.views()))
 
     def child(self, record: ModelRecord, kind: str, event_type: str | None, body: Obj) -> None:
@@ -90,7 +91,7 @@ class Harness:
             await self.reconciler.child_changed(record, kind, event_type, body, self.views())
             await asyncio.gather(*self.reconciler.pending.values())
 
-        self.model = record
+        self.reconciler.models[record.key] = record
         asyncio.run(changed_then_settled())
 
     def stored(self, kind: str) -> Obj:
@@ -186,29 +187,70 @@ def test_a_burst_of_child_events_gives_one_status_patch() -> None:
 
 def test_an_invalid_spec_is_a_permanent_failure_on_the_status() -> None:
     h = Harness()
-    with pytest.raises(kopf.PermanentError, match=r"spec\.model"):
-        h.reconcile(resource({"model": "dalle"}))
+    h.reconcile(resource({"model": "dalle"}))
     assert h.api.applies == []
     status = h.api.statuses[-1]
     assert status["phase"] == "Invalid"
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
     assert degraded["reason"] == "InvalidSpec" and "spec.model" in degraded["message"]
     assert ("Warning", "Failed") in h.events
+    assert not h.reconciler.retrying  # nothing to retry until the spec changes
 
 
 def test_a_refused_apply_is_permanent_and_an_unreachable_api_is_retried() -> None:
     h = Harness()
     h.api.refuse = ApiError(422, 'Deployment.apps "m" is invalid')
-    with pytest.raises(kopf.PermanentError):
-        h.reconcile(resource())
-    assert h.api.statuses[-1]["phase"] == "Degraded"
-    h.api.refuse = ApiError(503, "API server unreachable")
-    with pytest.raises(kopf.TemporaryError):
-        h.reconcile(resource())
-    h.api.refuse = None
     h.reconcile(resource())
+    assert h.api.statuses[-1]["phase"] == "Degraded"
+    assert not h.reconciler.retrying
+    h.api.refuse = ApiError(503, "API server unreachable")
+
+    async def fail_then_retry() -> None:
+        await h.reconciler.reconcile(resource(), h.views())
+        assert set(h.reconciler.retrying) == {("ns", "m")}
+        h.api.refuse = None
+        await asyncio.gather(*h.reconciler.retrying.values())
+
+    h.reconciler.models[("ns", "m")] = resource()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("tti_operator.reconciler.RETRY_DELAY_S", 0)
+        asyncio.run(fail_then_retry())
+    assert h.api.applies == [("Deployment", "m"), ("Service", "m")]  # by the retry alone
     degraded = next(c for c in h.api.statuses[-1]["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "False"  # the failure clears once the apply succeeds
+
+
+def test_a_model_is_reconciled_once_per_generation_and_its_own_echoes_are_ignored() -> None:
+    h = Harness()
+    h.event(resource(), None)  # the listing after a start
+    applies = len(h.api.applies)
+    assert applies == 2
+    h.event(resource(), "MODIFIED")  # the echo of its own status patch
+    assert len(h.api.applies) == applies
+    h.event(resource({"model": "stub", "replicas": 2}, generation=2), "MODIFIED")
+    assert len(h.api.applies) == applies + 2
+    assert h.reconciler.models[("ns", "m")].generation == 2
+    h.event(resource(generation=2), "DELETED")
+    assert ("ns", "m") not in h.reconciler.models and not h.reconciler.observed
+
+
+def test_a_model_deleted_meanwhile_gets_no_scheduled_refresh_or_retry() -> None:
+    h = Harness()
+    h.event(resource())
+    h.pods = [PodState("m-1", False, False, Problem("Unschedulable", "0/2 nodes are available"))]
+    patches = len(h.api.statuses)
+
+    async def pod_event_then_deleted() -> None:
+        await h.reconciler.child_changed(resource(), "Pod", "MODIFIED", {}, h.views())
+        h.reconciler.retrying[("ns", "m")] = asyncio.create_task(asyncio.sleep(60))
+        scheduled = [*h.reconciler.pending.values(), *h.reconciler.retrying.values()]
+        await h.reconciler.model_changed("DELETED", resource(), h.views())
+        await asyncio.gather(*scheduled, return_exceptions=True)
+        assert all(task.cancelled() for task in scheduled)
+
+    asyncio.run(pod_event_then_deleted())
+    assert len(h.api.statuses) == patches
+    assert not h.reconciler.pending and not h.reconciler.retrying
 
 
 def test_a_deleting_resource_is_left_to_garbage_collection() -> None:
