@@ -557,7 +557,7 @@ def session(options: Options) -> Iterator[Result]:
             name = apply_model(kube, options, out_dir)
             wait_ready(kube, name)
             url = start_server(kube, name, stack, out_dir)
-            image = generate(url, options.model, options, out_dir)
+            image = generate(url, name, options, out_dir)  # served as its name
             print(f"\nImage saved: {image}", flush=True)
             yield Result(kube=kube, model=name, url=url, image=image)
         finally:
