@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e.demo import CPU_NODE, Kube, cpu_node, free_port, http_ok, service_account_kubeconfig
+from e2e.demo import CPU_NODE, Kube, cpu_node, http_ok, service_account_kubeconfig
 from support.cluster import Cluster
 from support.helm import CHART
+from support.server import free_port
 
 pytestmark = pytest.mark.cluster
 
@@ -237,6 +238,12 @@ def test_operator_with_the_charts_rbac_reconciles_and_is_refused_the_rest(
         wait_for("ttimodel/stub Ready", lambda: is_ready(cluster, watched, "stub"), operator)
         model = get_json(cluster, "ttimodel", "stub", "-n", watched)
         assert model["status"]["endpoint"] == f"http://stub.{watched}.svc:8080"
+        # This operator alone wrote the model's Deployment: its image, written once. (Another
+        # operator serving the namespace too would rewrite the image, back and forth.)
+        served = get_json(cluster, "deployment", "stub", "-n", watched)
+        [server] = served["spec"]["template"]["spec"]["containers"]
+        assert server["image"] == env["TTI_OPERATOR_SERVER_IMAGE"]
+        assert served["metadata"]["generation"] == 1, served["metadata"]
         # The rules are enough: kopf logs every refused call, and there is none.
         log = operator.log_text()
         assert "forbidden" not in log.lower(), log[-3000:]

@@ -1,8 +1,16 @@
-"""Fixtures for the operator's cluster tests: the CRD, a CPU node, the operator process."""
+"""Fixtures for the operator's cluster tests: the CRD, a CPU node, the operator process.
+
+The session's operator serves only namespaces of its own, never all of them: an
+all-namespaces operator left running would fight any other operator in the same session
+(the chart's tests run one) over the same models. Its namespaces are named up front, one
+per test that asks for `operator_namespace`, since the operator takes names, not patterns;
+each test's namespace is created when the test starts and deleted when it ends.
+"""
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,10 +37,46 @@ def cpu_nodes(cluster: Cluster) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def operator_namespaces(request: pytest.FixtureRequest) -> list[str]:
+    """One name per collected test that uses `operator_namespace`; unique to this session."""
+    users = sum(
+        "operator_namespace" in getattr(item, "fixturenames", ()) for item in request.session.items
+    )
+    session = uuid.uuid4().hex[:6]
+    # At least one: an empty list would mean all namespaces to the operator.
+    return [f"op-{session}-{index}" for index in range(max(users, 1))]
+
+
+@pytest.fixture(scope="session")
+def _unused_namespaces(operator_namespaces: list[str]) -> Iterator[str]:
+    return iter(operator_namespaces)
+
+
+@pytest.fixture
+def operator_namespace(cluster: Cluster, _unused_namespaces: Iterator[str]) -> Iterator[str]:
+    """A fresh namespace the session's operator serves, deleted after the test."""
+    name = next(_unused_namespaces, None)
+    if name is None:
+        pytest.fail("more tests asked for operator_namespace than were collected")
+    cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", name, "--timeout=60s")
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture(scope="session")
 def operator(
-    cluster: Cluster, crd: Path, cpu_nodes: str, tmp_path_factory: pytest.TempPathFactory
+    cluster: Cluster,
+    crd: Path,
+    cpu_nodes: str,
+    operator_namespaces: list[str],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    process = OperatorProcess(
+        cluster,
+        tmp_path_factory.mktemp("operator") / "operator.log",
+        extra_env={"TTI_OPERATOR_NAMESPACES": ",".join(operator_namespaces)},
+    )
     process.start()
     yield process
     process.stop()

@@ -66,10 +66,10 @@ class Kube:
 
 
 @pytest.fixture
-def kube(cluster: Cluster, kube_namespace: str, operator: OperatorProcess) -> Iterator[Kube]:
+def kube(cluster: Cluster, operator_namespace: str, operator: OperatorProcess) -> Iterator[Kube]:
     if not operator.alive():
         operator.start()
-    yield Kube(cluster, kube_namespace, operator)
+    yield Kube(cluster, operator_namespace, operator)
 
 
 def model(name: str, **spec: Any) -> dict[str, Any]:
@@ -423,7 +423,7 @@ def restricted_kubeconfig(kube: Kube, path: Path) -> Path:
 
 
 def test_the_documented_rbac_is_enough_in_namespaced_mode(kube: Kube, tmp_path: Path) -> None:
-    kube.operator.stop()  # the all-namespaces operator would serve this namespace too
+    kube.operator.stop()  # the session's operator serves this namespace too
     kubeconfig = restricted_kubeconfig(kube, tmp_path / "kubeconfig")
     restricted = OperatorProcess(
         kube.cluster,
