@@ -368,11 +368,7 @@ def test_an_operator_killed_mid_way_converges_after_restart(kube: Kube) -> None:
 
 # Exactly the table in docs/operator.md ("RBAC: exactly what the operator calls").
 DOCUMENTED_RULES = [
-    {
-        "apiGroups": ["tti.dev"],
-        "resources": ["texttoimagemodels"],
-        "verbs": ["list", "watch", "patch"],
-    },
+    {"apiGroups": ["tti.dev"], "resources": ["texttoimagemodels"], "verbs": ["list", "watch"]},
     {"apiGroups": ["tti.dev"], "resources": ["texttoimagemodels/status"], "verbs": ["patch"]},
     {"apiGroups": ["tti.dev"], "resources": ["texttoimagemodels/finalizers"], "verbs": ["update"]},
     {

@@ -8,10 +8,10 @@ touches anything cluster-scoped: kopf's CRD and namespace scanning is off.
 The cluster tests run the real operator with exactly these rules.
 */}}
 {{- define "tti-operator.rules" -}}
-# The models: kopf's watch, and its progress annotations on each model.
+# The models: kopf's watch (its event handlers write nothing on the model itself).
 - apiGroups: ["tti.dev"]
   resources: ["texttoimagemodels"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["list", "watch"]
 # The status the operator publishes (Ready, endpoint, conditions).
 - apiGroups: ["tti.dev"]
   resources: ["texttoimagemodels/status"]
