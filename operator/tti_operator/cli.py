@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -58,6 +59,15 @@ def load_settings(args: argparse.Namespace) -> OperatorSettings:
     return OperatorSettings.model_validate(overrides)
 
 
+def configure_logging(ours: OperatorSettings) -> None:
+    kopf.configure(verbose=ours.verbose, log_format=LOG_FORMATS[ours.log_format])
+    if not ours.verbose:
+        # kopf says "Handler 'model_event' succeeded" for every event of every model, most
+        # of them the echoes of the operator's own status patches: lines that say nothing.
+        # Its warnings and errors about a model still show.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -67,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         field = ".".join(str(part) for part in first["loc"])
         print(f"tti-operator: invalid setting {field}: {first['msg']}", file=sys.stderr)
         return 2
-    kopf.configure(verbose=ours.verbose, log_format=LOG_FORMATS[ours.log_format])
+    configure_logging(ours)
     settings = kopf.OperatorSettings()
     handlers.configure(settings, ours)
     liveness = f"http://0.0.0.0:{ours.liveness_port}/healthz" if ours.liveness_port else None

@@ -39,3 +39,27 @@ def test_a_bad_setting_is_one_line_naming_it(
     err = capsys.readouterr().err.strip()
     assert err.startswith("tti-operator: invalid setting liveness_port")
     assert "\n" not in err
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_kopfs_per_event_success_lines_only_show_when_verbose(verbose: bool) -> None:
+    """One line per event of every model (mostly echoes of its own status patches) is noise;
+    kopf's warnings about a model are not."""
+    script = "\n".join(
+        [
+            "import logging",
+            "from tti_operator.cli import configure_logging",
+            "from tti_operator.settings import OperatorSettings",
+            f"settings = {{'verbose': {verbose}, 'log_format': 'plain'}}",
+            "configure_logging(OperatorSettings.model_validate(settings))",
+            "objects = logging.getLogger('kopf.objects')",
+            "objects.info(\"Handler 'model_event' succeeded.\")",
+            "objects.warning(\"Handler 'model_event' failed\")",
+        ]
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    logged = result.stdout + result.stderr
+    assert "'model_event' failed" in logged
+    assert ("'model_event' succeeded" in logged) == verbose
