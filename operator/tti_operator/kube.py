@@ -92,9 +92,12 @@ class KubeClient:
                     data=None if body is None else json.dumps(body),
                     headers={"Content-Type": content_type} if content_type else None,
                 ) as response:
-                    payload: Obj = await response.json(content_type=None)
+                    payload = await _payload(response)
                     if response.status >= 400:
-                        raise ApiError(response.status, str(payload.get("message", payload)))
+                        raise ApiError(response.status, _message(payload))
+                    if not isinstance(payload, dict):
+                        # A proxy's page with a 2xx status, say: not an answer of the API server.
+                        raise ApiError(502, f"not a JSON object from the API server: {payload!r}")
                     return response.status, payload
             except (aiohttp.ClientError, TimeoutError) as error:
                 raise ApiError(503, f"API server unreachable: {error!r}") from error
@@ -141,12 +144,30 @@ class KubeClient:
         try:
             async with session.get(self._server + path, params=params, timeout=timeout) as response:
                 if response.status >= 400:
-                    payload = await response.json(content_type=None)
-                    raise ApiError(response.status, str(payload.get("message", payload)))
+                    raise ApiError(response.status, _message(await _payload(response)))
                 async for line in _lines(response.content):
                     yield json.loads(line)
         except (aiohttp.ClientError, TimeoutError) as error:
             raise ApiError(503, f"watch of {path} broke: {error!r}") from error
+
+
+async def _payload(response: aiohttp.ClientResponse) -> Obj | str:
+    """The answer's JSON object, else its text: a proxy in front of the API server (or the
+    server under stress) can answer with an HTML page or an empty body, and that must become
+    an `ApiError` with its status (a 502 is worth a retry), not a JSON decoding error."""
+    raw = await response.read()
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        return payload
+    text = raw.decode(errors="replace").strip()
+    return " ".join(text.split())[:200] or str(response.reason or "")
+
+
+def _message(payload: Obj | str) -> str:
+    return str(payload.get("message", payload)) if isinstance(payload, dict) else payload
 
 
 async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:

@@ -11,7 +11,9 @@ import asyncio
 import copy
 from typing import Any
 
+import kopf
 import pytest
+from aiohttp import web
 
 from tti_operator.kube import ApiError, KubeClient
 from tti_operator.reconciler import ModelRecord, Reconciler, Views
@@ -263,3 +265,49 @@ def test_a_deleting_resource_is_left_to_garbage_collection() -> None:
     )
     h.child(deleting, "Deployment", "DELETED", {})
     assert h.api.applies == [] and h.api.statuses == []
+
+
+# The API client's errors, against a real HTTP server on a loopback port standing in for a
+# proxy in front of the API server.
+
+
+async def refused_by(status: int, body: str, content_type: str) -> ApiError:
+    """The ApiError of a status patch answered with `status` and `body`."""
+
+    async def handle(_: web.Request) -> web.Response:
+        return web.Response(status=status, text=body, content_type=content_type)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    client = KubeClient("test")
+    await client.connect(kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}"))
+    try:
+        with pytest.raises(ApiError) as raised:
+            await client.patch_status("ns", "m", {"phase": "Ready"})
+        return raised.value
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "content_type", "message"),
+    [
+        (502, "<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html", "Bad Gateway"),
+        (503, "", "text/plain", "Service Unavailable"),
+        (200, "<html>login</html>", "text/html", "not a JSON object"),
+    ],
+    ids=["html-502", "empty-503", "html-200"],
+)
+def test_an_answer_that_is_not_json_is_an_api_error_worth_a_retry(
+    status: int, body: str, content_type: str, message: str
+) -> None:
+    error = asyncio.run(refused_by(status, body, content_type))
+    assert error.status == (status if status >= 400 else 502)
+    assert message in error.message
+    assert not error.permanent
