@@ -232,9 +232,14 @@ class Reconciler:
     async def _refresh(self, record: ModelRecord, views: Views) -> None:
         key = record.key
         async with self.lock(key):
-            await self._publish(
-                record, _first(views.deployments.get(key, ())), views.pods.get(key, ())
-            )
+            try:
+                await self._publish(
+                    record, _first(views.deployments.get(key, ())), views.pods.get(key, ())
+                )
+            except Exception as error:
+                # A lost refresh would leave the status behind the pods (Ready never shown)
+                # until some later child event, which a settled model may never have.
+                self._failed(record, error, views)
 
     # The steps.
 
@@ -266,10 +271,23 @@ class Reconciler:
         """Apply and publish; a failure that may pass is tried again in RETRY_DELAY_S."""
         try:
             await self._apply_and_publish(record, views)
-        except ApiError as error:
+        except Exception as error:
+            self._failed(record, error, views)
+
+    def _failed(self, record: ModelRecord, error: Exception, views: Views) -> None:
+        """Log a failed step and reconcile again later, unless the object itself was refused.
+
+        Any other error is retried, an unexpected one too, as kopf's change handlers did:
+        the generation is already marked handled and kopf's event handlers retry nothing,
+        so without this the model would wait for its next spec change.
+        """
+        if isinstance(error, ApiError):
             logger.warning("could not reconcile %s/%s: %s", *record.key, error)
-            if not error.permanent:
-                self._later(self.retrying, record.key, RETRY_DELAY_S, self.reconcile, views)
+            if error.permanent:
+                return
+        else:
+            logger.error("reconciling %s/%s failed: %r", *record.key, error, exc_info=error)
+        self._later(self.retrying, record.key, RETRY_DELAY_S, self.reconcile, views)
 
     async def _apply_and_publish(self, record: ModelRecord, views: Views) -> None:
         key = record.key

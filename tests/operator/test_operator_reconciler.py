@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
@@ -31,7 +32,8 @@ class MemoryApi(KubeClient):
         self.objects: dict[tuple[str, str], Obj] = {}
         self.applies: list[tuple[str, str]] = []
         self.statuses: list[Obj] = []
-        self.refuse: ApiError | None = None
+        self.refuse: Exception | None = None
+        self.refuse_status: Exception | None = None
 
     async def apply(self, obj: Obj) -> tuple[bool, Obj]:
         if self.refuse is not None:
@@ -49,6 +51,8 @@ class MemoryApi(KubeClient):
         return old is None, stored
 
     async def patch_status(self, namespace: str, name: str, status: Obj) -> None:
+        if self.refuse_status is not None:
+            raise self.refuse_status
         self.statuses.append(status)
 
 
@@ -220,6 +224,45 @@ def test_a_refused_apply_is_permanent_and_an_unreachable_api_is_retried() -> Non
     assert h.api.applies == [("Deployment", "m"), ("Service", "m")]  # by the retry alone
     degraded = next(c for c in h.api.statuses[-1]["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "False"  # the failure clears once the apply succeeds
+
+
+def retried(h: Harness, first: Callable[[], Awaitable[None]]) -> None:
+    """Run `first`, which fails once; then let the API answer and the scheduled retry run."""
+
+    async def fail_then_retry() -> None:
+        await first()
+        assert set(h.reconciler.retrying) == {("ns", "m")}
+        h.api.refuse = h.api.refuse_status = None
+        await asyncio.gather(*h.reconciler.retrying.values())
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("tti_operator.reconciler.RETRY_DELAY_S", 0)
+        asyncio.run(fail_then_retry())
+
+
+def test_an_unexpected_error_is_retried_not_left_until_the_next_spec_change() -> None:
+    """kopf's event handlers retry nothing, and the generation is already marked handled."""
+    h = Harness()
+    h.api.refuse = RuntimeError("a bug, or a library's surprise")
+    retried(h, lambda: h.reconciler.model_changed("ADDED", resource(), h.views()))
+    assert h.api.applies == [("Deployment", "m"), ("Service", "m")]
+    assert h.api.statuses[-1]["observedGeneration"] == 1
+
+
+def test_a_status_refresh_that_fails_is_retried() -> None:
+    """Else a model whose pods just became ready could show Progressing for good."""
+    h = Harness()
+    record = resource()
+    h.event(record)
+    h.pods = [PodState("m-1", False, False, Problem("Unschedulable", "0/2 nodes are available"))]
+    h.api.refuse_status = ApiError(503, "API server unreachable")
+
+    async def refresh_fails() -> None:
+        await h.reconciler.child_changed(record, "Pod", "MODIFIED", {}, h.views())
+        await asyncio.gather(*h.reconciler.pending.values())
+
+    retried(h, refresh_fails)
+    assert h.api.statuses[-1]["phase"] == "Unschedulable"
 
 
 def test_a_model_is_reconciled_once_per_generation_and_its_own_echoes_are_ignored() -> None:
