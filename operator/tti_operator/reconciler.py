@@ -174,6 +174,13 @@ class Reconciler:
         record. `event_type` is None for the listing when the operator starts.
         """
         key = record.key
+        served = self.models.get(key)
+        if served is not None and served.owner.uid != record.owner.uid:
+            # A namesake: kopf gives each object (uid) a worker of its own, so a model deleted
+            # and created again under the same name can be seen in either order.
+            if event_type == "DELETED":
+                return  # the old one's late deletion: the new one stays served
+            self.forget(key)  # the new one: the old one's generation and children do not apply
         if event_type == "DELETED":
             self.forget(key)
             return

@@ -56,11 +56,11 @@ class MemoryApi(KubeClient):
         self.statuses.append(status)
 
 
-def resource(spec: Obj | None = None, generation: int = 1) -> ModelRecord:
-    """A TextToImageModel `ns/m` as the models index holds it."""
+def resource(spec: Obj | None = None, generation: int = 1, uid: str = "u") -> ModelRecord:
+    """A TextToImageModel `ns/m` as its latest event shows it."""
     return ModelRecord.from_body(
         {
-            "metadata": {"name": "m", "namespace": "ns", "uid": "u", "generation": generation},
+            "metadata": {"name": "m", "namespace": "ns", "uid": uid, "generation": generation},
             "spec": spec or {"model": "stub"},
         }
     )
@@ -277,6 +277,21 @@ def test_a_model_is_reconciled_once_per_generation_and_its_own_echoes_are_ignore
     assert h.reconciler.models[("ns", "m")].generation == 2
     h.event(resource(generation=2), "DELETED")
     assert ("ns", "m") not in h.reconciler.models and not h.reconciler.observed
+
+
+def test_a_model_created_again_under_its_name_is_reconciled_in_either_order() -> None:
+    """kopf gives each object (uid) its own worker: the new one's ADDED can come first."""
+    h = Harness()
+    h.event(resource())
+    applies = len(h.api.applies)
+    again = resource(uid="u2")  # generation 1 as well
+    h.event(again, "ADDED")
+    assert len(h.api.applies) == applies + 2
+    owners = h.stored("Deployment")["metadata"]["ownerReferences"]
+    assert [owner["uid"] for owner in owners] == ["u2"]
+    h.event(resource(), "DELETED")  # the old one's deletion, seen late
+    assert h.reconciler.models[("ns", "m")] == again
+    assert h.reconciler.observed[("ns", "m")] == 1
 
 
 def test_a_model_deleted_meanwhile_gets_no_scheduled_refresh_or_retry() -> None:
