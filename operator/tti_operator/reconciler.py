@@ -148,12 +148,25 @@ class Reconciler:
 
     def forget(self, key: Key) -> None:
         """The resource is gone: drop what was remembered about it."""
-        memories = (self.models, self.applied, self.observed, self.failures, self.posted)
-        for memory in (*memories, self.locks):
+        for memory in (self.models, self.locks):
             memory.pop(key, None)
+        self._drop_learnt(key)
         for tasks in (self.pending, self.retrying):
             if task := tasks.pop(key, None):
                 task.cancel()
+
+    def _drop_learnt(self, key: Key) -> None:
+        for memory in (self.applied, self.observed, self.failures, self.posted):
+            memory.pop(key, None)
+
+    def _latest(self, record: ModelRecord) -> ModelRecord | None:
+        """The latest record of `record`'s model; None once it is deleted or replaced by a
+        namesake. A step that waited (for the lock) must not act on what it was handed: a
+        drift reconcile would reapply an older spec, or recreate a deleted model's children."""
+        latest = self.models.get(record.key)
+        if latest is None or latest.deleting or latest.owner.uid != record.owner.uid:
+            return None
+        return latest
 
     async def close(self) -> None:
         """Operator shutdown: drop scheduled refreshes and retries, close the connections."""
@@ -239,6 +252,9 @@ class Reconciler:
     async def _refresh(self, record: ModelRecord, views: Views) -> None:
         key = record.key
         async with self.lock(key):
+            if (latest := self._latest(record)) is None:
+                return
+            record = latest
             try:
                 await self._publish(
                     record, _first(views.deployments.get(key, ())), views.pods.get(key, ())
@@ -275,11 +291,16 @@ class Reconciler:
         return str(meta.get("resourceVersion", "")) != applied.service_version
 
     async def _converge(self, record: ModelRecord, views: Views) -> None:
-        """Apply and publish; a failure that may pass is tried again in RETRY_DELAY_S."""
+        """Apply and publish the model's latest record; a failure is retried (see `_failed`)."""
+        if (latest := self._latest(record)) is None:
+            return  # deleted or replaced while this waited for the lock
         try:
-            await self._apply_and_publish(record, views)
+            await self._apply_and_publish(latest, views)
         except Exception as error:
-            self._failed(record, error, views)
+            self._failed(latest, error, views)
+        if self._latest(latest) is None:
+            # Deleted while in flight: what this run learnt after `forget` must not outlive it.
+            self._drop_learnt(latest.key)
 
     def _failed(self, record: ModelRecord, error: Exception, views: Views) -> None:
         """Log a failed step and reconcile again later, unless the object itself was refused.

@@ -294,6 +294,74 @@ def test_a_model_created_again_under_its_name_is_reconciled_in_either_order() ->
     assert h.reconciler.observed[("ns", "m")] == 1
 
 
+def test_a_drift_reconcile_that_waited_applies_the_latest_spec_not_the_one_it_was_handed() -> None:
+    """A child event hands over the record of its time; a spec change can get the lock first."""
+    h = Harness()
+    old = resource()
+    h.event(old)
+    newer = resource({"model": "stub", "replicas": 2}, generation=2)
+
+    async def spec_change_then_a_deleted_service_both_waiting() -> None:
+        lock = h.reconciler.lock(old.key)
+        await lock.acquire()  # a status refresh in flight, say
+        change = asyncio.create_task(h.reconciler.model_changed("MODIFIED", newer, h.views()))
+        await asyncio.sleep(0)
+        service = h.stored("Service")
+        drift = h.reconciler.child_changed(old, "Service", "DELETED", service, h.views())
+        waiting = asyncio.create_task(drift)
+        await asyncio.sleep(0)
+        lock.release()
+        await asyncio.gather(change, waiting)
+
+    asyncio.run(spec_change_then_a_deleted_service_both_waiting())
+    assert h.stored("Deployment")["spec"]["replicas"] == 2  # not rolled back to generation 1
+    assert h.api.statuses[-1]["observedGeneration"] == 2
+
+
+def forgotten(h: Harness) -> bool:
+    r = h.reconciler
+    memories = (r.models, r.applied, r.observed, r.failures, r.posted, r.pending)
+    return not any(("ns", "m") in memory for memory in memories)
+
+
+def test_a_drift_reconcile_that_waited_while_its_model_was_deleted_recreates_nothing() -> None:
+    """Garbage collection deletes the children as the model goes: that is no drift."""
+    h = Harness()
+    record = resource()
+    h.event(record)
+    applies = len(h.api.applies)
+
+    async def deleted_children_wait_while_the_model_goes() -> None:
+        lock = h.reconciler.lock(record.key)
+        await lock.acquire()
+        gone = h.stored("Deployment")
+        drift = h.reconciler.child_changed(record, "Deployment", "DELETED", gone, h.views())
+        waiting = asyncio.create_task(drift)
+        await asyncio.sleep(0)
+        await h.reconciler.model_changed("DELETED", record, h.views())
+        lock.release()
+        await waiting
+
+    asyncio.run(deleted_children_wait_while_the_model_goes())
+    assert len(h.api.applies) == applies
+    assert forgotten(h)
+
+
+def test_a_reconcile_in_flight_when_its_model_is_deleted_leaves_nothing_behind() -> None:
+    h = Harness()
+    h.event(resource())
+    apply = h.api.apply
+
+    async def deleted_meanwhile(obj: Obj) -> tuple[bool, Obj]:
+        await h.reconciler.model_changed("DELETED", resource(), h.views())
+        return await apply(obj)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(h.api, "apply", deleted_meanwhile)
+        h.event(resource({"model": "stub", "replicas": 2}, generation=2), "MODIFIED")
+    assert forgotten(h)
+
+
 def test_a_model_deleted_meanwhile_gets_no_scheduled_refresh_or_retry() -> None:
     h = Harness()
     h.event(resource())
