@@ -16,7 +16,7 @@ import asyncio
 import datetime
 import logging
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, TypeVar, cast
 
 import kopf
@@ -158,6 +158,16 @@ class Reconciler:
     def _drop_learnt(self, key: Key) -> None:
         for memory in (self.applied, self.observed, self.failures, self.posted):
             memory.pop(key, None)
+
+    def _gone(self, key: Key) -> None:
+        """The model no longer exists: treat it as being deleted until kopf says it is.
+
+        Should kopf never say so (its watch relists after "410 Gone" without reporting what
+        was deleted meanwhile), each child that garbage collection deletes would otherwise
+        be recreated as drift, collected again, and so on for good.
+        """
+        if (served := self.models.get(key)) is not None:
+            self.models[key] = replace(served, deleting=True)
 
     def _latest(self, record: ModelRecord) -> ModelRecord | None:
         """The latest record of `record`'s model; None once it is deleted or replaced by a
@@ -385,7 +395,8 @@ class Reconciler:
             await self.client.patch_status(record.owner.namespace, record.owner.name, status)
         except ApiError as error:
             if error.status == 404:
-                return  # deleted meanwhile; garbage collection takes the children
+                self._gone(key)  # garbage collection takes the children
+                return
             raise
         self.posted[key] = status
         self._announce(record, previous, status)

@@ -362,6 +362,26 @@ def test_a_reconcile_in_flight_when_its_model_is_deleted_leaves_nothing_behind()
     assert forgotten(h)
 
 
+def test_a_model_found_gone_gets_no_more_children_though_its_deletion_was_missed() -> None:
+    """kopf relists after "410 Gone" without reporting what was deleted meanwhile."""
+    h = Harness()
+    h.event(resource())
+    h.pods = [PodState("m-1", False, False, Problem("Unschedulable", "0/2 nodes are available"))]
+    h.api.refuse_status = ApiError(404, 'texttoimagemodels.tti.dev "m" not found')
+
+    def collected() -> None:
+        """Garbage collection deletes the Deployment; the child watch reports it."""
+        served = h.reconciler.models[("ns", "m")]  # as `handlers.child_event` looks it up
+        gone = h.stored("Deployment")
+        asyncio.run(h.reconciler.child_changed(served, "Deployment", "DELETED", gone, h.views()))
+
+    collected()  # reapplied, as the model is not known to be gone until its status patch
+    applies = len(h.api.applies)
+    collected()
+    assert len(h.api.applies) == applies
+    assert ("ns", "m") not in h.reconciler.retrying
+
+
 def test_a_model_deleted_meanwhile_gets_no_scheduled_refresh_or_retry() -> None:
     h = Harness()
     h.event(resource())
