@@ -281,18 +281,22 @@ class Reconciler:
     ) -> bool:
         """Was this child deleted or edited by someone else since this process applied it?"""
         key = record.key
-        if event_type is None or kind == "Pod":
-            # The initial listing: resume reapplies every model anyway.
+        if kind == "Pod":
             return False
         if event_type == "DELETED":
             return True
+        applied = self.applied.get(key)
+        if event_type is None and applied is None:
+            # The listing at start: the model's own first reconcile applies it anyway. A
+            # relist after a broken watch is judged like any event: it is all that shows an
+            # edit made while the watch was down.
+            return False
         meta = child.get("metadata", {})
         if not labels(key[1]).items() <= (meta.get("labels") or {}).items():
             return True
         owners = meta.get("ownerReferences") or []
         if not any(ref.get("uid") == record.owner.uid for ref in owners):
             return True
-        applied = self.applied.get(key)
         if applied is None:
             return True
         if kind == "Deployment":

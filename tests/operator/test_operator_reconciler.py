@@ -163,6 +163,22 @@ def test_a_hand_edited_or_deleted_child_is_reapplied() -> None:
     assert len(h.api.applies) == applies + 6
 
 
+def test_a_child_edited_while_its_watch_was_down_is_reapplied_when_relisted() -> None:
+    """A relist reports what changed meanwhile with no event type, like the first listing."""
+    h = Harness()
+    record = resource()
+    h.child(record, "Deployment", None, {"metadata": {"generation": 7}})
+    assert h.api.applies == []  # the first listing: the model's own reconcile applies it
+    h.reconcile(record)
+    applies = len(h.api.applies)
+    h.child(record, "Deployment", None, h.stored("Deployment"))
+    assert len(h.api.applies) == applies  # relisted unchanged
+    edited = copy.deepcopy(h.stored("Deployment"))
+    edited["metadata"]["generation"] += 1
+    h.child(record, "Deployment", None, edited)
+    assert len(h.api.applies) == applies + 2
+
+
 def test_pod_events_only_refresh_the_status() -> None:
     h = Harness()
     record = resource()
