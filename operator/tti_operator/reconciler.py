@@ -159,15 +159,17 @@ class Reconciler:
         for memory in (self.applied, self.observed, self.failures, self.posted):
             memory.pop(key, None)
 
-    def _gone(self, key: Key) -> None:
+    def _gone(self, record: ModelRecord) -> None:
         """The model no longer exists: treat it as being deleted until kopf says it is.
 
         Should kopf never say so (its watch relists after "410 Gone" without reporting what
         was deleted meanwhile), each child that garbage collection deletes would otherwise
         be recreated as drift, collected again, and so on for good.
         """
-        if (served := self.models.get(key)) is not None:
-            self.models[key] = replace(served, deleting=True)
+        if (latest := self._latest(record)) is not None:
+            # What it learnt stays: the generation handled keeps a stale event of the model,
+            # still queued before its deletion, from reconciling (recreating) it again.
+            self.models[record.key] = replace(latest, deleting=True)
 
     def _latest(self, record: ModelRecord) -> ModelRecord | None:
         """The latest record of `record`'s model; None once it is deleted or replaced by a
@@ -312,7 +314,7 @@ class Reconciler:
             await self._apply_and_publish(latest, views)
         except Exception as error:
             self._failed(latest, error, views)
-        if self._latest(latest) is None:
+        if latest.key not in self.models:
             # Deleted while in flight: what this run learnt after `forget` must not outlive it.
             self._drop_learnt(latest.key)
 
@@ -399,7 +401,7 @@ class Reconciler:
             await self.client.patch_status(record.owner.namespace, record.owner.name, status)
         except ApiError as error:
             if error.status == 404:
-                self._gone(key)  # garbage collection takes the children
+                self._gone(record)  # garbage collection takes the children
                 return
             raise
         self.posted[key] = status

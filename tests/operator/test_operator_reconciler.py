@@ -394,6 +394,7 @@ def test_a_model_found_gone_gets_no_more_children_though_its_deletion_was_missed
     collected()  # reapplied, as the model is not known to be gone until its status patch
     applies = len(h.api.applies)
     collected()
+    h.event(resource(), "MODIFIED")  # an older event of the model, queued before its deletion
     assert len(h.api.applies) == applies
     assert ("ns", "m") not in h.reconciler.retrying
 
