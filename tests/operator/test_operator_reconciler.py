@@ -363,6 +363,29 @@ def test_a_drift_reconcile_that_waited_while_its_model_was_deleted_recreates_not
     assert forgotten(h)
 
 
+def test_a_status_refresh_that_waited_while_its_model_was_deleted_patches_nothing() -> None:
+    h = Harness()
+    record = resource()
+    h.event(record)
+    h.pods = [PodState("m-1", False, False, Problem("Unschedulable", "0/2 nodes are available"))]
+    patches = len(h.api.statuses)
+
+    async def refresh_waits_while_the_model_goes() -> None:
+        await h.reconciler.child_changed(record, "Pod", "MODIFIED", {}, h.views())
+        refresh = h.reconciler.pending[record.key]
+        lock = h.reconciler.lock(record.key)
+        await lock.acquire()
+        while refresh in h.reconciler.pending.values():
+            await asyncio.sleep(0)  # until its delay is over and it waits for the lock
+        await h.reconciler.model_changed("DELETED", record, h.views())
+        lock.release()
+        await refresh
+
+    asyncio.run(refresh_waits_while_the_model_goes())
+    assert len(h.api.statuses) == patches
+    assert forgotten(h)
+
+
 def test_a_reconcile_in_flight_when_its_model_is_deleted_leaves_nothing_behind() -> None:
     h = Harness()
     h.event(resource())
