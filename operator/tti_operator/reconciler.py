@@ -140,7 +140,12 @@ class Reconciler:
             self.event = EventPoster(self.client, self.settings.field_manager)
 
     def _emit(self, resource: kopf.Body, type: str, reason: str, message: str) -> None:
+        """Post an Event, and log it: what happened to a model, in `kubectl describe` and
+        in the operator's log alike."""
         assert self.event is not None  # set in __post_init__
+        meta = resource["metadata"]
+        level = logging.INFO if type == "Normal" else logging.WARNING
+        logger.log(level, "%s/%s: %s: %s", meta["namespace"], meta["name"], reason, message)
         self.event(resource, type, reason, message)
 
     def lock(self, key: Key) -> asyncio.Lock:

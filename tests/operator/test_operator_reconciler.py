@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -112,6 +113,16 @@ def test_create_applies_both_children_posts_created_and_a_status() -> None:
     assert len(h.api.statuses) == 1
     assert h.api.statuses[0]["phase"] == "Progressing"
     assert h.api.statuses[0]["observedGeneration"] == 1
+
+
+def test_every_event_posted_is_logged_too(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+    with caplog.at_level(logging.INFO, logger="tti_operator.reconciler"):
+        h.reconcile(resource())
+        h.reconcile(resource({"model": "dalle"}, generation=2))
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert ("INFO", "ns/m: Created: created Deployment and Service m") in logged
+    assert any(level == "WARNING" and "ns/m: Failed: InvalidSpec" in m for level, m in logged)
 
 
 def test_reconciling_an_unchanged_resource_writes_no_status_and_posts_nothing() -> None:
