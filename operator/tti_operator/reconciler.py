@@ -345,12 +345,12 @@ class Reconciler:
         try:
             spec = parse_spec(record.spec)
         except InvalidSpec as error:
-            await self._fail(record, Problem("InvalidSpec", str(error)), pods)
+            await self._fail(record, Problem("InvalidSpec", str(error)), known, pods)
             return  # nothing to retry until the spec changes
         try:
             deployment = await self._apply_children(record, spec, known)
         except ApiError as error:
-            await self._fail(record, Problem("ApplyFailed", error.message), pods)
+            await self._fail(record, Problem("ApplyFailed", error.message), known, pods)
             raise
         self.failures.pop(key, None)
         await self._publish(record, deployment, pods)
@@ -377,10 +377,18 @@ class Reconciler:
             self._emit(record.ref, "Normal", "Updated", message)
         return state
 
-    async def _fail(self, record: ModelRecord, problem: Problem, pods: Iterable[PodState]) -> None:
+    async def _fail(
+        self,
+        record: ModelRecord,
+        problem: Problem,
+        known: DeploymentState | None,
+        pods: Iterable[PodState],
+    ) -> None:
+        """Publish the problem; the replicas shown stay those of the Deployment that exists
+        (an edit the API server refused leaves the previous pods serving)."""
         self.failures[record.key] = problem
         self._emit(record.ref, "Warning", "Failed", f"{problem.reason}: {problem.message}")
-        await self._publish(record, None, pods)
+        await self._publish(record, known, pods)
 
     async def _publish(
         self, record: ModelRecord, deployment: DeploymentState | None, pods: Iterable[PodState]

@@ -452,6 +452,17 @@ def test_a_model_deleted_meanwhile_gets_no_scheduled_refresh_or_retry() -> None:
     assert not h.reconciler.pending and not h.reconciler.retrying
 
 
+def test_a_refused_edit_keeps_showing_the_pods_that_still_serve() -> None:
+    h = Harness()
+    h.reconcile(resource())
+    h.stored("Deployment")["status"] = {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}
+    h.api.refuse = ApiError(422, 'Deployment.apps "m" is invalid')
+    h.reconcile(resource({"model": "stub", "imageFormat": "webp"}, generation=2))
+    status = h.api.statuses[-1]
+    assert status["phase"] == "Degraded"
+    assert (status["readyReplicas"], status["ready"]) == (1, "1/1")
+
+
 def test_a_deleting_resource_is_left_to_garbage_collection() -> None:
     h = Harness()
     deleting = ModelRecord.from_body(
