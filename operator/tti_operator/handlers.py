@@ -15,8 +15,9 @@ garbage collection even while the operator is down.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
 import kopf
@@ -47,8 +48,23 @@ def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
     # Created/Updated/Ready/Failed.
     settings.posting.level = logging.WARNING
     settings.posting.event_name_prefix = "tti-operator-"
+    settings.networking.error_backoffs = RetryForever()
     if ours.max_workers:
         settings.queueing.worker_limit = ours.max_workers
+
+
+class RetryForever(Iterable[float]):
+    """kopf's delays between retries of a failed API request, then every 30 s for good.
+
+    kopf gives up after eight retries (about a minute), and a watch that gives up stops the
+    whole operator: one listed namespace it may not read (its RoleBinding not applied yet, a
+    typo in the list) would take down the models of every other namespace with it, in a
+    crash loop. Retrying serves the others meanwhile and picks the namespace up once the
+    binding exists; the log says what is refused on every attempt.
+    """
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain((1, 1, 2, 3, 5, 8, 13, 21), itertools.repeat(30.0))
 
 
 class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
@@ -153,8 +169,11 @@ async def probe_models(memo: kopf.Memo, **_: Any) -> int:
 
 
 @kopf.on.event(*MODELS)
-async def model_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await children(memo).synced()  # know the existing children before judging them
+async def model_event(
+    type: str | None, body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    # Know the existing children in its namespace before judging them.
+    await children(memo).synced(namespace or "")
     await reconciler(memo).model_changed(type, ModelRecord.from_body(body), views(memo))
 
 

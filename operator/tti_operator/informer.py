@@ -94,10 +94,12 @@ class Children:
         self._tasks: list[asyncio.Task[None]] = []
         self._handling: set[asyncio.Task[None]] = set()
         self._listed: set[tuple[str, str | None]] = set()
-        self._synced = asyncio.Event()
+        # Per namespace: one that cannot be listed (no RoleBinding there, say) must not hold
+        # up the models of the others.
+        self._synced = {namespace: asyncio.Event() for namespace in self.namespaces}
 
     def start(self) -> None:
-        """Start every watch (idempotent); `synced` is set once each has listed once."""
+        """Start every watch (idempotent); see `synced`."""
         if not self._tasks:
             self._tasks = [
                 asyncio.create_task(self._watch(kind, namespace), name=f"watch {kind.plural}")
@@ -105,8 +107,11 @@ class Children:
                 for namespace in self.namespaces
             ]
 
-    async def synced(self) -> None:
-        await self._synced.wait()
+    async def synced(self, namespace: str) -> None:
+        """Wait until every watch covering `namespace` has listed once."""
+        covering = self._synced.get(namespace) or self._synced.get(None)
+        if covering is not None:  # None: not served here, nothing to wait for
+            await covering.wait()
 
     async def close(self) -> None:
         tasks = [*self._tasks, *self._handling]
@@ -211,8 +216,8 @@ class Children:
 
     def _mark_listed(self, kind: ChildKind, namespace: str | None) -> None:
         self._listed.add((kind.plural, namespace))
-        if len(self._listed) == len(KINDS) * len(self.namespaces):
-            self._synced.set()
+        if all((each.plural, namespace) in self._listed for each in KINDS):
+            self._synced[namespace].set()
 
 
 def _identity(obj: Obj) -> Obj:

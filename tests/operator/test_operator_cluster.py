@@ -445,6 +445,32 @@ def test_the_documented_rbac_is_enough_in_namespaced_mode(kube: Kube, tmp_path: 
         restricted.stop()
 
 
+def test_a_namespace_it_may_not_read_does_not_hold_up_the_others(
+    kube: Kube, tmp_path: Path
+) -> None:
+    """One listed namespace without the operator's RoleBinding (a typo in the list, a
+    binding not yet applied) costs that namespace alone, not every model."""
+    kube.operator.stop()  # the session's operator serves this namespace too
+    kubeconfig = restricted_kubeconfig(kube, tmp_path / "kubeconfig")
+    forbidden = f"{kube.namespace}-unbound"
+    restricted = OperatorProcess(
+        kube.cluster,
+        tmp_path / "restricted.log",
+        extra_env={
+            "KUBECONFIG": str(kubeconfig),
+            "TTI_OPERATOR_NAMESPACES": f"{forbidden},{kube.namespace}",
+        },
+    )
+    kube.operator = restricted
+    restricted.start()
+    try:
+        kube.apply(model("served", model="stub"))
+        kube.wait_ready("served")
+        assert f"namespaces/{forbidden}/" in restricted.log_tail(400)  # and it says why
+    finally:
+        restricted.stop()
+
+
 def test_the_liveness_endpoint_answers(kube: Kube, tmp_path: Path) -> None:
     port = free_port()
     probed = OperatorProcess(

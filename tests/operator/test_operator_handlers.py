@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import itertools
 from typing import Any, cast
 
 import kopf
@@ -95,6 +96,18 @@ def test_configure_keeps_kopfs_names_under_tti_dev_and_posts_only_its_warnings()
     settings = kopf.OperatorSettings()
     handlers.configure(settings, OperatorSettings.model_validate({}))
     assert isinstance(settings.persistence.diffbase_storage, handlers.LeanDiffBaseStorage)
+
+
+def test_kopf_never_gives_up_on_a_request_so_one_forbidden_namespace_stops_nothing() -> None:
+    """kopf stops the whole operator once a watch exhausts its retries (a namespace whose
+    RoleBinding is missing): the delays go on for good, and each use starts afresh."""
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings, OperatorSettings.model_validate({}))
+    backoffs = settings.networking.error_backoffs
+    assert not isinstance(backoffs, float | int)
+    first = list(itertools.islice(backoffs, 100))
+    assert first[:2] == [1, 1] and first[-1] == 30 and len(first) == 100
+    assert list(itertools.islice(backoffs, 2)) == [1, 1]
     assert settings.persistence.finalizer.startswith("tti.dev/")
     assert settings.posting.level >= 30  # logging.WARNING
 

@@ -90,7 +90,7 @@ def test_lists_existing_children_then_follows_changes_and_deletions(
     async def scenario() -> None:
         async with watching(cluster, kube_namespace) as (children, seen):
             children.start()
-            await asyncio.wait_for(children.synced(), 30)
+            await asyncio.wait_for(children.synced(kube_namespace), 30)
             await until(lambda: ("Deployment", None, "m") in seen, "the initial listing")
             assert [d.generation for d in children.deployments[key]] == [1]
             assert key not in children.pods
@@ -115,7 +115,7 @@ def test_children_without_the_model_label_are_never_seen(
     async def scenario() -> None:
         async with watching(cluster, kube_namespace) as (children, seen):
             children.start()
-            await asyncio.wait_for(children.synced(), 30)
+            await asyncio.wait_for(children.synced(kube_namespace), 30)
             apply(cluster, kube_namespace, child("Deployment", "ours", "ours"))
             await until(lambda: (kube_namespace, "ours") in children.deployments, "ours")
             assert all(name != "stray" for _, _, name in seen)
