@@ -186,7 +186,7 @@ def test_models_are_created_with_the_release(helm: Helm) -> None:
 
 def test_helm_test_hook_calls_the_models_service(helm: Helm) -> None:
     assert not objects_of(helm.template(), "Pod"), "no model, nothing for `helm test` to call"
-    values = {"models": [{"name": "stub", "spec": {"model": "stub"}}]}
+    values = {"models": [{"name": "turbo-a", "spec": {"model": "stub"}}]}
     pod = one(helm.template(values=values), "Pod")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert pod["spec"]["restartPolicy"] == "Never"
@@ -194,7 +194,10 @@ def test_helm_test_hook_calls_the_models_service(helm: Helm) -> None:
     container = pod["spec"]["containers"][0]
     assert container["image"] == "tti-server:0.1.0"
     assert container["command"] == ["tti"]
-    assert "http://stub.tti-system.svc:8080" in container["args"]
+    args = container["args"]
+    assert "http://turbo-a.tti-system.svc:8080" in args
+    # By the name the operator has the pod serve: the served name is checked end to end.
+    assert args[args.index("--model-id") + 1] == "turbo-a"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
 
