@@ -84,6 +84,10 @@ class Views(NamedTuple):
     deployments: Mapping[Key, Iterable[DeploymentState]]
     pods: Mapping[Key, Iterable[PodState]]
 
+    def of(self, key: Key) -> tuple[DeploymentState | None, Iterable[PodState]]:
+        """The model's Deployment, if there is one, and its pods."""
+        return _first(self.deployments.get(key, ())), self.pods.get(key, ())
+
 
 @dataclass
 class Applied:
@@ -205,15 +209,15 @@ class Reconciler:
         """
         key = record.key
         served = self.models.get(key)
-        if served is not None and served.owner.uid != record.owner.uid:
-            # A namesake: kopf gives each object (uid) a worker of its own, so a model deleted
-            # and created again under the same name can be seen in either order.
-            if event_type == "DELETED":
-                return  # the old one's late deletion: the new one stays served
-            self.forget(key)  # the new one: the old one's generation and children do not apply
+        # A namesake: kopf gives each object (uid) a worker of its own, so a model deleted
+        # and created again under the same name can be seen in either order.
+        namesake = served is not None and served.owner.uid != record.owner.uid
         if event_type == "DELETED":
-            self.forget(key)
+            if not namesake:  # the old one's late deletion: the new one stays served
+                self.forget(key)
             return
+        if namesake:
+            self.forget(key)  # the new one: the old one's generation and children do not apply
         self.models[key] = record
         if record.deleting or self.observed.get(key) == record.generation:
             return
@@ -260,9 +264,8 @@ class Reconciler:
         async def after_delay() -> None:
             await asyncio.sleep(delay_s)
             del tasks[key]
-            record = self.models.get(key)
-            if record is not None and not record.deleting:
-                await step(record, views)
+            if (record := self.models.get(key)) is not None:
+                await step(record, views)  # each step checks that it is still current
 
         tasks[key] = asyncio.create_task(after_delay())
 
@@ -271,15 +274,12 @@ class Reconciler:
         async with self.lock(key):
             if (latest := self._latest(record)) is None:
                 return
-            record = latest
             try:
-                await self._publish(
-                    record, _first(views.deployments.get(key, ())), views.pods.get(key, ())
-                )
+                await self._publish(latest, *views.of(key))
             except Exception as error:
                 # A lost refresh would leave the status behind the pods (Ready never shown)
                 # until some later child event, which a settled model may never have.
-                self._failed(record, error, views)
+                self._failed(latest, error, views)
 
     # The steps.
 
@@ -340,7 +340,7 @@ class Reconciler:
 
     async def _apply_and_publish(self, record: ModelRecord, views: Views) -> None:
         key = record.key
-        known, pods = _first(views.deployments.get(key, ())), views.pods.get(key, ())
+        known, pods = views.of(key)
         self.observed[key] = record.generation
         try:
             spec = parse_spec(record.spec)
