@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml scripts/venv.sh
 venv: $(STAMP) ## Create .venv with the operator, the server and the dev tools
 
 .PHONY: demo
-demo: venv ## The main job: local cluster, chart, operator, a model, one image (DEMO_ARGS="--model sdxl-turbo")
+demo: venv node-deps ## The main job: local cluster with a real node, chart, operator pod, a model pod, one image (DEMO_ARGS="--model sdxl-turbo")
 	@$(PY) tests/e2e/demo.py $(DEMO_ARGS)
 
 .PHONY: demo-server
@@ -37,7 +37,7 @@ format: venv ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff format .
 
 .PHONY: test
-test: venv cluster-build ## Run every test (lint, unit, server, cluster); sets up what it needs
+test: venv node-deps cluster-build ## Run every test (lint, unit, server, cluster, real pods); sets up what it needs
 	@$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
@@ -45,10 +45,14 @@ test: venv cluster-build ## Run every test (lint, unit, server, cluster); sets u
 cluster-build: ## Build the test cluster's binaries (Kubernetes, etcd, kwok, helm) from Go modules; cached
 	@bash tests/cluster/build-binaries.sh
 
+.PHONY: node-deps
+node-deps: ## Install the Debian packages the real node needs (containerd, runc, CNI plugins, buildah)
+	@bash scripts/node-deps.sh
+
 .PHONY: cluster-up
-cluster-up: cluster-build ## Start the local cluster (real control plane, simulated GPU nodes; NODES=2)
-	@$(PYTHON) tests/cluster/launcher.py up --nodes $(or $(NODES),2)
+cluster-up: node-deps cluster-build ## Start the local cluster: real control plane and node, simulated GPU nodes (NODES=2, REAL_NODE=0)
+	@TTI_REAL_NODE=$(or $(REAL_NODE),1) $(PYTHON) tests/cluster/launcher.py up --nodes $(or $(NODES),2)
 
 .PHONY: cluster-down
-cluster-down: ## Stop the local cluster, leaving no process behind
+cluster-down: ## Stop the local cluster, leaving no process, mount, bridge, iptables chain or cgroup behind
 	@$(PYTHON) tests/cluster/launcher.py down

@@ -79,6 +79,15 @@ def write_tiny_model(path: Path) -> None:
         pipeline = random_sdxl_pipeline(TINY_UNET, TINY_VAE, TINY_TEXT, TINY_TEXT)
     path.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(str(path))
+    readable_by_all(path)
+
+
+def readable_by_all(folder: Path) -> None:
+    """safetensors writes its files 0600; the server's pod runs as uid 10001, and a hostPath
+    volume keeps the owner and mode the files have on the node."""
+    for item in [folder, *folder.rglob("*")]:
+        extra = 0o555 if item.is_dir() else 0o444
+        item.chmod(item.stat().st_mode | extra)
 
 
 def write_tiny_caikit_model(path: Path, subfolder: str = "sdxl_model") -> None:

@@ -493,7 +493,7 @@ def main() -> int:
         with_controller_qps(args.controller_qps)
         with tempfile.TemporaryDirectory(prefix="tti-bench-cluster-") as state:
             paths = launcher.default_paths(Path(state))
-            launcher.up(paths, nodes=1, ephemeral=True)
+            launcher.up(paths, nodes=1, ephemeral=True, real_node=False)
             try:
                 rows = run_all(paths, args.counts, args.rate, args.log, private=True)
             finally:

@@ -21,33 +21,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e.demo import CPU_NODE, Kube, cpu_node, http_ok, service_account_kubeconfig
-from support.cluster import Cluster
+from cluster import launcher
+from e2e.demo import Kube, http_ok, service_account_kubeconfig
+from support.cluster import Cluster, fresh_namespace
 from support.helm import CHART
 from support.server import free_port
 
 pytestmark = pytest.mark.cluster
 
 READY_TIMEOUT_S = 120.0
+CPU_NODE = "kwok-cpu-chart"
 
 
 @pytest.fixture
 def release_namespace(cluster: Cluster) -> Iterator[str]:
-    """A second fresh namespace, for the release (the operator's own objects)."""
-    name = f"rel-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false")
+    """A second fresh simulated namespace, for the release (the operator's own objects)."""
+    yield from fresh_namespace(cluster, "rel", simulated=True)
 
 
 @pytest.fixture(scope="module")
 def cpu_nodes(cluster: Cluster) -> Iterator[None]:
-    """An untainted kwok node for pods that ask for no GPU (the stub model)."""
-    nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
-    if any(not node["spec"].get("taints") for node in nodes):
-        yield
-        return
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(cpu_node()))
+    """A kwok node for the simulated namespaces' pods that ask for no GPU (the stub model)."""
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(launcher.kwok_cpu_node(CPU_NODE)))
     yield
     cluster.kubectl("delete", "node", CPU_NODE, "--wait=false")
 

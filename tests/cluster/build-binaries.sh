@@ -4,6 +4,8 @@
 #   etcd                                                      (go/etcd wrapper module)
 #   kwok, kwokctl, helm                                       (go install pkg@version)
 #   kubectl, only when the one on PATH is more than one minor away from the cluster.
+# and the real node's: kubelet, kube-proxy (go/kubernetes), coredns and crictl (go install), the
+# pause binary of the pod sandbox image (gcc, from the kubernetes module's own pause.c).
 # They land in ${TTI_CACHE_DIR:-~/.cache/tti-operator}/bin/<versions>/, which is reused until a
 # pin (versions.env, go/*/go.mod, go/*/go.sum) changes.
 #
@@ -127,27 +129,28 @@ fi
 
 t0=$SECONDS
 say "building the cluster binaries into $bin_dir (the first build takes many minutes; later runs reuse Go's caches)"
-kube_pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler)
+kube_pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler
+  k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
 if (( need_kubectl )); then
   say "kubectl on PATH is missing or more than one minor away from $KUBERNETES_VERSION: building kubectl too"
   kube_pkgs+=(k8s.io/kubernetes/cmd/kubectl)
 fi
-say "[1/4] kubernetes $KUBERNETES_VERSION: ${kube_pkgs[*]##*/}"
+say "[1/5] kubernetes $KUBERNETES_VERSION: ${kube_pkgs[*]##*/}"
 (cd "$here/go/kubernetes" &&
   run_go "kubernetes" . "${kube_pkgs[*]}" build -trimpath -ldflags "$kube_ldflags" -o "$work/" "${kube_pkgs[@]}")
 
-say "[2/4] etcd $ETCD_VERSION"
+say "[2/5] etcd $ETCD_VERSION"
 (cd "$here/go/etcd" &&
   run_go "etcd" . go.etcd.io/etcd/server/v3 build -trimpath -ldflags "-s -w" -o "$work/etcd" go.etcd.io/etcd/server/v3)
 
-say "[3/4] kwok, kwokctl $KWOK_VERSION"
+say "[3/5] kwok, kwokctl $KWOK_VERSION"
 kwok_ldflags="-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}
   -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${KUBERNETES_VERSION#v}"
 kwok_src=$(module_dir "sigs.k8s.io/kwok@$KWOK_VERSION")
 GOBIN="$work" run_go "kwok" "$kwok_src" "./cmd/kwok ./cmd/kwokctl" install -trimpath -ldflags "$kwok_ldflags" \
   "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
 
-say "[4/4] helm $HELM_VERSION"
+say "[4/5] helm $HELM_VERSION"
 helm_src=$(module_dir "helm.sh/helm/v3@$HELM_VERSION")
 # helm's default .Capabilities.KubeVersion is the client-go it was built with: 0.N -> 1.N,
 # as helm's Makefile derives it.
@@ -158,11 +161,23 @@ helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION
   -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$helm_kube_minor"
 GOBIN="$work" run_go "helm" "$helm_src" ./cmd/helm install -trimpath -ldflags "$helm_ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 
+say "[5/5] coredns $COREDNS_VERSION, crictl $CRICTL_VERSION, pause $PAUSE_VERSION (the pod sandbox)"
+coredns_src=$(module_dir "github.com/coredns/coredns@$COREDNS_VERSION")
+GOBIN="$work" run_go "coredns" "$coredns_src" . install -trimpath \
+  -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
+  "github.com/coredns/coredns@$COREDNS_VERSION"
+GOBIN="$work" run_go "crictl" "$(module_dir "sigs.k8s.io/cri-tools@$CRICTL_VERSION")" ./cmd/crictl install \
+  -trimpath -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" \
+  "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+kube_src=$(cd "$here/go/kubernetes" && module_dir "k8s.io/kubernetes@$KUBERNETES_VERSION")
+gcc -Os -static -Wall -Werror -DVERSION="$PAUSE_VERSION" -o "$work/pause" "$kube_src/build/pause/linux/pause.c"
+strip "$work/pause"
+
 rm -f "$work/build.log" "$bin_dir"/.built-*
 mv -f "$work"/* "$bin_dir/"
 touch "$stamp"
 say "cluster binaries ready in $bin_dir ($((SECONDS - t0)) s)"
-for b in kube-apiserver etcd kwokctl; do
+for b in kube-apiserver kubelet etcd kwokctl coredns; do
   printf '    %-15s %s\n' "$b" "$("$bin_dir/$b" --version 2>&1 | head -n1)"
 done
 printf '    %-15s %s\n' helm "$("$bin_dir/helm" version --short)"

@@ -1,17 +1,21 @@
-"""A local Kubernetes cluster for the tests and the demo: a real control plane, simulated nodes.
+"""A local Kubernetes cluster for the tests and the demo: a real control plane, a real node
+that runs pods, and simulated GPU nodes.
 
 `kwokctl create cluster --runtime binary` runs etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler and the kwok controller as local processes, from the binaries that
-`build-binaries.sh` built from Go modules (nothing is downloaded here). Everything listens on
-127.0.0.1. The nodes are kwok's: Node objects with GPU capacity whose pods kwok marks Running;
-no container ever runs.
+`build-binaries.sh` built from Go modules (nothing is downloaded here). They listen on
+127.0.0.1, except the API server, which pods must reach, as on any cluster. The real node
+(`node.py`: containerd, the kubelet, kube-proxy, CoreDNS) runs the project's images, built by
+`images.py`. The GPU nodes are kwok's: Node objects with GPU capacity whose pods kwok marks
+Running; no container runs there. `--no-real-node` (or TTI_REAL_NODE=0) leaves the real node
+out: kwok's nodes only, nothing needing root.
 
 State lives in `.cluster/` of the checkout: `kubeconfig` (for kubectl/helm/the operator) and
 `kwok/` (kwokctl's work dir: certificates, etcd data, logs, pid files).
 
 Stdlib only, so it runs before (or without) the project's virtual environment:
 
-    python tests/cluster/launcher.py up [--nodes N]   # idempotent
+    python tests/cluster/launcher.py up [--nodes N] [--no-real-node]   # idempotent
     python tests/cluster/launcher.py down             # stops every process it started
     python tests/cluster/launcher.py status
     eval "$(python tests/cluster/launcher.py env)"    # KUBECONFIG and PATH (kubectl, helm)
@@ -38,6 +42,12 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import images  # noqa: E402
+import node  # noqa: E402
+
 BUILD_SCRIPT = HERE / "build-binaries.sh"
 
 CLUSTER_NAME = "tti"
@@ -49,6 +59,17 @@ NODE_LABEL = "tti.dev/simulated-gpu-node"
 # The taint GPU node pools carry (GKE, AKS, the NVIDIA GPU operator): only pods that
 # tolerate it, i.e. that asked for a GPU, land on these nodes.
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+# kwok's own convention for its nodes. The CPU nodes the tests add carry it, so that only pods
+# of simulated namespaces (which tolerate it) land there, and every other CPU pod on the real node.
+KWOK_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
+# A simulated namespace's pods go to kwok's nodes only (PodNodeSelector and
+# PodTolerationRestriction read these annotations at admission).
+SIMULATED_NAMESPACE_ANNOTATIONS = {
+    "scheduler.alpha.kubernetes.io/node-selector": "type=kwok",
+    "scheduler.alpha.kubernetes.io/defaultTolerations": json.dumps(
+        [{"key": KWOK_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}]
+    ),
+}
 # Marks a cluster that the test fixture started (and may stop); `up` from the CLI clears it.
 EPHEMERAL_MARKER = "started-by-tests"
 
@@ -109,6 +130,14 @@ class ClusterPaths:
     def helm(self) -> Path:
         return self.bin_dir / "helm"
 
+    @property
+    def node(self) -> node.NodePaths:
+        return node.NodePaths(state_dir=self.state_dir, bin_dir=self.bin_dir)
+
+    @property
+    def kwok_pki(self) -> Path:
+        return self.cluster_dir / "pki"
+
     def env(self) -> dict[str, str]:
         """os.environ plus KUBECONFIG and the binaries first on PATH (kwokctl calls kubectl)."""
         env = dict(os.environ)
@@ -140,9 +169,14 @@ def log(message: str) -> None:
 # --- pure builders -------------------------------------------------------------------------
 
 
-def kwokctl_configuration(paths: ClusterPaths) -> dict[str, Any]:
-    """kwokctl's configuration: our binaries, loopback only, no downloads."""
-    return {
+def real_node_default() -> bool:
+    return os.environ.get("TTI_REAL_NODE", "1") not in ("0", "false", "no")
+
+
+def kwokctl_configuration(paths: ClusterPaths, real_node: bool = False) -> dict[str, Any]:
+    """kwokctl's configuration: our binaries, loopback only (but for the API server when a
+    real node's pods must reach it), no downloads."""
+    config: dict[str, Any] = {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokctlConfiguration",
         "options": {
@@ -155,7 +189,23 @@ def kwokctl_configuration(paths: ClusterPaths) -> dict[str, Any]:
             "etcdBinary": str(paths.bin_dir / "etcd"),
             "kubectlBinary": str(paths.kubectl),
         },
+        "componentsPatches": [
+            {
+                "name": "kube-apiserver",
+                "extraArgs": [
+                    {
+                        "key": "enable-admission-plugins",
+                        "value": "PodNodeSelector,PodTolerationRestriction",
+                    }
+                ],
+            }
+        ],
     }
+    if real_node:
+        config["options"]["kubeApiserverCertSANs"] = node.apiserver_cert_sans()
+        for patch in node.component_patches(paths.kwok_pki):
+            merge_patch(config["componentsPatches"], patch)
+    return config
 
 
 def kwok_node(
@@ -184,6 +234,29 @@ def kwok_node(
         "spec": {"taints": taints} if taints else {},
         "status": {"capacity": resources, "allocatable": resources},
     }
+
+
+def merge_patch(patches: list[dict[str, Any]], patch: dict[str, Any]) -> None:
+    """Add `patch` to kwokctl's componentsPatches, beside any earlier one of its component."""
+    for existing in patches:
+        if existing["name"] == patch["name"]:
+            existing["extraArgs"] += patch["extraArgs"]
+            return
+    patches.append(patch)
+
+
+def kwok_cpu_node(name: str) -> dict[str, Any]:
+    """A kwok node for CPU pods of simulated namespaces only (see KWOK_TAINT)."""
+    resources = {"cpu": "64", "memory": "256Gi", "pods": "110", "ephemeral-storage": "100Gi"}
+    return kwok_node(name, resources, taints=[KWOK_TAINT])
+
+
+def namespace(name: str, *, simulated: bool) -> dict[str, Any]:
+    """A namespace whose pods run on the real node, or, `simulated`, on kwok's nodes only."""
+    metadata: dict[str, Any] = {"name": name}
+    if simulated:
+        metadata["annotations"] = SIMULATED_NAMESPACE_ANNOTATIONS
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
 
 
 def gpu_node(index: int) -> dict[str, Any]:
@@ -386,9 +459,11 @@ def ensure_nodes(paths: ClusterPaths, count: int) -> None:
     wait_for("the default service account", has_service_account)
 
 
-def create(paths: ClusterPaths) -> None:
+def create(paths: ClusterPaths, real_node: bool) -> None:
     ports = dict(zip(PORT_OPTIONS, free_ports(len(PORT_OPTIONS)), strict=True))
-    config = kwokctl_configuration(paths)
+    if real_node:
+        node.create_bridge()
+    config = kwokctl_configuration(paths, real_node)
     config["options"].update(ports)
     paths.kwokctl_config.write_text(json.dumps(config, indent=2) + "\n")
     # --kubeconfig "" keeps kwokctl away from ~/.kube/config; we export our own copy.
@@ -420,8 +495,41 @@ def keep_logs(paths: ClusterPaths) -> None:
         log(f"component logs kept in {kept}")
 
 
+def made_for_a_real_node(paths: ClusterPaths) -> bool:
+    """The control plane was started so that a real node's pods can reach it."""
+    if not paths.kwokctl_config.exists():
+        return False
+    return "advertise-address" in paths.kwokctl_config.read_text()
+
+
+def start_real_node(paths: ClusterPaths, refs: list[str]) -> None:
+
+    def cluster_kubectl(
+        *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return kubectl(paths, *args, input=input, check=check)
+
+    try:
+        node.up(paths.node, paths.kubeconfig, paths.kwok_pki, refs, cluster_kubectl)
+    except (node.NodeError, images.ImageError) as error:
+        raise ClusterError(str(error)) from None
+
+
+def build_images(paths: ClusterPaths) -> list[str]:
+    try:
+        node.preflight(paths.node)
+        return images.build_all(paths.bin_dir, node.node_images(), paths.state_dir / "image-logs")
+    except (node.NodeError, images.ImageError) as error:
+        raise ClusterError(str(error)) from None
+
+
 def delete(paths: ClusterPaths) -> None:
     """Stop every component and remove the cluster's state, even if kwokctl cannot."""
+    if made_for_a_real_node(paths):
+        try:
+            node.down(paths.node)
+        except node.NodeError as error:
+            log(f"real node: {error}")
     pids = component_pids(paths) | cluster_processes(paths)
     if paths.cluster_dir.exists():
         kwokctl(paths, "delete", "cluster", check=False)
@@ -431,20 +539,36 @@ def delete(paths: ClusterPaths) -> None:
     (paths.state_dir / EPHEMERAL_MARKER).unlink(missing_ok=True)
 
 
-def up(paths: ClusterPaths, nodes: int = DEFAULT_NODES, *, ephemeral: bool = False) -> bool:
+def up(
+    paths: ClusterPaths,
+    nodes: int = DEFAULT_NODES,
+    *,
+    ephemeral: bool = False,
+    real_node: bool | None = None,
+) -> bool:
     """Start the cluster unless it is up; returns True when this call started it.
 
     Interrupted (Ctrl-C, SIGTERM turned into KeyboardInterrupt) or failing half-way, it stops
-    what it started. `ephemeral` marks a cluster the test fixture may stop again.
+    what it started. `ephemeral` marks a cluster the test fixture may stop again. `real_node`
+    (default: TTI_REAL_NODE, else on) adds the node that runs pods.
     """
     if nodes < 1:
         raise ClusterError(f"--nodes must be at least 1, got {nodes}")
+    if real_node is None:
+        real_node = real_node_default()
     require_binaries(paths)
+    # Before anything starts: the first build takes minutes, and may fail.
+    refs = build_images(paths) if real_node else []
     marker = paths.state_dir / EPHEMERAL_MARKER
     with state_lock(paths):
         started = False
         if is_ready(paths):
             log(f"cluster already up ({paths.kubeconfig})")
+            if real_node and not made_for_a_real_node(paths):
+                raise ClusterError(
+                    "the cluster that is up has no real node: `make cluster-down` first, "
+                    "or use it as it is with --no-real-node (TTI_REAL_NODE=0)"
+                )
         else:
             if paths.cluster_dir.exists():
                 log("found a stale cluster (not answering): removing it")
@@ -453,18 +577,24 @@ def up(paths: ClusterPaths, nodes: int = DEFAULT_NODES, *, ephemeral: bool = Fal
             start = time.monotonic()
             started = True
             try:
-                create(paths)
+                create(paths, real_node)
                 ensure_nodes(paths, nodes)
+                if real_node:
+                    start_real_node(paths, refs)
             except BaseException:
                 log("start failed or interrupted: stopping what was started")
                 keep_logs(paths)
                 delete(paths)
                 raise
+            real = f"the real node {node.NODE_NAME} and " if real_node else ""
             log(
-                f"cluster up in {time.monotonic() - start:.1f} s with {nodes} simulated GPU node(s)"
+                f"cluster up in {time.monotonic() - start:.1f} s with {real}"
+                f"{nodes} simulated GPU node(s)"
             )
         if not started:
             ensure_nodes(paths, nodes)
+            if real_node:
+                start_real_node(paths, refs)
         if ephemeral and started:
             marker.touch()
         elif not ephemeral:
@@ -521,6 +651,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_NODES,
         help=f"simulated 8-GPU nodes (default {DEFAULT_NODES})",
     )
+    up_cmd.add_argument(
+        "--no-real-node",
+        dest="real_node",
+        action="store_false",
+        default=real_node_default(),
+        help="leave out the node that runs pods (containerd, kubelet; needs root): "
+        "kwok's simulated nodes only (default from TTI_REAL_NODE)",
+    )
     commands.add_parser("down", help="stop every cluster process and delete its state")
     commands.add_parser("status", help="say whether the cluster is up; list its nodes")
     commands.add_parser(
@@ -536,7 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         paths = default_paths(args.state_dir)
         if args.command == "up":
-            up(paths, args.nodes)
+            up(paths, args.nodes, real_node=args.real_node)
         elif args.command == "down":
             down(paths)
         elif args.command == "status":

@@ -91,19 +91,26 @@ def test_binaries_report_their_pinned_versions(cluster: Cluster) -> None:
 
 
 @pytest.mark.cluster
-def test_components_listen_on_loopback_only(cluster: Cluster) -> None:
+def test_components_listen_on_loopback_only_but_the_api_server(cluster: Cluster) -> None:
+    """etcd, the controller manager, the scheduler and kwok on loopback; the API server
+    where the real node's pods reach it, as on any cluster (every address, like kubeadm's)."""
     pids = launcher.component_pids(cluster.paths)
     assert set(pids) >= {"etcd", *launcher.KUBE_BINARIES, "kwok-controller"}
 
     sockets = subprocess.run(
         ["ss", "-H", "-ltnp"], capture_output=True, text=True, check=True
     ).stdout.splitlines()
-    ours = [line for line in sockets if any(f"pid={pid}," in line for pid in pids.values())]
+    ours = {
+        name: [line.split()[3] for line in sockets if f"pid={pid}," in line]
+        for name, pid in pids.items()
+    }
 
-    assert ours, "no listening socket found for the cluster's processes"
-    for line in ours:
-        local_address = line.split()[3]
-        assert local_address.startswith("127.0.0.1:"), line
+    assert all(ours.values()), f"a component listens nowhere: {ours}"
+    for name, addresses in ours.items():
+        if name != "kube-apiserver":
+            assert all(a.startswith("127.0.0.1:") for a in addresses), (name, addresses)
+    [api_server] = ours["kube-apiserver"]
+    assert api_server.startswith(("*:", "0.0.0.0:", "[::]:")), api_server
 
 
 @pytest.mark.cluster
@@ -123,7 +130,7 @@ def test_up_again_reuses_the_running_cluster(cluster: Cluster) -> None:
 def test_up_downloads_nothing_and_down_leaves_no_process(tmp_path: Path) -> None:
     paths = launcher.ClusterPaths(bin_dir=launcher.default_bin_dir(), state_dir=tmp_path)
 
-    up = run_launcher(tmp_path, "up", "--nodes", "1")
+    up = run_launcher(tmp_path, "up", "--nodes", "1", "--no-real-node")
     assert up.returncode == 0, up.stderr
     pids = launcher.component_pids(paths)
     assert len(pids) == 5 and all(launcher.is_alive(pid) for pid in pids.values())
@@ -142,7 +149,7 @@ def test_up_downloads_nothing_and_down_leaves_no_process(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_sigterm_during_up_stops_what_was_started(tmp_path: Path) -> None:
     paths = launcher.ClusterPaths(bin_dir=launcher.default_bin_dir(), state_dir=tmp_path)
-    command = [sys.executable, str(LAUNCHER), "--state-dir", str(tmp_path), "up"]
+    command = [sys.executable, str(LAUNCHER), "--state-dir", str(tmp_path), "up", "--no-real-node"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         # Interrupt once the control plane runs, before `up` has finished.
@@ -190,7 +197,12 @@ def test_sigterm_to_a_test_session_stops_the_cluster_it_started(tmp_path: Path) 
         *("-c", str(tests_dir.parent / "pyproject.toml"), "--rootdir", str(tmp_path)),
         str(tmp_path / "test_sleepy.py"),
     ]
-    env = {**os.environ, "TTI_CLUSTER_STATE_DIR": str(state_dir), "PYTHONPATH": str(tests_dir)}
+    env = {
+        **os.environ,
+        "TTI_CLUSTER_STATE_DIR": str(state_dir),
+        "TTI_REAL_NODE": "0",
+        "PYTHONPATH": str(tests_dir),
+    }
     session = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert session.stdout is not None

@@ -1,22 +1,23 @@
-"""The end-to-end demo behind `make demo`: chart, operator, model, image, on a local cluster.
+"""The end-to-end demo behind `make demo`: chart, operator pod, model pod, image, on real pods.
 
     python tests/e2e/demo.py                      # the stub model
     python tests/e2e/demo.py --model sdxl-turbo   # SDXL-Turbo's code path on a tiny offline model
 
-1. builds the cluster binaries if missing and starts the local cluster (a real API server,
-   etcd, controller manager and scheduler; kwok's simulated nodes);
-2. installs the Helm chart (namespaced: the operator may act in the demo namespace only);
-3. runs the operator as a local process, authenticated as the chart's ServiceAccount;
-4. `kubectl apply`s a TextToImageModel;
-5. waits until `kubectl get ttimodels` shows it Ready, and prints that table;
-6. starts the model server exactly as the Deployment's pod template says (command, args,
-   env, port; volumes mapped to local folders);
-7. makes the HTTP call the docs show and saves the image.
+1. builds what is missing (the cluster's binaries, the two images) and starts the local
+   cluster: a real control plane, a real node running pods (containerd, kubelet, kube-proxy,
+   CoreDNS) and kwok's simulated GPU nodes;
+2. installs the Helm chart: the operator runs as the chart's Deployment, in a pod on the real
+   node, with the chart's ServiceAccount (namespaced: it may act in the demo namespace only);
+3. `kubectl apply`s a TextToImageModel;
+4. waits until `kubectl get ttimodels` shows it Ready: the model's pod runs the server image
+   and its readiness probe passed;
+5. runs a client pod that calls http://NAME.NAMESPACE.svc:8080 (CoreDNS, the Service,
+   kube-proxy) and brings the image back to this machine;
+6. runs the chart's `helm test`.
 
-The simulated nodes run no containers: kwok marks the pods Running and Ready, but nothing
-executes in them. That is why steps 3 and 6 run the operator and the server here, from the
-same settings the cluster holds. Everything the demo started is stopped on exit, on Ctrl-C
-and on SIGTERM; a cluster that was already up (`make cluster-up`) is left running.
+Only GPUs are simulated: the model asks for none here and runs on the CPU. Everything the demo
+created is deleted on exit, on Ctrl-C and on SIGTERM; a cluster that was already up
+(`make cluster-up`) is left running.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import argparse
 import base64
 import contextlib
 import json
-import os
 import shlex
 import signal
 import subprocess
@@ -33,8 +33,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,18 +44,15 @@ if str(TESTS_DIR) not in sys.path:  # run as a script: make `cluster.launcher` i
 
 from cluster import launcher  # noqa: E402
 from support.cluster import shared_use  # noqa: E402
-from support.server import free_port, stop_process  # noqa: E402
 
 ROOT = TESTS_DIR.parent
 CHART = ROOT / "charts" / "tti-operator"
-SERVER_DOCKERFILE = ROOT / "Dockerfile.server"
 RELEASE = "tti"
 RELEASE_NAMESPACE = "tti-system"
 DEMO_NAMESPACE = "tti-demo"
-CPU_NODE = "kwok-cpu-0"
-STEPS = 7
-READY_TIMEOUT_S = 180.0
-SERVER_TIMEOUT_S = 180.0
+CLIENT_POD = "tti-client"
+STEPS = 6
+READY_TIMEOUT_S = 300.0
 
 Obj = dict[str, Any]
 ModelChoice = Literal["stub", "sdxl-turbo"]
@@ -90,31 +87,7 @@ def indented(text: str) -> None:
         say(line)
 
 
-# --- processes ----------------------------------------------------------------------------
-
-
-def stop(process: subprocess.Popen[bytes], name: str) -> None:
-    """SIGTERM, then SIGKILL: the process must be gone when this returns."""
-    stop_process(process, timeout=15)
-    say(f"stopped {name} (pid {process.pid})")
-
-
-def wait_until(
-    what: str, probe: Callable[[], bool], timeout_s: float, process: subprocess.Popen[bytes]
-) -> None:
-    """Poll `probe` while showing progress; fail early if `process` dies."""
-    start = time.monotonic()
-    last_report = start
-    while not probe():
-        now = time.monotonic()
-        if process.poll() is not None:
-            raise DemoError(f"{what}: the process exited with status {process.returncode}")
-        if now - start > timeout_s:
-            raise DemoError(f"{what}: not ready after {timeout_s:.0f} s")
-        if now - last_report >= 5:
-            say(f"... still waiting for {what} ({now - start:.0f} s)")
-            last_report = now
-        time.sleep(0.25)
+# --- helpers ------------------------------------------------------------------------------
 
 
 def http_ok(url: str) -> bool:
@@ -159,12 +132,6 @@ class Kube:
         return data
 
 
-def cpu_node(name: str = CPU_NODE) -> Obj:
-    """An untainted kwok node: where pods that ask for no GPU (the stub, the operator) go."""
-    resources = {"cpu": "16", "memory": "64Gi", "pods": "110", "ephemeral-storage": "100Gi"}
-    return launcher.kwok_node(name, resources)
-
-
 def delete_quietly(kube: Kube, kind: str, name: str) -> None:
     """Teardown: ask for the deletion and move on (namespaces finish terminating by themselves)."""
     kube.kubectl("delete", kind, name, "--wait=false", "--ignore-not-found", check=False)
@@ -197,13 +164,8 @@ def ensure_namespace(kube: Kube, name: str, timeout_s: float = 120.0) -> bool:
         time.sleep(2)
     if phase:
         return False
-    kube.kubectl("create", "namespace", name)
+    kube.kubectl("create", "-f", "-", input=json.dumps(launcher.namespace(name, simulated=False)))
     return True
-
-
-def has_untainted_node(kube: Kube) -> bool:
-    nodes = kube.get_json("nodes")["items"]
-    return any(not node["spec"].get("taints") for node in nodes)
 
 
 def service_account_kubeconfig(kube: Kube, namespace: str, account: str, dest: Path) -> Path:
@@ -232,86 +194,6 @@ def service_account_kubeconfig(kube: Kube, namespace: str, account: str, dest: P
     return dest
 
 
-# --- the pod template, run locally --------------------------------------------------------
-
-
-def image_entrypoint(dockerfile: Path = SERVER_DOCKERFILE) -> list[str]:
-    """The server image's ENTRYPOINT: a container without `command` runs this."""
-    for line in reversed(dockerfile.read_text().splitlines()):
-        if line.startswith("ENTRYPOINT"):
-            entrypoint: list[str] = json.loads(line.removeprefix("ENTRYPOINT").strip())
-            return entrypoint
-    raise DemoError(f"{dockerfile.name} has no ENTRYPOINT")
-
-
-@dataclass(frozen=True)
-class LocalPod:
-    """A container of a pod template, translated to a local process."""
-
-    argv: list[str]
-    env: dict[str, str]
-    port: int
-    volumes: dict[str, Path]  # mountPath -> local folder
-    notes: list[str] = field(default_factory=list)
-
-
-def local_volume(volume: Obj, scratch: Path) -> Path:
-    """Where a pod volume lives on this machine."""
-    name: str = volume["name"]
-    if "emptyDir" in volume:
-        folder = scratch / name
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
-    if "hostPath" in volume:
-        return Path(volume["hostPath"]["path"])
-    kinds = sorted(set(volume) - {"name"})
-    raise DemoError(f"volume {name!r} ({', '.join(kinds)}) cannot be mapped to a local folder")
-
-
-def remap(value: str, volumes: dict[str, Path]) -> str:
-    """Rewrite a container path under a mount into the local folder (longest mount first)."""
-    for mount in sorted(volumes, key=len, reverse=True):
-        if value == mount or value.startswith(mount.rstrip("/") + "/"):
-            return str(volumes[mount]) + value[len(mount) :]
-    return value
-
-
-def replace_flag(args: list[str], flag: str, value: str) -> list[str]:
-    if flag not in args:
-        return [*args, flag, value]
-    index = args.index(flag)
-    return [*args[: index + 1], value, *args[index + 2 :]]
-
-
-def local_pod(template: Obj, scratch: Path, port: int) -> LocalPod:
-    """The first container of `template` as a local command (pure, apart from mkdir)."""
-    spec = template["spec"]
-    container = spec["containers"][0]
-    volumes_by_name = {v["name"]: v for v in spec.get("volumes", [])}
-    volumes = {
-        m["mountPath"]: local_volume(volumes_by_name[m["name"]], scratch)
-        for m in container.get("volumeMounts", [])
-    }
-    env: dict[str, str] = {}
-    for item in container.get("env", []):
-        if "value" not in item:
-            raise DemoError(f"env {item['name']} uses valueFrom, which has no local equivalent")
-        env[item["name"]] = remap(item["value"], volumes)
-    command = container.get("command") or image_entrypoint()
-    args = [remap(arg, volumes) for arg in container.get("args", [])]
-    container_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "http")
-    args = replace_flag(args, "--port", str(port))
-    args = replace_flag(args, "--host", "127.0.0.1")
-    notes = [
-        f"container port {container_port} -> 127.0.0.1:{port} (a free local port, loopback only)",
-        *(f"volume {mount} -> {folder}" for mount, folder in sorted(volumes.items())),
-    ]
-    if container.get("resources", {}).get("limits", {}).get("nvidia.com/gpu"):
-        notes.append("nvidia.com/gpu limit: no GPU here, the server falls back to the CPU")
-    argv = [venv_script(command[0]), *command[1:], *args]
-    return LocalPod(argv=argv, env=env, port=port, volumes=volumes, notes=notes)
-
-
 # --- the demo -----------------------------------------------------------------------------
 
 
@@ -320,20 +202,73 @@ def model_name(options: Options) -> str:
 
 
 def model_manifest(options: Options, weights: Path | None) -> Obj:
-    spec: Obj = {"model": options.model, "imageFormat": "png", "replicas": 1}
-    if options.model == "stub":
-        spec["gpus"] = 0
-    else:
+    # No GPU asked: the real node has none (only kwok's simulated nodes do), so the model
+    # runs on the CPU, in a pod small enough for a laptop.
+    spec: Obj = {"model": options.model, "imageFormat": "png", "replicas": 1, "gpus": 0}
+    if options.model == "sdxl-turbo":
         assert weights is not None
-        # On a real cluster this would be a folder on the GPU node (or a PVC); here the
-        # "node" is this machine, so the host path is the local folder itself.
-        spec["gpus"] = 1
+        # On a real cluster this would be a folder on the GPU node (or a PVC); here the node
+        # is this machine, so the host path is the local folder itself.
         spec["source"] = {"hostPath": {"path": str(weights)}}
+        spec["resources"] = {"requests": {"cpu": "500m", "memory": "1Gi"}}
     return {
         "apiVersion": "tti.dev/v1alpha1",
         "kind": "TextToImageModel",
         "metadata": {"name": model_name(options), "namespace": DEMO_NAMESPACE},
         "spec": spec,
+    }
+
+
+def client_pod(namespace: str, url: str, model: str, size: int, prompt: str) -> Obj:
+    """A pod that calls the model through its Service and prints the image as base64.
+
+    It runs the server image, whose `tti generate` is the project's own client; the image
+    comes back through the pod's log, so nothing needs to be copied out of a finished pod.
+    """
+    generate = shlex.join(
+        [
+            "tti",
+            "generate",
+            prompt,
+            "--url",
+            url,
+            "--model-id",
+            model,
+            "--height",
+            str(size),
+            "--width",
+            str(size),
+            "-o",
+            "/tmp/image.png",
+        ]
+    )
+    security = {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": CLIENT_POD, "namespace": namespace},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "containers": [
+                {
+                    "name": "client",
+                    "image": launcher.images.PROJECT_IMAGES[0].ref,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["sh", "-c", f"{generate} >&2 && base64 -w0 /tmp/image.png"],
+                    "securityContext": security,
+                    "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}},
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                }
+            ],
+            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+        },
     }
 
 
@@ -354,26 +289,22 @@ def sharing(paths: launcher.ClusterPaths) -> Iterator[None]:
 
 def start_cluster(stack: contextlib.ExitStack) -> Kube:
     step(1, "Building what is missing and starting the local cluster")
-    say("binaries: Kubernetes, etcd, kwok and helm, built from Go modules (cached after once)")
+    say("binaries: Kubernetes, etcd, kwok, helm, CoreDNS from Go modules (cached after once)")
     subprocess.run(["bash", str(launcher.BUILD_SCRIPT)], check=True)
     paths = launcher.default_paths()
     # Shared with test sessions in this checkout: the last user out stops a cluster that
     # one of them started; one from `make cluster-up` is never stopped.
     stack.enter_context(sharing(paths))
+    say("images: tti-server and tti-operator built with buildah (cached until a source changes)")
     try:
-        started = launcher.up(paths, ephemeral=True)
+        started = launcher.up(paths, ephemeral=True, real_node=True)
     except launcher.ClusterError as error:
         raise DemoError(f"cluster: {error}") from None
     if not started:
         say("a cluster was already up: using it, and leaving it to whoever started it")
     kube = Kube(paths)
-    if not has_untainted_node(kube):
-        # The launcher's nodes are GPU nodes (tainted); CPU pods need a node of their own.
-        kube.kubectl("apply", "-f", "-", input=json.dumps(cpu_node()))
-        stack.callback(delete_quietly, kube, "node", CPU_NODE)
-        say(f"added {CPU_NODE}, a CPU node without the GPU taint, for pods that need no GPU")
-    indented(kube.kubectl("get", "nodes"))
-    say("the nodes are kwok's: the scheduler places pods on them, no container runs")
+    indented(kube.kubectl("get", "nodes", "-o", "wide"))
+    say(f"{launcher.node.NODE_NAME} runs pods for real; the kwok-gpu nodes are simulated")
     return kube
 
 
@@ -396,55 +327,28 @@ def install_chart(kube: Kube, stack: contextlib.ExitStack, model: str) -> None:
         # `helm test` (the chart's hook) calls the model this demo applies.
         "--set",
         f"tests.model={model},tests.namespace={DEMO_NAMESPACE}",
+        "--wait",
+        "--timeout",
+        "3m",
     )
-    objects = kube.kubectl(
-        "get",
-        "serviceaccount,deployment,role,rolebinding",
-        "-A",
-        "-l",
-        f"app.kubernetes.io/instance={RELEASE}",
-        "--no-headers",
-        "-o",
-        "custom-columns=KIND:.kind,NAMESPACE:.metadata.namespace,NAME:.metadata.name",
+    say("the operator's Deployment rolled out: its pod passed its liveness and readiness probes")
+    indented(
+        kube.kubectl(
+            "get",
+            "pods",
+            "-n",
+            RELEASE_NAMESPACE,
+            "-o",
+            "wide",
+            "-l",
+            f"app.kubernetes.io/instance={RELEASE}",
+        )
     )
-    indented(objects)
     say(f"namespaced install: a Role in {DEMO_NAMESPACE!r} only, no ClusterRole")
 
 
-def run_operator(kube: Kube, stack: contextlib.ExitStack, out_dir: Path) -> None:
-    step(3, "Running the operator, authenticated as the chart's ServiceAccount")
-    deployment = kube.get_json(
-        "deployment", "-n", RELEASE_NAMESPACE, "-l", "app.kubernetes.io/component=operator"
-    )
-    [item] = deployment["items"]
-    pod_spec = item["spec"]["template"]["spec"]
-    account = pod_spec["serviceAccountName"]
-    kubeconfig = service_account_kubeconfig(
-        kube, RELEASE_NAMESPACE, account, out_dir / "operator.kubeconfig"
-    )
-    say(f"token: kubectl create token {account} -n {RELEASE_NAMESPACE} -> {kubeconfig.name}")
-    container = pod_spec["containers"][0]
-    env = {e["name"]: e["value"] for e in container["env"]}
-    liveness = free_port()
-    env["TTI_OPERATOR_LIVENESS_PORT"] = str(liveness)
-    env["TTI_OPERATOR_LOG_FORMAT"] = "plain"
-    say("settings from the Deployment: " + ", ".join(f"{k}={v}" for k, v in sorted(env.items())))
-    say(f"(liveness moved to free port {liveness}, plain logs for reading)")
-    log_path = out_dir / "operator.log"
-    log = stack.enter_context(log_path.open("wb"))
-    process = subprocess.Popen(
-        [venv_script("tti-operator")],
-        env={**os.environ, **env, "KUBECONFIG": str(kubeconfig)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    stack.callback(stop, process, "the operator")
-    wait_until("the operator", lambda: http_ok(f"http://127.0.0.1:{liveness}/healthz"), 60, process)
-    say(f"operator running (pid {process.pid}), log: {log_path}")
-
-
 def apply_model(kube: Kube, options: Options, out_dir: Path) -> str:
-    step(4, f"Applying a TextToImageModel ({options.model})")
+    step(3, f"Applying a TextToImageModel ({options.model})")
     weights = None
     if options.model == "sdxl-turbo":
         weights = out_dir / "tiny-sdxl"
@@ -460,78 +364,77 @@ def apply_model(kube: Kube, options: Options, out_dir: Path) -> str:
 
 
 def wait_ready(kube: Kube, name: str) -> None:
-    step(5, f"Waiting until ttimodel/{name} is Ready")
+    step(4, f"Waiting until ttimodel/{name} is Ready (its pod starts and passes its probes)")
     start = time.monotonic()
     seen = ""
     while True:
         status = kube.get_json("ttimodel", name, "-n", DEMO_NAMESPACE).get("status", {})
-        now = f"{status.get('phase', 'Pending')} {status.get('ready', '')}".strip()
+        ready = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
+        now = (
+            f"{status.get('phase', 'Pending')} {status.get('ready', '')} {ready.get('reason', '')}"
+        )
         if now != seen:
-            say(f"{time.monotonic() - start:5.1f} s  {now}")
+            say(f"{time.monotonic() - start:5.1f} s  {now.strip()}")
             seen = now
-        ready = [c for c in status.get("conditions", []) if c.get("type") == "Ready"]
-        if ready and ready[0].get("status") == "True":
+        if ready.get("status") == "True":
             break
+        if ready.get("reason") in ("CrashLoopBackOff", "ImagePullBackOff"):
+            logs = kube.kubectl(
+                "logs", f"deployment/{name}", "-n", DEMO_NAMESPACE, "--previous", "--tail=3",
+                check=False,
+            )  # fmt: skip
+            raise DemoError(f"ttimodel/{name}: {ready.get('message', '')} {logs.strip()}")
         if time.monotonic() - start > READY_TIMEOUT_S:
             raise DemoError(
-                f"ttimodel/{name} not Ready after {READY_TIMEOUT_S:.0f} s ({now}); "
-                "see the operator's log in the output folder"
+                f"ttimodel/{name} not Ready after {READY_TIMEOUT_S:.0f} s ({now.strip()}): "
+                f"kubectl describe ttimodel {name} -n {DEMO_NAMESPACE}"
             )
-        time.sleep(0.5)
+        time.sleep(1)
     print(flush=True)
     indented(kube.kubectl("get", "ttimodels", "-n", DEMO_NAMESPACE))
+    indented(kube.kubectl("get", "pods", "-n", DEMO_NAMESPACE, "-o", "wide"))
 
 
-def start_server(kube: Kube, name: str, stack: contextlib.ExitStack, out_dir: Path) -> str:
-    step(6, "Starting the model server exactly as the Deployment's pod template says")
-    deployment = kube.get_json("deployment", name, "-n", DEMO_NAMESPACE)
-    pod = local_pod(deployment["spec"]["template"], out_dir / "volumes", free_port())
-    say("kwok's pods run no container, so the container runs here:")
-    say("$ " + " ".join(f"{k}={shlex.quote(v)}" for k, v in pod.env.items()))
-    say("  " + shlex.join(pod.argv))
-    for note in pod.notes:
-        say(note)
-    log_path = out_dir / "server.log"
-    log = stack.enter_context(log_path.open("wb"))
-    process = subprocess.Popen(
-        pod.argv,
-        env={"PATH": os.environ.get("PATH", ""), **pod.env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    stack.callback(stop, process, "the model server")
-    url = f"http://127.0.0.1:{pod.port}"
-    wait_until("the model server", lambda: http_ok(url + "/readyz"), SERVER_TIMEOUT_S, process)
-    say(f"server ready at {url} (pid {process.pid}), log: {log_path}")
-    return url
+def pod_phase(kube: Kube, name: str) -> str:
+    return kube.kubectl(
+        "get", "pod", name, "-n", DEMO_NAMESPACE, "-o", "jsonpath={.status.phase}", check=False
+    ).strip()
 
 
-def generate(url: str, model: str, options: Options, out_dir: Path) -> Path:
-    step(7, "Calling the model over HTTP, as the docs show")
-    body = {
-        "model_id": model,
-        "inputs": options.prompt,
-        "parameters": {"height": options.size, "width": options.size, "num_steps": 1},
-    }
-    say(f"curl -sS {url}/api/v1/task/text-to-image -H 'Content-Type: application/json' \\")
-    say(f"     -d '{json.dumps(body)}'")
-    request = urllib.request.Request(
-        f"{url}/api/v1/task/text-to-image",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=300) as response:
-            answer = json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        raise DemoError(
-            f"the server answered {error.code}: {error.read().decode()[:300]}"
-        ) from None
-    image = base64.b64decode(answer["output"]["image_data"])
-    path = out_dir / f"{model}.png"
+def call_from_a_pod(kube: Kube, name: str, options: Options, out_dir: Path) -> Path:
+    url = f"http://{name}.{DEMO_NAMESPACE}.svc:8080"
+    step(5, f"Calling {url} from a client pod (cluster DNS, the Service, kube-proxy)")
+    pod = client_pod(DEMO_NAMESPACE, url, name, options.size, options.prompt)
+    say("$ " + pod["spec"]["containers"][0]["command"][2].split(" >&2")[0])
+    kube.kubectl("delete", "pod", CLIENT_POD, "-n", DEMO_NAMESPACE, "--ignore-not-found")
+    kube.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    start = time.monotonic()
+    while (phase := pod_phase(kube, CLIENT_POD)) not in ("Succeeded", "Failed"):
+        if time.monotonic() - start > READY_TIMEOUT_S:
+            raise DemoError(
+                f"the client pod is still {phase or 'Pending'} after {READY_TIMEOUT_S:.0f} s"
+            )
+        time.sleep(1)
+    output = kube.kubectl("logs", CLIENT_POD, "-n", DEMO_NAMESPACE)
+    kube.kubectl("delete", "pod", CLIENT_POD, "-n", DEMO_NAMESPACE, "--wait=false")
+    if phase == "Failed":
+        raise DemoError(f"the client pod failed: {output.strip()[-300:]}")
+    image = base64.b64decode(output.strip().splitlines()[-1])
+    path = out_dir / f"{name}.png"
     path.write_bytes(image)
-    say(f"caption: {answer['caption']!r}, producer: {answer['producer_id']}")
+    say(f"the pod got {len(image)} bytes of PNG in {time.monotonic() - start:.1f} s")
     return path
+
+
+def run_helm_test(kube: Kube) -> None:
+    step(6, f"helm test {RELEASE}: the chart's own check, a pod calling the model")
+    indented(kube.helm("test", RELEASE, "-n", RELEASE_NAMESPACE, "--timeout", "3m", "--hide-notes"))
+
+
+def real_and_simulated() -> None:
+    say("Real: API server, etcd, controller manager, scheduler, kubelet, containerd, runc,")
+    say("      kube-proxy, CoreDNS, the images, probes, the Service, the operator's pod.")
+    say("Simulated: GPUs only (kwok's GPU nodes); this model asked for none and ran on the CPU.")
 
 
 @dataclass(frozen=True)
@@ -540,26 +443,25 @@ class Result:
 
     kube: Kube
     model: str  # the TextToImageModel's name
-    url: str  # the local model server
     image: Path
 
 
 @contextlib.contextmanager
 def session(options: Options) -> Iterator[Result]:
-    """Steps 1-7; yields with everything still running, tears it all down on exit."""
+    """Steps 1-6; yields with everything still running, tears it all down on exit."""
     out_dir = options.out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         try:
             kube = start_cluster(stack)
             install_chart(kube, stack, model_name(options))
-            run_operator(kube, stack, out_dir)
             name = apply_model(kube, options, out_dir)
             wait_ready(kube, name)
-            url = start_server(kube, name, stack, out_dir)
-            image = generate(url, name, options, out_dir)  # served as its name
+            image = call_from_a_pod(kube, name, options, out_dir)
+            run_helm_test(kube)
             print(f"\nImage saved: {image}", flush=True)
-            yield Result(kube=kube, model=name, url=url, image=image)
+            real_and_simulated()
+            yield Result(kube=kube, model=name, image=image)
         finally:
             print("\nTearing down what the demo started", flush=True)
     print("Done: nothing the demo started is left running.", flush=True)
@@ -575,13 +477,16 @@ def run(options: Options) -> Path:
 
 def wait_for_ctrl_c(result: Result) -> None:
     kubeconfig = result.kube.paths.kubeconfig
+    service = f"svc/{result.model}"
     # Inside the try: a Ctrl-C that lands right after the prompt is printed is the
     # expected one, not an interruption of the demo.
     try:
         print(
             f"\nEverything is still up. Try:\n"
-            f"  KUBECONFIG={kubeconfig} kubectl get ttimodels -A\n"
-            f"  curl -s {result.url}/v1/models\n"
+            f"  export KUBECONFIG={kubeconfig}\n"
+            f"  kubectl get ttimodels,pods -A\n"
+            f"  kubectl port-forward -n {DEMO_NAMESPACE} {service} 8080:8080\n"
+            f"  then open http://127.0.0.1:8080/ (the playground) or curl it\n"
             "Press Ctrl-C to tear it all down.",
             flush=True,
         )

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cluster import launcher
 from operator_harness import CPU_NODE, CRD, OperatorProcess, cpu_node
 from support.cluster import Cluster
 
@@ -58,7 +59,8 @@ def operator_namespace(cluster: Cluster, _unused_namespaces: Iterator[str]) -> I
     name = next(_unused_namespaces, None)
     if name is None:
         pytest.fail("more tests asked for operator_namespace than were collected")
-    cluster.kubectl("create", "namespace", name)
+    manifest = launcher.namespace(name, simulated=True)
+    cluster.kubectl("create", "-f", "-", input=json.dumps(manifest))
     cluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", name, "--timeout=60s")
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false")

@@ -82,8 +82,9 @@ class OperatorProcess:
 
 
 def cpu_node() -> dict[str, Any]:
-    """A kwok node without the GPU taint, where CPU-only models (the stub) are scheduled."""
-    return launcher.kwok_node(CPU_NODE, {"cpu": "64", "memory": "256Gi", "pods": "110"})
+    """A kwok node without the GPU taint, where the simulated namespaces' CPU-only models
+    (the stub) are scheduled."""
+    return launcher.kwok_cpu_node(CPU_NODE)
 
 
 def wait_for(

@@ -285,3 +285,11 @@ def test_a_model_saved_only_as_the_fp16_variant_loads_on_the_cpu_in_fp32(
     backend = load_sdxl(str(tmp_path), "cpu")
     assert backend.pipeline.unet.dtype == torch.float32
     assert one(backend, "a fox", 1).size == (64, 64)
+
+
+def test_tiny_model_is_readable_by_the_pods_user(tiny_model_dir: Path) -> None:
+    """A pod runs as uid 10001 and a hostPath keeps the node's modes: safetensors' 0600
+    files would not load (the real node showed it)."""
+    for item in [tiny_model_dir, *tiny_model_dir.rglob("*")]:
+        wanted = 0o005 if item.is_dir() else 0o004
+        assert item.stat().st_mode & wanted == wanted, oct(item.stat().st_mode)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import signal
 import subprocess
 import uuid
@@ -29,7 +30,14 @@ from pathlib import Path
 import pytest
 from cluster import launcher
 
-__all__ = ["Cluster", "CommandError", "cluster", "kube_namespace"]
+__all__ = [
+    "Cluster",
+    "CommandError",
+    "cluster",
+    "fresh_namespace",
+    "kube_namespace",
+    "real_namespace",
+]
 
 
 class CommandError(subprocess.CalledProcessError):
@@ -143,9 +151,20 @@ def cluster() -> Iterator[Cluster]:
 
 @pytest.fixture
 def kube_namespace(cluster: Cluster) -> Iterator[str]:
-    """A fresh namespace for one test, deleted afterwards."""
-    name = f"test-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", name)
+    """A fresh simulated namespace for one test (its pods go to kwok's nodes), deleted after."""
+    yield from fresh_namespace(cluster, "test", simulated=True)
+
+
+@pytest.fixture
+def real_namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace whose pods run on the real node, deleted after the test."""
+    yield from fresh_namespace(cluster, "real", simulated=False)
+
+
+def fresh_namespace(cluster: Cluster, prefix: str, *, simulated: bool) -> Iterator[str]:
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    manifest = launcher.namespace(name, simulated=simulated)
+    cluster.kubectl("create", "-f", "-", input=json.dumps(manifest))
     cluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", name, "--timeout=60s")
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false")

@@ -1,0 +1,821 @@
+"""The real node: containerd, the kubelet and kube-proxy on this machine, beside kwok's nodes.
+
+Pods scheduled to it run for real: images from containerd's own store (built and imported by
+`images.py`; nothing is pulled), networking by the CNI bridge plugin on a bridge of its own,
+Services by kube-proxy in iptables mode, names by CoreDNS running as a pod. The kwok nodes stay
+for what needs GPUs; kwok's controller is told to leave this node alone.
+
+What exists only while the node is up, and `down` removes, also after a crash: the processes
+(containerd and its shims, the kubelet, kube-proxy), the bridge, kube-proxy's and the CNI
+plugins' iptables chains, the pods' mounts and network namespaces, the kubelet's cgroups.
+Images stay in containerd's store under the cache folder, so a second `up` starts fast.
+
+Needs root (containerd, iptables, mounts), as on any Kubernetes node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import images  # noqa: E402
+
+NODE_NAME = "tti-node"
+BRIDGE = "tti0"
+NODE_IP = "10.244.0.1"
+POD_CIDR = "10.244.0.0/16"
+# The API server's default Service range (kwokctl sets none): `kubernetes` is its first address.
+SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_IP = "10.0.0.1"
+DNS_IP = "10.0.0.10"
+CLUSTER_DOMAIN = "cluster.local"
+NODE_LABEL = "tti.dev/real-node"
+# Sockets and runtime state: short paths (a unix socket path has 108 bytes), gone at reboot.
+RUN_DIR = Path("/run/tti-operator")
+CNI_BIN_DIR = Path("/usr/lib/cni")
+CNI_NETWORK = "tti-pods"
+REQUIRED_COMMANDS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "ip")
+NODE_BINARIES = ("kubelet", "kube-proxy", "coredns", "crictl", "pause")
+READY_TIMEOUT_S = 120.0
+
+
+class NodeError(Exception):
+    """A failure the user can act on; printed as one line."""
+
+
+def log(message: str) -> None:
+    print(f"==> {message}", file=sys.stderr, flush=True)
+
+
+def pinned(name: str) -> str:
+    for line in (HERE / "versions.env").read_text().splitlines():
+        if line.startswith(f"{name}="):
+            return line.split("=", 1)[1].strip()
+    raise NodeError(f"versions.env has no {name}")
+
+
+def node_images() -> tuple[images.BinaryImage, ...]:
+    return (
+        images.BinaryImage(f"localhost/pause:{pinned('PAUSE_VERSION')}", "pause", ("/pause",)),
+        images.BinaryImage(
+            f"localhost/coredns:{pinned('COREDNS_VERSION')}", "coredns", ("/coredns",)
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class NodePaths:
+    """Where the node keeps its configuration, state and logs."""
+
+    state_dir: Path  # the cluster's state folder
+    bin_dir: Path
+
+    @property
+    def dir(self) -> Path:
+        return self.state_dir / "node"
+
+    @property
+    def logs(self) -> Path:
+        return self.dir / "logs"
+
+    @property
+    def pids(self) -> Path:
+        return self.dir / "pids"
+
+    @property
+    def kubelet_root(self) -> Path:
+        return self.dir / "kubelet"
+
+    @property
+    def cni_conf_dir(self) -> Path:
+        return self.dir / "cni"
+
+    @property
+    def cni_ipam_dir(self) -> Path:
+        return self.dir / "ipam"
+
+    @property
+    def containerd_root(self) -> Path:
+        return images.cache_root() / "containerd"
+
+    @property
+    def socket(self) -> Path:
+        return RUN_DIR / "containerd.sock"
+
+    @property
+    def owner(self) -> Path:
+        """Which cluster's node runs now: there is one containerd store per machine."""
+        return RUN_DIR / "owner"
+
+    def config(self, name: str) -> Path:
+        return self.dir / name
+
+    def ctr(self) -> list[str]:
+        return ["ctr", "--address", str(self.socket), "--namespace", "k8s.io"]
+
+    def crictl(self) -> list[str]:
+        return [str(self.bin_dir / "crictl"), "--runtime-endpoint", f"unix://{self.socket}"]
+
+
+# --- pure builders ------------------------------------------------------------------------
+
+
+def containerd_config(paths: NodePaths) -> str:
+    """containerd 1.6's configuration (TOML, version 2), as the kubelet's CRI runtime."""
+    pause = node_images()[0].ref
+    return f"""version = 2
+root = "{paths.containerd_root}"
+state = "{RUN_DIR / "containerd"}"
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+[grpc]
+  address = "{paths.socket}"
+[ttrpc]
+  address = "{paths.socket}.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  # This host refuses writes to oom_score_adj (no CAP_SYS_RESOURCE): without this every
+  # sandbox fails with runc's "can't get final child's PID from pipe".
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_BIN_DIR}"
+    conf_dir = "{paths.cni_conf_dir}"
+"""
+
+
+def cni_conflist(paths: NodePaths) -> dict[str, Any]:
+    """One bridge network for the node's pods, with host ports and hairpin traffic."""
+    return {
+        "cniVersion": "0.4.0",
+        "name": CNI_NETWORK,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": BRIDGE,
+                "isGateway": True,
+                "ipMasq": True,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "dataDir": str(paths.cni_ipam_dir),
+                    "ranges": [[{"subnet": POD_CIDR, "gateway": NODE_IP}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+            {"type": "loopback"},
+        ],
+    }
+
+
+def kubelet_config(
+    paths: NodePaths, kwok_pki: Path, port: int, healthz_port: int
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "address": NODE_IP,
+        "port": port,
+        "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1",
+        "healthzPort": healthz_port,
+        # The API server presents the cluster's admin certificate (logs, exec, port-forward).
+        "authentication": {
+            "anonymous": {"enabled": False},
+            "webhook": {"enabled": False},
+            "x509": {"clientCAFile": str(kwok_pki / "ca.crt")},
+        },
+        "authorization": {"mode": "AlwaysAllow"},
+        "containerRuntimeEndpoint": f"unix://{paths.socket}",
+        "cgroupDriver": "cgroupfs",
+        "failSwapOn": False,
+        "clusterDNS": [DNS_IP],
+        "clusterDomain": CLUSTER_DOMAIN,
+        "resolvConf": "/etc/resolv.conf",
+        "serializeImagePulls": False,
+        # Images here cannot be pulled again: never collect them, never evict for disk.
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
+        "evictionHard": {
+            "memory.available": "100Mi",
+            "nodefs.available": "1%",
+            "imagefs.available": "1%",
+        },
+        "maxPods": 110,
+        "nodeStatusReportFrequency": "10s",
+    }
+
+
+def kube_proxy_config(kubeconfig: Path, healthz_port: int, metrics_port: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": str(kubeconfig)},
+        "hostnameOverride": NODE_NAME,
+        "mode": "iptables",
+        "clusterCIDR": POD_CIDR,
+        "healthzBindAddress": f"127.0.0.1:{healthz_port}",
+        "metricsBindAddress": f"127.0.0.1:{metrics_port}",
+        # NodePorts on the node's bridge address only, not on this machine's other interfaces.
+        "nodePortAddresses": [f"{NODE_IP}/32"],
+        "iptables": {"localhostNodePorts": False},
+        # The host's conntrack sysctls are not ours to change.
+        "conntrack": {"maxPerCore": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+    }
+
+
+def coredns_objects() -> list[dict[str, Any]]:
+    """CoreDNS as a Deployment behind the kube-dns Service, as clusters run it."""
+    name, namespace = "coredns", "kube-system"
+    labels = {"k8s-app": "kube-dns"}
+    corefile = f""".:1053 {{
+    errors
+    health :8080
+    ready :8181
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    forward . /etc/resolv.conf
+    cache 30
+    loop
+    loadbalance
+}}
+"""
+    rules = [
+        {
+            "apiGroups": [""],
+            "resources": ["endpoints", "services", "pods", "namespaces"],
+            "verbs": ["list", "watch"],
+        },
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["list", "watch"],
+        },
+    ]
+    meta = {"name": name, "namespace": namespace, "labels": labels}
+    container = {
+        "name": "coredns",
+        "image": node_images()[1].ref,
+        "imagePullPolicy": "Never",
+        "args": ["-conf", "/etc/coredns/Corefile"],
+        "ports": [
+            {"name": "dns", "containerPort": 1053, "protocol": "UDP"},
+            {"name": "dns-tcp", "containerPort": 1053, "protocol": "TCP"},
+        ],
+        "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 2},
+        "livenessProbe": {"httpGet": {"path": "/health", "port": 8080}, "periodSeconds": 10},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns", "readOnly": True}],
+    }
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "system:coredns"},
+            "rules": rules,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "system:coredns"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:coredns",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"Corefile": corefile}},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": meta,
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "serviceAccountName": name,
+                        "dnsPolicy": "Default",
+                        "priorityClassName": "system-cluster-critical",
+                        "nodeSelector": {NODE_LABEL: "true"},
+                        "containers": [container],
+                        "volumes": [{"name": "config", "configMap": {"name": name}}],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": namespace, "labels": labels},
+            "spec": {
+                "clusterIP": DNS_IP,
+                "selector": labels,
+                "ports": [
+                    {"name": "dns", "port": 53, "targetPort": 1053, "protocol": "UDP"},
+                    {"name": "dns-tcp", "port": 53, "targetPort": 1053, "protocol": "TCP"},
+                ],
+            },
+        },
+    ]
+
+
+def component_patches(kwok_pki: Path) -> list[dict[str, Any]]:
+    """kwokctl component patches: the API server where pods reach it, and able to reach the
+    kubelet (logs, exec) with a client certificate."""
+
+    def arg(key: str, value: str, override: bool = False) -> dict[str, Any]:
+        return {"key": key, "value": value, "override": override}
+
+    return [
+        {
+            "name": "kube-apiserver",
+            "extraArgs": [
+                # Every address, as kubeadm's API servers listen: loopback for the control
+                # plane (kwokctl's kubeconfigs), the node's bridge address for pods.
+                arg("bind-address", "0.0.0.0", override=True),
+                arg("advertise-address", NODE_IP),
+                arg("service-cluster-ip-range", SERVICE_CIDR),
+                arg("kubelet-client-certificate", str(kwok_pki / "admin.crt")),
+                arg("kubelet-client-key", str(kwok_pki / "admin.key")),
+                arg("kubelet-preferred-address-types", "InternalIP"),
+            ],
+        },
+        {
+            "name": "kwok-controller",
+            "extraArgs": [
+                arg("manage-all-nodes", "false", override=True),
+                arg("manage-nodes-with-annotation-selector", "kwok.x-k8s.io/node=fake"),
+            ],
+        },
+    ]
+
+
+def apiserver_cert_sans() -> list[str]:
+    return [
+        SERVICE_IP,
+        NODE_IP,
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        f"kubernetes.default.svc.{CLUSTER_DOMAIN}",
+    ]
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+def sh(
+    *args: str | Path, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    command = [str(a) for a in args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        detail = " | ".join((result.stderr or result.stdout).strip().splitlines()[-3:])
+        raise NodeError(f"{Path(command[0]).name} {' '.join(command[1:3])} failed: {detail}")
+    return result
+
+
+def free_ports(count: int) -> list[int]:
+    import socket
+
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+def start_process(paths: NodePaths, name: str, argv: Sequence[str | Path]) -> int:
+    """A component in a session of its own that outlives this command (no child of ours
+    left to reap), logging to logs/NAME.log."""
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    paths.pids.mkdir(parents=True, exist_ok=True)
+    script = 'setsid "$@" >>"$LOG" 2>&1 </dev/null & echo $!'
+    started = subprocess.run(
+        ["sh", "-c", script, "sh", *map(str, argv)],
+        env={**os.environ, "LOG": str(paths.logs / f"{name}.log")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(started.stdout)
+    (paths.pids / f"{name}.pid").write_text(str(pid))
+    return pid
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def processes_naming(marker: str) -> list[int]:
+    """Live processes whose command line contains `marker` (shims name their containerd)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if marker.encode() in (proc / "cmdline").read_bytes() and is_alive(int(proc.name)):
+                found.append(int(proc.name))
+    return found
+
+
+def stop_pids(pids: Sequence[int], grace_s: float = 10.0) -> None:
+    alive = [pid for pid in pids if is_alive(pid)]
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + grace_s
+        while alive and time.monotonic() < deadline:
+            alive = [pid for pid in alive if is_alive(pid)]
+            time.sleep(0.1)
+        if not alive:
+            return
+    raise NodeError(f"could not stop pids {alive}")
+
+
+def stop_component(paths: NodePaths, name: str) -> None:
+    pid_file = paths.pids / f"{name}.pid"
+    with contextlib.suppress(OSError, ValueError):
+        stop_pids([int(pid_file.read_text())])
+    pid_file.unlink(missing_ok=True)
+
+
+def wait_for(
+    what: str, probe: Any, timeout_s: float = READY_TIMEOUT_S, log_file: Path | None = None
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not probe():
+        if time.monotonic() > deadline:
+            where = f"; see {log_file}" if log_file else ""
+            raise NodeError(f"timed out after {timeout_s:.0f} s waiting for {what}{where}")
+        time.sleep(0.3)
+
+
+def containerd_answers(paths: NodePaths) -> bool:
+    return (
+        paths.socket.exists()
+        and sh(*paths.ctr(), "version", check=False, timeout=10).returncode == 0
+    )
+
+
+# --- preflight ----------------------------------------------------------------------------
+
+
+def preflight(paths: NodePaths) -> None:
+    """Everything the node needs, checked before anything starts."""
+    if os.geteuid() != 0:
+        raise NodeError(
+            "the real node needs root (containerd, iptables, mounts): "
+            "run as root, or leave the node out with --no-real-node"
+        )
+    missing = [name for name in REQUIRED_COMMANDS if shutil.which(name) is None]
+    if missing:
+        raise NodeError(f"missing {', '.join(missing)}: run `make node-deps` (Debian's packages)")
+    absent = [name for name in NODE_BINARIES if not (paths.bin_dir / name).exists()]
+    if absent:
+        raise NodeError(
+            f"node binaries missing in {paths.bin_dir} ({', '.join(absent)}): "
+            "run `make cluster-build`"
+        )
+    if paths.owner.exists():
+        owner = Path(paths.owner.read_text().strip())
+        if owner != paths.state_dir and containerd_answers(paths):
+            raise NodeError(
+                f"the real node of the cluster in {owner} is running (one per machine): "
+                f"stop it first (launcher.py --state-dir {owner} down)"
+            )
+
+
+# --- up -----------------------------------------------------------------------------------
+
+
+def create_bridge() -> None:
+    """The node's bridge with its address, before the API server starts: the API server's
+    certificate names the addresses this machine has at its creation."""
+    if sh("ip", "link", "show", BRIDGE, check=False).returncode != 0:
+        sh("ip", "link", "add", BRIDGE, "type", "bridge")
+    if NODE_IP not in sh("ip", "-4", "addr", "show", BRIDGE).stdout:
+        sh("ip", "addr", "add", f"{NODE_IP}/{POD_CIDR.split('/')[1]}", "dev", BRIDGE)
+    sh("ip", "link", "set", BRIDGE, "up")
+
+
+def start_containerd(paths: NodePaths) -> None:
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    paths.owner.write_text(str(paths.state_dir))
+    if containerd_answers(paths):
+        return
+    paths.dir.mkdir(parents=True, exist_ok=True)
+    paths.cni_conf_dir.mkdir(parents=True, exist_ok=True)
+    (paths.cni_conf_dir / "10-tti.conflist").write_text(json.dumps(cni_conflist(paths), indent=2))
+    config = paths.config("containerd.toml")
+    config.write_text(containerd_config(paths))
+    start_process(paths, "containerd", ["containerd", "--config", config])
+    wait_for("containerd", lambda: containerd_answers(paths), 30, paths.logs / "containerd.log")
+
+
+def load_images(paths: NodePaths, refs: Sequence[str]) -> None:
+    images.import_into_containerd(refs, paths.ctr(), paths.crictl())
+
+
+def start_kubelet(paths: NodePaths, kubeconfig: Path, kwok_pki: Path) -> None:
+    port, healthz = free_ports(2)
+    config = paths.config("kubelet.json")
+    config.write_text(json.dumps(kubelet_config(paths, kwok_pki, port, healthz), indent=2))
+    paths.kubelet_root.mkdir(parents=True, exist_ok=True)
+    start_process(
+        paths,
+        "kubelet",
+        [
+            paths.bin_dir / "kubelet",
+            f"--config={config}",
+            f"--kubeconfig={kubeconfig}",
+            f"--root-dir={paths.kubelet_root}",
+            f"--cert-dir={paths.dir / 'kubelet-pki'}",
+            f"--hostname-override={NODE_NAME}",
+            f"--node-ip={NODE_IP}",
+            f"--node-labels={NODE_LABEL}=true",
+            "--v=1",
+        ],
+    )
+
+
+def start_kube_proxy(paths: NodePaths, kubeconfig: Path) -> None:
+    config = paths.config("kube-proxy.json")
+    config.write_text(json.dumps(kube_proxy_config(kubeconfig, *free_ports(2)), indent=2))
+    start_process(
+        paths, "kube-proxy", [paths.bin_dir / "kube-proxy", f"--config={config}", "--v=1"]
+    )
+
+
+def remember_ip_forward(paths: NodePaths) -> None:
+    """The bridge plugin turns IP forwarding on; `down` puts back what was there."""
+    paths.dir.mkdir(parents=True, exist_ok=True)
+    saved = paths.config("ip_forward.saved")
+    if not saved.exists():
+        saved.write_text(Path("/proc/sys/net/ipv4/ip_forward").read_text())
+
+
+def node_ready(kubectl: Any) -> bool:
+    result = kubectl(
+        "get",
+        "node",
+        NODE_NAME,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+        check=False,
+    )
+    return bool(result.returncode == 0 and result.stdout.strip() == "True")
+
+
+def up(
+    paths: NodePaths, kubeconfig: Path, kwok_pki: Path, refs: Sequence[str], kubectl: Any
+) -> None:
+    """containerd with the images, the kubelet registered and Ready, kube-proxy, CoreDNS.
+
+    `kubectl(*args, input=None, check=True)` runs kubectl against this cluster.
+    """
+    preflight(paths)
+    create_bridge()
+    remember_ip_forward(paths)
+    start_containerd(paths)
+    load_images(paths, refs)
+    if not processes_naming(str(paths.config("kubelet.json"))):
+        start_kubelet(paths, kubeconfig, kwok_pki)
+    wait_for(
+        f"node {NODE_NAME} to be Ready",
+        lambda: node_ready(kubectl),
+        READY_TIMEOUT_S,
+        paths.logs / "kubelet.log",
+    )
+    if not processes_naming(str(paths.config("kube-proxy.json"))):
+        start_kube_proxy(paths, kubeconfig)
+    kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": coredns_objects()}),
+    )
+    kubectl("rollout", "status", "-n", "kube-system", "deployment/coredns", "--timeout=120s")
+    log(f"real node {NODE_NAME} Ready: containerd, kubelet, kube-proxy, CoreDNS at {DNS_IP}")
+
+
+# --- down ---------------------------------------------------------------------------------
+
+
+def remove_pods(paths: NodePaths) -> None:
+    """Every pod sandbox stopped and removed through the CRI, so the CNI plugins release their
+    addresses, veths, namespaces and iptables rules as they do on a drained node."""
+    if not containerd_answers(paths):
+        if not (paths.containerd_root.exists() and paths.config("containerd.toml").exists()):
+            return
+        # After a crash: containerd knows what it ran; start it to clean up after itself.
+        start_process(
+            paths, "containerd", ["containerd", "--config", paths.config("containerd.toml")]
+        )
+        wait_for("containerd", lambda: containerd_answers(paths), 30, paths.logs / "containerd.log")
+    sh(*paths.crictl(), "rmp", "--all", "--force", check=False, timeout=180)
+    tasks = sh(*paths.ctr(), "tasks", "list", "--quiet", check=False).stdout.split()
+    for task in tasks:
+        sh(*paths.ctr(), "tasks", "kill", "--signal", "SIGKILL", task, check=False)
+        sh(*paths.ctr(), "tasks", "delete", "--force", task, check=False)
+    for container in sh(*paths.ctr(), "containers", "list", "--quiet", check=False).stdout.split():
+        sh(*paths.ctr(), "containers", "delete", container, check=False)
+
+
+def mounts_under(*roots: Path) -> list[str]:
+    """Mount points at or below `roots` (the kubelet bind-mounts its root dir onto itself)."""
+    resolved = [str(root.resolve()) for root in roots]
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    return [m for m in mounts if any(m == r or m.startswith(f"{r}/") for r in resolved)]
+
+
+def unmount_under(*roots: Path) -> None:
+    """Unmount everything mounted at or below `roots`, deepest first."""
+    for mount in sorted(set(mounts_under(*roots)), key=len, reverse=True):
+        if sh("umount", mount, check=False).returncode != 0:
+            sh("umount", "-l", mount, check=False)
+
+
+IPTABLES = ("iptables", "ip6tables")
+TABLES = ("filter", "nat", "mangle")
+
+
+def iptables_chains(table: str, command: str = "iptables") -> list[str]:
+    listing = sh(f"{command}-save", "-t", table, check=False).stdout
+    return [line[1:].split()[0] for line in listing.splitlines() if line.startswith(":")]
+
+
+def jumps_into_kube_chain(rule: list[str]) -> bool:
+    """An `-A CHAIN ... -j KUBE-...` rule of a chain that is not itself a KUBE- one."""
+    if rule[:1] != ["-A"] or rule[1].startswith("KUBE-") or "-j" not in rule:
+        return False
+    return rule[rule.index("-j") + 1].startswith("KUBE-")
+
+
+def remove_kube_chains() -> None:
+    """The KUBE-* chains of the kubelet and kube-proxy, and the rules that jump to them
+    (`kube-proxy --cleanup` leaves the kubelet's own and the canaries)."""
+    for command in IPTABLES:
+        for table in TABLES:
+            listing = sh(f"{command}-save", "-t", table, check=False).stdout.splitlines()
+            ours = [c for c in iptables_chains(table, command) if c.startswith("KUBE-")]
+            for rule in map(shlex.split, listing):
+                if jumps_into_kube_chain(rule):
+                    sh(command, "-t", table, "-D", *rule[1:], check=False)
+            for action in ("-F", "-X"):
+                for chain in ours:
+                    sh(command, "-t", table, action, chain, check=False)
+
+
+def remove_cni_chains() -> None:
+    """The portmap plugin's shared chains, once no rule of any pod is left in them."""
+    for chain in (
+        "CNI-HOSTPORT-DNAT",
+        "CNI-HOSTPORT-SNAT",
+        "CNI-HOSTPORT-MASQ",
+        "CNI-HOSTPORT-SETMARK",
+    ):
+        if chain not in iptables_chains("nat"):
+            continue
+        rules = sh("iptables", "-t", "nat", "-S", chain, check=False).stdout.splitlines()
+        if any(rule.startswith("-A") for rule in rules):
+            continue
+        for parent in ("PREROUTING", "OUTPUT", "POSTROUTING"):
+            while (
+                sh("iptables", "-t", "nat", "-D", parent, "-j", chain, check=False).returncode == 0
+            ):
+                pass
+            sh(
+                "iptables",
+                "-t",
+                "nat",
+                "-D",
+                parent,
+                "-m",
+                "addrtype",
+                "--dst-type",
+                "LOCAL",
+                "-j",
+                chain,
+                check=False,
+            )
+        sh("iptables", "-t", "nat", "-X", chain, check=False)
+
+
+def remove_kubelet_cgroups() -> None:
+    """The kubelet's QoS cgroups (kubepods/...) in every hierarchy, innermost first."""
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        top = hierarchy / "kubepods"
+        if not top.is_dir():
+            continue
+        for cgroup in sorted(
+            (p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+        ):
+            with contextlib.suppress(OSError):
+                cgroup.rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()
+
+
+def kubelet_cgroups_left() -> list[str]:
+    return [
+        str(h / "kubepods") for h in Path("/sys/fs/cgroup").iterdir() if (h / "kubepods").is_dir()
+    ]
+
+
+def down(paths: NodePaths) -> None:
+    """Stop the node and remove everything it put on this machine but its image store."""
+    if paths.owner.exists() and Path(paths.owner.read_text().strip()) != paths.state_dir:
+        # Another cluster's node runs on this machine now: its bridge, chains and
+        # containerd are not ours to remove.
+        shutil.rmtree(paths.dir, ignore_errors=True)
+        return
+    stop_component(paths, "kubelet")
+    remove_pods(paths)
+    stop_component(paths, "kube-proxy")
+    if (paths.bin_dir / "kube-proxy").exists():
+        # kube-proxy's own way to remove its KUBE-* chains.
+        sh(paths.bin_dir / "kube-proxy", "--cleanup", check=False)
+    stop_component(paths, "containerd")
+    stop_pids(processes_naming(str(paths.socket)))
+    unmount_under(paths.kubelet_root, RUN_DIR / "containerd", paths.containerd_root)
+    remove_kube_chains()
+    remove_cni_chains()
+    if sh("ip", "link", "show", BRIDGE, check=False).returncode == 0:
+        sh("ip", "link", "delete", BRIDGE, check=False)
+    remove_kubelet_cgroups()
+    saved = paths.config("ip_forward.saved")
+    if saved.exists():
+        Path("/proc/sys/net/ipv4/ip_forward").write_text(saved.read_text())
+    shutil.rmtree(paths.dir, ignore_errors=True)
+    shutil.rmtree(RUN_DIR / "containerd", ignore_errors=True)
+    for socket_file in (paths.socket, Path(f"{paths.socket}.ttrpc"), paths.owner):
+        socket_file.unlink(missing_ok=True)
+
+
+def leftovers(paths: NodePaths) -> list[str]:
+    """What `down` should have removed and is still there (for the tests and `status`)."""
+    found = [f"process {pid}" for pid in processes_naming(str(paths.socket))]
+    found += [
+        f"process {name}"
+        for name in ("kubelet", "kube-proxy")
+        for _ in processes_naming(str(paths.config(f"{name}.json")))
+    ]
+    found += [f"mount {m}" for m in mounts_under(paths.dir, RUN_DIR / "containerd")]
+    if sh("ip", "link", "show", BRIDGE, check=False).returncode == 0:
+        found.append(f"bridge {BRIDGE}")
+    found += [
+        f"{command} {table} chain {chain}"
+        for command in IPTABLES
+        for table in TABLES
+        for chain in iptables_chains(table, command)
+        if chain.startswith(("KUBE-", "CNI-"))
+    ]
+    found += [f"cgroup {c}" for c in kubelet_cgroups_left()]
+    return found
