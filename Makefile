@@ -37,9 +37,13 @@ format: venv ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff format .
 
 .PHONY: test
-test: venv cluster-build ## Run every test (lint, unit, server, cluster); sets up what it needs
+test: venv cluster-build browser ## Run every test (lint, unit, server, cluster); sets up what it needs
 	@$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+.PHONY: browser
+browser: ## Install Debian's chromium for the playground's browser tests (apt-get; quick when present)
+	@bash scripts/browser.sh
 
 .PHONY: cluster-build
 cluster-build: ## Build the test cluster's binaries (Kubernetes, etcd, kwok, helm) from Go modules; cached
