@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Install the headless browser the playground's tests drive: Debian's chromium (and a
-# font, so pages render text). Idempotent and quick when it is already there.
+# Install what the playground's browser tests need: Debian's chromium (with a
+# font, so pages render text) and curl. Idempotent and quick when it is already there.
 # Needs root (or sudo) and apt-get, as on the project's Debian machines.
 set -euo pipefail
-packages=(chromium fonts-dejavu-core)
+packages=(chromium fonts-dejavu-core curl)
 
 missing=()
 for package in "${packages[@]}"; do

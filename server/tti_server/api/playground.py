@@ -18,7 +18,7 @@ router = APIRouter(include_in_schema=False)
 
 #: The page may load and call only its own origin; images are shown from blob: URLs.
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self' blob:; "
     "img-src 'self' blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 HEADERS = {
