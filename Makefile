@@ -22,7 +22,7 @@ demo: venv ## The main job: local cluster, chart, operator, a model, one image (
 	@$(PY) tests/e2e/demo.py $(DEMO_ARGS)
 
 .PHONY: demo-server
-demo-server: venv ## The server alone: start it with the stub model and generate one image
+demo-server: venv ## The server alone with the stub model: one image, then the playground's URL
 	@$(PY) -m tti_server.demo
 
 .PHONY: lint

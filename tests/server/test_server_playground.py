@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from importlib.resources import files
+from pathlib import Path
 
 import httpx
 from fastapi.testclient import TestClient
@@ -48,3 +51,18 @@ def test_playground_false_leaves_the_page_out_but_not_the_api() -> None:
             assert response.status_code == 404, path
             assert response.json()["details"] == f"path: no route for {path}"
         assert client.get("/v1/models").status_code == 200
+
+
+def test_demo_server_prints_the_playgrounds_address(tmp_path: Path) -> None:
+    """Without a terminal it stops after the image; from one it would serve until Ctrl-C."""
+    demo = subprocess.run(
+        [sys.executable, "-m", "tti_server.demo"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert demo.returncode == 0, demo.stderr
+    assert re.search(r"the playground, .*: http://127\.0\.0\.1:\d+/\n", demo.stdout)
+    assert (tmp_path / "out" / "demo.png").stat().st_size > 0
