@@ -228,7 +228,7 @@ function showRun(run) {
 }
 
 function renderHistory() {
-  $("history-title").hidden = state.runs.length < 2;
+  $("history-title").hidden = $("history").hidden = state.runs.length < 2;
   $("history").replaceChildren(
     ...state.runs.map((run) => {
       const first = run.images[0];
