@@ -22,7 +22,7 @@ demo: venv node-deps ## The main job: local cluster with a real node, chart, ope
 	@$(PY) tests/e2e/demo.py $(DEMO_ARGS)
 
 .PHONY: demo-server
-demo-server: venv ## The server alone: start it with the stub model and generate one image
+demo-server: venv ## The server alone with the stub model: one image, then the playground's URL
 	@$(PY) -m tti_server.demo
 
 .PHONY: lint
@@ -37,17 +37,21 @@ format: venv ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff format .
 
 .PHONY: test
-test: venv node-deps cluster-build ## Run every test (lint, unit, server, cluster, real pods); sets up what it needs
+test: venv node-deps browser cluster-build ## Run every test (lint, unit, server, browser, cluster, real pods); sets up what it needs
 	@$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+.PHONY: browser
+browser: ## Install Debian's chromium for the playground's browser tests (apt-get; quick when present)
+	@bash scripts/debian-packages.sh browser
+
 .PHONY: cluster-build
-cluster-build: ## Build the test cluster's binaries (Kubernetes, etcd, kwok, helm) from Go modules; cached
+cluster-build: ## Build the test cluster's binaries (Kubernetes, kubelet, etcd, CoreDNS, kwok, helm) from Go modules; cached
 	@bash tests/cluster/build-binaries.sh
 
 .PHONY: node-deps
 node-deps: ## Install the Debian packages the real node needs (containerd, runc, CNI plugins, buildah)
-	@bash scripts/node-deps.sh
+	@bash scripts/debian-packages.sh node
 
 .PHONY: cluster-up
 cluster-up: node-deps cluster-build ## Start the local cluster: real control plane and node, simulated GPU nodes (NODES=2, REAL_NODE=0)

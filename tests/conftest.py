@@ -5,4 +5,5 @@ pytest_plugins: list[str] = [
     "support.helm",
     "support.cluster",
     "support.tiny_model",
+    "support.browser",
 ]

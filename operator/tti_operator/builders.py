@@ -143,13 +143,16 @@ def server_args(owner: Owner, spec: ModelSpec) -> list[str]:
     return args
 
 
-def env(spec: ModelSpec) -> list[Obj]:
+def env(spec: ModelSpec, *, playground: bool = True) -> list[Obj]:
     # The cache variables point every writer at the writable volume: the root fs is read-only.
     fixed: list[Obj] = [
         {"name": "HF_HOME", "value": HF_HOME},
         {"name": "XDG_CACHE_HOME", "value": CACHE_DIR},
         {"name": "HOME", "value": CACHE_DIR},
     ]
+    if not playground:
+        # Set only to turn it off, so the default leaves every existing pod template as it was.
+        fixed.append({"name": "TTI_PLAYGROUND", "value": "false"})
     user = [item.model_dump(by_alias=True, exclude_none=True) for item in spec.env]
     overridden = {item.name for item in spec.env}
     return [item for item in fixed if item["name"] not in overridden] + user
@@ -234,14 +237,16 @@ def rollout_strategy(spec: ModelSpec) -> Obj:
     return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
 
 
-def pod_template(owner: Owner, spec: ModelSpec, default_image: str) -> Obj:
+def pod_template(
+    owner: Owner, spec: ModelSpec, default_image: str, *, playground: bool = True
+) -> Obj:
     vols, mounts = volumes(spec)
     container: Obj = {
         "name": "server",
         "image": spec.image or default_image,
         "imagePullPolicy": "IfNotPresent",
         "args": server_args(owner, spec),
-        "env": env(spec),
+        "env": env(spec, playground=playground),
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         "resources": resources(spec),
         "securityContext": container_security_context(),
@@ -281,7 +286,9 @@ def pod_template(owner: Owner, spec: ModelSpec, default_image: str) -> Obj:
     }
 
 
-def build_deployment(owner: Owner, spec: ModelSpec, default_image: str) -> Obj:
+def build_deployment(
+    owner: Owner, spec: ModelSpec, default_image: str, *, playground: bool = True
+) -> Obj:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -293,7 +300,7 @@ def build_deployment(owner: Owner, spec: ModelSpec, default_image: str) -> Obj:
             # Beyond the startup probe's budget, so a slow download is not called stuck.
             "progressDeadlineSeconds": STARTUP_PERIOD_S * STARTUP_FAILURES + 600,
             "revisionHistoryLimit": 3,
-            "template": pod_template(owner, spec, default_image),
+            "template": pod_template(owner, spec, default_image, playground=playground),
         },
     }
 

@@ -359,8 +359,9 @@ class Reconciler:
         self, record: ModelRecord, spec: ModelSpec, known: DeploymentState | None
     ) -> DeploymentState:
         owner = record.owner
-        image = self.settings.server_image
-        created, deployment = await self.client.apply(build_deployment(owner, spec, image))
+        image, playground = self.settings.server_image, self.settings.playground
+        wanted = build_deployment(owner, spec, image, playground=playground)
+        created, deployment = await self.client.apply(wanted)
         service_created, service = await self.client.apply(build_service(owner))
         state = deployment_state(deployment)
         self.applied[record.key] = Applied(

@@ -36,6 +36,11 @@ class OperatorSettings(BaseSettings):
         le=30,
         description="seconds to gather a burst of child events into one status update",
     )
+    playground: bool = Field(
+        True,
+        description="model servers serve the playground page at /; false sets "
+        "TTI_PLAYGROUND=false in every model pod (a model's spec.env may set it back)",
+    )
     max_workers: int = Field(
         0, ge=0, description="concurrent per-object workers; 0 means no limit (kopf's default)"
     )

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
 
 from tti_server import __version__
-from tti_server.api import caikit, health, openai
+from tti_server.api import caikit, health, openai, playground
 from tti_server.backends.base import Backend, BatchKey, GenerationRequest
 from tti_server.backends.loading import ModelLoadError, load_backends
 from tti_server.engine import Engine
@@ -87,6 +87,8 @@ def create_app(
         # Added flat: in this FastAPI each include_router() adds a matching layer per
         # request, a measurable share of a cheap request (tests/benchmarks/).
         app.router.routes.extend(module.router.routes)
+    if settings.playground:
+        app.router.routes.extend(playground.router.routes)
     return app
 
 

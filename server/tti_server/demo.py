@@ -1,6 +1,5 @@
-"""`make demo` for now: start the stub server, generate one image into a file, stop.
-
-The local-cluster demo replaces this once the operator and the cluster land.
+"""`make demo-server`: start the stub server, generate one image into a file, and print the
+playground's address; from a terminal it then serves until Ctrl-C, otherwise it stops.
 """
 
 from __future__ import annotations
@@ -18,11 +17,16 @@ from tti_server.client import ClientError, GenerateOptions, generate
 
 OUTPUT = Path("out/demo.png")
 READY_TIMEOUT_S = 60.0
+#: The port tti-server uses everywhere, when it is free here.
+PREFERRED_PORT = 8080
 
 
 def free_port() -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        try:
+            sock.bind(("127.0.0.1", PREFERRED_PORT))
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
 
@@ -68,11 +72,18 @@ def main() -> None:
         image = generate(url, GenerateOptions(prompt=prompt, height=256, width=256))
         OUTPUT.parent.mkdir(parents=True, exist_ok=True)
         OUTPUT.write_bytes(image)
+        print(f"==> wrote {OUTPUT.resolve()} ({len(image)} bytes)")
+        print(f"==> the playground, to try the model in a browser: {url}/", flush=True)
+        if sys.stdin.isatty():
+            print("==> serving until Ctrl-C", flush=True)
+            server.wait()
     except ClientError as exc:
         sys.exit(f"demo: error: {exc}")
+    except KeyboardInterrupt:
+        pass
     finally:
         stop(server)
-    print(f"==> wrote {OUTPUT.resolve()} ({len(image)} bytes); the server has stopped")
+    print("==> the server has stopped")
 
 
 if __name__ == "__main__":

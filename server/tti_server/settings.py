@@ -95,6 +95,11 @@ class Settings(BaseSettings):
         "SDK set up in the process (off: /metrics serves Prometheus, and even unused the "
         "feature costs a check on every request)",
     )
+    playground: bool = Field(
+        default=True,
+        description="serve the playground page at / (false: / answers 404, for locked-down "
+        "deployments)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="log level"
     )

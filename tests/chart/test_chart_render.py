@@ -131,6 +131,12 @@ def test_operator_is_told_the_server_image_and_namespaces(helm: Helm) -> None:
     assert env["TTI_OPERATOR_NAMESPACES"] == "team-a,team-b"
 
 
+def test_playground_value_reaches_the_operator(helm: Helm) -> None:
+    assert env_of(operator_container(helm.template()))["TTI_OPERATOR_PLAYGROUND"] == "true"
+    env = env_of(operator_container(helm.template("playground=false")))
+    assert env["TTI_OPERATOR_PLAYGROUND"] == "false"
+
+
 def test_namespaced_install_has_roles_in_each_namespace_and_nothing_cluster_wide(
     helm: Helm,
 ) -> None:

@@ -214,6 +214,19 @@ def test_user_env_is_appended_and_can_override_the_cache_variables() -> None:
     assert [e["name"] for e in env].count("HF_HOME") == 1
 
 
+def test_playground_off_reaches_every_model_pod_unless_its_spec_sets_it_back() -> None:
+    spec = parse_spec({"model": "stub"})
+    names = [e["name"] for e in container(build_deployment(OWNER, spec, IMAGE))["env"]]
+    assert "TTI_PLAYGROUND" not in names  # on: existing pod templates stay as they were
+    off = container(build_deployment(OWNER, spec, IMAGE, playground=False))["env"]
+    assert {"name": "TTI_PLAYGROUND", "value": "false"} in off
+    back = parse_spec({"model": "stub", "env": [{"name": "TTI_PLAYGROUND", "value": "true"}]})
+    env = container(build_deployment(OWNER, back, IMAGE, playground=False))["env"]
+    assert [e for e in env if e["name"] == "TTI_PLAYGROUND"] == [
+        {"name": "TTI_PLAYGROUND", "value": "true"}
+    ]
+
+
 def test_service_selects_exactly_the_models_pods_on_port_http() -> None:
     svc = build_service(OWNER)
     assert svc["spec"]["type"] == "ClusterIP"

@@ -36,6 +36,7 @@ def test_help_lists_every_setting_and_the_subcommand() -> None:
         "--device {auto,cpu,cuda}",
         "--max-side",
         "--max-prompt-length",
+        "--playground",
         "TTI_MAX_QUEUE",
         "make-tiny-model DIR",
     ):

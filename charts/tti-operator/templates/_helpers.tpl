@@ -129,6 +129,8 @@ The operator's settings, passed as the environment variables it reads.
   value: {{ .Values.operator.verbose | quote }}
 - name: TTI_OPERATOR_MAX_WORKERS
   value: {{ .Values.operator.maxWorkers | quote }}
+- name: TTI_OPERATOR_PLAYGROUND
+  value: {{ .Values.playground | quote }}
 {{- end }}
 
 {{/*

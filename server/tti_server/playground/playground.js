@@ -1,0 +1,335 @@
+// The tti playground: one form, the server's public API, nothing else.
+// Every request goes to this page's own origin (relative URLs, so it also works
+// behind a proxy that serves the model under a path prefix).
+"use strict";
+
+const TOKEN_KEY = "tti-playground-token";
+const MAX_RUNS = 24;
+const MAX_SEED = Number.MAX_SAFE_INTEGER; // the API takes up to 2^63-1; JS numbers stop here
+const MAX_WAITS = 60; // 503 + Retry-After (loading, queue full): wait and retry this often
+const WORDS = {
+  400: "The server refused the request",
+  401: "The server wants an access token",
+  403: "The token was refused",
+  404: "Not found",
+  406: "The server cannot produce that format",
+  500: "The model failed",
+  503: "The model is not ready or too busy",
+  504: "The model took too long",
+};
+
+const $ = (id) => document.getElementById(id);
+const state = { model: null, runs: [], shown: null, busy: false };
+
+class ApiError extends Error {}
+
+// Sizes: the server rounds each side to the nearest multiple of 8 (halves up, never 0).
+function roundTo8(pixels) {
+  return Math.max(8, Math.floor((pixels + 4) / 8) * 8);
+}
+
+function url(path) {
+  return new URL(path, document.baseURI).href;
+}
+
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+function call(path, options = {}) {
+  const headers = { ...options.headers, ...authHeaders() };
+  return fetch(url(path), { ...options, headers });
+}
+
+async function errorText(response) {
+  let details = response.statusText;
+  try {
+    details = (await response.json()).details || details;
+  } catch {
+    // not the server's JSON envelope (a proxy's page, say): keep the status text
+  }
+  const words = WORDS[response.status] || "The request failed";
+  return `${words} (${response.status}): ${details}`;
+}
+
+const sleep = (seconds) => new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+
+// The header line: which model, and whether it is ready (polled until it is).
+async function watchModel() {
+  try {
+    const models = await call("v1/models");
+    if (models.status === 401) return askForToken();
+    if (!models.ok) throw new ApiError(await errorText(models));
+    state.model = (await models.json()).data[0].id;
+    const ready = await call("readyz");
+    const note = ready.ok ? "ready" : `not ready: ${(await ready.json()).details}`;
+    $("model").textContent = `Model ${state.model} · ${note}`;
+    if (!ready.ok) setTimeout(watchModel, 2000);
+  } catch (error) {
+    $("model").textContent = `Cannot reach the model: ${error.message}`;
+    setTimeout(watchModel, 5000);
+  }
+}
+
+function askForToken() {
+  $("token-box").hidden = false;
+  $("token").focus();
+  $("model").textContent = "The server wants an access token.";
+}
+
+function saveToken() {
+  const token = $("token").value.trim();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("token").value = "";
+  $("token-box").hidden = true;
+  watchModel();
+}
+
+// The form -> the request body, in the order it is sent and copied.
+function wholeNumber(id, label, min, max = MAX_SEED) {
+  const text = $(id).value.trim();
+  if (!/^\d+$/.test(text) || Number(text) < min || Number(text) > max) {
+    throw new ApiError(`${label}: enter a whole number from ${min} to ${max}`);
+  }
+  return Number(text);
+}
+
+function newSeed() {
+  const words = crypto.getRandomValues(new Uint32Array(1));
+  $("seed").value = String(words[0]);
+}
+
+function readForm() {
+  if (!$("keep-seed").checked || !$("seed").value.trim()) newSeed();
+  const body = {};
+  if (state.model) body.model = state.model;
+  body.prompt = $("prompt").value;
+  body.n = wholeNumber("count", "Images", 1, 10);
+  body.size = `${wholeNumber("width", "Width", 0)}x${wholeNumber("height", "Height", 0)}`;
+  body.seed = wholeNumber("seed", "Seed", 0);
+  body.num_steps = wholeNumber("steps", "Steps", 0);
+  const guidance = Number($("guidance").value);
+  if ($("guidance").value.trim() === "" || Number.isNaN(guidance)) {
+    throw new ApiError("Guidance: enter a number");
+  }
+  body.guidance_scale = guidance;
+  if ($("negative").value.trim()) body.negative_prompt = $("negative").value;
+  if ($("format").value) body.output_format = $("format").value;
+  return body;
+}
+
+// One generation: POST, waiting out 503s that say when to retry.
+async function post(json) {
+  for (let wait = 0; ; wait++) {
+    const response = await call("v1/images/generations", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: json,
+    });
+    if (response.ok) return response.json();
+    if (response.status === 401) {
+      askForToken();
+      throw new ApiError(`${await errorText(response)}. Enter it below, then generate again.`);
+    }
+    const retry = Number(response.headers.get("Retry-After"));
+    if (response.status !== 503 || !retry || wait >= MAX_WAITS) {
+      throw new ApiError(await errorText(response));
+    }
+    setStatus(`${await errorText(response)}; trying again in ${retry} s…`);
+    await sleep(retry);
+  }
+}
+
+function toBlobUrl(b64, format) {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  return URL.createObjectURL(new Blob([bytes], { type: `image/${format}` }));
+}
+
+async function generate() {
+  if (state.busy) return;
+  saveToken();
+  showError("");
+  let body;
+  try {
+    body = readForm();
+  } catch (error) {
+    return showError(error.message);
+  }
+  setBusy(true);
+  const json = JSON.stringify(body);
+  const started = performance.now();
+  try {
+    const answer = await post(json);
+    const seconds = (performance.now() - started) / 1000;
+    const images = answer.data.map((item, i) => ({
+      url: toBlobUrl(item.b64_json, answer.output_format),
+      seed: body.seed + i,
+    }));
+    addRun({ body, json, seconds, images, size: answer.size, format: answer.output_format });
+    setStatus(`${images.length} image${images.length > 1 ? "s" : ""} in ${seconds.toFixed(2)} s`);
+  } catch (error) {
+    setStatus("");
+    showError(error instanceof ApiError ? error.message : `Cannot reach the server: ${error.message}`);
+  } finally {
+    setBusy(false);
+  }
+}
+
+function setBusy(busy) {
+  state.busy = busy;
+  $("generate").disabled = busy;
+  $("generate").textContent = busy ? "Generating…" : "Generate";
+  $("form").setAttribute("aria-busy", String(busy));
+  if (busy) setStatus("Generating…");
+}
+
+function setStatus(text) {
+  $("status").textContent = text;
+}
+
+function showError(text) {
+  $("error").textContent = text;
+  $("error").hidden = !text;
+}
+
+// Results: the run shown, and the strip of this session's runs.
+function addRun(run) {
+  state.runs.unshift(run);
+  for (const old of state.runs.splice(MAX_RUNS)) {
+    old.images.forEach((image) => URL.revokeObjectURL(image.url));
+  }
+  showRun(run);
+}
+
+function el(tag, props = {}, ...children) {
+  const node = Object.assign(document.createElement(tag), props);
+  node.append(...children);
+  return node;
+}
+
+function showRun(run) {
+  state.shown = run;
+  const [width, height] = run.size.split("x");
+  $("images").replaceChildren(
+    ...run.images.map((image) => {
+      const img = el("img", { src: image.url, width, height, alt: `${run.body.prompt} (seed ${image.seed})` });
+      const link = el("a", { href: image.url, download: `tti-${image.seed}.${run.format}` }, "Download");
+      const caption = `${run.size} · seed ${image.seed} · ${run.seconds.toFixed(2)} s · `;
+      return el("figure", {}, img, el("figcaption", {}, caption, link));
+    }),
+  );
+  $("empty").hidden = true;
+  $("copy").hidden = false;
+  $("snippet").value = "";
+  $("snippet-box").hidden = true;
+  renderHistory();
+}
+
+function renderHistory() {
+  $("history-title").hidden = $("history").hidden = state.runs.length < 2;
+  $("history").replaceChildren(
+    ...state.runs.map((run) => {
+      const first = run.images[0];
+      const label = `${run.body.prompt.slice(0, 40)} · seed ${first.seed}`;
+      const button = el("button", { type: "button", title: run.body.prompt }, el("img", { src: first.url, alt: "" }), el("span", {}, label));
+      if (run === state.shown) button.setAttribute("aria-current", "true");
+      button.addEventListener("click", () => showRun(run));
+      return el("li", {}, button);
+    }),
+  );
+}
+
+// "Copy as": the request just shown, exactly (a token is named, never copied).
+const shellQuote = (text) => `'${text.replaceAll("'", `'\\''`)}'`;
+const pyValue = (value) => JSON.stringify(value); // JSON strings and numbers are Python literals
+
+function curlFor(run) {
+  const lines = [`curl -s ${shellQuote(url("v1/images/generations"))}`];
+  lines.push("-H 'Content-Type: application/json'");
+  if (sessionStorage.getItem(TOKEN_KEY)) lines.push(`-H "Authorization: Bearer $TTI_TOKEN"`);
+  lines.push(`-d ${shellQuote(run.json)}`);
+  return lines.join(" \\\n  ") + "\n";
+}
+
+function pythonFor(run) {
+  const { seed, num_steps, guidance_scale, negative_prompt, ...standard } = run.body;
+  const extra = { seed, num_steps, guidance_scale };
+  if (negative_prompt !== undefined) extra.negative_prompt = negative_prompt;
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const args = Object.entries(standard).map(([key, value]) => `    ${key}=${pyValue(value)},`);
+  const extras = Object.entries(extra).map(([key, value]) => `${pyValue(key)}: ${pyValue(value)}`);
+  return [
+    "import base64",
+    ...(token ? ["import os"] : []),
+    "",
+    "from openai import OpenAI",
+    "",
+    `client = OpenAI(base_url=${pyValue(url("v1"))}, api_key=${token ? 'os.environ["TTI_TOKEN"]' : '"unused"'})`,
+    "result = client.images.generate(",
+    ...args,
+    `    extra_body={${extras.join(", ")}},`,
+    ")",
+    "for i, image in enumerate(result.data):",
+    `    with open(f"tti-{${seed} + i}.${run.format}", "wb") as file:`,
+    "        file.write(base64.b64decode(image.b64_json))",
+    "",
+  ].join("\n");
+}
+
+async function copy(text) {
+  $("snippet-box").hidden = false;
+  $("snippet").value = text;
+  $("snippet").rows = text.split("\n").length;
+  try {
+    await navigator.clipboard.writeText(text);
+    setStatus("Copied to the clipboard.");
+  } catch {
+    $("snippet").select(); // no clipboard (plain http off localhost): select it to copy by hand
+    setStatus("Select the text below and copy it.");
+  }
+}
+
+// Size: presets fill width and height; the hint shows what the model will use.
+function syncSize(fromPreset) {
+  if (fromPreset && $("preset").value !== "custom") {
+    [$("width").value, $("height").value] = $("preset").value.split("x");
+  }
+  const [width, height] = [Number($("width").value), Number($("height").value)];
+  const preset = `${width}x${height}`;
+  const known = [...$("preset").options].some((option) => option.value === preset);
+  $("preset").value = known ? preset : "custom";
+  const rounded = [roundTo8(width), roundTo8(height)];
+  const changed = width > 0 && height > 0 && (rounded[0] !== width || rounded[1] !== height);
+  $("size-hint").textContent = changed
+    ? `The model will use ${rounded[0]} × ${rounded[1]} (sides round to multiples of 8).`
+    : "";
+}
+
+function init() {
+  $("form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    generate();
+  });
+  $("prompt").addEventListener("keydown", (event) => {
+    const plain = !(event.shiftKey || event.ctrlKey || event.altKey || event.metaKey);
+    if (event.key === "Enter" && plain && !event.isComposing) {
+      event.preventDefault();
+      $("form").requestSubmit();
+    }
+  });
+  $("preset").addEventListener("change", () => syncSize(true));
+  $("width").addEventListener("input", () => syncSize(false));
+  $("height").addEventListener("input", () => syncSize(false));
+  $("dice").addEventListener("click", newSeed);
+  $("seed").addEventListener("input", () => ($("keep-seed").checked = true));
+  $("save-token").addEventListener("click", saveToken);
+  $("copy-curl").addEventListener("click", () => copy(curlFor(state.shown)));
+  $("copy-python").addEventListener("click", () => copy(pythonFor(state.shown)));
+  syncSize(false);
+  newSeed();
+  watchModel();
+}
+
+init();
