@@ -15,7 +15,8 @@ and a hand-off would only add a thread switch (the dominant cost of a cheap
 request: measured with tests/benchmarks/bench_stub_server.py).
 
 A batch that raises fails only its own requests; the worker releases device
-memory and keeps serving. Nothing here knows about HTTP.
+memory and keeps serving. Nothing here knows about HTTP or gRPC: its errors are
+`failures.ServiceError`s, which each transport maps to its own codes.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any, TypeVar, cast
 from PIL import Image
 
 from tti_server.backends.base import Backend, BackendOutOfMemory, GenerationRequest
+from tti_server.failures import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ Images = list[Image.Image]
 Outcomes = list[tuple["_Job", Any, "EngineError | None"]]
 
 
-class EngineError(Exception):
+class EngineError(ServiceError):
     """A request the engine could not serve; the message is safe to show to clients."""
 
 

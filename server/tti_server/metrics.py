@@ -63,10 +63,11 @@ class RequestCollector(Collector):
     """
 
     def __init__(self) -> None:
-        self._requests: dict[tuple[str, str, int], int] = {}
+        self._requests: dict[tuple[str, str, int | str], int] = {}
         self._latency: dict[str, _Latency] = {}
 
-    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+    def observe(self, route: str, method: str, status: int | str, seconds: float) -> None:
+        """HTTP: path template, method, status code; gRPC: full method, GRPC, code name."""
         key = (route, method, status)
         self._requests[key] = self._requests.get(key, 0) + 1
         latency = self._latency.get(route)
@@ -76,12 +77,16 @@ class RequestCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
-            "tti_requests", "HTTP requests by route and status code", labels=REQUEST_LABELS
+            "tti_requests",
+            "Requests by route and status: HTTP (status code) and gRPC (method GRPC, code name)",
+            labels=REQUEST_LABELS,
         )
         for (route, method, status), count in self._requests.items():
             requests.add_metric([route, method, str(status)], count)
         latency = HistogramMetricFamily(
-            "tti_request_duration_seconds", "HTTP request latency by route", labels=["route"]
+            "tti_request_duration_seconds",
+            "Request latency by route (HTTP path or gRPC method)",
+            labels=["route"],
         )
         for route, histogram in self._latency.items():
             latency.add_metric([route], histogram.cumulative_buckets(), histogram.total)

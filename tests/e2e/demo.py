@@ -283,8 +283,12 @@ def replace_flag(args: list[str], flag: str, value: str) -> list[str]:
     return [*args[: index + 1], value, *args[index + 2 :]]
 
 
-def local_pod(template: Obj, scratch: Path, port: int) -> LocalPod:
-    """The first container of `template` as a local command (pure, apart from mkdir)."""
+def local_pod(template: Obj, scratch: Path, port: int, grpc_port: int = 0) -> LocalPod:
+    """The first container of `template` as a local command (pure, apart from mkdir).
+
+    Its gRPC API listens on `grpc_port` (0: off), never the pod's fixed 8085, which
+    another local server may hold.
+    """
     spec = template["spec"]
     container = spec["containers"][0]
     volumes_by_name = {v["name"]: v for v in spec.get("volumes", [])}
@@ -301,6 +305,7 @@ def local_pod(template: Obj, scratch: Path, port: int) -> LocalPod:
     args = [remap(arg, volumes) for arg in container.get("args", [])]
     container_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "http")
     args = replace_flag(args, "--port", str(port))
+    args = replace_flag(args, "--grpc-port", str(grpc_port))
     args = replace_flag(args, "--host", "127.0.0.1")
     notes = [
         f"container port {container_port} -> 127.0.0.1:{port} (a free local port, loopback only)",

@@ -55,6 +55,8 @@ def test_pod_template_to_local_command_maps_ports_and_volumes(tmp_path: Path) ->
         "127.0.0.1",
         "--port",
         "4321",
+        "--grpc-port",
+        "0",
     ]
     assert pod.env == {"HF_HOME": str(tmp_path / "vol" / "cache" / "huggingface")}
     assert any("no GPU here" in note for note in pod.notes)

@@ -67,7 +67,7 @@ def test_format_follows_the_file_suffix_or_the_flag(
 def test_an_error_answer_is_one_line(contract_server: ServerProcess, tmp_path: Path) -> None:
     out = tmp_path / "never.png"
     result = tti("generate", "c", "--url", contract_server.url, "--height", "0", "-o", str(out))
-    assert_one_line_error(result, "server answered 400: parameters.height:")
+    assert_one_line_error(result, "server answered 422: parameters.height:")
     assert not out.exists()
 
 
