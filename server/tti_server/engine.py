@@ -74,6 +74,7 @@ class EngineStats:
     images_generated: int = 0
     batches: int = 0
     failed_batches: int = 0
+    running: int = 0  # requests in a pipeline call right now
 
 
 @dataclass(eq=False)
@@ -285,6 +286,7 @@ class Engine:
         if not live:
             return
         loop = asyncio.get_running_loop()
+        self.stats.running += len(live)
         try:
             images, outcomes = await loop.run_in_executor(
                 worker.executor, self._generate_and_finish, worker, live, loop
@@ -295,6 +297,8 @@ class Engine:
             for job in live:
                 _fail(job, error)
             return
+        finally:
+            self.stats.running -= len(live)
         self.stats.batches += 1
         self.stats.images_generated += images
         if outcomes is not None:

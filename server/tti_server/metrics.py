@@ -46,12 +46,14 @@ class EngineCollector(Collector):
             "tti_batches", "Pipeline calls, by outcome", labels=["outcome"]
         )
         ready = GaugeMetricFamily("tti_ready", "1 once the model is loaded and warmed up")
+        running = GaugeMetricFamily("tti_running", "Requests in a pipeline call now")
         depth.add_metric([], engine.queue_depth if engine else 0)
+        running.add_metric([], engine.stats.running if engine else 0)
         images.add_metric([], engine.stats.images_generated if engine else 0)
         batches.add_metric(["ok"], engine.stats.batches if engine else 0)
         batches.add_metric(["failed"], engine.stats.failed_batches if engine else 0)
         ready.add_metric([], 1 if engine else 0)
-        yield from (depth, images, batches, ready)
+        yield from (depth, running, images, batches, ready)
 
 
 class RequestCollector(Collector):
