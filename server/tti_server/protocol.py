@@ -18,7 +18,17 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from tti_server.settings import ImageFormat, normalise_format
 
 AnyCaseFormat = Annotated[ImageFormat, BeforeValidator(normalise_format)]
-Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
+def _whole_float_as_int(value: object) -> object:
+    """JSON Schema's integer includes 2.0: a strict int field takes a whole float too."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+_Whole = BeforeValidator(_whole_float_as_int)  # after the constraints, or they go unstated
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1), _Whole]
+ImageCount = Annotated[int, Field(ge=1, le=10), _Whole]
+Steps = Annotated[int, Field(gt=0), _Whole]
 _SIDE = "pixels (sdxl-turbo: the nearest multiple of 8)"
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
@@ -93,13 +103,13 @@ class OpenAIImageRequest(BaseModel):
 
     prompt: str = Field(min_length=1)
     model: str | None = None
-    n: int = Field(default=1, ge=1, le=10)
+    n: ImageCount = 1
     size: str | None = Field(default=None, description="'WIDTHxHEIGHT' or 'auto'")
     response_format: Literal["b64_json", "url"] | None = None
     output_format: AnyCaseFormat | None = None
     # Extensions beyond OpenAI's API (pass them with the client's `extra_body`).
     seed: Seed | None = None
-    num_steps: int | None = Field(default=None, gt=0)
+    num_steps: Steps | None = None
     guidance_scale: float | None = Field(default=None, ge=0, le=50)
     negative_prompt: str | None = None
 

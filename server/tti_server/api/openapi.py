@@ -15,6 +15,8 @@ from fastapi.openapi.utils import get_openapi
 
 from tti_server.settings import Settings
 
+SEED_MAX = 2**63 - 1
+
 
 def install_openapi(app: FastAPI, settings: Settings) -> None:
     """Build the document once, on first request, with the settings' limits in it."""
@@ -54,6 +56,9 @@ def limits(settings: Settings) -> list[tuple[str, str, dict[str, Any]]]:
         ("OpenAIImageRequest", "num_steps", steps),
         ("OpenAIImageRequest", "negative_prompt", text),
         ("OpenAIImageRequest", "response_format", {"enum": ["b64_json"]}),
+        # pydantic writes 2**63 - 1 as the float 2**63, one more than a seed may be.
+        ("CaikitParameters", "seed", {"maximum": SEED_MAX}),
+        ("OpenAIImageRequest", "seed", {"maximum": SEED_MAX}),
     ]
 
 
