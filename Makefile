@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml scripts/venv.sh
+$(STAMP): pyproject.toml setup.py scripts/venv.sh $(wildcard server/tti_server/grpc_api/protos/*.proto)
 	@PYTHON=$(PYTHON) bash scripts/venv.sh $(VENV)
 
 .PHONY: venv

@@ -16,6 +16,8 @@ from tti_operator.spec import API_VERSION, KIND, ModelSpec, Source
 Obj = dict[str, Any]
 
 PORT = 8080
+#: caikit's gRPC API (ccv.ComputerVisionService, health, reflection), as the caikit runtime.
+GRPC_PORT = 8085
 CACHE_DIR = "/cache"
 WEIGHTS_DIR = "/models"
 HF_HOME = f"{CACHE_DIR}/huggingface"
@@ -91,7 +93,10 @@ def build_service(owner: Owner) -> Obj:
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(owner.name),
-            "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+            ],
         },
     }
 
@@ -135,7 +140,7 @@ def server_args(owner: Owner, spec: ModelSpec) -> list[str]:
     path = model_path(spec.effective_source)
     if path is not None:
         args += ["--model-path", path]
-    args += ["--host", "0.0.0.0", "--port", str(PORT)]
+    args += ["--host", "0.0.0.0", "--port", str(PORT), "--grpc-port", str(GRPC_PORT)]
     if spec.max_batch_size is not None:
         args += ["--max-batch-size", str(spec.max_batch_size)]
     if spec.batch_wait_ms is not None:
@@ -247,7 +252,10 @@ def pod_template(
         "imagePullPolicy": "IfNotPresent",
         "args": server_args(owner, spec),
         "env": env(spec, playground=playground),
-        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+        ],
         "resources": resources(spec),
         "securityContext": container_security_context(),
         "volumeMounts": mounts,

@@ -6,6 +6,7 @@ Every flag is a `Settings` field, so flags, `TTI_*` variables and `--help` never
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 import types
@@ -32,7 +33,8 @@ other command:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Serve a text-to-image model over caikit- and OpenAI-compatible HTTP APIs.",
+        description="Serve a text-to-image model over caikit- and OpenAI-compatible HTTP APIs "
+        "and caikit's gRPC API.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
@@ -83,9 +85,6 @@ def load_settings(argv: Sequence[str]) -> Settings:
 def serve(argv: Sequence[str]) -> int:
     import uvicorn
 
-    from tti_server.app import create_app
-    from tti_server.gc_tuning import settle_after_load
-
     settings = load_settings(argv)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -98,9 +97,13 @@ def serve(argv: Sequence[str]) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, on_load_failure=stop_on_load_failure, on_ready=settle_after_load)
+    from tti_server.app import create_app
+    from tti_server.gc_tuning import settle_after_load
+    from tti_server.service import Service
+
+    service = Service(settings, on_load_failure=stop_on_load_failure, on_ready=settle_after_load)
     config = uvicorn.Config(
-        app,
+        create_app(settings, service=service),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -109,13 +112,35 @@ def serve(argv: Sequence[str]) -> int:
     )
     server = uvicorn.Server(config)
     try:
-        server.run()
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+            runner.run(_serve_both(server, service))
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after a clean shutdown
         return 130
     if failure:
         print(f"{PROG}: error: {failure[0]}", file=sys.stderr)
         return 1
     return 0 if server.started else 1
+
+
+async def _serve_both(server: Any, service: Any) -> None:
+    """HTTP (uvicorn) and gRPC on one event loop over one service; the service loads the model.
+
+    uvicorn handles the signals: when it has drained HTTP, gRPC gets the same grace,
+    then the engine stops.
+    """
+    settings = service.settings
+    grpc_server = None
+    if settings.grpc_port:
+        from tti_server.grpc_api.server import start_grpc_server
+
+        grpc_server = await start_grpc_server(service, settings.host, settings.grpc_port)
+    service.start()
+    try:
+        await server.serve()
+    finally:
+        if grpc_server is not None:
+            await grpc_server.stop(grace=max(5.0, settings.request_timeout))
+        await service.stop()
 
 
 def make_tiny_model(argv: Sequence[str]) -> int:

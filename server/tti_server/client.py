@@ -1,6 +1,10 @@
-"""`tti`: a small command-line client for a tti-server (standard library only).
+"""`tti`: a small command-line client for a tti-server.
 
 tti generate "a red fox in the snow" --url http://localhost:8080 -o fox.png
+tti generate "a red fox in the snow" --grpc localhost:8085 --model-id stub -o fox.png
+
+HTTP needs only the standard library; `--grpc` speaks caikit's gRPC API with the
+stubs generated from the package's protos.
 """
 
 from __future__ import annotations
@@ -65,6 +69,35 @@ def generate(url: str, options: GenerateOptions, timeout: float = 300.0) -> byte
         raise ClientError(f"cannot reach {url}: {reason}") from None
 
 
+def generate_grpc(target: str, options: GenerateOptions, timeout: float = 300.0) -> bytes:
+    """Call caikit's `TextToImageTaskPredict` at host:port; raise `ClientError` with the reason."""
+    if not options.model_id:
+        raise ClientError("--grpc needs --model-id: caikit's gRPC API names the model")
+    if options.seed is not None:
+        raise ClientError("--seed is not part of caikit's gRPC request; use HTTP for it")
+    import grpc
+
+    import tti_server.grpc_api  # noqa: F401  (puts the generated modules on sys.path)
+    import computervisionservice_pb2_grpc  # isort: skip
+    from ccv import texttoimagetaskrequest_pb2  # isort: skip
+
+    fields = {"height": options.height, "width": options.width, "num_steps": options.steps}
+    request = texttoimagetaskrequest_pb2.TextToImageTaskRequest(
+        inputs=options.prompt,
+        image_format=options.image_format,
+        **{name: value for name, value in fields.items() if value is not None},
+    )
+    metadata = [("mm-model-id", options.model_id)]
+    with grpc.insecure_channel(target) as channel:
+        stub = computervisionservice_pb2_grpc.ComputerVisionServiceStub(channel)
+        try:
+            answer = stub.TextToImageTaskPredict(request, metadata=metadata, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise ClientError(f"server answered {exc.code().name}: {exc.details()}") from None
+    image: bytes = answer.output.image_data
+    return image
+
+
 def _error_details(exc: urllib.error.HTTPError) -> str:
     """The `details` of the server's error envelope, or the raw body when there is none."""
     raw = exc.read().decode(errors="replace")
@@ -80,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="generate one image into a file")
     gen.add_argument("prompt", help="what to draw")
     gen.add_argument("--url", default="http://localhost:8080", help="server base URL")
+    gen.add_argument(
+        "--grpc", metavar="HOST:PORT", help="use caikit's gRPC API there instead (needs --model-id)"
+    )
     gen.add_argument("--height", type=int, help="pixels (rounded to a multiple of 8)")
     gen.add_argument("--width", type=int, help="pixels (rounded to a multiple of 8)")
     gen.add_argument("--steps", type=int, help="denoising steps")
@@ -104,7 +140,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         model_id=args.model_id,
     )
     try:
-        image = generate(args.url, options, args.timeout)
+        if args.grpc:
+            image = generate_grpc(args.grpc, options, args.timeout)
+        else:
+            image = generate(args.url, options, args.timeout)
         args.output.write_bytes(image)
     except ClientError as exc:
         sys.exit(f"tti: error: {exc}")

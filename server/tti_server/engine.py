@@ -15,7 +15,8 @@ and a hand-off would only add a thread switch (the dominant cost of a cheap
 request: measured with tests/benchmarks/bench_stub_server.py).
 
 A batch that raises fails only its own requests; the worker releases device
-memory and keeps serving. Nothing here knows about HTTP.
+memory and keeps serving. Nothing here knows about HTTP or gRPC: its errors are
+`failures.ServiceError`s, which each transport maps to its own codes.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any, TypeVar, cast
 from PIL import Image
 
 from tti_server.backends.base import Backend, BackendOutOfMemory, GenerationRequest
+from tti_server.failures import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ Images = list[Image.Image]
 Outcomes = list[tuple["_Job", Any, "EngineError | None"]]
 
 
-class EngineError(Exception):
+class EngineError(ServiceError):
     """A request the engine could not serve; the message is safe to show to clients."""
 
 
@@ -72,6 +74,7 @@ class EngineStats:
     images_generated: int = 0
     batches: int = 0
     failed_batches: int = 0
+    running: int = 0  # requests in a pipeline call right now
 
 
 @dataclass(eq=False)
@@ -283,6 +286,7 @@ class Engine:
         if not live:
             return
         loop = asyncio.get_running_loop()
+        self.stats.running += len(live)
         try:
             images, outcomes = await loop.run_in_executor(
                 worker.executor, self._generate_and_finish, worker, live, loop
@@ -293,6 +297,8 @@ class Engine:
             for job in live:
                 _fail(job, error)
             return
+        finally:
+            self.stats.running -= len(live)
         self.stats.batches += 1
         self.stats.images_generated += images
         if outcomes is not None:

@@ -1,6 +1,7 @@
 """One error envelope, `{"code", "details", "id"}`, for every error the server returns.
 
-Handlers here turn our own errors, FastAPI's validation errors, Starlette's
+Handlers here turn the service's transport-neutral errors (through `HTTP_STATUS`,
+the one table of their HTTP statuses), FastAPI's validation errors, Starlette's
 404/405 and any unexpected exception into that envelope. Bodies never carry a
 traceback; the log does.
 """
@@ -18,42 +19,43 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from tti_server.engine import (
-    EngineError,
     EngineStopped,
     GenerationFailed,
     GenerationTimeout,
     OutOfMemory,
     QueueFull,
 )
+from tti_server.failures import InvalidInput, NotReady, ServiceError, UnknownModel, lookup
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-Id"
-#: Seconds a client is told to wait after a 503 because the queue was full.
+#: Seconds a client is told to wait after a 503 (loading, queue full, out of memory).
 RETRY_AFTER_S = 1
 _MAX_LISTED_ERRORS = 3
 
 
-class APIError(Exception):
-    """An error with a status code and a message meant for the client."""
+#: The one place service errors become HTTP statuses (an error's nearest listed class wins).
+HTTP_STATUS: dict[type[ServiceError], int] = {
+    InvalidInput: 400,
+    UnknownModel: 404,
+    NotReady: 503,
+    QueueFull: 503,
+    OutOfMemory: 503,
+    EngineStopped: 503,
+    GenerationTimeout: 504,
+    GenerationFailed: 500,
+    ServiceError: 500,
+}
 
-    def __init__(self, details: str, status: int, headers: Mapping[str, str] | None = None):
+
+class HTTPOnlyError(Exception):
+    """An error only HTTP has (a media type it cannot read): status and message."""
+
+    def __init__(self, details: str, status: int) -> None:
         super().__init__(details)
         self.details = details
         self.status = status
-        self.headers = dict(headers or {})
-
-
-class InvalidRequest(APIError):
-    """Bad input: 400 unless told otherwise (404 for an unknown model)."""
-
-    def __init__(self, details: str, status: int = 400) -> None:
-        super().__init__(details, status)
-
-
-class NotReady(APIError):
-    def __init__(self, details: str) -> None:
-        super().__init__(details, 503, {"Retry-After": str(RETRY_AFTER_S)})
 
 
 def request_id(request: Request) -> str:
@@ -69,16 +71,10 @@ def error_response(
     return Response(body, status, all_headers, media_type="application/json")
 
 
-def engine_error_status(error: EngineError) -> tuple[int, dict[str, str]]:
-    """The status (and headers) a client sees for each way the engine can refuse or fail."""
-    retry = {"Retry-After": str(RETRY_AFTER_S)}
-    if isinstance(error, QueueFull | OutOfMemory | EngineStopped):
-        return 503, retry
-    if isinstance(error, GenerationTimeout):
-        return 504, {}
-    if isinstance(error, GenerationFailed):
-        return 500, {}
-    return 500, {}
+def service_error_status(error: ServiceError) -> tuple[int, dict[str, str]]:
+    """The status (and headers) a client sees for a service error; 503s say when to retry."""
+    status = lookup(HTTP_STATUS, error)
+    return status, ({"Retry-After": str(RETRY_AFTER_S)} if status == 503 else {})
 
 
 def describe_validation_errors(errors: Sequence[Any]) -> str:
@@ -103,20 +99,22 @@ def _describe_one(error: Mapping[str, Any]) -> str:
     return f"{field}: {message}"
 
 
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, APIError)
-    return error_response(request, exc.status, exc.details, exc.headers)
-
-
-async def _engine_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, EngineError)
-    status, headers = engine_error_status(exc)
+async def _service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    status, headers = service_error_status(exc)
     return error_response(request, status, str(exc), headers)
+
+
+async def _http_only_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPOnlyError)
+    return error_response(request, exc.status, exc.details)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    return error_response(request, 400, describe_validation_errors(exc.errors()))
+    # caikit's route answers schema errors as caikit does (422); the OpenAI routes, 400.
+    status = getattr(request.scope.get("route"), "schema_error_status", 400)
+    return error_response(request, status, describe_validation_errors(exc.errors()))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -143,8 +141,8 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(APIError, _api_error)
-    app.add_exception_handler(EngineError, _engine_error)
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(HTTPOnlyError, _http_only_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)

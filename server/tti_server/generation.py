@@ -1,17 +1,20 @@
 """Pure builders: a validated protocol request plus the settings' limits -> an engine request.
 
-These apply what the seed's module means (positive sizes, rounded to multiples
-of 8) and the limits it lacks (largest side, most steps, longest prompt).
+These apply what the seed's modules mean (positive sizes; SDXL rounds them to
+multiples of 8, the stub draws any size) and the limits they lack (largest side,
+most steps, longest prompt), raising the transport-neutral `InvalidInput` and
+`UnknownModel`. The OpenAPI document states the same limits (`api/openapi.py`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tti_server.backends.base import BatchKey, GenerationRequest
-from tti_server.errors import InvalidRequest
+from tti_server.failures import InvalidInput, UnknownModel
 from tti_server.protocol import CaikitParameters, CaikitTextToImageRequest, OpenAIImageRequest
-from tti_server.settings import ImageFormat, Settings
+from tti_server.settings import ImageFormat, ModelKind, Settings
 
 #: SDXL-Turbo was trained without classifier-free guidance (the seed's default).
 DEFAULT_GUIDANCE = 0.0
@@ -26,34 +29,44 @@ class Job:
     image_format: ImageFormat
 
 
-def round_to_8(pixels: int) -> int:
-    """The nearest multiple of 8 (halves round up), never 0."""
-    return max(8, (pixels + 4) // 8 * 8)
+def nearest_multiple_of_8(pixels: int) -> int:
+    """SDXL needs multiples of 8: the nearest, ties to even (as caikit's SDXL), never 0."""
+    return max(8, round(pixels / 8) * 8)
+
+
+def exact(pixels: int) -> int:
+    return pixels
+
+
+#: How each model fits a requested height or width (caikit's stub does not round).
+SIDE_ROUNDING: dict[ModelKind, Callable[[int], int]] = {
+    "stub": exact,
+    "sdxl-turbo": nearest_multiple_of_8,
+}
 
 
 def checked_side(field: str, pixels: int | None, settings: Settings) -> int:
+    fit = SIDE_ROUNDING[settings.model]
     if pixels is None:
-        return round_to_8(settings.default_size)
+        return fit(settings.default_size)
     if pixels <= 0:
-        raise InvalidRequest(f"{field}: must be greater than 0, got {pixels}")
-    rounded = round_to_8(pixels)
-    if rounded > settings.max_side:
-        raise InvalidRequest(f"{field}: {pixels} exceeds the maximum of {settings.max_side} pixels")
-    return rounded
+        raise InvalidInput(f"{field}: must be greater than 0, got {pixels}")
+    if pixels > settings.max_side:
+        raise InvalidInput(f"{field}: {pixels} exceeds the maximum of {settings.max_side} pixels")
+    return fit(pixels)
 
 
 def checked_prompt(field: str, text: str, settings: Settings) -> str:
-    if not text.strip():
-        raise InvalidRequest(f"{field}: must not be empty")
+    """Any text up to the limit: caikit's modules take an empty prompt too."""
     if len(text) > settings.max_prompt_length:
-        raise InvalidRequest(
+        raise InvalidInput(
             f"{field}: {len(text)} characters exceed the maximum of {settings.max_prompt_length}"
         )
     return text
 
 
 def checked_negative_prompt(field: str, text: str | None, settings: Settings) -> str | None:
-    if text is None or not text.strip():
+    if not text:
         return None
     return checked_prompt(field, text, settings)
 
@@ -62,21 +75,23 @@ def checked_steps(field: str, steps: int | None, settings: Settings) -> int:
     if steps is None:
         return DEFAULT_STEPS
     if steps > settings.max_steps:
-        raise InvalidRequest(f"{field}: {steps} exceeds the maximum of {settings.max_steps}")
+        raise InvalidInput(f"{field}: {steps} exceeds the maximum of {settings.max_steps}")
     return steps
 
 
 def checked_model(field: str, name: str | None, settings: Settings) -> None:
     if name is not None and name != settings.served_model_id:
-        raise InvalidRequest(
+        raise UnknownModel(
             f"{field}: model {name!r} is not served here; this server serves "
-            f"{settings.served_model_id!r}",
-            status=404,
+            f"{settings.served_model_id!r}"
         )
 
 
-def caikit_job(body: CaikitTextToImageRequest, settings: Settings) -> Job:
-    checked_model("model_id", body.model_id, settings)
+def caikit_job(
+    body: CaikitTextToImageRequest, settings: Settings, model_field: str = "model_id"
+) -> Job:
+    """`model_field` names where the model id came from (gRPC: the `mm-model-id` metadata)."""
+    checked_model(model_field, body.model_id, settings)
     params = body.parameters or CaikitParameters()
     key = BatchKey(
         height=checked_side("parameters.height", params.height, settings),
@@ -95,7 +110,7 @@ def caikit_job(body: CaikitTextToImageRequest, settings: Settings) -> Job:
 def openai_job(body: OpenAIImageRequest, settings: Settings) -> Job:
     checked_model("model", body.model, settings)
     if body.response_format == "url":
-        raise InvalidRequest(
+        raise InvalidInput(
             "response_format: 'url' is not supported: this server keeps no image store; "
             "use 'b64_json'"
         )

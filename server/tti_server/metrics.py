@@ -46,12 +46,14 @@ class EngineCollector(Collector):
             "tti_batches", "Pipeline calls, by outcome", labels=["outcome"]
         )
         ready = GaugeMetricFamily("tti_ready", "1 once the model is loaded and warmed up")
+        running = GaugeMetricFamily("tti_running", "Requests in a pipeline call now")
         depth.add_metric([], engine.queue_depth if engine else 0)
+        running.add_metric([], engine.stats.running if engine else 0)
         images.add_metric([], engine.stats.images_generated if engine else 0)
         batches.add_metric(["ok"], engine.stats.batches if engine else 0)
         batches.add_metric(["failed"], engine.stats.failed_batches if engine else 0)
         ready.add_metric([], 1 if engine else 0)
-        yield from (depth, images, batches, ready)
+        yield from (depth, running, images, batches, ready)
 
 
 class RequestCollector(Collector):
@@ -63,10 +65,11 @@ class RequestCollector(Collector):
     """
 
     def __init__(self) -> None:
-        self._requests: dict[tuple[str, str, int], int] = {}
+        self._requests: dict[tuple[str, str, int | str], int] = {}
         self._latency: dict[str, _Latency] = {}
 
-    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+    def observe(self, route: str, method: str, status: int | str, seconds: float) -> None:
+        """HTTP: path template, method, status code; gRPC: full method, GRPC, code name."""
         key = (route, method, status)
         self._requests[key] = self._requests.get(key, 0) + 1
         latency = self._latency.get(route)
@@ -76,12 +79,16 @@ class RequestCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
-            "tti_requests", "HTTP requests by route and status code", labels=REQUEST_LABELS
+            "tti_requests",
+            "Requests by route and status: HTTP (status code) and gRPC (method GRPC, code name)",
+            labels=REQUEST_LABELS,
         )
         for (route, method, status), count in self._requests.items():
             requests.add_metric([route, method, str(status)], count)
         latency = HistogramMetricFamily(
-            "tti_request_duration_seconds", "HTTP request latency by route", labels=["route"]
+            "tti_request_duration_seconds",
+            "Request latency by route (HTTP path or gRPC method)",
+            labels=["route"],
         )
         for route, histogram in self._latency.items():
             latency.add_metric([route], histogram.cumulative_buckets(), histogram.total)

@@ -1,8 +1,11 @@
 """The wire format: pydantic models for every request and response body.
 
 Request models check types and the fixed rules (positive sizes, `n` 1-10, known
-formats); limits that depend on settings are checked in `generation.py`.
-Numbers are strict: `"64"` or `true` for a height is an error, not a guess.
+formats); limits that depend on settings are checked in `generation.py` and
+written into the OpenAPI document by `api/openapi.py`.
+
+caikit's request is read as the caikit runtime reads it (pydantic's lax mode:
+`"64"` or `64.0` for a height is 64); the OpenAI request is strict.
 """
 
 from __future__ import annotations
@@ -15,12 +18,29 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from tti_server.settings import ImageFormat, normalise_format
 
 AnyCaseFormat = Annotated[ImageFormat, BeforeValidator(normalise_format)]
-Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
+def _whole_float_as_int(value: object) -> object:
+    """JSON Schema's integer includes 2.0: a strict int field takes a whole float too."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+_Whole = BeforeValidator(_whole_float_as_int)  # after the constraints, or they go unstated
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1), _Whole]
+ImageCount = Annotated[int, Field(ge=1, le=10), _Whole]
+Steps = Annotated[int, Field(gt=0), _Whole]
+_SIDE = "pixels (sdxl-turbo: the nearest multiple of 8)"
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class _AsCaikit(BaseModel):
+    """As the caikit runtime's request models: values coerced, unknown fields refused."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class ErrorResponse(BaseModel):
@@ -34,11 +54,11 @@ class ErrorResponse(BaseModel):
 # caikit-runtime: POST /api/v1/task/text-to-image
 
 
-class CaikitParameters(_Strict):
+class CaikitParameters(_AsCaikit):
     """The seed's `SDXL.run` keyword arguments, plus `seed`."""
 
-    height: int | None = Field(default=None, gt=0, description="pixels, rounded to a multiple of 8")
-    width: int | None = Field(default=None, gt=0, description="pixels, rounded to a multiple of 8")
+    height: int | None = Field(default=None, gt=0, description=_SIDE)
+    width: int | None = Field(default=None, gt=0, description=_SIDE)
     num_steps: int | None = Field(
         default=None, gt=0, description="denoising steps (SDXL-Turbo: 1-4)"
     )
@@ -50,7 +70,7 @@ class CaikitParameters(_Strict):
     seed: Seed | None = Field(default=None, description="the same seed gives the same image")
 
 
-class CaikitTextToImageRequest(_Strict):
+class CaikitTextToImageRequest(_AsCaikit):
     model_id: str | None = Field(default=None, description="must name the served model when given")
     inputs: str = Field(description="the prompt")
     parameters: CaikitParameters | None = None
@@ -81,15 +101,15 @@ class OpenAIImageRequest(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="ignore")
 
-    prompt: str
+    prompt: str = Field(min_length=1)
     model: str | None = None
-    n: int = Field(default=1, ge=1, le=10)
+    n: ImageCount = 1
     size: str | None = Field(default=None, description="'WIDTHxHEIGHT' or 'auto'")
     response_format: Literal["b64_json", "url"] | None = None
     output_format: AnyCaseFormat | None = None
     # Extensions beyond OpenAI's API (pass them with the client's `extra_body`).
     seed: Seed | None = None
-    num_steps: int | None = Field(default=None, gt=0)
+    num_steps: Steps | None = None
     guidance_scale: float | None = Field(default=None, ge=0, le=50)
     negative_prompt: str | None = None
 
@@ -134,17 +154,26 @@ class ModelList(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    """One entry of caikit's `/info/models`."""
+    """One entry of caikit's `/info/models`, with the fields the caikit runtime gives."""
 
+    model_path: str
     name: str
-    module_id: str
+    size: int = Field(description="bytes of the model's files (0: built in)")
+    metadata: dict[str, object] = Field(description="tti-server: workers and devices")
     loaded: bool
-    workers: int
-    devices: list[str]
+    module_id: str
+    module_metadata: dict[str, str]
 
 
 class ModelsInfo(BaseModel):
     models: list[ModelInfo]
+
+
+class RuntimeInfo(BaseModel):
+    """caikit's `/info/version`."""
+
+    python_packages: dict[str, str]
+    runtime_version: str | None = None
 
 
 class Status(BaseModel):

@@ -39,7 +39,13 @@ class Settings(BaseSettings):
     )
     image_format: ImageFormat = Field(default="png", description="format when a request names none")
     host: str = Field(default="0.0.0.0", description="address to listen on")
-    port: int = Field(default=8080, ge=0, le=65535, description="port to listen on")
+    port: int = Field(default=8080, ge=0, le=65535, description="HTTP port to listen on")
+    grpc_port: int = Field(
+        default=8085,
+        ge=0,
+        le=65535,
+        description="gRPC port (caikit's ComputerVisionService, health, reflection); 0: no gRPC",
+    )
     max_queue: int = Field(
         default=64, ge=1, description="requests waiting for a worker before new ones get 503"
     )

@@ -168,7 +168,7 @@ def servers() -> dict[str, Callable[[int], list[str]]]:
         "minimal, off loop": minimal("minimal_off_loop_app"),
         "tti-server": lambda port: [
             sys.executable, "-m", "tti_server", "--model", "stub", "--host", "127.0.0.1",
-            "--port", str(port), "--log-level", "warning",
+            "--port", str(port), "--grpc-port", "0", "--log-level", "warning",
         ],
     }  # fmt: skip
 

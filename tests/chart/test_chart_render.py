@@ -197,14 +197,16 @@ def test_helm_test_hook_calls_the_models_service(helm: Helm) -> None:
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert pod["spec"]["restartPolicy"] == "Never"
     assert pod["spec"]["automountServiceAccountToken"] is False
-    container = pod["spec"]["containers"][0]
-    assert container["image"] == "tti-server:0.1.0"
-    assert container["command"] == ["tti"]
-    args = container["args"]
-    assert "http://turbo-a.tti-system.svc:8080" in args
-    # By the name the operator has the pod serve: the served name is checked end to end.
-    assert args[args.index("--model-id") + 1] == "turbo-a"
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    http, grpc = pod["spec"]["containers"]
+    assert [http["name"], grpc["name"]] == ["generate-http", "generate-grpc"]
+    for container in (http, grpc):
+        assert container["image"] == "tti-server:0.1.0"
+        assert container["command"] == ["tti"]
+        # By the name the operator has the pod serve: the served name is checked end to end.
+        assert container["args"][container["args"].index("--model-id") + 1] == "turbo-a"
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert http["args"][http["args"].index("--url") + 1] == "http://turbo-a.tti-system.svc:8080"
+    assert grpc["args"][grpc["args"].index("--grpc") + 1] == "turbo-a.tti-system.svc:8085"
 
 
 def test_names_fit_in_63_characters(helm: Helm) -> None:

@@ -141,7 +141,7 @@ def test_operator_image_is_the_base_install_without_torch() -> None:
         )
 
 
-def test_server_image_installs_the_server_extra_and_exposes_8080() -> None:
+def test_server_image_installs_the_server_extra_and_exposes_8080_and_8085() -> None:
     """The dependencies of the base install and the server extra, read from pyproject.toml,
     in a layer of their own; then the project's wheel without them."""
     instructions = parse(ROOT / "Dockerfile.server")
@@ -150,7 +150,9 @@ def test_server_image_installs_the_server_extra_and_exposes_8080() -> None:
     assert 'p["dependencies"]' in runs, "the base dependencies are not installed"
     assert re.search(r"pip wheel --no-deps .*\.", runs), "the project's wheel is not built"
     assert re.search(r"pip install --no-deps .*/wheels/\*\.whl", runs)
-    assert args_of(instructions, "EXPOSE") == ["8080"]
+    assert args_of(instructions, "EXPOSE") == ["8080 8085"]
+    # setup.py generates the gRPC code from the protos while the wheel is built.
+    assert any("setup.py" in copy.split() for copy in args_of(instructions, "COPY"))
 
 
 def test_server_cache_is_on_the_declared_volume() -> None:
@@ -210,7 +212,7 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
 def test_server_image_matches_what_the_operators_pods_expect() -> None:
     """Port, uid, cache volume and HF_HOME are set in two places: keep them equal."""
     instructions = parse(ROOT / "Dockerfile.server")
-    assert args_of(instructions, "EXPOSE") == [str(builders.PORT)]
+    assert args_of(instructions, "EXPOSE") == [f"{builders.PORT} {builders.GRPC_PORT}"]
     assert args_of(instructions, "USER")[-1] == f"{builders.SERVER_UID}:{builders.SERVER_UID}"
     volumes = [v.strip('[]" ') for v in args_of(instructions, "VOLUME")]
     assert volumes == [builders.CACHE_DIR]

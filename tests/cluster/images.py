@@ -38,7 +38,7 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 BASE_IMAGE = f"localhost/tti-base:{DEBIAN_SUITE}"
 # What the build context holds (.dockerignore lets exactly these through).
-CONTEXT = ("pyproject.toml", "README.md", "operator", "server")
+CONTEXT = ("pyproject.toml", "setup.py", "README.md", "operator", "server")
 # Host files pip needs inside a build to reach the package index (a trust store that knows
 # this network's TLS proxy, pip's own settings); mounted read-only, never baked in.
 PIP_HOST_FILES = ("/etc/pip.conf", "/etc/ssl/certs/ca-certificates.crt")
@@ -159,7 +159,7 @@ def context_files() -> Iterator[Path]:
             yield path
             continue
         for file in sorted(path.rglob("*")):
-            skipped = "__pycache__" in file.parts or file.suffix == ".pyc"
+            skipped = {"__pycache__", "generated"} & set(file.parts) or file.suffix == ".pyc"
             if file.is_file() and not skipped and ".egg-info" not in str(file):
                 yield file
 

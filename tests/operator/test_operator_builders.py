@@ -85,6 +85,7 @@ def test_server_flags_follow_the_spec() -> None:
     assert arg(args, "--max-batch-size") == "8"
     assert arg(args, "--batch-wait-ms") == "5"
     assert arg(args, "--port") == "8080"
+    assert arg(args, "--grpc-port") == "8085"
     assert arg(args, "--host") == "0.0.0.0"
     assert deployment(model="stub", replicas=3)["spec"]["replicas"] == 3
 
@@ -123,7 +124,10 @@ def test_probes_use_readyz_healthz_and_a_long_startup_budget() -> None:
     startup = c["startupProbe"]
     assert startup["httpGet"]["path"] == "/healthz"
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 20 * 60
-    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 8085, "protocol": "TCP"},
+    ]
 
 
 def test_security_context_is_hardened_with_a_writable_cache() -> None:
@@ -227,11 +231,12 @@ def test_playground_off_reaches_every_model_pod_unless_its_spec_sets_it_back() -
     ]
 
 
-def test_service_selects_exactly_the_models_pods_on_port_http() -> None:
+def test_service_selects_exactly_the_models_pods_on_ports_http_and_grpc() -> None:
     svc = build_service(OWNER)
     assert svc["spec"]["type"] == "ClusterIP"
     assert svc["spec"]["ports"] == [
-        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"},
+        {"name": "grpc", "port": 8085, "targetPort": "grpc", "protocol": "TCP"},
     ]
     dep = deployment(model="stub")
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]

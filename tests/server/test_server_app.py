@@ -240,7 +240,7 @@ def test_every_worker_is_warmed_up_and_listed() -> None:
         return await client.get("/info/models")
 
     info = run(app, scenario).json()["models"][0]
-    assert (info["workers"], info["devices"]) == (2, ["cpu", "cpu"])
+    assert (info["metadata"]["workers"], info["metadata"]["devices"]) == (2, ["cpu", "cpu"])
     assert [backend.calls for backend in backends] == [1, 1]
 
 

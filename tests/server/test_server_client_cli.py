@@ -67,7 +67,7 @@ def test_format_follows_the_file_suffix_or_the_flag(
 def test_an_error_answer_is_one_line(contract_server: ServerProcess, tmp_path: Path) -> None:
     out = tmp_path / "never.png"
     result = tti("generate", "c", "--url", contract_server.url, "--height", "0", "-o", str(out))
-    assert_one_line_error(result, "server answered 400: parameters.height:")
+    assert_one_line_error(result, "server answered 422: parameters.height:")
     assert not out.exists()
 
 
@@ -81,3 +81,28 @@ def test_an_unwritable_output_is_one_line(contract_server: ServerProcess, tmp_pa
     out = tmp_path / "missing-dir" / "x.png"
     result = tti("generate", "c", "--url", contract_server.url, "-o", str(out))
     assert_one_line_error(result, f"cannot write {out}")
+
+
+def test_generate_over_grpc(contract_server: ServerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "cat.webp"
+    target = contract_server.grpc_target
+    result = tti("generate", "a cat", "--grpc", target, "--model-id", "stub", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert image_info(out) == ("WEBP", (512, 512))
+    args = ("--height", "60", "--width", "100", "--format", "jpeg", "-o", str(out))
+    assert tti("generate", "c", "--grpc", target, "--model-id", "stub", *args).returncode == 0
+    assert image_info(out) == ("JPEG", (100, 60))
+
+
+def test_grpc_errors_are_one_line(contract_server: ServerProcess, tmp_path: Path) -> None:
+    out = str(tmp_path / "x.png")
+    target = contract_server.grpc_target
+    assert_one_line_error(tti("generate", "c", "--grpc", target, "-o", out), "--model-id")
+    other = tti("generate", "c", "--grpc", target, "--model-id", "sdxl", "-o", out)
+    assert_one_line_error(other, "server answered NOT_FOUND: mm-model-id: model 'sdxl'")
+    huge = tti("generate", "c", "--grpc", target, "--model-id", "stub", "--height", "99999")
+    assert_one_line_error(huge, "server answered INVALID_ARGUMENT: parameters.height")
+    seeded = tti("generate", "c", "--grpc", target, "--model-id", "stub", "--seed", "1")
+    assert_one_line_error(seeded, "--seed")
+    down = tti("generate", "c", "--grpc", f"127.0.0.1:{free_port()}", "--model-id", "stub")
+    assert_one_line_error(down, "server answered UNAVAILABLE")

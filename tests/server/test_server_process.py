@@ -110,7 +110,7 @@ def test_a_request_past_the_timeout_gets_504(start_server: StartServer) -> None:
 def test_workers_flag_starts_that_many_cpu_workers(start_server: StartServer) -> None:
     server = start_server("--workers", "2", "--max-batch-size", "1")
     info = httpx.get(server.url + "/info/models").json()["models"][0]
-    assert (info["workers"], info["devices"]) == (2, ["cpu", "cpu"])
+    assert (info["metadata"]["workers"], info["metadata"]["devices"]) == (2, ["cpu", "cpu"])
     with ThreadPoolExecutor(4) as pool:
         assert {a.status_code for a in pool.map(generate, [server.url] * 4)} == {200}
 

@@ -43,8 +43,7 @@ def chromium(**context_options: Any) -> Iterator[BrowserContext]:
     """Chromium with a fresh user-data directory, closed (and the directory removed) after."""
     if not CHROMIUM.exists():
         raise ChromiumMissing(
-            f"{CHROMIUM} is missing: run `make browser` (scripts/debian-packages.sh browser apt-get installs "
-            "Debian's chromium)"
+            f"{CHROMIUM} is missing: run `make browser` (it apt-get installs Debian's chromium)"
         )
     with tempfile.TemporaryDirectory(prefix="tti-chromium-") as profile, sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(

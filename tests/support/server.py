@@ -5,7 +5,7 @@
         httpx.get(server.url + "/health")
 
 `start_server(*args, env=None, wait_ready=True)` starts `tti-server ARGS` (with
-`--host 127.0.0.1` and a free `--port` unless given), waits for `/readyz` to
+`--host 127.0.0.1`, a free `--port` and a free `--grpc-port` unless given), waits for `/readyz` to
 answer 200 and returns a `ServerProcess`; every server started by a test is
 stopped when the test ends. A server that exits before it is ready raises
 `ServerExited` carrying its exit status and output, so a test can assert on a
@@ -48,6 +48,7 @@ class ServerProcess:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    grpc_target: str = ""  # host:port of its gRPC API ("" with --grpc-port 0)
 
     def output(self) -> str:
         """Everything the server wrote to stdout and stderr so far."""
@@ -107,9 +108,12 @@ def launch_server(
     args = list(args)
     if "--port" not in args:
         args += ["--port", str(free_port())]
+    if "--grpc-port" not in args:
+        args += ["--grpc-port", str(free_port())]
     if "--host" not in args:
         args += ["--host", "127.0.0.1"]
     port = args[args.index("--port") + 1]
+    grpc_port = args[args.index("--grpc-port") + 1]
     # Hermetic: the caller's TTI_* settings must not leak into the server under test.
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("TTI_")}
     full_env = {**base_env, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -119,7 +123,8 @@ def launch_server(
         process = subprocess.Popen(
             [*server_command(), *args], stdout=log, stderr=subprocess.STDOUT, env=full_env
         )
-    server = ServerProcess(f"http://127.0.0.1:{port}", process, log_path)
+    grpc_target = f"127.0.0.1:{grpc_port}" if grpc_port != "0" else ""
+    server = ServerProcess(f"http://127.0.0.1:{port}", process, log_path, grpc_target)
     if wait_ready:
         try:
             wait_until_ready(server, ready_timeout)

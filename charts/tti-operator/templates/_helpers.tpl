@@ -159,3 +159,8 @@ the model and serves HTTP on port 8080.
 {{- define "tti-operator.modelUrl" -}}
 {{- printf "http://%s.%s.svc:8080" .name .namespace }}
 {{- end }}
+
+{{/* The model's gRPC API (caikit's ComputerVisionService) as host:port. */}}
+{{- define "tti-operator.modelGrpcTarget" -}}
+{{- printf "%s.%s.svc:8085" .name .namespace }}
+{{- end }}

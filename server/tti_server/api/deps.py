@@ -9,18 +9,9 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from tti_server.engine import Engine
-from tti_server.errors import NotReady
 from tti_server.service import Service
 
 
 def service_of(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
-
-
-def ready_engine(service: Service) -> Engine:
-    """The engine, or 503 while the model is loading (or failed to load)."""
-    if service.engine is None:
-        raise NotReady(service.load_error or "model: still loading and warming up; retry shortly")
-    return service.engine

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from importlib import metadata
+
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import PlainTextResponse, Response
 
-from tti_server.api.deps import ready_engine, service_of
-from tti_server.protocol import ErrorResponse, ModelInfo, ModelsInfo, Status
+from tti_server import __version__
+from tti_server.api.deps import service_of
+from tti_server.protocol import ErrorResponse, ModelInfo, ModelsInfo, RuntimeInfo, Status
+
+#: The packages `/info/version` names (caikit lists its own `caikit*` packages).
+VERSIONED_PACKAGES = ("tti-operator", "fastapi", "grpcio", "torch", "diffusers")
 
 router = APIRouter(tags=["operations"])
 
@@ -28,7 +34,7 @@ async def healthz() -> Status:
     responses={503: {"model": ErrorResponse, "description": "Loading, or failed to load"}},
 )
 async def readyz(request: Request) -> Status:
-    ready_engine(service_of(request))
+    service_of(request).ready_engine()
     return Status(status="ready")
 
 
@@ -38,13 +44,30 @@ async def info_models(request: Request) -> ModelsInfo:
     engine = service.engine
     devices = [worker.backend.device for worker in engine.workers] if engine else []
     model = ModelInfo(
+        model_path=service.settings.resolved_model_path,
         name=service.model_id,
-        module_id=service.settings.model,
+        size=service.model_size,
+        metadata={"workers": len(devices), "devices": devices},
         loaded=engine is not None,
-        workers=len(devices),
-        devices=devices,
+        module_id=service.settings.model,
+        module_metadata=service.producer,
     )
     return ModelsInfo(models=[model])
+
+
+@router.get("/info/version", summary="Versions of the server and its libraries (caikit's)")
+async def info_version() -> RuntimeInfo:
+    return RuntimeInfo(python_packages=_package_versions(), runtime_version=__version__)
+
+
+def _package_versions() -> dict[str, str]:
+    versions = {}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics")

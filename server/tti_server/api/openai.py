@@ -8,10 +8,9 @@ import time
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from tti_server.api.deps import ready_engine, service_of
+from tti_server.api.deps import service_of
 from tti_server.api.errors_doc import GENERATION_ERRORS
 from tti_server.api.json_route import ValidatedJSONRoute, json_response
-from tti_server.generation import openai_job
 from tti_server.protocol import ModelCard, ModelList, OpenAIImageRequest, OpenAIImagesResponse
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=ValidatedJSONRoute)
@@ -24,15 +23,12 @@ router = APIRouter(prefix="/v1", tags=["openai"], route_class=ValidatedJSONRoute
     summary="Generate 1-10 images (OpenAI images API)",
 )
 async def create_images(body: OpenAIImageRequest, request: Request) -> Response:
-    service = service_of(request)
-    engine = ready_engine(service)
-    job = openai_job(body, service.settings)
-    images = await service.generate(engine, job.request, job.image_format)
+    result = await service_of(request).images(body)
     answer = {
         "created": int(time.time()),
-        "data": [{"b64_json": base64.b64encode(image).decode()} for image in images],
-        "output_format": job.image_format,
-        "size": f"{job.request.key.width}x{job.request.key.height}",
+        "data": [{"b64_json": base64.b64encode(image).decode()} for image in result.images],
+        "output_format": result.image_format,
+        "size": f"{result.width}x{result.height}",
     }
     return json_response(answer)
 
