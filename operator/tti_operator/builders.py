@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tti_operator.catalogue import entry
 from tti_operator.spec import API_VERSION, KIND, ModelSpec, Source
 
 Obj = dict[str, Any]
@@ -98,13 +99,8 @@ def build_service(owner: Owner) -> Obj:
 
 def default_resources(spec: ModelSpec) -> Obj:
     """Requests and limits per model, before the user's `spec.resources` are merged over."""
-    if spec.model == "stub":
-        requests, limits = {"cpu": "100m", "memory": "256Mi"}, {"memory": "1Gi"}
-    elif spec.gpus > 0:
-        requests, limits = {"cpu": "2", "memory": "12Gi"}, {"memory": "24Gi"}
-    else:
-        requests, limits = {"cpu": "4", "memory": "12Gi"}, {"memory": "24Gi"}
-    return {"requests": requests, "limits": limits}
+    defaults = entry(spec.model).resources(spec.gpus)
+    return {"requests": dict(defaults.requests), "limits": dict(defaults.limits)}
 
 
 def resources(spec: ModelSpec) -> Obj:

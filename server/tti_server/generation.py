@@ -13,10 +13,6 @@ from tti_server.errors import InvalidRequest
 from tti_server.protocol import CaikitParameters, CaikitTextToImageRequest, OpenAIImageRequest
 from tti_server.settings import ImageFormat, Settings
 
-#: SDXL-Turbo was trained without classifier-free guidance (the seed's default).
-DEFAULT_GUIDANCE = 0.0
-DEFAULT_STEPS = 1
-
 
 @dataclass(frozen=True)
 class Job:
@@ -53,14 +49,17 @@ def checked_prompt(field: str, text: str, settings: Settings) -> str:
 
 
 def checked_negative_prompt(field: str, text: str | None, settings: Settings) -> str | None:
+    """The negative prompt, validated; None for a model that takes none, so that requests
+    differing only in it still share a batch."""
     if text is None or not text.strip():
         return None
-    return checked_prompt(field, text, settings)
+    checked = checked_prompt(field, text, settings)
+    return checked if settings.catalogue_entry.negative_prompt else None
 
 
 def checked_steps(field: str, steps: int | None, settings: Settings) -> int:
     if steps is None:
-        return DEFAULT_STEPS
+        return settings.catalogue_entry.default_steps
     if steps > settings.max_steps:
         raise InvalidRequest(f"{field}: {steps} exceeds the maximum of {settings.max_steps}")
     return steps
@@ -82,7 +81,7 @@ def caikit_job(body: CaikitTextToImageRequest, settings: Settings) -> Job:
         height=checked_side("parameters.height", params.height, settings),
         width=checked_side("parameters.width", params.width, settings),
         num_steps=checked_steps("parameters.num_steps", params.num_steps, settings),
-        guidance_scale=_guidance(params.guidance_scale),
+        guidance_scale=_guidance(params.guidance_scale, settings),
         negative_prompt=checked_negative_prompt(
             "parameters.negative_prompt", params.negative_prompt, settings
         ),
@@ -104,7 +103,7 @@ def openai_job(body: OpenAIImageRequest, settings: Settings) -> Job:
         height=checked_side("size (height)", height, settings),
         width=checked_side("size (width)", width, settings),
         num_steps=checked_steps("num_steps", body.num_steps, settings),
-        guidance_scale=_guidance(body.guidance_scale),
+        guidance_scale=_guidance(body.guidance_scale, settings),
         negative_prompt=checked_negative_prompt("negative_prompt", body.negative_prompt, settings),
     )
     prompt = checked_prompt("prompt", body.prompt, settings)
@@ -112,5 +111,5 @@ def openai_job(body: OpenAIImageRequest, settings: Settings) -> Job:
     return Job(request, body.output_format or settings.image_format)
 
 
-def _guidance(value: float | None) -> float:
-    return DEFAULT_GUIDANCE if value is None else float(value)
+def _guidance(value: float | None, settings: Settings) -> float:
+    return settings.catalogue_entry.default_guidance if value is None else float(value)
