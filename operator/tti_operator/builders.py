@@ -1,4 +1,4 @@
-"""Pure builders: the desired Deployment and Service of one TextToImageModel.
+"""Pure builders: the desired children (Deployment, Service) of one TextToImageModel.
 
 Each function maps (resource identity, parsed spec, operator settings) to a plain dict
 that is server-side applied as is. No I/O here, so everything is unit-tested without a
@@ -292,6 +292,12 @@ def build_deployment(owner: Owner, spec: ModelSpec, default_image: str) -> Obj:
             "template": pod_template(owner, spec, default_image),
         },
     }
+
+
+def desired_children(owner: Owner, spec: ModelSpec, default_image: str) -> list[Obj]:
+    """Every child the model should have now; an owned child missing here is pruned
+    (where its kind allows, see `kinds`)."""
+    return [build_deployment(owner, spec, default_image), build_service(owner)]
 
 
 def build_event(

@@ -34,7 +34,10 @@ class OperatorSettings(BaseSettings):
         0.5,
         ge=0,
         le=30,
-        description="seconds to gather a burst of child events into one status update",
+        description="seconds to gather a burst of child events into one reconcile",
+    )
+    concurrent_reconciles: int = Field(
+        16, ge=1, le=256, description="models reconciled at once (the work queue's workers)"
     )
     max_workers: int = Field(
         0, ge=0, description="concurrent per-object workers; 0 means no limit (kopf's default)"
