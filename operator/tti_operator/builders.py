@@ -295,8 +295,9 @@ def build_deployment(owner: Owner, spec: ModelSpec, default_image: str) -> Obj:
 
 
 def desired_children(owner: Owner, spec: ModelSpec, default_image: str) -> list[Obj]:
-    """Every child the model should have now; an owned child missing here is pruned
-    (where its kind allows, see `kinds`)."""
+    """Every child the model should have now, in the order they are applied (the
+    Deployment, which the rollout waits on, first); an owned child missing here is pruned
+    where its kind allows (see `kinds`)."""
     return [build_deployment(owner, spec, default_image), build_service(owner)]
 
 

@@ -325,35 +325,38 @@ class Reconciler:
     async def _write(
         self, record: ModelRecord, state: ModelState, objs: list[Obj], fresh: dict[str, object]
     ) -> None:
-        """Apply `objs` at once; the Created/Updated Event; the first error, once all ended."""
-        before = [self._cached(record, obj) for obj in objs]
-        results = await asyncio.gather(
-            *(self.client.apply(kind_of(obj, self.kinds), obj) for obj in objs),
-            return_exceptions=True,
-        )
+        """Apply `objs` one after the other, in the builder's order (the Deployment first:
+        under a burst every model's Deployment, which the rest of the rollout waits on,
+        then reaches the client's queue of writes before any Service or status patch);
+        then the Created/Updated Event for what was written, also when one failed."""
         created, updated = [], []
-        for obj, old, result in zip(objs, before, results, strict=True):
-            if isinstance(result, BaseException):
-                continue
-            kind, (new, stored) = kind_of(obj, self.kinds), result
-            meta = stored.get("metadata", {})
-            name, generation = str(meta.get("name")), int(meta.get("generation", 0))
-            state.written[kind.kind, name] = Written(
-                uid=str(meta.get("uid", "")),
-                generation=generation,
-                resource_version=str(meta.get("resourceVersion", "")),
-                at=time.monotonic(),
-            )
-            if kind.summarise is not None:
-                fresh[kind.kind] = kind.summarise(stored)  # newer than the watch's
-            if new:
-                created.append(kind.kind)
-            elif kind.drift is Drift.GENERATION and old is not None and old != generation:
-                updated.append(f"{kind.kind} {name}")
-        self._announce_writes(record, created, updated)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        try:
+            for obj in objs:
+                kind, old = kind_of(obj, self.kinds), self._cached(record, obj)
+                new, stored = await self.client.apply(kind, obj)
+                generation = self._written(state, kind, stored, fresh)
+                if new:
+                    created.append(kind.kind)
+                elif kind.drift is Drift.GENERATION and old is not None and old != generation:
+                    updated.append(f"{kind.kind} {obj['metadata']['name']}")
+        finally:
+            self._announce_writes(record, created, updated)
+
+    def _written(
+        self, state: ModelState, kind: ChildKind, stored: Obj, fresh: dict[str, object]
+    ) -> int:
+        """Remember a write (to tell it from someone else's); returns its generation."""
+        meta = stored.get("metadata", {})
+        generation = int(meta.get("generation", 0))
+        state.written[kind.kind, str(meta.get("name"))] = Written(
+            uid=str(meta.get("uid", "")),
+            generation=generation,
+            resource_version=str(meta.get("resourceVersion", "")),
+            at=time.monotonic(),
+        )
+        if kind.summarise is not None:
+            fresh[kind.kind] = kind.summarise(stored)  # newer than the watch's
+        return generation
 
     def _cached(self, record: ModelRecord, obj: Obj) -> int | None:
         """The generation of the live child `obj` replaces, if the cache holds one."""

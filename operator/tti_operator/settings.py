@@ -37,7 +37,11 @@ class OperatorSettings(BaseSettings):
         description="seconds to gather a burst of child events into one reconcile",
     )
     concurrent_reconciles: int = Field(
-        16, ge=1, le=256, description="models reconciled at once (the work queue's workers)"
+        1024,
+        ge=1,
+        le=4096,
+        description="models reconciled at once (the work queue's workers; the API server is "
+        "paced by the client's 16 writes in flight, not by these)",
     )
     max_workers: int = Field(
         0, ge=0, description="concurrent per-object workers; 0 means no limit (kopf's default)"

@@ -260,8 +260,13 @@ class Harness:
             return not queue.busy() if waiting_ok else queue.idle()
 
         async def turn_then_settle() -> None:
-            await asyncio.sleep(0)  # what was scheduled with call_soon happens first
-            await self.until(settled, "the queue to settle", timeout_s)
+            # Settled twice, with the loop's turns between: watch events scheduled with
+            # call_soon by the last write are delivered (and may enqueue) in between.
+            while True:
+                await self.until(settled, "the queue to settle", timeout_s)
+                await asyncio.sleep(0.005)
+                if settled():
+                    return
 
         self.run(turn_then_settle())
 
