@@ -76,12 +76,13 @@ class Controller:
             ]
 
     def _failed(self, key: Key, error: Exception, delay_s: float) -> None:
-        if isinstance(error, ApiError):
-            logger.warning("could not reconcile %s/%s: %s; retrying in %.0f s", *key, error,
-                           delay_s)  # fmt: skip
+        namespace, name = key
+        if isinstance(error, ApiError):  # the API server's answer says it all
+            message = "could not reconcile %s/%s: %s; retrying in %.0f s"
+            logger.warning(message, namespace, name, error, delay_s)
         else:
-            logger.error("reconciling %s/%s failed, retrying in %.0f s: %r", *key, delay_s,
-                         error, exc_info=error)  # fmt: skip
+            message = "reconciling %s/%s failed, retrying in %.0f s: %r"
+            logger.error(message, namespace, name, delay_s, error, exc_info=error)
 
     async def close(self) -> None:
         """Operator shutdown: stop the workers and watches, close the connections."""

@@ -115,8 +115,12 @@ class KubeClient:
     async def delete(self, kind: ChildKind, namespace: str, name: str, uid: str) -> None:
         """Delete the object `name` if it is still the one with `uid`: one already gone
         (404), or replaced by a namesake since (409: the uid precondition failed), is left."""
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid},
-                "propagationPolicy": "Background"}  # fmt: skip
+        body = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "preconditions": {"uid": uid},
+            "propagationPolicy": "Background",
+        }
         try:
             await self._request(
                 "DELETE", kind.object_path(namespace, name), body, "application/json", {}

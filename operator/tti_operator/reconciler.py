@@ -188,8 +188,9 @@ class Verdict(enum.Enum):
     UNSEEN = "unseen"
 
 
-def judge(kind: ChildKind, child: Child | None, written: Written | None, owner_uid: str,
-          now: float) -> Verdict:  # fmt: skip
+def judge(
+    kind: ChildKind, child: Child | None, written: Written | None, owner_uid: str, now: float
+) -> Verdict:
     """Does this child, as the cache shows it, need writing again?"""
     if written is None:
         return Verdict.STALE
@@ -393,8 +394,8 @@ class Reconciler:
                     continue
                 await self.client.delete(kind, record.owner.namespace, name, child.uid)
                 state.written.pop((kind.kind, name), None)
-                self._emit(record.ref, "Normal", "Deleted", f"deleted {kind.kind} {name}: "
-                           "no longer wanted")  # fmt: skip
+                message = f"deleted {kind.kind} {name}: no longer wanted"
+                self._emit(record.ref, "Normal", "Deleted", message)
 
     # 3. The status.
 

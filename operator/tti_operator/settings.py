@@ -44,7 +44,10 @@ class OperatorSettings(BaseSettings):
         "paced by the client's 16 writes in flight, not by these)",
     )
     max_workers: int = Field(
-        0, ge=0, description="concurrent per-object workers; 0 means no limit (kopf's default)"
+        0,
+        ge=0,
+        description="kopf's concurrent per-model workers (they only enqueue the model); "
+        "0 means no limit (kopf's default)",
     )
 
     @field_validator("namespaces", mode="before")

@@ -137,8 +137,8 @@ OnFailure = Callable[[K, Exception, float], None]
 
 
 def log_failure(key: object, error: Exception, delay_s: float) -> None:
-    logger.error("reconciling %s failed, retrying in %.1f s: %r", key, delay_s, error,
-                 exc_info=error)  # fmt: skip
+    message = "reconciling %s failed, retrying in %.1f s: %r"
+    logger.error(message, key, delay_s, error, exc_info=error)
 
 
 async def work(
