@@ -1,4 +1,4 @@
-"""Pure builders: the desired Deployment and Service of one TextToImageModel.
+"""Pure builders: the desired children (Deployment, Service) of one TextToImageModel.
 
 Each function maps (resource identity, parsed spec, operator settings) to a plain dict
 that is server-side applied as is. No I/O here, so everything is unit-tested without a
@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tti_operator.catalogue import entry
+from tti_operator.settings import OperatorSettings
 from tti_operator.spec import API_VERSION, KIND, ModelSpec, Source
 
 Obj = dict[str, Any]
@@ -103,13 +105,8 @@ def build_service(owner: Owner) -> Obj:
 
 def default_resources(spec: ModelSpec) -> Obj:
     """Requests and limits per model, before the user's `spec.resources` are merged over."""
-    if spec.model == "stub":
-        requests, limits = {"cpu": "100m", "memory": "256Mi"}, {"memory": "1Gi"}
-    elif spec.gpus > 0:
-        requests, limits = {"cpu": "2", "memory": "12Gi"}, {"memory": "24Gi"}
-    else:
-        requests, limits = {"cpu": "4", "memory": "12Gi"}, {"memory": "24Gi"}
-    return {"requests": requests, "limits": limits}
+    defaults = entry(spec.model).resources(spec.gpus)
+    return {"requests": dict(defaults.requests), "limits": dict(defaults.limits)}
 
 
 def resources(spec: ModelSpec) -> Obj:
@@ -311,6 +308,16 @@ def build_deployment(
             "template": pod_template(owner, spec, default_image, playground=playground),
         },
     }
+
+
+def desired_children(owner: Owner, spec: ModelSpec, settings: OperatorSettings) -> list[Obj]:
+    """Every child the model should have now, in the order they are applied (the
+    Deployment, which the rollout waits on, first); an owned child missing here is pruned
+    where its kind allows (see `kinds`)."""
+    deployment = build_deployment(
+        owner, spec, settings.server_image, playground=settings.playground
+    )
+    return [deployment, build_service(owner)]
 
 
 def build_event(

@@ -11,8 +11,8 @@ import kopf
 from pydantic import ValidationError
 
 from tti_operator import handlers
+from tti_operator.controller import Controller
 from tti_operator.kube import KubeClient
-from tti_operator.reconciler import Reconciler
 from tti_operator.settings import OperatorSettings
 
 LOG_FORMATS = {
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         clusterwide=not ours.namespaces,
         namespaces=ours.namespaces,
         liveness_endpoint=liveness,
-        memo=kopf.Memo(reconciler=Reconciler(ours, KubeClient(ours.field_manager))),
+        memo=kopf.Memo(controller=Controller(ours, KubeClient(ours.field_manager))),
     )
     return 0
 

@@ -1,9 +1,9 @@
-"""kopf registrations: thin handlers that delegate to the `Reconciler`.
+"""kopf registrations: the operator's process (login, liveness, logging) and the models' watch.
 
-Triggers: every event of a model (kopf's watch), and every event of the Deployments,
-Services and Pods it owns (the lean watches of `informer.Children`, found through the
-`tti.dev/model` label, filtered server-side, which keep a small summary of each child, so a
-status refresh costs no API read).
+kopf runs the operator and watches the models; each model event only reaches the
+`Controller`, which enqueues the model when the event says more than the echo of a status
+patch. Everything else (the children's watches, the work queue, the reconcile) is the
+controller's.
 
 The models take a plain event handler, not kopf's create/update/resume handlers: the
 reconcile is level-based and idempotent, so the generation is all the change detection it
@@ -22,9 +22,8 @@ from typing import Any, cast
 
 import kopf
 
-from tti_operator.informer import Children
+from tti_operator.controller import Controller
 from tti_operator.kube import KubeClient
-from tti_operator.reconciler import Key, ModelRecord, Reconciler, Views
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import GROUP, PLURAL, VERSION
 
@@ -105,17 +104,8 @@ _DROPPED = frozenset({"metadata", "status"})
 _KEPT_METADATA = ("labels", "annotations", "ownerReferences")
 
 
-def reconciler(memo: kopf.Memo) -> Reconciler:
-    return cast(Reconciler, memo["reconciler"])
-
-
-def children(memo: kopf.Memo) -> Children:
-    return cast(Children, memo["children"])
-
-
-def views(memo: kopf.Memo) -> Views:
-    watched = children(memo)
-    return Views(deployments=watched.deployments, pods=watched.pods)
+def controller(memo: kopf.Memo) -> Controller:
+    return cast(Controller, memo["controller"])
 
 
 # Every kopf callback here is async: kopf runs a plain function in a thread pool, a
@@ -125,19 +115,11 @@ def views(memo: kopf.Memo) -> Views:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Under plain `kopf run` there is no CLI to set things up: do it here.
-    if "reconciler" not in memo:
+    if "controller" not in memo:
         ours = OperatorSettings.model_validate({})
         configure(settings, ours)
-        memo["reconciler"] = Reconciler(ours, KubeClient(ours.field_manager))
-    ours = reconciler(memo).settings
-
-    async def on_child_event(
-        kind: str, key: Key, event_type: str | None, child: dict[str, Any]
-    ) -> None:
-        await child_event(memo, kind, key, event_type, child)
-
-    # Started by `login`, once there are credentials.
-    memo["children"] = Children(reconciler(memo).client, ours.namespaces, on_child_event)
+        memo["controller"] = Controller(ours, KubeClient(ours.field_manager))
+    controller(memo).start()
 
 
 @kopf.on.login()
@@ -147,43 +129,26 @@ async def login(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> k
     )
     if info is None:
         raise kopf.LoginError("no credentials: neither a service account nor a kubeconfig")
-    await reconciler(memo).client.connect(info)
-    children(memo).start()
+    await controller(memo).client.connect(info)
+    controller(memo).informer.start()  # idempotent: kopf logs in again after a 401
     return info
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    await children(memo).close()
-    await reconciler(memo).close()
+    await controller(memo).close()
 
 
 @kopf.on.probe(id="models")
 async def probe_models(memo: kopf.Memo, **_: Any) -> int:
     """How many models this operator serves, in the liveness endpoint's answer."""
-    return len(reconciler(memo).models)
-
-
-# The resource itself: its first sighting (creation, or the listing after a start) and every
-# spec change reconcile it; the rest (its own status patches) only refresh the record.
+    return len(controller(memo).store)
 
 
 @kopf.on.event(*MODELS)
 async def model_event(
     type: str | None, body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
-    # Know the existing children in its namespace before judging them.
-    await children(memo).synced(namespace or "")
-    await reconciler(memo).model_changed(type, ModelRecord.from_body(body), views(memo))
-
-
-# The children: any change refreshes the owner's status; a hand edit or delete is undone.
-
-
-async def child_event(
-    memo: kopf.Memo, kind: str, key: Key, event_type: str | None, child: dict[str, Any]
-) -> None:
-    record = reconciler(memo).models.get(key)
-    if record is None:
-        return  # its model is gone (garbage collection follows) or not ours
-    await reconciler(memo).child_changed(record, kind, event_type, child, views(memo))
+    # The first reconcile after a start must see the existing children in its namespace.
+    await controller(memo).informer.synced(namespace or "")
+    controller(memo).model_changed(type, body)

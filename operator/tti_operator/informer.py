@@ -1,98 +1,172 @@
-"""Lean watches of the children: the Deployments, Services and Pods the models own.
+"""Lean watches of the children, and the cache they keep: client-go's informer, for the kinds table.
 
 kopf sends every event of every object it watches through its whole machinery (a worker
 per object, body views, three loggers, a diff base, causes, handler bookkeeping): about
 2.5 ms of CPU per event, and one model's children make a dozen events while it rolls out.
-That was most of the operator's CPU and memory under a burst of new models. These watches
-keep a small summary per child (`DeploymentState`, `PodState`), drop the body at once, and
-hand the event to the reconciler. kopf still runs everything about the models themselves.
+These watches keep a small `Child` per object (its identity and the summary its kind asks
+for), drop the body at once, and tell the controller which model changed; kopf still
+watches the models themselves.
 
 Each watch lists first, then watches from the list's resourceVersion; it resumes after the
-server ends a watch, and lists again after "410 Gone" or a broken connection (children
-that vanished meanwhile are reported as deleted).
+server ends a watch, and lists again after "410 Gone" or a broken connection, reporting
+children that vanished meanwhile as deleted. A deleted child of a kind the operator writes
+stays in the cache as a tombstone until its model is reconciled, so the reconciler can tell
+"deleted" from "not seen yet" (a write of its own whose event is still on its way).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-from tti_operator.builders import MANAGED_BY, MODEL_LABEL
+from tti_operator.builders import MANAGED_BY, MODEL_LABEL, labels
+from tti_operator.kinds import CHILD_KINDS, ChildKind
 from tti_operator.kube import ApiError, KubeClient
-from tti_operator.reconciler import Key, model_key
-from tti_operator.status import DeploymentState, PodState, deployment_state, pod_state
 
 Obj = dict[str, Any]
-#: Receives each child event: (kind, its model, event type or None for a listed object,
-#: the object's metadata).
-Dispatch = Callable[[str, Key, str | None, Obj], Coroutine[Any, Any, None]]
+#: A model by (namespace, name).
+Key = tuple[str, str]
+#: Told that a child of the model changed; it only enqueues the model.
+OnChange = Callable[[Key], None]
 
 CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},{MODEL_LABEL}"
 #: Seconds before a watch that failed is listed again (doubling up to the last).
 RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 15.0)
 
 logger = logging.getLogger(__name__)
-_S = TypeVar("_S")
 
 
-@dataclass(frozen=True)
-class ChildKind:
-    kind: str
-    api: str  # "/api/v1" or "/apis/<group>/<version>"
-    plural: str
+@dataclass(frozen=True, slots=True)
+class Child:
+    """What the cache keeps of one child: who it is, whose it is, which version, a summary."""
 
-    def path(self, namespace: str | None) -> str:
-        where = f"/namespaces/{namespace}" if namespace else ""
-        return f"{self.api}{where}/{self.plural}"
+    name: str
+    uid: str
+    generation: int
+    resource_version: str
+    #: The uid of its controlling owner, "" for none.
+    controller_uid: str
+    #: Does it carry every label the operator gives its model's children?
+    labelled: bool
+    summary: object
+    deleted: bool = False
+
+    @classmethod
+    def of(cls, kind: ChildKind, model: str, obj: Mapping[str, Any], deleted: bool) -> Child:
+        meta = obj.get("metadata") or {}
+        owners = meta.get("ownerReferences") or []
+        controller: Mapping[str, Any] = next((o for o in owners if o.get("controller")), {})
+        return cls(
+            name=str(meta.get("name", "")),
+            uid=str(meta.get("uid", "")),
+            generation=int(meta.get("generation", 0)),
+            resource_version=str(meta.get("resourceVersion", "")),
+            controller_uid=str(controller.get("uid", "")),
+            labelled=labels(model).items() <= (meta.get("labels") or {}).items(),
+            summary=None if deleted or kind.summarise is None else kind.summarise(obj),
+            deleted=deleted,
+        )
 
 
-DEPLOYMENTS = ChildKind("Deployment", "/apis/apps/v1", "deployments")
-SERVICES = ChildKind("Service", "/api/v1", "services")
-PODS = ChildKind("Pod", "/api/v1", "pods")
-KINDS = (DEPLOYMENTS, SERVICES, PODS)
+def model_key(namespace: str | None, child_labels: Mapping[str, str]) -> Key | None:
+    """The (namespace, model) a child belongs to, from its labels."""
+    name = child_labels.get(MODEL_LABEL)
+    return (namespace, name) if namespace and name else None
 
 
-class ByModel(Mapping[Key, Iterable[_S]], Generic[_S]):
-    """A live read-only view: model key -> the summaries of its children of one kind."""
+class ChildCache:
+    """Every child the watches have shown, by kind and model; fed by `observe`."""
 
-    def __init__(self) -> None:
-        self._items: dict[Key, dict[str, _S]] = {}
+    def __init__(self, on_change: OnChange, kinds: Iterable[ChildKind] = CHILD_KINDS) -> None:
+        self.on_change = on_change
+        self._items: dict[str, dict[Key, dict[str, Child]]] = {k.kind: {} for k in kinds}
+        #: Per kind: uid -> (model, name), to find a child again whatever its event says.
+        self._where: dict[str, dict[str, tuple[Key, str]]] = {k.kind: {} for k in kinds}
 
-    def __getitem__(self, key: Key) -> Iterable[_S]:
-        return self._items[key].values()
-
-    def __iter__(self) -> Iterator[Key]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def update(self, key: Key, uid: str, summary: _S | None) -> None:
-        """Keep `summary` for the child `uid`; None: the child is gone."""
-        if summary is not None:
-            self._items.setdefault(key, {})[uid] = summary
+    def observe(self, kind: ChildKind, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        """Keep what one event (None: a listed object) shows of a child; tell its model."""
+        meta = obj.get("metadata") or {}
+        uid = str(meta.get("uid", ""))
+        key = model_key(meta.get("namespace"), meta.get("labels") or {})
+        if (held := self._where[kind.kind].get(uid)) is not None and held[0] != key:
+            # Relabelled away from its model: gone, as far as that model is concerned.
+            self.observe(kind, "DELETED", self.identity(kind, uid))
+        if key is None:
             return
-        children = self._items.get(key)
-        if children is not None:
-            children.pop(uid, None)
+        deleted = event_type == "DELETED"
+        child = Child.of(kind, key[1], obj, deleted)
+        if deleted and not kind.applied:
+            self._drop(kind, uid)
+        else:
+            self._put(kind, key, child)
+        self.on_change(key)
+
+    def children(self, kind: ChildKind, key: Key) -> Mapping[str, Child]:
+        """The model's children of `kind` by name, tombstones included."""
+        return self._items[kind.kind].get(key, {})
+
+    def summaries(self, kind: ChildKind, key: Key) -> list[object]:
+        """The summaries of the model's live children of `kind`."""
+        return [c.summary for c in self.children(kind, key).values() if not c.deleted]
+
+    def forget_deleted(self, key: Key) -> None:
+        """The model was reconciled with its children gone: drop their tombstones."""
+        for kind, by_model in self._items.items():
+            children = by_model.get(key, {})
+            for name in [name for name, child in children.items() if child.deleted]:
+                self._where[kind].pop(children.pop(name).uid, None)
             if not children:
-                del self._items[key]
+                by_model.pop(key, None)
+
+    def uids(self, kind: ChildKind, namespace: str | None) -> Iterator[str]:
+        """The live children of `kind` in `namespace` (None: all), for a relist to compare."""
+        for uid, (key, name) in list(self._where[kind.kind].items()):
+            if namespace is None or key[0] == namespace:
+                child = self._items[kind.kind][key][name]
+                if not child.deleted:
+                    yield uid
+
+    def identity(self, kind: ChildKind, uid: str) -> Obj:
+        """Enough of a cached child to report it deleted."""
+        key, name = self._where[kind.kind][uid]
+        meta = {"namespace": key[0], "name": name, "uid": uid, "labels": {MODEL_LABEL: key[1]}}
+        return {"metadata": meta}
+
+    def _put(self, kind: ChildKind, key: Key, child: Child) -> None:
+        children = self._items[kind.kind].setdefault(key, {})
+        if (replaced := children.get(child.name)) is not None and replaced.uid != child.uid:
+            self._where[kind.kind].pop(replaced.uid, None)  # an earlier incarnation's tombstone
+        children[child.name] = child
+        self._where[kind.kind][child.uid] = (key, child.name)
+
+    def _drop(self, kind: ChildKind, uid: str) -> None:
+        if (where := self._where[kind.kind].pop(uid, None)) is None:
+            return
+        key, name = where
+        children = self._items[kind.kind].get(key, {})
+        children.pop(name, None)
+        if not children:
+            self._items[kind.kind].pop(key, None)
 
 
-class Children:
-    """What the watches have seen, and the watches themselves."""
+class Informer:
+    """The watches of every child kind in the served namespaces, feeding one `ChildCache`."""
 
-    def __init__(self, client: KubeClient, namespaces: Iterable[str], dispatch: Dispatch) -> None:
+    def __init__(
+        self,
+        client: KubeClient,
+        namespaces: Iterable[str],
+        cache: ChildCache,
+        kinds: Iterable[ChildKind] = CHILD_KINDS,
+    ) -> None:
         self.client = client
+        self.cache = cache
+        self.kinds = tuple(kinds)
         self.namespaces: list[str | None] = list(namespaces) or [None]  # None: all namespaces
-        self.dispatch = dispatch
-        self.deployments: ByModel[DeploymentState] = ByModel()
-        self.pods: ByModel[PodState] = ByModel()
         self._tasks: list[asyncio.Task[None]] = []
-        self._handling: set[asyncio.Task[None]] = set()
         self._listed: set[tuple[str, str | None]] = set()
         # Per namespace: one that cannot be listed (no RoleBinding there, say) must not hold
         # up the models of the others.
@@ -103,7 +177,7 @@ class Children:
         if not self._tasks:
             self._tasks = [
                 asyncio.create_task(self._watch(kind, namespace), name=f"watch {kind.plural}")
-                for kind in KINDS
+                for kind in self.kinds
                 for namespace in self.namespaces
             ]
 
@@ -114,71 +188,50 @@ class Children:
             await covering.wait()
 
     async def close(self) -> None:
-        tasks = [*self._tasks, *self._handling]
-        for task in tasks:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-
-    def record(self, kind: str, event_type: str | None, obj: Obj) -> Key | None:
-        """Keep the summary of one child event; returns the model it belongs to."""
-        meta = obj.get("metadata") or {}
-        key = model_key(meta.get("namespace"), meta.get("labels") or {})
-        if key is None:
-            return None
-        uid, deleted = str(meta.get("uid", "")), event_type == "DELETED"
-        if kind == DEPLOYMENTS.kind:
-            self.deployments.update(key, uid, None if deleted else deployment_state(obj))
-        elif kind == PODS.kind:
-            self.pods.update(key, uid, None if deleted else pod_state(obj))
-        return key
 
     # The watch loop of one kind in one namespace (or all).
 
     async def _watch(self, kind: ChildKind, namespace: str | None) -> None:
-        path, params = kind.path(namespace), {"labelSelector": CHILD_SELECTOR}
-        known: dict[str, Obj] = {}  # uid -> the child's metadata, for a relist's deletions
         failures = 0
         while True:
             try:
-                version = await self._list(kind, path, params, known)
+                version = await self.relist(kind, namespace)
                 self._mark_listed(kind, namespace)
                 failures = 0
                 while version:  # resumed after each server-side timeout; "" means relist
-                    version = await self._follow(kind, path, params, version, known)
+                    version = await self._follow(kind, namespace, version)
             except Exception as error:  # a watch must outlive anything one response does
                 delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)]
                 failures += 1
                 logger.warning(
                     "watching %s: %s; listing again in %.0f s",
-                    path,
+                    kind.collection_path(namespace),
                     error if isinstance(error, ApiError) else repr(error),
                     delay,
                 )
                 await asyncio.sleep(delay)
 
-    async def _list(
-        self, kind: ChildKind, path: str, params: dict[str, str], known: dict[str, Obj]
-    ) -> str:
+    async def relist(self, kind: ChildKind, namespace: str | None) -> str:
+        """List the children of `kind`, report those gone since, and return where to watch from."""
+        path, params = kind.collection_path(namespace), {"labelSelector": CHILD_SELECTOR}
         listing = await self.client.list(path, params)
-        items = {str(item["metadata"].get("uid")): item for item in listing.get("items") or []}
-        for uid in set(known) - set(items):
-            self._handle(kind, "DELETED", known[uid], known)
-        for item in items.values():
-            # The list's items carry no kind; the reconciler's drift check does not need it.
-            self._handle(kind, None, item, known)
+        items = listing.get("items") or []
+        listed = {str(item["metadata"].get("uid")) for item in items}
+        for uid in set(self.cache.uids(kind, namespace)) - listed:
+            self.cache.observe(kind, "DELETED", self.cache.identity(kind, uid))
+        for item in items:
+            self.cache.observe(kind, None, item)
         return str(listing.get("metadata", {}).get("resourceVersion", ""))
 
-    async def _follow(
-        self,
-        kind: ChildKind,
-        path: str,
-        params: dict[str, str],
-        version: str,
-        known: dict[str, Obj],
-    ) -> str:
+    async def _follow(self, kind: ChildKind, namespace: str | None, version: str) -> str:
         """Watch from `version`; returns where to resume, or "" when a relist is needed."""
-        async for event in self.client.watch(path, {**params, "resourceVersion": version}):
+        path = kind.collection_path(namespace)
+        params = {"labelSelector": CHILD_SELECTOR, "resourceVersion": version}
+        async for event in self.client.watch(path, params):
             event_type, obj = event.get("type"), event.get("object") or {}
             if event_type == "ERROR":
                 if obj.get("code") == 410:  # too old: the history is gone, list again
@@ -186,52 +239,10 @@ class Children:
                 raise ApiError(int(obj.get("code") or 500), str(obj.get("message", obj)))
             version = str(obj.get("metadata", {}).get("resourceVersion") or version)
             if event_type != "BOOKMARK":
-                self._handle(kind, event_type, obj, known)
+                self.cache.observe(kind, event_type, obj)
         return version
-
-    def _handle(
-        self, kind: ChildKind, event_type: str | None, obj: Obj, known: dict[str, Obj]
-    ) -> None:
-        """Summaries now, in stream order; the reconciler's part in a task of its own, so a
-        child waiting for its model's lock never holds up the other models' events."""
-        # Only the metadata is kept and travels on: under a burst thousands of events wait
-        # for their model's lock, and whole Pod bodies would be most of the operator's memory.
-        identity = _identity(obj)
-        uid = str(identity["metadata"].get("uid"))
-        if event_type == "DELETED":
-            known.pop(uid, None)
-        else:
-            known[uid] = identity  # what a relist needs to report it deleted
-        key = self.record(kind.kind, event_type, obj)
-        if key is None:
-            return
-        task = asyncio.create_task(self.dispatch(kind.kind, key, event_type, identity))
-        self._handling.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._handling.discard(task)
-        if not task.cancelled() and (error := task.exception()) is not None:
-            logger.error("handling a child event failed: %r", error, exc_info=error)
 
     def _mark_listed(self, kind: ChildKind, namespace: str | None) -> None:
         self._listed.add((kind.plural, namespace))
-        if all((each.plural, namespace) in self._listed for each in KINDS):
+        if all((each.plural, namespace) in self._listed for each in self.kinds):
             self._synced[namespace].set()
-
-
-def _identity(obj: Obj) -> Obj:
-    """What the reconciler reads of a child (who it is, whose it is, which version)."""
-    meta = obj.get("metadata") or {}
-    return {"metadata": {k: meta[k] for k in _IDENTITY if k in meta}}
-
-
-_IDENTITY = (
-    "name",
-    "namespace",
-    "uid",
-    "labels",
-    "ownerReferences",
-    "generation",
-    "resourceVersion",
-)

@@ -1,9 +1,9 @@
-"""A minimal async Kubernetes client for the three writes the operator makes.
+"""A minimal async Kubernetes client for what the operator does besides kopf's model watch.
 
 kopf already holds the credentials (see `handlers.login`); this client reuses them over
-aiohttp, so handlers stay async and never block a thread. Children are written with
-server-side apply: one idempotent request creates or updates, and a reapply of the same
-object is a no-op on the server.
+aiohttp, so nothing blocks a thread. Children are written with server-side apply: one
+idempotent request creates or updates, and a reapply of the same object is a no-op on the
+server. The paths of the children come from their row in `kinds`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ from typing import Any
 import aiohttp
 import kopf
 
+from tti_operator.kinds import ChildKind
+
 Obj = dict[str, Any]
 
-_PATHS = {
-    ("apps/v1", "Deployment"): "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
-    ("v1", "Service"): "/api/v1/namespaces/{ns}/services/{name}",
-}
 _EVENTS_PATH = "/api/v1/namespaces/{ns}/events"
 _STATUS_PATH = "/apis/tti.dev/v1alpha1/namespaces/{ns}/texttoimagemodels/{name}/status"
 #: The API server ends a watch after this long; it is then resumed where it stopped.
@@ -43,7 +41,8 @@ class ApiError(Exception):
 
 
 class KubeClient:
-    """Server-side apply and status patches with the operator's credentials."""
+    """Server-side apply, deletes, status patches, Events, lists and watches with the
+    operator's credentials."""
 
     def __init__(
         self, field_manager: str, timeout_s: float = 30.0, max_in_flight: int = 16
@@ -102,17 +101,33 @@ class KubeClient:
             except (aiohttp.ClientError, TimeoutError) as error:
                 raise ApiError(503, f"API server unreachable: {error!r}") from error
 
-    async def apply(self, obj: Obj) -> tuple[bool, Obj]:
-        """Server-side apply `obj`; returns (created, the object as stored)."""
+    async def apply(self, kind: ChildKind, obj: Obj) -> tuple[bool, Obj]:
+        """Server-side apply `obj` (of `kind`); returns (created, the object as stored)."""
         meta = obj["metadata"]
-        template = _PATHS[obj["apiVersion"], obj["kind"]]
-        path = template.format(ns=meta["namespace"], name=meta["name"])
+        path = kind.object_path(meta["namespace"], meta["name"])
         # Forced: this operator owns every field it sets, also after a hand edit.
         params = {"fieldManager": self.field_manager, "force": "true"}
         status, stored = await self._request(
             "PATCH", path, obj, "application/apply-patch+yaml", params
         )
         return status == 201, stored
+
+    async def delete(self, kind: ChildKind, namespace: str, name: str, uid: str) -> None:
+        """Delete the object `name` if it is still the one with `uid`: one already gone
+        (404), or replaced by a namesake since (409: the uid precondition failed), is left."""
+        body = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "preconditions": {"uid": uid},
+            "propagationPolicy": "Background",
+        }
+        try:
+            await self._request(
+                "DELETE", kind.object_path(namespace, name), body, "application/json", {}
+            )
+        except ApiError as error:
+            if error.status not in (404, 409):
+                raise
 
     async def create_event(self, event: Obj) -> None:
         """POST a core/v1 Event (see `builders.build_event`)."""

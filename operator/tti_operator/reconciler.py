@@ -1,45 +1,49 @@
-"""The level-based reconcile: apply the desired children, then publish the status.
+"""The reconcile of one model, in controller-runtime's shape: read the latest, converge, publish.
 
-One `Reconciler` lives for the whole operator process (in kopf's memo). Every event of a
-model and of its children ends in the same two steps, serialised per resource: server-side
-apply of the Deployment and the Service (idempotent), then the status computed from the
-children as the watches see them. A model is reconciled when this process first sees it
-(the initial listing after a start, or its creation), when its generation moves (a spec
-change), when one of its children drifts, and again after a failure that may pass. What is
-remembered in memory is only an optimisation (which generation and child versions this
-process handled); after a restart, the listing reapplies everything.
+`Reconciler.reconcile(key)` is all a worker of the queue calls, and it never acts on what a
+trigger handed over: it reads the model's latest record from the `ModelStore` (fed by kopf's
+events) and its children from the informer's `ChildCache`, then
+
+1. builds the desired children with the pure builders and server-side applies those that
+   need it: all of them for a generation this process has not applied, else only a child
+   deleted or edited by someone else (see `judge`);
+2. deletes owned children that are no longer desired, of the kinds that allow it;
+3. computes the status from the children and patches it if it changed.
+
+A model that is gone, being deleted or replaced by a namesake needs no special case: its
+latest record says so, and the uid tells a namesake apart. What is remembered per model
+(`ModelState`) only saves requests; after a restart the first reconcile applies everything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import enum
 import logging
-from collections.abc import Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple, TypeVar, cast
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import kopf
 
-from tti_operator.builders import (
-    MODEL_LABEL,
-    Owner,
-    build_deployment,
-    build_event,
-    build_service,
-    labels,
-)
+from tti_operator.builders import Owner, build_event, desired_children
+from tti_operator.informer import Child, ChildCache, Key
+from tti_operator.kinds import CHILD_KINDS, DEPLOYMENT, POD, ChildKind, Drift, kind_of
 from tti_operator.kube import ApiError, KubeClient
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import API_VERSION, KIND, InvalidSpec, ModelSpec, parse_spec
-from tti_operator.status import DeploymentState, PodState, Problem, compute_status, deployment_state
+from tti_operator.status import DeploymentState, PodState, Problem, compute_status
 
-Key = tuple[str, str]
-_T = TypeVar("_T")
+Obj = dict[str, Any]
 #: Posts a Kubernetes Event about a resource: (resource, type, reason, message).
 EventSink = Callable[[kopf.Body, str, str, str], None]
-#: Seconds before a reconcile that failed for a reason that may pass is tried again.
-RETRY_DELAY_S = 10
+#: Builds the children a model should have (see `builders.desired_children`).
+Build = Callable[[Owner, ModelSpec, OperatorSettings], list[Obj]]
+#: Seconds a child this process wrote may go unseen by the watches before it is written
+#: again (a watch that was down while it was created and deleted shows nothing at all).
+UNSEEN_WRITE_S = 30.0
 
 logger = logging.getLogger(__name__)
 
@@ -72,29 +76,134 @@ class ModelRecord:
 
     @property
     def ref(self) -> kopf.Body:
-        """Enough of the body for kopf to post Kubernetes Events about it."""
+        """Enough of the body for an Event about it."""
         o = self.owner
         meta = {"name": o.name, "namespace": o.namespace, "uid": o.uid}
         return cast(kopf.Body, {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta})
 
 
-class Views(NamedTuple):
-    """Live views of the children by (namespace, model name), updated in place by the watches."""
+class ModelStore:
+    """The latest record of every served model, as kopf's events show it."""
 
-    deployments: Mapping[Key, Iterable[DeploymentState]]
-    pods: Mapping[Key, Iterable[PodState]]
+    #: How many uids of deleted models are remembered, to ignore their late events.
+    GONE_LIMIT = 10_000
 
-    def of(self, key: Key) -> tuple[DeploymentState | None, Iterable[PodState]]:
-        """The model's Deployment, if there is one, and its pods."""
-        return _first(self.deployments.get(key, ())), self.pods.get(key, ())
+    def __init__(self) -> None:
+        self._models: dict[Key, ModelRecord] = {}
+        self._gone: dict[str, None] = {}  # insertion-ordered: the oldest is dropped first
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def get(self, key: Key) -> ModelRecord | None:
+        return self._models.get(key)
+
+    def observe(self, event_type: str | None, record: ModelRecord) -> bool:
+        """Keep the latest record of a model; returns whether it needs a reconcile.
+
+        Most events of a model are the echoes of its own status patches: same uid, same
+        generation, nothing to do. kopf gives each object (uid) a worker of its own, so a
+        model deleted and created again under its name is seen in either order: two objects
+        never share a name at once, so a new uid means the held one is gone, and a uid once
+        gone stays ignored.
+        """
+        uid = record.owner.uid
+        if uid in self._gone:
+            return False
+        held = self._models.get(record.key)
+        if event_type == "DELETED":
+            self._bury(uid)
+            if held is None or held.owner.uid != uid:
+                return False
+            del self._models[record.key]
+            return True
+        if held is not None and held.owner.uid != uid:
+            self._bury(held.owner.uid)
+        self._models[record.key] = record
+        return held is None or (held.owner.uid, held.generation, held.deleting) != (
+            uid,
+            record.generation,
+            record.deleting,
+        )
+
+    def gone(self, record: ModelRecord) -> None:
+        """The model's status patch found no such object: take it as deleted, though kopf
+        has not said so (its watch relists after "410 Gone" without reporting deletions)."""
+        self._bury(record.owner.uid)
+        held = self._models.get(record.key)
+        if held is not None and held.owner.uid == record.owner.uid:
+            del self._models[record.key]
+
+    def _bury(self, uid: str) -> None:
+        self._gone[uid] = None
+        if len(self._gone) > self.GONE_LIMIT:
+            del self._gone[next(iter(self._gone))]
+
+
+@dataclass(frozen=True)
+class Written:
+    """A child as this process last wrote it, to tell its own writes from someone else's."""
+
+    uid: str
+    generation: int
+    resource_version: str
+    at: float  # time.monotonic() of the write
 
 
 @dataclass
-class Applied:
-    """What this process last wrote for one model, to tell its own writes from hand edits."""
+class ModelState:
+    """All this process remembers of one model (one uid) besides the caches."""
 
-    deployment_generation: int = 0
-    service_version: str = ""
+    uid: str
+    #: The generation whose children were applied (or refused for good); 0: none yet.
+    generation: int = 0
+    #: The children wanted at `generation`, as (kind, name).
+    desired: frozenset[tuple[str, str]] = frozenset()
+    written: dict[tuple[str, str], Written] = field(default_factory=dict)
+    #: The API server refused a child of `generation` for good: wait for a spec change.
+    refused: bool = False
+    failure: Problem | None = None
+    #: The model generation `failure` was last announced for.
+    failure_generation: int = 0
+    #: The status last patched, so an unchanged one is not patched again.
+    posted: dict[str, Any] | None = None
+    _parsed: tuple[int, ModelSpec | InvalidSpec] | None = None
+
+    def spec(self, record: ModelRecord) -> ModelSpec | InvalidSpec:
+        """The record's spec, parsed once per generation."""
+        if self._parsed is None or self._parsed[0] != record.generation:
+            try:
+                parsed: ModelSpec | InvalidSpec = parse_spec(record.spec)
+            except InvalidSpec as error:
+                parsed = error
+            self._parsed = (record.generation, parsed)
+        return self._parsed[1]
+
+
+class Verdict(enum.Enum):
+    CURRENT = "current"
+    #: Never written by this process, deleted, or changed by someone else: write it.
+    STALE = "stale"
+    #: Written, and the watch has not shown the write yet: its event will bring the model back.
+    UNSEEN = "unseen"
+
+
+def judge(
+    kind: ChildKind, child: Child | None, written: Written | None, owner_uid: str, now: float
+) -> Verdict:
+    """Does this child, as the cache shows it, need writing again?"""
+    if written is None:
+        return Verdict.STALE
+    if child is None or (child.uid != written.uid and not child.deleted):
+        # Not shown yet, or the cache still holds an older incarnation.
+        return Verdict.UNSEEN if now - written.at < UNSEEN_WRITE_S else Verdict.STALE
+    if child.deleted or not child.labelled or child.controller_uid != owner_uid:
+        return Verdict.STALE
+    if kind.drift is Drift.GENERATION and child.generation > written.generation:
+        return Verdict.STALE  # a spec edit; an older generation is only the watch lagging
+    if kind.drift is Drift.VERSION and child.resource_version != written.resource_version:
+        return Verdict.STALE
+    return Verdict.CURRENT
 
 
 class EventPoster:
@@ -123,289 +232,187 @@ class EventPoster:
             logger.warning("could not post Event %s: %s", event["reason"], error)
 
 
-@dataclass
 class Reconciler:
-    settings: OperatorSettings
-    client: KubeClient
-    event: EventSink | None = None  # None: EventPoster with this client
-    #: Every model this process serves, as its latest event showed it.
-    models: dict[Key, ModelRecord] = field(default_factory=dict)
-    applied: dict[Key, Applied] = field(default_factory=dict)
-    observed: dict[Key, int] = field(default_factory=dict)
-    failures: dict[Key, Problem] = field(default_factory=dict)
-    posted: dict[Key, dict[str, Any]] = field(default_factory=dict)
-    locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
-    #: Scheduled status refreshes, and scheduled retries of a failed reconcile.
-    pending: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
-    retrying: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        client: KubeClient,
+        store: ModelStore,
+        cache: ChildCache,
+        event: EventSink | None = None,
+        kinds: Iterable[ChildKind] = CHILD_KINDS,
+        build: Build = desired_children,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.store = store
+        self.cache = cache
+        self.event: EventSink = event or EventPoster(client, settings.field_manager)
+        self.kinds = tuple(kinds)
+        self.build = build
+        self.states: dict[Key, ModelState] = {}
 
-    def __post_init__(self) -> None:
-        if self.event is None:
-            self.event = EventPoster(self.client, self.settings.field_manager)
+    async def reconcile(self, key: Key) -> float | None:
+        """Bring the model's children in line with its latest spec, then publish its status.
 
-    def _emit(self, resource: kopf.Body, type: str, reason: str, message: str) -> None:
-        """Post an Event, and log it: what happened to a model, in `kubectl describe` and
-        in the operator's log alike."""
-        assert self.event is not None  # set in __post_init__
-        meta = resource["metadata"]
-        level = logging.INFO if type == "Normal" else logging.WARNING
-        logger.log(level, "%s/%s: %s: %s", meta["namespace"], meta["name"], reason, message)
-        self.event(resource, type, reason, message)
-
-    def lock(self, key: Key) -> asyncio.Lock:
-        return self.locks.setdefault(key, asyncio.Lock())
-
-    def forget(self, key: Key) -> None:
-        """The resource is gone: drop what was remembered about it."""
-        for memory in (self.models, self.locks):
-            memory.pop(key, None)
-        self._drop_learnt(key)
-        for tasks in (self.pending, self.retrying):
-            if task := tasks.pop(key, None):
-                task.cancel()
-
-    def _drop_learnt(self, key: Key) -> None:
-        for memory in (self.applied, self.observed, self.failures, self.posted):
-            memory.pop(key, None)
-
-    def _gone(self, record: ModelRecord) -> None:
-        """The model no longer exists: treat it as being deleted until kopf says it is.
-
-        Should kopf never say so (its watch relists after "410 Gone" without reporting what
-        was deleted meanwhile), each child that garbage collection deletes would otherwise
-        be recreated as drift, collected again, and so on for good.
+        Returns in how many seconds to look again (None: when something changes). An
+        exception means "retry with backoff": the queue does that.
         """
-        if (latest := self._latest(record)) is not None:
-            # What it learnt stays: the generation handled keeps a stale event of the model,
-            # still queued before its deletion, from reconciling (recreating) it again.
-            self.models[record.key] = replace(latest, deleting=True)
-
-    def _latest(self, record: ModelRecord) -> ModelRecord | None:
-        """The latest record of `record`'s model; None once it is deleted or replaced by a
-        namesake. A step that waited (for the lock) must not act on what it was handed: a
-        drift reconcile would reapply an older spec, or recreate a deleted model's children."""
-        latest = self.models.get(record.key)
-        if latest is None or latest.deleting or latest.owner.uid != record.owner.uid:
+        record = self.store.get(key)
+        if record is None or record.deleting:
+            self._forget(key)  # garbage collection takes the children
             return None
-        return latest
-
-    async def close(self) -> None:
-        """Operator shutdown: drop scheduled refreshes and retries, close the connections."""
-        for tasks in (self.pending, self.retrying):
-            for task in tasks.values():
-                task.cancel()
-            tasks.clear()
-        await self.client.close()
-
-    # The entry points, one per kind of trigger.
-
-    async def model_changed(
-        self, event_type: str | None, record: ModelRecord, views: Views
-    ) -> None:
-        """An event of the model itself: reconcile a generation this process has not handled.
-
-        Most events of a model are echoes of its own status patches; those only refresh the
-        record. `event_type` is None for the listing when the operator starts.
-        """
-        key = record.key
-        served = self.models.get(key)
-        # A namesake: kopf gives each object (uid) a worker of its own, so a model deleted
-        # and created again under the same name can be seen in either order.
-        namesake = served is not None and served.owner.uid != record.owner.uid
-        if event_type == "DELETED":
-            if not namesake:  # the old one's late deletion: the new one stays served
-                self.forget(key)
-            return
-        if namesake:
-            self.forget(key)  # the new one: the old one's generation and children do not apply
-        self.models[key] = record
-        if record.deleting or self.observed.get(key) == record.generation:
-            return
-        await self.reconcile(record, views)
-
-    async def reconcile(self, record: ModelRecord, views: Views) -> None:
-        """Bring the children in line with the spec, then publish the status."""
-        async with self.lock(record.key):
-            await self._converge(record, views)
-
-    async def child_changed(
-        self,
-        record: ModelRecord,
-        kind: str,
-        event_type: str | None,
-        child: Mapping[str, Any],
-        views: Views,
-    ) -> None:
-        """A Deployment, Service or Pod of the model changed: restore it if edited, then status."""
-        if record.deleting:
-            return
-        key = record.key
-        # Under the lock: an apply in flight must be recorded before its own echo is judged.
-        async with self.lock(key):
-            if self._drifted(record, kind, event_type, child):
-                await self._converge(record, views)
-                return
-        # Children change in bursts (a rollout is a dozen events): one status patch after
-        # the burst instead of one per event keeps the API server unloaded.
-        self._later(self.pending, key, self.settings.status_delay_s, self._refresh, views)
-
-    def _later(
-        self,
-        tasks: dict[Key, asyncio.Task[None]],
-        key: Key,
-        delay_s: float,
-        step: Callable[[ModelRecord, Views], Coroutine[Any, Any, None]],
-        views: Views,
-    ) -> None:
-        """Run `step` on the model's latest record after `delay_s`, once however often asked."""
-        if key in tasks:
-            return
-
-        async def after_delay() -> None:
-            await asyncio.sleep(delay_s)
-            del tasks[key]
-            if (record := self.models.get(key)) is not None:
-                await step(record, views)  # each step checks that it is still current
-
-        tasks[key] = asyncio.create_task(after_delay())
-
-    async def _refresh(self, record: ModelRecord, views: Views) -> None:
-        key = record.key
-        async with self.lock(key):
-            if (latest := self._latest(record)) is None:
-                return
-            try:
-                await self._publish(latest, *views.of(key))
-            except Exception as error:
-                # A lost refresh would leave the status behind the pods (Ready never shown)
-                # until some later child event, which a settled model may never have.
-                self._failed(latest, error, views)
-
-    # The steps.
-
-    def _drifted(
-        self, record: ModelRecord, kind: str, event_type: str | None, child: Mapping[str, Any]
-    ) -> bool:
-        """Was this child deleted or edited by someone else since this process applied it?"""
-        key = record.key
-        if kind == "Pod":
-            return False
-        if event_type == "DELETED":
-            return True
-        applied = self.applied.get(key)
-        if event_type is None and applied is None:
-            # The listing at start: the model's own first reconcile applies it anyway. A
-            # relist after a broken watch is judged like any event: it is all that shows an
-            # edit made while the watch was down.
-            return False
-        meta = child.get("metadata", {})
-        if not labels(key[1]).items() <= (meta.get("labels") or {}).items():
-            return True
-        owners = meta.get("ownerReferences") or []
-        if not any(ref.get("uid") == record.owner.uid for ref in owners):
-            return True
-        if applied is None:
-            return True
-        if kind == "Deployment":
-            # Only spec edits bump the generation; older events are stale, not drift.
-            return int(meta.get("generation", 0)) > applied.deployment_generation
-        return str(meta.get("resourceVersion", "")) != applied.service_version
-
-    async def _converge(self, record: ModelRecord, views: Views) -> None:
-        """Apply and publish the model's latest record; a failure is retried (see `_failed`)."""
-        if (latest := self._latest(record)) is None:
-            return  # deleted or replaced while this waited for the lock
-        try:
-            await self._apply_and_publish(latest, views)
-        except Exception as error:
-            self._failed(latest, error, views)
-        if latest.key not in self.models:
-            # Deleted while in flight: what this run learnt after `forget` must not outlive it.
-            self._drop_learnt(latest.key)
-
-    def _failed(self, record: ModelRecord, error: Exception, views: Views) -> None:
-        """Log a failed step and reconcile again later, unless the object itself was refused.
-
-        Any other error is retried, an unexpected one too, as kopf's change handlers did:
-        the generation is already marked handled and kopf's event handlers retry nothing,
-        so without this the model would wait for its next spec change.
-        """
-        if isinstance(error, ApiError):
-            logger.warning("could not reconcile %s/%s: %s", *record.key, error)
-            if error.permanent:
-                return
+        state = self._state(record)
+        spec = state.spec(record)
+        again_s: float | None = None
+        fresh: dict[str, object] = {}
+        if isinstance(spec, InvalidSpec):
+            self._fail(record, state, Problem("InvalidSpec", str(spec)))
+            state.generation = record.generation  # nothing to apply until the spec changes
         else:
-            logger.error("reconciling %s/%s failed: %r", *record.key, error, exc_info=error)
-        self._later(self.retrying, record.key, RETRY_DELAY_S, self.reconcile, views)
+            again_s = await self._converge(record, state, spec, fresh)
+            await self._prune(record, state)
+        await self._publish(record, state, fresh)
+        return again_s
 
-    async def _apply_and_publish(self, record: ModelRecord, views: Views) -> None:
-        key = record.key
-        known, pods = views.of(key)
-        self.observed[key] = record.generation
-        try:
-            spec = parse_spec(record.spec)
-        except InvalidSpec as error:
-            await self._fail(record, Problem("InvalidSpec", str(error)), known, pods)
-            return  # nothing to retry until the spec changes
-        try:
-            deployment = await self._apply_children(record, spec, known)
-        except ApiError as error:
-            await self._fail(record, Problem("ApplyFailed", error.message), known, pods)
-            raise
-        self.failures.pop(key, None)
-        await self._publish(record, deployment, pods)
-
-    async def _apply_children(
-        self, record: ModelRecord, spec: ModelSpec, known: DeploymentState | None
-    ) -> DeploymentState:
-        owner = record.owner
-        image, playground = self.settings.server_image, self.settings.playground
-        wanted = build_deployment(owner, spec, image, playground=playground)
-        created, deployment = await self.client.apply(wanted)
-        service_created, service = await self.client.apply(build_service(owner))
-        state = deployment_state(deployment)
-        self.applied[record.key] = Applied(
-            deployment_generation=state.generation,
-            service_version=str(service.get("metadata", {}).get("resourceVersion", "")),
-        )
-        if created or service_created:
-            what = " and ".join(
-                kind for kind, new in (("Deployment", created), ("Service", service_created)) if new
-            )
-            self._emit(record.ref, "Normal", "Created", f"created {what} {owner.name}")
-        elif known is not None and state.generation != known.generation:
-            message = f"updated Deployment {owner.name} to generation {record.generation}"
-            self._emit(record.ref, "Normal", "Updated", message)
+    def _state(self, record: ModelRecord) -> ModelState:
+        state = self.states.get(record.key)
+        if state is None or state.uid != record.owner.uid:  # a namesake starts afresh
+            state = self.states[record.key] = ModelState(record.owner.uid)
         return state
 
-    async def _fail(
-        self,
-        record: ModelRecord,
-        problem: Problem,
-        known: DeploymentState | None,
-        pods: Iterable[PodState],
+    def _forget(self, key: Key) -> None:
+        self.states.pop(key, None)
+        self.cache.forget_deleted(key)
+
+    # 1. The children.
+
+    async def _converge(
+        self, record: ModelRecord, state: ModelState, spec: ModelSpec, fresh: dict[str, object]
+    ) -> float | None:
+        """Write what needs writing; returns when to look again for a write not seen yet."""
+        new_generation = state.generation != record.generation
+        if not new_generation and state.refused:
+            return None
+        verdicts = {} if new_generation else self._judge_all(record, state)
+        stale = {name for name, verdict in verdicts.items() if verdict is Verdict.STALE}
+        if new_generation or stale:
+            objs = self.build(record.owner, spec, self.settings)
+            wanted = {(obj["kind"], obj["metadata"]["name"]): obj for obj in objs}
+            todo = list(wanted.values()) if new_generation else [wanted[n] for n in stale]
+            try:
+                await self._write(record, state, todo, fresh)
+            except ApiError as error:
+                self._fail(record, state, Problem("ApplyFailed", error.message))
+                if not error.permanent:
+                    await self._publish(record, state, fresh)  # say so, if the server listens
+                    raise
+                state.refused = True
+            else:
+                state.refused, state.failure = False, None
+            state.generation, state.desired = record.generation, frozenset(wanted)
+        return UNSEEN_WRITE_S if Verdict.UNSEEN in verdicts.values() else None
+
+    def _judge_all(self, record: ModelRecord, state: ModelState) -> dict[tuple[str, str], Verdict]:
+        now = time.monotonic()
+        verdicts = {}
+        for kind_name, name in state.desired:
+            kind = self._kind(kind_name)
+            child = self.cache.children(kind, record.key).get(name)
+            written = state.written.get((kind_name, name))
+            verdicts[kind_name, name] = judge(kind, child, written, record.owner.uid, now)
+        return verdicts
+
+    async def _write(
+        self, record: ModelRecord, state: ModelState, objs: list[Obj], fresh: dict[str, object]
     ) -> None:
-        """Publish the problem; the replicas shown stay those of the Deployment that exists
-        (an edit the API server refused leaves the previous pods serving)."""
-        self.failures[record.key] = problem
-        self._emit(record.ref, "Warning", "Failed", f"{problem.reason}: {problem.message}")
-        await self._publish(record, known, pods)
+        """Apply `objs` one after the other, in the builder's order (the Deployment first:
+        under a burst every model's Deployment, which the rest of the rollout waits on,
+        then reaches the client's queue of writes before any Service or status patch);
+        then the Created/Updated Event for what was written, also when one failed."""
+        created, updated = [], []
+        try:
+            for obj in objs:
+                kind, old = kind_of(obj, self.kinds), self._cached(record, obj)
+                new, stored = await self.client.apply(kind, obj)
+                generation = self._written(state, kind, stored, fresh)
+                if new:
+                    created.append(kind.kind)
+                elif kind.drift is Drift.GENERATION and old is not None and old != generation:
+                    updated.append(f"{kind.kind} {obj['metadata']['name']}")
+        finally:
+            self._announce_writes(record, created, updated)
+
+    def _written(
+        self, state: ModelState, kind: ChildKind, stored: Obj, fresh: dict[str, object]
+    ) -> int:
+        """Remember a write (to tell it from someone else's); returns its generation."""
+        meta = stored.get("metadata", {})
+        generation = int(meta.get("generation", 0))
+        state.written[kind.kind, str(meta.get("name"))] = Written(
+            uid=str(meta.get("uid", "")),
+            generation=generation,
+            resource_version=str(meta.get("resourceVersion", "")),
+            at=time.monotonic(),
+        )
+        if kind.summarise is not None:
+            fresh[kind.kind] = kind.summarise(stored)  # newer than the watch's
+        return generation
+
+    def _cached(self, record: ModelRecord, obj: Obj) -> int | None:
+        """The generation of the live child `obj` replaces, if the cache holds one."""
+        child = self.cache.children(kind_of(obj, self.kinds), record.key).get(
+            obj["metadata"]["name"]
+        )
+        return None if child is None or child.deleted else child.generation
+
+    def _announce_writes(self, record: ModelRecord, created: list[str], updated: list[str]) -> None:
+        name = record.owner.name
+        if created:
+            self._emit(record.ref, "Normal", "Created", f"created {' and '.join(created)} {name}")
+        for what in updated:
+            message = f"updated {what} to generation {record.generation}"
+            self._emit(record.ref, "Normal", "Updated", message)
+
+    # 2. Pruning.
+
+    async def _prune(self, record: ModelRecord, state: ModelState) -> None:
+        """Delete the model's own children that are no longer desired, where the kind allows.
+
+        Owned means its controlling owner reference names this model's uid: a child that
+        merely carries the model's labels (someone else's) is never touched.
+        """
+        if state.refused:
+            return  # what is desired was not applied: keep what serves now
+        for kind in self.kinds:
+            if not kind.prunable:
+                continue
+            for name, child in list(self.cache.children(kind, record.key).items()):
+                if child.deleted or (kind.kind, name) in state.desired:
+                    continue
+                if child.controller_uid != record.owner.uid:
+                    continue
+                await self.client.delete(kind, record.owner.namespace, name, child.uid)
+                state.written.pop((kind.kind, name), None)
+                message = f"deleted {kind.kind} {name}: no longer wanted"
+                self._emit(record.ref, "Normal", "Deleted", message)
+
+    # 3. The status.
 
     async def _publish(
-        self, record: ModelRecord, deployment: DeploymentState | None, pods: Iterable[PodState]
+        self, record: ModelRecord, state: ModelState, fresh: Mapping[str, object]
     ) -> None:
         """Compute the status from the children and patch it if it changed."""
-        key = record.key
-        previous = self.posted.get(key) or dict(record.status)
-        desired, gpus = _desired(record.spec)
+        previous = state.posted or dict(record.status)
+        replicas, gpus = _desired(state.spec(record), record.spec)
         status = compute_status(
             owner=record.owner,
-            desired=desired,
+            desired=replicas,
             gpus=gpus,
-            generation=self.observed.get(key, int(previous.get("observedGeneration", 0))),
-            deployment=deployment,
-            pods=pods,
-            failure=self.failures.get(key),
+            generation=state.generation or int(previous.get("observedGeneration", 0)),
+            deployment=self._deployment(record.key, fresh),
+            pods=[p for p in self.cache.summaries(POD, record.key) if isinstance(p, PodState)],
+            failure=state.failure,
             previous=previous,
             now=_now(),
         )
@@ -415,11 +422,28 @@ class Reconciler:
             await self.client.patch_status(record.owner.namespace, record.owner.name, status)
         except ApiError as error:
             if error.status == 404:
-                self._gone(record)  # garbage collection takes the children
+                self.store.gone(record)  # garbage collection takes the children
+                self.states.pop(record.key, None)
+                return
+            if error.permanent:
+                logger.warning("status of %s/%s refused: %s", *record.key, error)
                 return
             raise
-        self.posted[key] = status
+        state.posted = status
         self._announce(record, previous, status)
+
+    def _deployment(self, key: Key, fresh: Mapping[str, object]) -> DeploymentState | None:
+        candidates = [fresh.get(DEPLOYMENT.kind), *self.cache.summaries(DEPLOYMENT, key)]
+        return next((d for d in candidates if isinstance(d, DeploymentState)), None)
+
+    # Events.
+
+    def _fail(self, record: ModelRecord, state: ModelState, problem: Problem) -> None:
+        """Remember the problem for the status; say so once per problem and generation (a
+        retry that fails alike says nothing new)."""
+        if problem != state.failure or state.failure_generation != record.generation:
+            self._emit(record.ref, "Warning", "Failed", f"{problem.reason}: {problem.message}")
+        state.failure, state.failure_generation = problem, record.generation
 
     def _announce(
         self, record: ModelRecord, before: Mapping[str, Any], after: Mapping[str, Any]
@@ -434,20 +458,24 @@ class Reconciler:
         if ready.get("status") == "True" and was_ready.get("status") != "True":
             self._emit(record.ref, "Normal", "Ready", str(ready.get("message", "")))
 
+    def _emit(self, resource: kopf.Body, type: str, reason: str, message: str) -> None:
+        """Post an Event, and log it: what happened to a model, in `kubectl describe` and
+        in the operator's log alike."""
+        meta = resource["metadata"]
+        level = logging.INFO if type == "Normal" else logging.WARNING
+        logger.log(level, "%s/%s: %s: %s", meta["namespace"], meta["name"], reason, message)
+        self.event(resource, type, reason, message)
 
-def _first(items: Iterable[_T]) -> _T | None:
-    return next(iter(items), None)
+    def _kind(self, name: str) -> ChildKind:
+        return next(kind for kind in self.kinds if kind.kind == name)
 
 
-def _desired(raw_spec: Mapping[str, Any]) -> tuple[int, int]:
+def _desired(spec: ModelSpec | InvalidSpec, raw_spec: Mapping[str, Any]) -> tuple[int, int]:
     """Replicas and GPUs, also for a spec that does not parse (status still has to say so)."""
-    try:
-        spec = parse_spec(raw_spec)
-    except InvalidSpec:
-        replicas = raw_spec.get("replicas", 1)
-        gpus = raw_spec.get("gpus", 0)
-        return (replicas if isinstance(replicas, int) else 0, gpus if isinstance(gpus, int) else 0)
-    return spec.replicas, spec.gpus
+    if isinstance(spec, ModelSpec):
+        return spec.replicas, spec.gpus
+    replicas, gpus = raw_spec.get("replicas", 1), raw_spec.get("gpus", 0)
+    return (replicas if isinstance(replicas, int) else 0, gpus if isinstance(gpus, int) else 0)
 
 
 def _now() -> str:
@@ -456,9 +484,3 @@ def _now() -> str:
 
 def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
     return next((c for c in status.get("conditions") or [] if c.get("type") == kind), {})
-
-
-def model_key(namespace: str | None, child_labels: Mapping[str, str]) -> Key | None:
-    """The (namespace, model) a child belongs to, from its labels."""
-    name = child_labels.get(MODEL_LABEL)
-    return (namespace, name) if namespace and name else None

@@ -34,7 +34,14 @@ class OperatorSettings(BaseSettings):
         0.5,
         ge=0,
         le=30,
-        description="seconds to gather a burst of child events into one status update",
+        description="seconds to gather a burst of child events into one reconcile",
+    )
+    concurrent_reconciles: int = Field(
+        1024,
+        ge=1,
+        le=4096,
+        description="models reconciled at once (the work queue's workers; the API server is "
+        "paced by the client's 16 writes in flight, not by these)",
     )
     playground: bool = Field(
         True,
@@ -42,7 +49,10 @@ class OperatorSettings(BaseSettings):
         "TTI_PLAYGROUND=false in every model pod (a model's spec.env may set it back)",
     )
     max_workers: int = Field(
-        0, ge=0, description="concurrent per-object workers; 0 means no limit (kopf's default)"
+        0,
+        ge=0,
+        description="kopf's concurrent per-model workers (they only enqueue the model); "
+        "0 means no limit (kopf's default)",
     )
 
     @field_validator("namespaces", mode="before")

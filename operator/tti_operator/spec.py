@@ -12,19 +12,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tti_operator.catalogue import ModelName, entry
+
 GROUP = "tti.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "TextToImageModel"
 PLURAL = "texttoimagemodels"
 
-ModelName = Literal["stub", "sdxl-turbo"]
 ImageFormat = Literal["png", "jpeg", "webp"]
-
-#: Where a model's weights come from when `spec.source` is unset.
-DEFAULT_REPOS: dict[str, str] = {"sdxl-turbo": "stabilityai/sdxl-turbo"}
-#: GPUs per replica when `spec.gpus` is unset: a CRD default cannot depend on another field.
-DEFAULT_GPUS: dict[str, int] = {"sdxl-turbo": 1, "stub": 0}
 
 
 class InvalidSpec(ValueError):
@@ -98,14 +94,14 @@ class ModelSpec(_Strict):
     @property
     def gpus(self) -> int:
         """GPUs per replica with the per-model default applied."""
-        return DEFAULT_GPUS[self.model] if self.gpus_field is None else self.gpus_field
+        return entry(self.model).default_gpus if self.gpus_field is None else self.gpus_field
 
     @property
     def effective_source(self) -> Source | None:
         """The explicit source, else the model's default Hugging Face repository."""
         if self.source is not None:
             return self.source
-        repo = DEFAULT_REPOS.get(self.model)
+        repo = entry(self.model).default_repo
         return Source.model_validate({"huggingFace": {"repo": repo}}) if repo else None
 
 

@@ -1,7 +1,7 @@
 """Status of a TextToImageModel, computed from its children: pure functions, no I/O.
 
-The watch handlers reduce each Deployment and Pod to a small frozen summary (kept in
-kopf's indexes), and `compute_status` turns the summaries into the resource's status:
+The informer reduces each Deployment and Pod to a small frozen summary (kept in its
+cache), and `compute_status` turns the summaries into the resource's status:
 counts, a one-word phase for the printer column, and Ready / Progressing / Degraded
 conditions whose reasons say what to do (Unschedulable carries the scheduler's message).
 """

@@ -8,17 +8,12 @@ most steps, longest prompt), raising the transport-neutral `InvalidInput` and
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from tti_server.backends.base import BatchKey, GenerationRequest
 from tti_server.failures import InvalidInput, UnknownModel
 from tti_server.protocol import CaikitParameters, CaikitTextToImageRequest, OpenAIImageRequest
-from tti_server.settings import ImageFormat, ModelKind, Settings
-
-#: SDXL-Turbo was trained without classifier-free guidance (the seed's default).
-DEFAULT_GUIDANCE = 0.0
-DEFAULT_STEPS = 1
+from tti_server.settings import ImageFormat, Settings
 
 
 @dataclass(frozen=True)
@@ -29,31 +24,20 @@ class Job:
     image_format: ImageFormat
 
 
-def nearest_multiple_of_8(pixels: int) -> int:
-    """SDXL needs multiples of 8: the nearest, ties to even (as caikit's SDXL), never 0."""
-    return max(8, round(pixels / 8) * 8)
-
-
-def exact(pixels: int) -> int:
-    return pixels
-
-
-#: How each model fits a requested height or width (caikit's stub does not round).
-SIDE_ROUNDING: dict[ModelKind, Callable[[int], int]] = {
-    "stub": exact,
-    "sdxl-turbo": nearest_multiple_of_8,
-}
+def fitted_side(pixels: int, multiple: int) -> int:
+    """The nearest multiple of `multiple`, ties to even (as caikit's SDXL), never 0."""
+    return max(multiple, round(pixels / multiple) * multiple)
 
 
 def checked_side(field: str, pixels: int | None, settings: Settings) -> int:
-    fit = SIDE_ROUNDING[settings.model]
+    multiple = settings.catalogue_entry.side_multiple
     if pixels is None:
-        return fit(settings.default_size)
+        return fitted_side(settings.default_size, multiple)
     if pixels <= 0:
         raise InvalidInput(f"{field}: must be greater than 0, got {pixels}")
     if pixels > settings.max_side:
         raise InvalidInput(f"{field}: {pixels} exceeds the maximum of {settings.max_side} pixels")
-    return fit(pixels)
+    return fitted_side(pixels, multiple)
 
 
 def checked_prompt(field: str, text: str, settings: Settings) -> str:
@@ -66,14 +50,17 @@ def checked_prompt(field: str, text: str, settings: Settings) -> str:
 
 
 def checked_negative_prompt(field: str, text: str | None, settings: Settings) -> str | None:
+    """The negative prompt, validated; None for a model that takes none, so that requests
+    differing only in it still share a batch."""
     if not text:
         return None
-    return checked_prompt(field, text, settings)
+    checked = checked_prompt(field, text, settings)
+    return checked if settings.catalogue_entry.negative_prompt else None
 
 
 def checked_steps(field: str, steps: int | None, settings: Settings) -> int:
     if steps is None:
-        return DEFAULT_STEPS
+        return settings.catalogue_entry.default_steps
     if steps > settings.max_steps:
         raise InvalidInput(f"{field}: {steps} exceeds the maximum of {settings.max_steps}")
     return steps
@@ -97,7 +84,7 @@ def caikit_job(
         height=checked_side("parameters.height", params.height, settings),
         width=checked_side("parameters.width", params.width, settings),
         num_steps=checked_steps("parameters.num_steps", params.num_steps, settings),
-        guidance_scale=_guidance(params.guidance_scale),
+        guidance_scale=_guidance(params.guidance_scale, settings),
         negative_prompt=checked_negative_prompt(
             "parameters.negative_prompt", params.negative_prompt, settings
         ),
@@ -119,7 +106,7 @@ def openai_job(body: OpenAIImageRequest, settings: Settings) -> Job:
         height=checked_side("size (height)", height, settings),
         width=checked_side("size (width)", width, settings),
         num_steps=checked_steps("num_steps", body.num_steps, settings),
-        guidance_scale=_guidance(body.guidance_scale),
+        guidance_scale=_guidance(body.guidance_scale, settings),
         negative_prompt=checked_negative_prompt("negative_prompt", body.negative_prompt, settings),
     )
     prompt = checked_prompt("prompt", body.prompt, settings)
@@ -127,5 +114,5 @@ def openai_job(body: OpenAIImageRequest, settings: Settings) -> Job:
     return Job(request, body.output_format or settings.image_format)
 
 
-def _guidance(value: float | None) -> float:
-    return DEFAULT_GUIDANCE if value is None else float(value)
+def _guidance(value: float | None, settings: Settings) -> float:
+    return settings.catalogue_entry.default_guidance if value is None else float(value)

@@ -159,7 +159,10 @@ class ModelInfo(BaseModel):
     model_path: str
     name: str
     size: int = Field(description="bytes of the model's files (0: built in)")
-    metadata: dict[str, object] = Field(description="tti-server: workers and devices")
+    metadata: dict[str, object] = Field(
+        description="tti-server: workers, devices, and side_multiple (each requested side "
+        "goes to the nearest multiple of it, ties to even)"
+    )
     loaded: bool
     module_id: str
     module_metadata: dict[str, str]

@@ -7,12 +7,10 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ModelKind = Literal["stub", "sdxl-turbo"]
+from tti_operator.catalogue import CATALOGUE, ModelEntry, ModelName, entry
+
 ImageFormat = Literal["png", "jpeg", "webp"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
-
-#: Where `--model sdxl-turbo` loads from when no `--model-path` is given.
-DEFAULT_SDXL_TURBO = "stabilityai/sdxl-turbo"
 
 
 def normalise_format(value: object) -> object:
@@ -28,10 +26,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TTI_", extra="forbid", validate_default=True)
 
-    model: ModelKind = Field(default="stub", description="which model to serve")
+    model: ModelName = Field(default="stub", description="which model to serve")
     model_path: str | None = Field(
         default=None,
-        description=f"model directory or Hugging Face repo id (default {DEFAULT_SDXL_TURBO})",
+        description="model directory or Hugging Face repo id (default: the model's repo, "
+        f"{CATALOGUE['sdxl-turbo'].default_repo} for sdxl-turbo)",
     )
     model_id: str | None = Field(
         default=None,
@@ -120,7 +119,9 @@ class Settings(BaseSettings):
         return self.model_id or self.model
 
     @property
+    def catalogue_entry(self) -> ModelEntry:
+        return entry(self.model)
+
+    @property
     def resolved_model_path(self) -> str:
-        if self.model_path:
-            return self.model_path
-        return DEFAULT_SDXL_TURBO if self.model == "sdxl-turbo" else ""
+        return self.model_path or self.catalogue_entry.default_repo or ""

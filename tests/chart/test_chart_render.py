@@ -16,6 +16,7 @@ import yaml
 from support.helm import CHART, Helm, objects_of, one
 
 from tti_operator.builders import Owner, pod_template
+from tti_operator.kinds import CHILD_KINDS
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import parse_spec
 
@@ -345,3 +346,14 @@ def test_rbac_is_exactly_what_the_operator_docs_list(helm: Helm) -> None:
     for objects in (helm.template(), helm.template("watchNamespaces={team-a}")):
         for role in objects_of(objects, "ClusterRole") + objects_of(objects, "Role"):
             assert granted(role["rules"]) == documented, role["kind"]
+
+
+def test_rbac_grants_each_child_kind_exactly_what_its_row_implies(helm: Helm) -> None:
+    """The kinds table drives the watches, the applies and the pruning; the chart must grant
+    each kind just that (`list`/`watch`; `create`/`patch` if applied; `delete` if pruned)."""
+    for objects in (helm.template(), helm.template("watchNamespaces={team-a}")):
+        for role in objects_of(objects, "ClusterRole") + objects_of(objects, "Role"):
+            triples = granted(role["rules"])
+            for kind in CHILD_KINDS:
+                verbs = {v for g, r, v in triples if (g, r) == (kind.group, kind.plural)}
+                assert verbs == kind.verbs, (role["kind"], kind.kind)

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from operator_harness import REPO, SERVER_IMAGE, OperatorProcess, wait_for
 from support.cluster import Cluster
+from support.helm import Helm, ensure_helm
 from support.server import free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -253,6 +254,27 @@ def test_deleting_the_resource_garbage_collects_the_children(kube: Kube) -> None
         kube.wait(kind, "doomed", lambda obj: obj is None, f"{kind} garbage-collected")
 
 
+def test_a_model_deleted_and_created_again_gets_children_of_its_own(kube: Kube) -> None:
+    kube.apply(model("phoenix", model="stub"))
+    old = kube.wait_ready("phoenix")["metadata"]["uid"]
+    kube.run("delete", "ttimodel", "phoenix", "--timeout=30s")
+    kube.apply(model("phoenix", model="stub", imageFormat="webp"))  # before the collection
+    new = kube.wait_ready("phoenix")["metadata"]["uid"]
+    assert new != old
+    for kind in ("deployment", "service"):
+        kube.wait(
+            kind,
+            "phoenix",
+            lambda obj: (
+                obj is not None
+                and [ref["uid"] for ref in obj["metadata"]["ownerReferences"]] == [new]
+            ),
+            f"the {kind} owned by the new model",
+        )
+    c = server(kube.must_get("deployment", "phoenix"))
+    assert c["args"][c["args"].index("--image-format") + 1] == "webp"
+
+
 def test_more_gpus_than_any_node_is_unschedulable_with_the_schedulers_message(
     kube: Kube,
 ) -> None:
@@ -366,24 +388,12 @@ def test_an_operator_killed_mid_way_converges_after_restart(kube: Kube) -> None:
     assert kube.get("service", "survivor") is not None
 
 
-# Exactly the table in docs/operator.md ("RBAC: exactly what the operator calls").
-DOCUMENTED_RULES = [
-    {"apiGroups": ["tti.dev"], "resources": ["texttoimagemodels"], "verbs": ["list", "watch"]},
-    {"apiGroups": ["tti.dev"], "resources": ["texttoimagemodels/status"], "verbs": ["patch"]},
-    {"apiGroups": ["tti.dev"], "resources": ["texttoimagemodels/finalizers"], "verbs": ["update"]},
-    {
-        "apiGroups": ["apps"],
-        "resources": ["deployments"],
-        "verbs": ["list", "watch", "create", "patch"],
-    },
-    {
-        "apiGroups": [""],
-        "resources": ["services"],
-        "verbs": ["list", "watch", "create", "patch"],
-    },
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
-]
+def chart_rules(namespace: str) -> list[dict[str, Any]]:
+    """The operator's Role as the chart renders it for one watched namespace (the chart's
+    rules are checked against docs/operator.md's table and the kinds table in tests/chart)."""
+    objects = Helm(ensure_helm()).template(f"watchNamespaces={{{namespace}}}")
+    [role] = [o for o in objects if o["kind"] == "Role"]
+    return role["rules"]  # type: ignore[no-any-return]
 
 
 def restricted_kubeconfig(kube: Kube, path: Path) -> Path:
@@ -395,7 +405,7 @@ def restricted_kubeconfig(kube: Kube, path: Path) -> Path:
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
             "metadata": {"name": "tti-operator"},
-            "rules": DOCUMENTED_RULES,
+            "rules": chart_rules(ns),
         }
     )
     kube.run(
@@ -419,6 +429,7 @@ def restricted_kubeconfig(kube: Kube, path: Path) -> Path:
 
 
 def test_the_documented_rbac_is_enough_in_namespaced_mode(kube: Kube, tmp_path: Path) -> None:
+    """The chart's rules (the table in docs/operator.md) and nothing else."""
     kube.operator.stop()  # the session's operator serves this namespace too
     kubeconfig = restricted_kubeconfig(kube, tmp_path / "kubeconfig")
     restricted = OperatorProcess(

@@ -131,7 +131,6 @@ def test_models_take_only_event_handlers_so_kopf_writes_nothing_on_them() -> Non
         handlers.startup,
         handlers.login,
         handlers.cleanup,
-        handlers.child_event,
     ],
 )
 def test_every_per_event_callback_is_async(callback: object) -> None:

@@ -14,12 +14,14 @@ import pytest
 from support.cluster import Cluster
 
 from tti_operator.builders import MANAGED_BY, MODEL_LABEL
-from tti_operator.informer import CHILD_SELECTOR, DEPLOYMENTS, Children
+from tti_operator.informer import ChildCache, Informer, Key
+from tti_operator.kinds import DEPLOYMENT, POD
 from tti_operator.kube import KubeClient
 
 pytestmark = [pytest.mark.cluster]
 
-Seen = list[tuple[str, str | None, str]]
+#: The models told of a change, in order.
+Seen = list[Key]
 
 
 def child(kind: str, name: str, model: str | None) -> dict[str, Any]:
@@ -58,21 +60,15 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 30.0)
 
 
 @contextlib.asynccontextmanager
-async def watching(cluster: Cluster, namespace: str) -> AsyncIterator[tuple[Children, Seen]]:
-    """Children of `namespace`, not started yet, recording what reaches the reconciler."""
+async def watching(cluster: Cluster, namespace: str) -> AsyncIterator[tuple[Informer, Seen]]:
+    """An informer of `namespace`, not started yet, recording which models it tells of."""
     seen: Seen = []
-
-    async def dispatch(
-        kind: str, _key: tuple[str, str], event_type: str | None, obj: dict[str, Any]
-    ) -> None:
-        seen.append((kind, event_type, obj["metadata"]["name"]))
-
     client = await connected(cluster)
-    children = Children(client, [namespace], dispatch)
+    informer = Informer(client, [namespace], ChildCache(seen.append))
     try:
-        yield children, seen
+        yield informer, seen
     finally:
-        await children.close()
+        await informer.close()
         await client.close()
 
 
@@ -88,21 +84,26 @@ def test_lists_existing_children_then_follows_changes_and_deletions(
     apply(cluster, kube_namespace, child("Deployment", "m", "m"))
 
     async def scenario() -> None:
-        async with watching(cluster, kube_namespace) as (children, seen):
-            children.start()
-            await asyncio.wait_for(children.synced(kube_namespace), 30)
-            await until(lambda: ("Deployment", None, "m") in seen, "the initial listing")
-            assert [d.generation for d in children.deployments[key]] == [1]
-            assert key not in children.pods
+        async with watching(cluster, kube_namespace) as (informer, seen):
+            cache = informer.cache
+            informer.start()
+            await asyncio.wait_for(informer.synced(kube_namespace), 30)
+            assert key in seen  # the initial listing
+            assert [c.generation for c in cache.children(DEPLOYMENT, key).values()] == [1]
+            assert cache.children(POD, key) == {}
 
             apply(cluster, kube_namespace, child("Pod", "m-pod", "m"))
-            await until(lambda: key in children.pods, "the pod's summary")
-            assert ("Pod", "ADDED", "m-pod") in seen
+            await until(lambda: "m-pod" in cache.children(POD, key), "the pod's summary")
+            assert cache.summaries(POD, key)[0].name == "m-pod"  # type: ignore[attr-defined]
 
+            seen.clear()
             cluster.kubectl("delete", "pod", "m-pod", "-n", kube_namespace, "--grace-period=0",
                         "--force", "--wait=false")  # fmt: skip
-            await until(lambda: key not in children.pods, "the pod's deletion")
-            assert ("Pod", "DELETED", "m-pod") in seen
+            await until(lambda: cache.children(POD, key) == {}, "the pod's deletion")
+            assert key in seen
+
+            cluster.kubectl("delete", "deployment", "m", "-n", kube_namespace, "--wait=false")
+            await until(lambda: cache.children(DEPLOYMENT, key)["m"].deleted, "a tombstone")
 
     asyncio.run(scenario())
 
@@ -113,12 +114,16 @@ def test_children_without_the_model_label_are_never_seen(
     apply(cluster, kube_namespace, child("Deployment", "stray", None))
 
     async def scenario() -> None:
-        async with watching(cluster, kube_namespace) as (children, seen):
-            children.start()
-            await asyncio.wait_for(children.synced(kube_namespace), 30)
+        async with watching(cluster, kube_namespace) as (informer, seen):
+            informer.start()
+            await asyncio.wait_for(informer.synced(kube_namespace), 30)
             apply(cluster, kube_namespace, child("Deployment", "ours", "ours"))
-            await until(lambda: (kube_namespace, "ours") in children.deployments, "ours")
-            assert all(name != "stray" for _, _, name in seen)
+            ours = (kube_namespace, "ours")
+            await until(lambda: bool(informer.cache.children(DEPLOYMENT, ours)), "ours")
+            assert seen and all(key == ours for key in seen)
+            assert list(informer.cache.uids(DEPLOYMENT, kube_namespace)) == [
+                child.uid for child in informer.cache.children(DEPLOYMENT, ours).values()
+            ]
 
     asyncio.run(scenario())
 
@@ -131,18 +136,16 @@ def test_a_relist_reports_children_deleted_while_not_watching(
     apply(cluster, kube_namespace, child("Deployment", "gone", "gone"))
 
     async def scenario() -> None:
-        async with watching(cluster, kube_namespace) as (children, seen):
-            known: dict[str, dict[str, Any]] = {}
-            path, params = DEPLOYMENTS.path(kube_namespace), {"labelSelector": CHILD_SELECTOR}
-            await children._list(DEPLOYMENTS, path, params, known)
-            assert (kube_namespace, "gone") in children.deployments
+        async with watching(cluster, kube_namespace) as (informer, seen):
+            cache, gone = informer.cache, (kube_namespace, "gone")
+            await informer.relist(DEPLOYMENT, kube_namespace)
+            assert not cache.children(DEPLOYMENT, gone)["gone"].deleted
             cluster.kubectl("delete", "deployment", "gone", "-n", kube_namespace)
             seen.clear()
-            version = await children._list(DEPLOYMENTS, path, params, known)
-            await until(lambda: ("Deployment", "DELETED", "gone") in seen, "the deletion")
-            assert (kube_namespace, "gone") not in children.deployments
-            assert (kube_namespace, "kept") in children.deployments
-            await until(lambda: ("Deployment", None, "kept") in seen, "the listed one")
+            version = await informer.relist(DEPLOYMENT, kube_namespace)
+            assert cache.children(DEPLOYMENT, gone)["gone"].deleted
+            assert not cache.children(DEPLOYMENT, (kube_namespace, "kept"))["kept"].deleted
+            assert set(seen) == {gone, (kube_namespace, "kept")}
             assert version.isdigit()
 
     asyncio.run(scenario())

@@ -17,6 +17,7 @@ from playwright.sync_api import Page, Request, Route, expect
 from support.server import ServerProcess, running_server
 
 from tti_server.backends.stub import STUB_COLOR
+from tti_server.generation import fitted_side
 
 pytestmark = pytest.mark.browser
 
@@ -56,30 +57,51 @@ def shown_images(page: Page) -> list[bytes]:
     return [base64.b64decode(images.nth(i).evaluate(READ_IMAGE)) for i in range(images.count())]
 
 
-def test_generate_shows_the_stub_blue_at_the_rounded_size(
-    page: Page, server: ServerProcess
-) -> None:
+def test_generate_shows_the_stub_blue_at_the_size_asked(page: Page, server: ServerProcess) -> None:
+    """The stub draws any size (caikit's does not round), so the page announces no rounding."""
     open_page(page, server)
     page.fill("#width", "203")
     page.fill("#height", "100")
-    expect(page.locator("#size-hint")).to_contain_text("200 \N{MULTIPLICATION SIGN} 104")
     expect(page.locator("#preset")).to_have_value("custom")
+    expect(page.locator("#size-hint")).to_have_text("")
     generate(page, count="2")
 
     images = shown_images(page)
     assert len(images) == 2
     for data in images:
         image = Image.open(io.BytesIO(data))
-        assert (image.format, image.size) == ("PNG", (200, 104))
-        assert image.convert("RGB").getcolors() == [(200 * 104, STUB_COLOR)]
+        assert (image.format, image.size) == ("PNG", (203, 100))
+        assert image.convert("RGB").getcolors() == [(203 * 100, STUB_COLOR)]
     seed = int(page.input_value("#seed"))
     captions = page.locator("#images figcaption")
-    expect(captions.nth(0)).to_contain_text(f"200x104 · seed {seed} · ")
+    expect(captions.nth(0)).to_contain_text(f"203x100 · seed {seed} · ")
     expect(captions.nth(1)).to_contain_text(f"seed {seed + 1}")
     link = page.locator("#images a").first
     assert link.get_attribute("download") == f"tti-{seed}.png"
     assert (link.get_attribute("href") or "").startswith("blob:")
     expect(page.locator("#status")).to_contain_text("2 images in")
+
+
+def test_the_size_hint_rounds_as_a_model_with_a_side_multiple_does(
+    page: Page, server: ServerProcess
+) -> None:
+    """SDXL's /info/models says side_multiple 8: nearest multiple, ties to even, as the server
+    (tti_server.generation.fitted_side) and caikit's SDXL round."""
+
+    def as_sdxl(route: Route) -> None:
+        answer = route.fetch().json()
+        answer["models"][0]["metadata"]["side_multiple"] = 8
+        route.fulfill(json=answer)
+
+    page.route("**/info/models", as_sdxl)
+    open_page(page, server)
+    page.fill("#width", "203")
+    page.fill("#height", "100")
+    times = "\N{MULTIPLICATION SIGN}"
+    expect(page.locator("#size-hint")).to_contain_text(f"200 {times} 96")
+    page.fill("#height", "4")
+    expect(page.locator("#size-hint")).to_contain_text(f"200 {times} 8")
+    assert fitted_side(100, 8) == 96 and fitted_side(4, 8) == 8 and fitted_side(203, 8) == 200
 
 
 def test_a_bad_size_shows_the_apis_message(page: Page, server: ServerProcess) -> None:

@@ -73,7 +73,7 @@ def test_info_models_lists_the_loaded_model(api: httpx.Client) -> None:
         "model_path": "",
         "name": "stub",
         "size": 0,
-        "metadata": {"workers": 1, "devices": ["cpu"]},
+        "metadata": {"workers": 1, "devices": ["cpu"], "side_multiple": 1},
         "loaded": True,
         "module_id": "stub",
         "module_metadata": {"name": "tti-server stub", "version": "0.1.0"},

@@ -47,7 +47,12 @@ async def info_models(request: Request) -> ModelsInfo:
         model_path=service.settings.resolved_model_path,
         name=service.model_id,
         size=service.model_size,
-        metadata={"workers": len(devices), "devices": devices},
+        metadata={
+            "workers": len(devices),
+            "devices": devices,
+            # How the model fits a requested side (the playground shows it before a request).
+            "side_multiple": service.settings.catalogue_entry.side_multiple,
+        },
         loaded=engine is not None,
         module_id=service.settings.model,
         module_metadata=service.producer,

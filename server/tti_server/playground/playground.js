@@ -19,13 +19,19 @@ const WORDS = {
 };
 
 const $ = (id) => document.getElementById(id);
-const state = { model: null, runs: [], shown: null, busy: false };
+const state = { model: null, sideMultiple: 1, runs: [], shown: null, busy: false };
 
 class ApiError extends Error {}
 
-// Sizes: the server rounds each side to the nearest multiple of 8 (halves up, never 0).
-function roundTo8(pixels) {
-  return Math.max(8, Math.floor((pixels + 4) / 8) * 8);
+// Sizes: the model fits each side to the nearest multiple of its side_multiple (8 for SDXL,
+// 1 for the stub), ties to even, never 0: as the server does (generation.fitted_side).
+function fitSide(pixels) {
+  const m = state.sideMultiple;
+  const q = pixels / m;
+  const lower = Math.floor(q);
+  const half = q - lower === 0.5;
+  const nearest = half ? (lower % 2 === 0 ? lower : lower + 1) : Math.round(q);
+  return Math.max(m, nearest * m);
 }
 
 function url(path) {
@@ -62,6 +68,9 @@ async function watchModel() {
     if (models.status === 401) return askForToken();
     if (!models.ok) throw new ApiError(await errorText(models));
     state.model = (await models.json()).data[0].id;
+    const info = await call("info/models");
+    if (info.ok) state.sideMultiple = (await info.json()).models[0].metadata.side_multiple || 1;
+    syncSize(false);
     const ready = await call("readyz");
     const note = ready.ok ? "ready" : `not ready: ${(await ready.json()).details}`;
     $("model").textContent = `Model ${state.model} · ${note}`;
@@ -300,10 +309,10 @@ function syncSize(fromPreset) {
   const preset = `${width}x${height}`;
   const known = [...$("preset").options].some((option) => option.value === preset);
   $("preset").value = known ? preset : "custom";
-  const rounded = [roundTo8(width), roundTo8(height)];
+  const rounded = [fitSide(width), fitSide(height)];
   const changed = width > 0 && height > 0 && (rounded[0] !== width || rounded[1] !== height);
   $("size-hint").textContent = changed
-    ? `The model will use ${rounded[0]} × ${rounded[1]} (sides round to multiples of 8).`
+    ? `The model will use ${rounded[0]} × ${rounded[1]} (sides round to multiples of ${state.sideMultiple}).`
     : "";
 }
 

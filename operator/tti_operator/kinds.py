@@ -1,0 +1,88 @@
+"""The kinds of a model's children, as data: one row per kind, read by everything else.
+
+The client takes its API paths from a row, the informer what to watch and what to keep of
+each object, the reconciler how to tell a hand edit from its own write and whether it may
+delete a child it no longer wants, the status which summaries to read; a test checks the
+chart's RBAC grants each row exactly the verbs it implies. Adding a kind is one row here
+plus its builder in `builders.desired_children`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tti_operator.status import deployment_state, pod_state
+
+
+class Drift(enum.Enum):
+    """What in a child's metadata shows it was changed by someone else since it was applied."""
+
+    #: Observed only: the operator never writes it, so nothing to restore.
+    NONE = "none"
+    #: `metadata.generation` past the one applied: a spec edit (status writes do not count).
+    GENERATION = "generation"
+    #: `metadata.resourceVersion` other than the one applied: any write at all.
+    VERSION = "version"
+
+
+@dataclass(frozen=True)
+class ChildKind:
+    kind: str
+    api_version: str  # "v1", "apps/v1"
+    plural: str
+    #: What the informer keeps of each object besides its identity (None: nothing).
+    summarise: Callable[[Mapping[str, Any]], object] | None
+    drift: Drift
+    #: May the operator delete an owned child of this kind that is no longer desired?
+    prunable: bool
+
+    @property
+    def applied(self) -> bool:
+        """Written by the operator (server-side apply), hence watched for hand edits."""
+        return self.drift is not Drift.NONE
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    def collection_path(self, namespace: str | None) -> str:
+        prefix = f"/apis/{self.api_version}" if self.group else f"/api/{self.api_version}"
+        where = f"/namespaces/{namespace}" if namespace else ""
+        return f"{prefix}{where}/{self.plural}"
+
+    def object_path(self, namespace: str, name: str) -> str:
+        return f"{self.collection_path(namespace)}/{name}"
+
+    @property
+    def verbs(self) -> frozenset[str]:
+        """What the operator's RBAC must grant on this kind: watched always (list, watch),
+        server-side applied (`patch`, and `create` for an apply that creates), pruned."""
+        verbs = {"list", "watch"}
+        if self.applied:
+            verbs |= {"create", "patch"}
+        if self.prunable:
+            verbs.add("delete")
+        return frozenset(verbs)
+
+
+# The Deployment and the Service are always desired, so nothing of theirs is ever pruned:
+# they go with their model by garbage collection, and the operator needs no `delete`.
+DEPLOYMENT = ChildKind(
+    "Deployment", "apps/v1", "deployments", deployment_state, Drift.GENERATION, prunable=False
+)
+SERVICE = ChildKind("Service", "v1", "services", None, Drift.VERSION, prunable=False)
+#: The pods are the Deployment's: watched for the status (scheduling, crash loops, pulls).
+POD = ChildKind("Pod", "v1", "pods", pod_state, Drift.NONE, prunable=False)
+
+CHILD_KINDS: tuple[ChildKind, ...] = (DEPLOYMENT, SERVICE, POD)
+
+
+def kind_of(obj: Mapping[str, Any], kinds: tuple[ChildKind, ...] = CHILD_KINDS) -> ChildKind:
+    """The row of a built object (by apiVersion and kind)."""
+    for row in kinds:
+        if (row.api_version, row.kind) == (obj["apiVersion"], obj["kind"]):
+            return row
+    raise KeyError(f"{obj['apiVersion']} {obj['kind']} is not a child kind")
