@@ -140,6 +140,14 @@ class Buildah:
     def image_id(self, ref: str) -> str:
         return self.run("inspect", "--type", "image", "--format", "{{.FromImageID}}", ref)
 
+    def dangling(self) -> set[str]:
+        """Untagged images: the step images `--layers` keeps as the build cache."""
+        listed = self.run("images", "--all", "--filter", "dangling=true", "--no-trunc", "--quiet")
+        return {line.removeprefix("sha256:") for line in listed.split()}
+
+    def remove(self, image_id: str) -> None:
+        subprocess.run(self.command("rmi", image_id), capture_output=True, check=False)
+
     def size(self, ref: str) -> str:
         """As buildah reports it ("6.46 GB")."""
         return self.run("images", "--format", "{{.Size}}", ref).splitlines()[0]
@@ -286,16 +294,22 @@ def ensure_project_image(
         *build_args_for_pip(),
         str(REPO_ROOT),
     )
+    cached_before = buildah.dangling()
+    log_path = log_dir / f"build-{image.name}.log"
     with timed(f"{image.ref} built"):
         stream(
             command,
-            log_dir / f"build-{image.name}.log",
+            log_path,
             re.compile(
                 r"^(\[\d+/\d+\] )?STEP \d+/\d+|^Collecting (torch|diffusers|transformers)\b|"
                 r"^Installing collected|^COMMIT"
             ),
         )
     log(f"{image.ref}: {buildah.size(image.ref)}")
+    # Earlier builds' step images this build did not reuse: gigabytes each for the server.
+    reused = set(re.findall(r"Using cache ([0-9a-f]{64})", log_path.read_text()))
+    for stale in cached_before - reused:
+        buildah.remove(stale)
 
 
 def ensure_binary_image(buildah: Buildah, image: BinaryImage, binary: Path) -> None:

@@ -116,7 +116,10 @@ def test_samples_become_ready_with_owned_children(kube: Kube) -> None:
             )
         svc = kube.must_get("service", name)
         assert svc["spec"]["type"] == "ClusterIP"
-        assert [(p["name"], p["port"]) for p in svc["spec"]["ports"]] == [("http", 8080)]
+        assert [(p["name"], p["port"]) for p in svc["spec"]["ports"]] == [
+            ("http", 8080),
+            ("grpc", 8085),
+        ]
         assert svc["spec"]["selector"]["tti.dev/model"] == name
 
     turbo = kube.must_get("deployment", "sdxl-turbo")
