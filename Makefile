@@ -19,7 +19,7 @@ venv: $(STAMP) ## Create .venv with the operator, the server and the dev tools
 
 .PHONY: demo
 demo: venv node-deps ## The main job: local cluster with a real node, chart, operator pod, a model pod, one image (DEMO_ARGS="--model sdxl-turbo")
-	@$(PY) tests/e2e/demo.py $(DEMO_ARGS)
+	@$(PY) -m localcluster.demo $(DEMO_ARGS)
 
 .PHONY: demo-server
 demo-server: venv ## The server alone with the stub model: one image, then the playground's URL
@@ -47,7 +47,7 @@ browser: ## Install Debian's chromium for the playground's browser tests (apt-ge
 
 .PHONY: cluster-build
 cluster-build: ## Build the test cluster's binaries (Kubernetes, kubelet, etcd, CoreDNS, kwok, helm) from Go modules; cached
-	@bash tests/cluster/build-binaries.sh
+	@bash localcluster/build-binaries.sh
 
 .PHONY: node-deps
 node-deps: ## Install the Debian packages the real node needs (containerd, runc, CNI plugins, buildah)
@@ -55,8 +55,8 @@ node-deps: ## Install the Debian packages the real node needs (containerd, runc,
 
 .PHONY: cluster-up
 cluster-up: node-deps cluster-build ## Start the local cluster: real control plane and node, simulated GPU nodes (NODES=2, REAL_NODE=0)
-	@TTI_REAL_NODE=$(or $(REAL_NODE),1) $(PYTHON) tests/cluster/launcher.py up --nodes $(or $(NODES),2)
+	@TTI_REAL_NODE=$(or $(REAL_NODE),1) $(PYTHON) -m localcluster.launcher up --nodes $(or $(NODES),2)
 
 .PHONY: cluster-down
 cluster-down: ## Stop the local cluster, leaving no process, mount, bridge, iptables chain or cgroup behind
-	@$(PYTHON) tests/cluster/launcher.py down
+	@$(PYTHON) -m localcluster.launcher down

@@ -48,7 +48,7 @@ import kopf
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
-from cluster import launcher  # noqa: E402
+from localcluster import launcher  # noqa: E402
 
 NODE_PREFIX = "kwok-bench-cpu-"
 PODS_PER_NODE = 250

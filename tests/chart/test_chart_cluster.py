@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import launcher
-from e2e.demo import Kube, http_ok, service_account_kubeconfig
 from support.cluster import Cluster, fresh_namespace
 from support.helm import CHART
 from support.server import free_port
+
+from localcluster import launcher
+from localcluster.demo import Kube, http_ok, service_account_kubeconfig
 
 pytestmark = pytest.mark.cluster
 

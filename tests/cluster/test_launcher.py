@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from support.cluster import Cluster
 
-from cluster import launcher
+from localcluster import launcher
 
 LAUNCHER = Path(launcher.__file__)
+ROOT = LAUNCHER.parents[1]
+LAUNCHER_MODULE = ["-m", "localcluster.launcher"]
 BUILD_SCRIPT = launcher.BUILD_SCRIPT
 
 
@@ -24,7 +26,8 @@ NO_NETWORK = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0
 
 def run_launcher(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(LAUNCHER), "--state-dir", str(state_dir), *args],
+        [sys.executable, *LAUNCHER_MODULE, "--state-dir", str(state_dir), *args],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         env={**os.environ, **NO_NETWORK},
@@ -149,8 +152,15 @@ def test_up_downloads_nothing_and_down_leaves_no_process(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_sigterm_during_up_stops_what_was_started(tmp_path: Path) -> None:
     paths = launcher.ClusterPaths(bin_dir=launcher.default_bin_dir(), state_dir=tmp_path)
-    command = [sys.executable, str(LAUNCHER), "--state-dir", str(tmp_path), "up", "--no-real-node"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        *LAUNCHER_MODULE,
+        "--state-dir",
+        str(tmp_path),
+        "up",
+        "--no-real-node",
+    ]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         # Interrupt once the control plane runs, before `up` has finished.
         pids: dict[str, int] = {}
@@ -191,7 +201,7 @@ def test_sigterm_to_a_test_session_stops_the_cluster_it_started(tmp_path: Path) 
     (tmp_path / "test_sleepy.py").write_text(SLEEPY_TEST)
     state_dir = tmp_path / "state"
     paths = launcher.ClusterPaths(bin_dir=launcher.default_bin_dir(), state_dir=state_dir)
-    tests_dir = LAUNCHER.parents[1]
+    tests_dir = ROOT / "tests"
     command = [
         *(sys.executable, "-m", "pytest", "-p", "support.cluster", "-s", "-p", "no:cacheprovider"),
         *("-c", str(tests_dir.parent / "pyproject.toml"), "--rootdir", str(tmp_path)),
@@ -201,7 +211,7 @@ def test_sigterm_to_a_test_session_stops_the_cluster_it_started(tmp_path: Path) 
         **os.environ,
         "TTI_CLUSTER_STATE_DIR": str(state_dir),
         "TTI_REAL_NODE": "0",
-        "PYTHONPATH": str(tests_dir),
+        "PYTHONPATH": os.pathsep.join([str(tests_dir), str(ROOT)]),
     }
     session = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     try:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from support.cluster import Cluster
 
-from cluster import launcher
+from localcluster import launcher
 
 pytestmark = pytest.mark.cluster
 

@@ -21,11 +21,11 @@ import pytest
 from PIL import Image
 from support.cluster import Cluster
 
-from e2e import demo
+from localcluster import demo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.slow]
 
-DEMO = Path(demo.__file__)
+ROOT = Path(demo.__file__).parents[1]
 STUB_RGB = (0, 100, 200)  # the stub model's solid colour
 
 
@@ -98,7 +98,8 @@ def test_demo_flow_sdxl_turbo_on_the_tiny_offline_model(cluster: Cluster, tmp_pa
 
 def run_demo(out: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, str(DEMO), "--out", str(out), *args],
+        [sys.executable, "-m", "localcluster.demo", "--out", str(out), *args],
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

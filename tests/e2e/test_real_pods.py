@@ -23,7 +23,7 @@ from PIL import Image
 from support.cluster import Cluster, fresh_namespace
 from support.helm import CHART
 
-from e2e import demo
+from localcluster import demo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.slow]
 

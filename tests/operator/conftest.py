@@ -15,9 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster import launcher
 from operator_harness import CPU_NODE, CRD, OperatorProcess, cpu_node
 from support.cluster import Cluster
+
+from localcluster import launcher
 
 
 @pytest.fixture(scope="session")

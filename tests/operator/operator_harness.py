@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cluster import launcher
 from support.cluster import Cluster
+
+from localcluster import launcher
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "tti.dev_texttoimagemodels.yaml"

@@ -18,7 +18,6 @@ using it (then the last one out stops it). A test that uses `cluster` must carry
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import signal
 import subprocess
@@ -28,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cluster import launcher
+
+from localcluster import launcher
 
 __all__ = [
     "Cluster",
@@ -119,29 +119,11 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-@contextlib.contextmanager
-def shared_use(paths: launcher.ClusterPaths) -> Iterator[None]:
-    """Hold a shared lock while using the cluster; on exit, the last user stops a cluster
-    that a test session started (one from `make cluster-up` is left running)."""
-    paths.state_dir.mkdir(parents=True, exist_ok=True)
-    with open(paths.state_dir / "users.lock", "w") as users:
-        fcntl.flock(users, fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            try:
-                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return  # another session still uses it
-            if (paths.state_dir / launcher.EPHEMERAL_MARKER).exists():
-                launcher.down(paths)
-
-
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     """The local cluster, started if needed (needs `make cluster-build`; `make test` does it)."""
     paths = launcher.default_paths()
-    with sigterm_as_interrupt(), shared_use(paths):
+    with sigterm_as_interrupt(), launcher.shared_use(paths):
         try:
             launcher.up(paths, ephemeral=True)
         except launcher.ClusterError as error:

@@ -1,6 +1,6 @@
 """pytest plugin: `helm`, the real helm binary for chart tests that need no cluster.
 
-helm is built from source with the cluster binaries (tests/cluster/build-binaries.sh);
+helm is built from source with the cluster binaries (localcluster/build-binaries.sh);
 this plugin takes it from there (building the set when it is missing, as `make test`
 does), so chart tests never depend on whatever helm happens to be on PATH.
 """
@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
-from cluster import launcher
+
+from localcluster import launcher
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "tti-operator"

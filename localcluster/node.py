@@ -29,11 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+from localcluster import images
 
-import images  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 NODE_NAME = "tti-node"
 BRIDGE = "tti0"
@@ -526,7 +524,7 @@ def preflight(paths: NodePaths) -> None:
         if owner != paths.state_dir and containerd_answers(paths):
             raise NodeError(
                 f"the real node of the cluster in {owner} is running (one per machine): "
-                f"stop it first (launcher.py --state-dir {owner} down)"
+                f"stop it first (python3 -m localcluster.launcher --state-dir {owner} down)"
             )
 
 

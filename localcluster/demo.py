@@ -1,7 +1,7 @@
 """The end-to-end demo behind `make demo`: chart, operator pod, model pod, image, on real pods.
 
-    python tests/e2e/demo.py                      # the stub model
-    python tests/e2e/demo.py --model sdxl-turbo   # SDXL-Turbo's code path on a tiny offline model
+    python3 -m localcluster.demo                      # the stub model
+    python3 -m localcluster.demo --model sdxl-turbo   # SDXL-Turbo on a tiny offline model
 
 1. builds what is missing (the cluster's binaries, the two images) and starts the local
    cluster: a real control plane, a real node running pods (containerd, kubelet, kube-proxy,
@@ -38,14 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-TESTS_DIR = Path(__file__).resolve().parents[1]
-if str(TESTS_DIR) not in sys.path:  # run as a script: make `cluster.launcher` importable
-    sys.path.insert(0, str(TESTS_DIR))
+from localcluster import launcher
 
-from cluster import launcher  # noqa: E402
-from support.cluster import shared_use  # noqa: E402
-
-ROOT = TESTS_DIR.parent
+ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "tti-operator"
 RELEASE = "tti"
 RELEASE_NAMESPACE = "tti-system"
@@ -279,7 +274,7 @@ def sharing(paths: launcher.ClusterPaths) -> Iterator[None]:
     Its last-user check returns from a `finally`, which would swallow a Ctrl-C in flight;
     exiting it as if all went well lets the exception go on up to `main`.
     """
-    use = shared_use(paths)
+    use = launcher.shared_use(paths)
     use.__enter__()
     try:
         yield

@@ -15,10 +15,10 @@ State lives in `.cluster/` of the checkout: `kubeconfig` (for kubectl/helm/the o
 
 Stdlib only, so it runs before (or without) the project's virtual environment:
 
-    python tests/cluster/launcher.py up [--nodes N] [--no-real-node]   # idempotent
-    python tests/cluster/launcher.py down             # stops every process it started
-    python tests/cluster/launcher.py status
-    eval "$(python tests/cluster/launcher.py env)"    # KUBECONFIG and PATH (kubectl, helm)
+    python3 -m localcluster.launcher up [--nodes N] [--no-real-node]   # idempotent
+    python3 -m localcluster.launcher down             # stops every process it started
+    python3 -m localcluster.launcher status
+    eval "$(python3 -m localcluster.launcher env)"    # KUBECONFIG and PATH (kubectl, helm)
 """
 
 from __future__ import annotations
@@ -40,13 +40,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+from localcluster import images, node
 
-import images  # noqa: E402
-import node  # noqa: E402
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
 
 BUILD_SCRIPT = HERE / "build-binaries.sh"
 
@@ -612,6 +609,24 @@ def down(paths: ClusterPaths) -> None:
         log("cluster stopped; no component is left running")
 
 
+@contextlib.contextmanager
+def shared_use(paths: ClusterPaths) -> Iterator[None]:
+    """Hold a shared lock while using the cluster; on exit, the last user stops a cluster
+    that a test session started (one from `make cluster-up` is left running)."""
+    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(paths.state_dir / "users.lock", "w") as users:
+        fcntl.flock(users, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            try:
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # another session still uses it
+            if (paths.state_dir / EPHEMERAL_MARKER).exists():
+                down(paths)
+
+
 def status(paths: ClusterPaths) -> bool:
     if not is_ready(paths):
         print("cluster: down")
@@ -633,7 +648,7 @@ def raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="launcher.py",
+        prog="python3 -m localcluster.launcher",
         description="Local Kubernetes cluster for the tests and the demo: "
         "a real control plane with simulated (kwok) GPU nodes.",
     )

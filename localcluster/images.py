@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
+REPO_ROOT = HERE.parent
 INPUTS_LABEL = "dev.tti.inputs"
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -194,20 +194,22 @@ def timed(what: str) -> Iterator[None]:
 
 def stream(command: Sequence[str], log_path: Path, show: re.Pattern[str]) -> None:
     """Run `command`, its whole output to `log_path`, the lines matching `show` to the user."""
-    with log_path.open("w") as out:
-        process = subprocess.Popen(
+    with (
+        log_path.open("w") as out,
+        subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        )
+        ) as process,
+    ):
         assert process.stdout is not None
         start = time.monotonic()
         for line in process.stdout:
             out.write(line)
             if show.search(line):
                 print(f"    [{time.monotonic() - start:4.0f} s] {line.rstrip()[:110]}", flush=True)
-        if process.wait() != 0:
-            tail = log_path.read_text().strip().splitlines()[-12:]
-            print("\n".join(f"    | {t}" for t in tail), file=sys.stderr)
-            raise ImageError(f"{command[0]} failed (exit {process.returncode}); log: {log_path}")
+    if process.returncode != 0:
+        tail = log_path.read_text().strip().splitlines()[-12:]
+        print("\n".join(f"    | {t}" for t in tail), file=sys.stderr)
+        raise ImageError(f"{command[0]} failed (exit {process.returncode}); log: {log_path}")
 
 
 # --- the images ---------------------------------------------------------------------------

@@ -1,0 +1,7 @@
+"""The local Kubernetes cluster and the demo that `make` runs for users (not tests).
+
+`launcher` starts and stops the cluster (a real control plane, a real node that runs pods,
+simulated GPU nodes), `node` runs the real node, `images` builds the images it runs, and
+`demo` is `make demo`. Run them from the repository root as `python3 -m localcluster.NAME`;
+they use the standard library only, so they need no virtual environment. The tests import them.
+"""
