@@ -40,7 +40,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from localcluster import images, node
+from localcluster import images, node, processes
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
@@ -344,51 +344,16 @@ def component_pids(paths: ClusterPaths) -> dict[str, int]:
 
 
 def cluster_processes(paths: ClusterPaths) -> dict[str, int]:
-    """Every live process whose command line names this cluster's work dir.
-
-    This also finds a component whose pid file was never written (kwokctl killed between fork
-    and write), so teardown leaves nothing behind.
-    """
-    marker = str(paths.cluster_dir).encode()
-    found: dict[str, int] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            if any(marker in arg for arg in argv) and is_alive(int(proc.name)):
-                found[f"{Path(argv[0].decode()).name}[{proc.name}]"] = int(proc.name)
-    return found
+    """Every live process whose command line names this cluster's work dir (so teardown
+    also finds a component whose pid file was never written)."""
+    return processes.naming(str(paths.cluster_dir))
 
 
-def is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie has exited; it only waits for its parent to reap it.
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    return True
-
-
-def stop_processes(pids: dict[str, int], grace_s: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after a grace period: what kwokctl delete should have done."""
-    alive = {name: pid for name, pid in pids.items() if is_alive(pid)}
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        for pid in alive.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-        deadline = time.monotonic() + grace_s
-        while alive and time.monotonic() < deadline:
-            alive = {name: pid for name, pid in alive.items() if is_alive(pid)}
-            time.sleep(0.1)
-        if not alive:
-            return
-    raise ClusterError(f"could not stop {', '.join(f'{n} (pid {p})' for n, p in alive.items())}")
+def stop_processes(pids: dict[str, int]) -> None:
+    """What kwokctl delete should have done."""
+    left = processes.stop(pids)
+    if left:
+        raise ClusterError(f"could not stop {processes.described(left)}")
 
 
 # --- the cluster --------------------------------------------------------------------------

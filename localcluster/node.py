@@ -20,7 +20,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from localcluster import images
+from localcluster import images, processes
 
 HERE = Path(__file__).resolve().parent
 
@@ -437,42 +436,14 @@ def start_process(paths: NodePaths, name: str, argv: Sequence[str | Path]) -> in
     return pid
 
 
-def is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    return True
-
-
 def processes_naming(marker: str) -> list[int]:
-    """Live processes whose command line contains `marker` (shims name their containerd)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if marker.encode() in (proc / "cmdline").read_bytes() and is_alive(int(proc.name)):
-                found.append(int(proc.name))
-    return found
+    return list(processes.naming(marker).values())
 
 
-def stop_pids(pids: Sequence[int], grace_s: float = 10.0) -> None:
-    alive = [pid for pid in pids if is_alive(pid)]
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        for pid in alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-        deadline = time.monotonic() + grace_s
-        while alive and time.monotonic() < deadline:
-            alive = [pid for pid in alive if is_alive(pid)]
-            time.sleep(0.1)
-        if not alive:
-            return
-    raise NodeError(f"could not stop pids {alive}")
+def stop_pids(pids: Sequence[int]) -> None:
+    left = processes.stop({str(pid): pid for pid in pids})
+    if left:
+        raise NodeError(f"could not stop {processes.described(left)}")
 
 
 def stop_component(paths: NodePaths, name: str) -> None:

@@ -46,9 +46,9 @@ import aiohttp
 import kopf
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from localcluster import launcher  # noqa: E402
+from localcluster import launcher, processes  # noqa: E402
 
 NODE_PREFIX = "kwok-bench-cpu-"
 PODS_PER_NODE = 250
@@ -130,7 +130,7 @@ def cpu_by_process(paths: launcher.ClusterPaths, operator: int) -> dict[str, flo
     """CPU seconds so far of the operator, each control-plane component, and this script
     (its watchers parse every event too): where a resource's cost goes, not only ours."""
     pids = {"operator": operator, **launcher.component_pids(paths)}
-    spent = {name: cpu_seconds(pid) for name, pid in pids.items() if launcher.is_alive(pid)}
+    spent = {name: cpu_seconds(pid) for name, pid in pids.items() if processes.is_alive(pid)}
     return spent | {"this benchmark": time.process_time()}
 
 

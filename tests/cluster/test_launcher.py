@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from support.cluster import Cluster
 
-from localcluster import launcher
+from localcluster import launcher, processes
 
 LAUNCHER = Path(launcher.__file__)
 ROOT = LAUNCHER.parents[1]
@@ -136,13 +136,13 @@ def test_up_downloads_nothing_and_down_leaves_no_process(tmp_path: Path) -> None
     up = run_launcher(tmp_path, "up", "--nodes", "1", "--no-real-node")
     assert up.returncode == 0, up.stderr
     pids = launcher.component_pids(paths)
-    assert len(pids) == 5 and all(launcher.is_alive(pid) for pid in pids.values())
+    assert len(pids) == 5 and all(processes.is_alive(pid) for pid in pids.values())
     assert run_launcher(tmp_path, "status").returncode == 0
 
     down = run_launcher(tmp_path, "down")
 
     assert down.returncode == 0, down.stderr
-    assert not any(launcher.is_alive(pid) for pid in pids.values())
+    assert not any(processes.is_alive(pid) for pid in pids.values())
     assert launcher.cluster_processes(paths) == {}
     assert not paths.cluster_dir.exists() and not paths.kubeconfig.exists()
     assert run_launcher(tmp_path, "status").returncode == 3
@@ -177,7 +177,7 @@ def test_sigterm_during_up_stops_what_was_started(tmp_path: Path) -> None:
 
     assert process.returncode == 130, stderr
     assert "stopping what was started" in stderr
-    assert not any(launcher.is_alive(pid) for pid in pids.values())
+    assert not any(processes.is_alive(pid) for pid in pids.values())
     assert launcher.cluster_processes(paths) == {}
     assert not paths.cluster_dir.exists()
 
@@ -220,7 +220,7 @@ def test_sigterm_to_a_test_session_stops_the_cluster_it_started(tmp_path: Path) 
             if "cluster-ready" in line:
                 break
         pids = launcher.component_pids(paths)
-        assert len(pids) == 5 and all(launcher.is_alive(pid) for pid in pids.values())
+        assert len(pids) == 5 and all(processes.is_alive(pid) for pid in pids.values())
 
         session.send_signal(signal.SIGTERM)
         output, _ = session.communicate(timeout=120)
@@ -229,6 +229,6 @@ def test_sigterm_to_a_test_session_stops_the_cluster_it_started(tmp_path: Path) 
             session.kill()
 
     assert "KeyboardInterrupt" in output
-    assert not any(launcher.is_alive(pid) for pid in pids.values())
+    assert not any(processes.is_alive(pid) for pid in pids.values())
     assert launcher.cluster_processes(paths) == {}
     assert not paths.cluster_dir.exists()
