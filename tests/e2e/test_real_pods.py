@@ -103,6 +103,12 @@ def release(cluster: Cluster) -> Iterator[Release]:
         cluster.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
+def exec_in(release: Release, namespace: str, pod: str, command: str) -> Any:
+    return release.cluster.kubectl(
+        "exec", pod, "-n", namespace, "--", "sh", "-c", command, check=False
+    )
+
+
 def test_the_charts_operator_runs_in_a_pod_and_reconciles_a_model(release: Release) -> None:
     [operator] = release.get(
         "pods", "-n", release.namespace, "-l", "app.kubernetes.io/component=operator"
@@ -110,6 +116,11 @@ def test_the_charts_operator_runs_in_a_pod_and_reconciles_a_model(release: Relea
     assert operator["spec"]["nodeName"] == demo.launcher.node.NODE_NAME
     assert operator["status"]["phase"] == "Running"
     assert operator["spec"]["serviceAccountName"].startswith(release.name)
+    # The operator's image runs as uid 10001 on a read-only root filesystem too.
+    name = operator["metadata"]["name"]
+    assert exec_in(release, release.namespace, name, "id -u").stdout.strip() == "10001"
+    written = exec_in(release, release.namespace, name, "touch /opt/venv/x")
+    assert written.returncode != 0 and "Read-only file system" in written.stderr
 
     release.apply_model("reconciled")
     resource = wait_ready(release, "reconciled")
@@ -255,10 +266,7 @@ def test_the_security_context_is_enforced_in_the_container(release: Release) -> 
     [pod] = release.pods("locked")
 
     def in_pod(command: str) -> Any:
-        return release.cluster.kubectl(
-            "exec", pod["metadata"]["name"], "-n", release.models, "--", "sh", "-c", command,
-            check=False,
-        )  # fmt: skip
+        return exec_in(release, release.models, pod["metadata"]["name"], command)
 
     assert in_pod("id -u").stdout.strip() == "10001"
     outside = in_pod("touch /opt/venv/x")
