@@ -384,7 +384,8 @@ def import_into_containerd(refs: Sequence[str], ctr: Sequence[str], crictl: Sequ
         )
         if present.returncode == 0 and present.stdout.strip().removeprefix("sha256:") == image_id:
             continue
-        with timed(f"{name} imported into the node's containerd"):
+        log(f"importing {name} into the node's containerd ({buildah.size(ref)})")
+        with timed(f"{name} imported"):
             # Streamed: a multi-gigabyte image is never written out as an archive.
             push = subprocess.Popen(
                 buildah.command("push", "--quiet", ref, f"docker-archive:/dev/stdout:{name}"),
