@@ -412,8 +412,8 @@ def with_controller_qps(qps: int) -> None:
     requests/s), which otherwise bound how fast 1000 ReplicaSets and Pods appear."""
     plain = launcher.kwokctl_configuration
 
-    def tuned(paths: launcher.ClusterPaths) -> dict[str, Any]:
-        config = plain(paths)
+    def tuned(paths: launcher.ClusterPaths, real_node: bool = False) -> dict[str, Any]:
+        config = plain(paths, real_node)
         limits = [
             {"key": "kube-api-qps", "value": str(qps)},
             {"key": "kube-api-burst", "value": str(2 * qps)},
