@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -36,6 +37,8 @@ class GenerateOptions:
     image_format: str = "png"
     seed: int | None = None
     model_id: str | None = None
+    #: A bearer token, for a gateway with auth on.
+    api_key: str | None = None
 
 
 def generate(url: str, options: GenerateOptions, timeout: float = 300.0) -> bytes:
@@ -52,10 +55,13 @@ def generate(url: str, options: GenerateOptions, timeout: float = 300.0) -> byte
     body: dict[str, Any] = {"inputs": options.prompt, "parameters": parameters}
     if options.model_id:
         body["model_id"] = options.model_id
+    headers = {"Content-Type": "application/json", "Accept": f"image/{options.image_format}"}
+    if options.api_key:
+        headers["Authorization"] = f"Bearer {options.api_key}"
     request = urllib.request.Request(
         url.rstrip("/") + "/api/v1/task/text-to-image",
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "Accept": f"image/{options.image_format}"},
+        headers=headers,
         method="POST",
     )
     try:
@@ -123,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--format", choices=FORMATS, help="image format (default: from -o, else png)")
     gen.add_argument("--model-id", help="the served model's name (checked by the server)")
     gen.add_argument("--timeout", type=float, default=300.0, help="seconds to wait")
+    gen.add_argument(
+        "--api-key",
+        default=os.environ.get("TTI_API_KEY"),
+        help="bearer token for a gateway with auth on (default: $TTI_API_KEY)",
+    )
     gen.add_argument("-o", "--output", type=Path, default=Path("out.png"), help="file to write")
     return parser
 
@@ -138,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         image_format=image_format,
         seed=args.seed,
         model_id=args.model_id,
+        api_key=args.api_key,
     )
     try:
         if args.grpc:

@@ -153,6 +153,7 @@ class Service:
                 batch_wait=settings.batch_wait_ms / 1000,
             )
             engine.start()
+            loaded = time.perf_counter()
             await engine.run_on_each_worker(WARM_UP)
             self.model_size = await asyncio.to_thread(_directory_size, settings)
         except asyncio.CancelledError:  # shut down while still loading
@@ -174,11 +175,12 @@ class Service:
         self._ready.set()
         devices = ", ".join(b.device for b in backends)
         log.info(
-            "model %s ready: %d worker(s) on %s, loaded and warmed up in %.1f s",
+            "model %s ready: %d worker(s) on %s, loaded in %.2f s, warmed up in %.2f s",
             settings.served_model_id,
             len(backends),
             devices,
-            time.perf_counter() - started,
+            loaded - started,
+            time.perf_counter() - loaded,
         )
 
 

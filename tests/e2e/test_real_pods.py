@@ -8,105 +8,37 @@ has none); Ready comes from its readiness probe, failures from the kubelet.
 
 from __future__ import annotations
 
-import base64
-import json
-import time
-import urllib.request
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
-from support.cluster import Cluster, fresh_namespace
-from support.helm import CHART
+from support.cluster import Cluster
+from support.realpods import (
+    Release,
+    exec_in,
+    install,
+    metric,
+    pod_finished,
+    ready_condition,
+    run_client,
+    start_python_pod,
+    wait_for,
+    wait_ready,
+)
 
 from localcluster import demo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.slow]
 
 STUB_RGB = (0, 100, 200)
-TIMEOUT_S = 240.0
-
-
-@dataclass(frozen=True)
-class Release:
-    cluster: Cluster
-    name: str
-    namespace: str  # the operator's own
-    models: str  # the namespace it watches
-
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
-        return self.cluster.kubectl(*args, input=input, check=check).stdout
-
-    def get(self, *args: str) -> Any:
-        return json.loads(self.kubectl("get", *args, "-o", "json"))
-
-    def apply_model(self, name: str, **spec: Any) -> None:
-        model = {
-            "apiVersion": "tti.dev/v1alpha1",
-            "kind": "TextToImageModel",
-            "metadata": {"name": name, "namespace": self.models},
-            "spec": {"model": "stub", "gpus": 0, **spec},
-        }
-        self.kubectl("apply", "-f", "-", input=json.dumps(model))
-
-    def model(self, name: str) -> Any:
-        return self.get("ttimodel", name, "-n", self.models)
-
-    def pods(self, name: str) -> list[Any]:
-        selector = f"tti.dev/model={name}"
-        items: list[Any] = self.get("pods", "-n", self.models, "-l", selector)["items"]
-        return [pod for pod in items if not pod["metadata"].get("deletionTimestamp")]
-
-
-def ready_condition(resource: Any) -> dict[str, Any]:
-    conditions = resource.get("status", {}).get("conditions", [])
-    return next((c for c in conditions if c["type"] == "Ready"), {})
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout_s: float = TIMEOUT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(1)
-
-
-def wait_ready(release: Release, name: str) -> Any:
-    def ready() -> Any:
-        resource = release.model(name)
-        return resource if ready_condition(resource).get("status") == "True" else None
-
-    return wait_for(f"ttimodel/{name} Ready", ready)
+IMAGES = "tti_images_generated_total"
 
 
 @pytest.fixture(scope="module")
 def release(cluster: Cluster) -> Iterator[Release]:
-    operator_ns = next(fresh_namespace(cluster, "rp-op", simulated=False))
-    models_ns = next(fresh_namespace(cluster, "rp-models", simulated=False))
-    name = f"rp{uuid.uuid4().hex[:5]}"
-    cluster.helm(
-        "install", name, str(CHART), "-n", operator_ns,
-        "--set", f"watchNamespaces={{{models_ns}}}",
-        "--set", f"tests.model=helm-tested,tests.namespace={models_ns}",
-        "--wait", "--timeout", "4m",
-    )  # fmt: skip
-    yield Release(cluster, name, operator_ns, models_ns)
-    cluster.helm("uninstall", name, "-n", operator_ns, "--wait", check=False)
-    for namespace in (models_ns, operator_ns):
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false")
-
-
-def exec_in(release: Release, namespace: str, pod: str, command: str) -> Any:
-    return release.cluster.kubectl(
-        "exec", pod, "-n", namespace, "--", "sh", "-c", command, check=False
-    )
+    yield from install(cluster, "rp", "tests.model=helm-tested")
 
 
 def test_the_charts_operator_runs_in_a_pod_and_reconciles_a_model(release: Release) -> None:
@@ -136,40 +68,10 @@ def test_a_client_pod_gets_the_stub_image_through_dns_and_the_service(
 ) -> None:
     release.apply_model("called")
     wait_ready(release, "called")
-    image = run_client(release, "called", tmp_path)
+    image = run_client(release, release.service_url("called"), "called", tmp_path)
     with Image.open(image) as png:
         assert png.size == (64, 64)
         assert png.convert("RGB").getpixel((5, 5)) == STUB_RGB
-
-
-def run_client(release: Release, model: str, tmp_path: Path) -> Path:
-    url = f"http://{model}.{release.models}.svc:8080"
-    pod = demo.client_pod(release.models, url, model, 64, "a lighthouse")
-    pod["metadata"]["name"] = f"client-{uuid.uuid4().hex[:6]}"
-    release.kubectl("apply", "-f", "-", input=json.dumps(pod))
-    name = pod["metadata"]["name"]
-
-    def finished() -> str:
-        phase = release.get("pod", name, "-n", release.models)["status"].get("phase", "")
-        return phase if phase in ("Succeeded", "Failed") else ""
-
-    phase = wait_for(f"client pod {name}", finished)
-    logs = release.kubectl("logs", name, "-n", release.models)
-    assert phase == "Succeeded", logs
-    path = tmp_path / f"{model}.png"
-    path.write_bytes(base64.b64decode(logs.strip().splitlines()[-1]))
-    return path
-
-
-def images_generated(pod: Any) -> float:
-    url = f"http://{pod['status']['podIP']}:8080/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    return sum(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith("tti_images_generated_total")
-    )
 
 
 def test_scaled_to_two_replicas_requests_from_a_pod_reach_both(release: Release) -> None:
@@ -178,7 +80,7 @@ def test_scaled_to_two_replicas_requests_from_a_pod_reach_both(release: Release)
     release.kubectl("scale", "ttimodel/scaled", "-n", release.models, "--replicas", "2")
     wait_for("2/2 ready", lambda: release.model("scaled").get("status", {}).get("ready") == "2/2")
     pods = release.pods("scaled")
-    before = {p["metadata"]["name"]: images_generated(p) for p in pods}
+    before = {p["metadata"]["name"]: metric(p, IMAGES) for p in pods}
 
     # New connections each time, so kube-proxy's random choice spreads them.
     script = (
@@ -190,17 +92,8 @@ def test_scaled_to_two_replicas_requests_from_a_pod_reach_both(release: Release)
         "/api/v1/task/text-to-image', body, {'Content-Type': 'application/json'})\n"
         "    urllib.request.urlopen(request, timeout=30).read()\n"
     )
-    pod = demo.client_pod(release.models, "", "scaled", 8, "x")
-    pod["metadata"]["name"] = "spread"
-    pod["spec"]["containers"][0]["command"] = ["python3", "-c", script]
-    release.kubectl("apply", "-f", "-", input=json.dumps(pod))
-    wait_for(
-        "the spreading client",
-        lambda: (
-            release.get("pod", "spread", "-n", release.models)["status"].get("phase") == "Succeeded"
-        ),
-    )
-    after = {p["metadata"]["name"]: images_generated(p) for p in release.pods("scaled")}
+    pod_finished(release, start_python_pod(release, "spread", script))
+    after = {p["metadata"]["name"]: metric(p, IMAGES) for p in release.pods("scaled")}
     served = {name: after[name] - before[name] for name in before}
     assert sum(served.values()) == 24, served
     assert all(count > 0 for count in served.values()), served

@@ -19,7 +19,7 @@ const WORDS = {
 };
 
 const $ = (id) => document.getElementById(id);
-const state = { model: null, sideMultiple: 1, runs: [], shown: null, busy: false };
+const state = { model: null, sideMultiple: 1, runs: [], shown: null, busy: false, watch: 0 };
 
 class ApiError extends Error {}
 
@@ -61,24 +61,66 @@ async function errorText(response) {
 
 const sleep = (seconds) => new Promise((resolve) => setTimeout(resolve, seconds * 1000));
 
-// The header line: which model, and whether it is ready (polled until it is).
+// The header line: which model, and whether it is ready (polled until it is). A gateway
+// lists every model it serves, each with its state: then a picker chooses among them.
+const STATE_WORDS = {
+  Ready: "ready",
+  Starting: "starting: the first request waits for it",
+  ScaledToZero: "scaled to zero: the first request wakes it (a cold start takes a while)",
+};
+
 async function watchModel() {
+  clearTimeout(state.watch); // one poll at a time: a pick or a token looks at once
   try {
     const models = await call("v1/models");
     if (models.status === 401) return askForToken();
     if (!models.ok) throw new ApiError(await errorText(models));
-    state.model = (await models.json()).data[0].id;
-    const info = await call("info/models");
-    if (info.ok) state.sideMultiple = (await info.json()).models[0].metadata.side_multiple || 1;
+    const list = (await models.json()).data;
+    showPicker(list);
+    const chosen = list.find((model) => model.id === state.model) || list[0];
+    if (!chosen) throw new ApiError("no model is served here yet");
+    state.model = chosen.id;
+    state.sideMultiple = chosen.side_multiple || (await sideMultipleFromInfo());
     syncSize(false);
-    const ready = await call("readyz");
-    const note = ready.ok ? "ready" : `not ready: ${(await ready.json()).details}`;
+    const [ready, note] = chosen.state ? modelState(chosen) : await serverState();
     $("model").textContent = `Model ${state.model} · ${note}`;
-    if (!ready.ok) setTimeout(watchModel, 2000);
+    if (!ready || chosen.state) watchAgain(chosen.state ? 5 : 2);
   } catch (error) {
     $("model").textContent = `Cannot reach the model: ${error.message}`;
-    setTimeout(watchModel, 5000);
+    watchAgain(5);
   }
+}
+
+function watchAgain(seconds) {
+  state.watch = setTimeout(watchModel, seconds * 1000);
+}
+
+function showPicker(list) {
+  const picker = $("model-picker");
+  picker.replaceChildren(
+    ...list.map((model) => el("option", { value: model.id }, model.state ? `${model.id} (${model.state})` : model.id)),
+  );
+  if (state.model) picker.value = state.model;
+  $("picker-box").hidden = list.length < 2;
+}
+
+function pickModel() {
+  state.model = $("model-picker").value;
+  watchModel();
+}
+
+async function sideMultipleFromInfo() {
+  const info = await call("info/models");
+  return info.ok ? (await info.json()).models[0].metadata.side_multiple || 1 : 1;
+}
+
+function modelState(model) {
+  return [model.state === "Ready", STATE_WORDS[model.state] || model.state];
+}
+
+async function serverState() {
+  const ready = await call("readyz");
+  return [ready.ok, ready.ok ? "ready" : `not ready: ${(await ready.json()).details}`];
 }
 
 function askForToken() {
@@ -334,6 +376,7 @@ function init() {
   $("dice").addEventListener("click", newSeed);
   $("seed").addEventListener("input", () => ($("keep-seed").checked = true));
   $("save-token").addEventListener("click", saveToken);
+  $("model-picker").addEventListener("change", pickModel);
   $("copy-curl").addEventListener("click", () => copy(curlFor(state.shown)));
   $("copy-python").addEventListener("click", () => copy(pythonFor(state.shown)));
   syncSize(false);

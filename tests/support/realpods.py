@@ -1,0 +1,147 @@
+"""A release of the chart on the real node, and the waits and client pods its tests share.
+
+The operator runs as the chart's Deployment, in a pod, and watches one namespace where the
+tests apply their models; every model pod runs the real `tti-server` image.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from localcluster import demo
+from support.cluster import Cluster, fresh_namespace
+from support.helm import CHART
+
+TIMEOUT_S = 240.0
+
+
+@dataclass(frozen=True)
+class Release:
+    cluster: Cluster
+    name: str
+    namespace: str  # the operator's own
+    models: str  # the namespace it watches
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        return self.cluster.kubectl(*args, input=input, check=check).stdout
+
+    def get(self, *args: str) -> Any:
+        return json.loads(self.kubectl("get", *args, "-o", "json"))
+
+    def apply_model(self, name: str, **spec: Any) -> None:
+        model = {
+            "apiVersion": "tti.dev/v1alpha1",
+            "kind": "TextToImageModel",
+            "metadata": {"name": name, "namespace": self.models},
+            "spec": {"model": "stub", "gpus": 0, **spec},
+        }
+        self.kubectl("apply", "-f", "-", input=json.dumps(model))
+
+    def model(self, name: str) -> Any:
+        return self.get("ttimodel", name, "-n", self.models)
+
+    def pods(self, name: str) -> list[Any]:
+        selector = f"tti.dev/model={name}"
+        items: list[Any] = self.get("pods", "-n", self.models, "-l", selector)["items"]
+        return [pod for pod in items if not pod["metadata"].get("deletionTimestamp")]
+
+    def service_url(self, model: str) -> str:
+        return f"http://{model}.{self.models}.svc:8080"
+
+
+def install(cluster: Cluster, prefix: str, *set_values: str) -> Iterator[Release]:
+    """Install the chart in a namespace of its own, watching another; uninstall after."""
+    operator_ns = next(fresh_namespace(cluster, f"{prefix}-op", simulated=False))
+    models_ns = next(fresh_namespace(cluster, f"{prefix}-models", simulated=False))
+    name = f"{prefix}{uuid.uuid4().hex[:5]}"
+    values = [arg for value in set_values for arg in ("--set", value)]
+    cluster.helm(
+        "install", name, str(CHART), "-n", operator_ns,
+        "--set", f"watchNamespaces={{{models_ns}}}", "--set", f"tests.namespace={models_ns}",
+        *values,
+        "--wait", "--timeout", "4m",
+    )  # fmt: skip
+    yield Release(cluster, name, operator_ns, models_ns)
+    cluster.helm("uninstall", name, "-n", operator_ns, "--wait", check=False)
+    for namespace in (models_ns, operator_ns):
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+def ready_condition(resource: Any) -> dict[str, Any]:
+    conditions = resource.get("status", {}).get("conditions", [])
+    return next((c for c in conditions if c["type"] == "Ready"), {})
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout_s: float = TIMEOUT_S) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(1)
+
+
+def wait_ready(release: Release, name: str) -> Any:
+    def ready() -> Any:
+        resource = release.model(name)
+        return resource if ready_condition(resource).get("status") == "True" else None
+
+    return wait_for(f"ttimodel/{name} Ready", ready)
+
+
+def exec_in(release: Release, namespace: str, pod: str, command: str) -> Any:
+    return release.cluster.kubectl(
+        "exec", pod, "-n", namespace, "--", "sh", "-c", command, check=False
+    )
+
+
+def start_python_pod(release: Release, name: str, script: str, *args: str) -> str:
+    """A pod of the server image (its Python and the project's client) running `script`."""
+    pod = demo.client_pod(release.models, "", name, 8, "x")
+    pod["metadata"]["name"] = f"{name}-{uuid.uuid4().hex[:6]}"
+    pod["spec"]["containers"][0]["command"] = ["python3", "-c", script, *args]
+    release.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    return str(pod["metadata"]["name"])
+
+
+def pod_finished(release: Release, name: str, timeout_s: float = TIMEOUT_S) -> str:
+    """Wait for a pod that runs to completion; its log, asserting it succeeded."""
+
+    def finished() -> str:
+        phase = release.get("pod", name, "-n", release.models)["status"].get("phase", "")
+        return phase if phase in ("Succeeded", "Failed") else ""
+
+    phase = wait_for(f"pod {name} to finish", finished, timeout_s)
+    logs = release.kubectl("logs", name, "-n", release.models)
+    assert phase == "Succeeded", logs
+    return logs
+
+
+def run_client(release: Release, url: str, model: str, tmp_path: Path, size: int = 64) -> Path:
+    """`tti generate` in a client pod against `url`; the image it got, saved under tmp_path."""
+    pod = demo.client_pod(release.models, url, model, size, "a lighthouse")
+    pod["metadata"]["name"] = f"client-{uuid.uuid4().hex[:6]}"
+    release.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    logs = pod_finished(release, pod["metadata"]["name"])
+    path = tmp_path / f"{model}-{pod['metadata']['name']}.png"
+    path.write_bytes(base64.b64decode(logs.strip().splitlines()[-1]))
+    return path
+
+
+def metric(pod: Any, name: str) -> float:
+    """The sum of a metric's samples on a model pod's /metrics (read from the host, which
+    reaches pod IPs through the node's bridge)."""
+    url = f"http://{pod['status']['podIP']}:8080/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
