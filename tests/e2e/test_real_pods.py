@@ -38,7 +38,8 @@ IMAGES = "tti_images_generated_total"
 
 @pytest.fixture(scope="module")
 def release(cluster: Cluster) -> Iterator[Release]:
-    yield from install(cluster, "rp", "tests.model=helm-tested")
+    with install(cluster, "rp", "tests.model=helm-tested") as release:
+        yield release
 
 
 def test_the_charts_operator_runs_in_a_pod_and_reconciles_a_model(release: Release) -> None:

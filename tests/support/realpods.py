@@ -7,6 +7,7 @@ tests apply their models; every model pod runs the real `tti-server` image.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 import urllib.request
@@ -57,22 +58,53 @@ class Release:
         return f"http://{model}.{self.models}.svc:8080"
 
 
-def install(cluster: Cluster, prefix: str, *set_values: str) -> Iterator[Release]:
-    """Install the chart in a namespace of its own, watching another; uninstall after."""
+@contextlib.contextmanager
+def install(
+    cluster: Cluster, prefix: str, *set_values: str, tokens: str | None = None
+) -> Iterator[Release]:
+    """Install the chart in a namespace of its own, watching another; uninstall after.
+
+    `tokens`: the gateway's bearer tokens (one per line), from a Secret made first.
+    """
     operator_ns = next(fresh_namespace(cluster, f"{prefix}-op", simulated=False))
     models_ns = next(fresh_namespace(cluster, f"{prefix}-models", simulated=False))
     name = f"{prefix}{uuid.uuid4().hex[:5]}"
     values = [arg for value in set_values for arg in ("--set", value)]
+    if tokens is not None:
+        secret = f"{name}-tokens"
+        cluster.kubectl(
+            "create", "secret", "generic", secret, "-n", operator_ns,
+            f"--from-literal=tokens={tokens}",
+        )  # fmt: skip
+        values += ["--set", f"gateway.auth.secretName={secret}"]
     cluster.helm(
         "install", name, str(CHART), "-n", operator_ns,
         "--set", f"watchNamespaces={{{models_ns}}}", "--set", f"tests.namespace={models_ns}",
         *values,
         "--wait", "--timeout", "4m",
     )  # fmt: skip
-    yield Release(cluster, name, operator_ns, models_ns)
-    cluster.helm("uninstall", name, "-n", operator_ns, "--wait", check=False)
-    for namespace in (models_ns, operator_ns):
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+    try:
+        yield Release(cluster, name, operator_ns, models_ns)
+    finally:
+        cluster.helm("uninstall", name, "-n", operator_ns, "--wait", check=False)
+        for namespace in (models_ns, operator_ns):
+            cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+def gateway_pod(release: Release) -> Any:
+    """The release's one gateway pod (not one on its way out)."""
+    selector = f"app.kubernetes.io/component=gateway,app.kubernetes.io/instance={release.name}"
+    items = release.get("pods", "-n", release.namespace, "-l", selector)["items"]
+    [pod] = [p for p in items if not p["metadata"].get("deletionTimestamp")]
+    return pod
+
+
+def gateway_url(release: Release) -> str:
+    """The gateway's Service, as pods of the cluster call it."""
+    selector = f"app.kubernetes.io/component=gateway,app.kubernetes.io/instance={release.name}"
+    [service] = release.get("services", "-n", release.namespace, "-l", selector)["items"]
+    port = service["spec"]["ports"][0]["port"]
+    return f"http://{service['metadata']['name']}.{release.namespace}.svc:{port}"
 
 
 def ready_condition(resource: Any) -> dict[str, Any]:
@@ -127,10 +159,19 @@ def pod_finished(release: Release, name: str, timeout_s: float = TIMEOUT_S) -> s
     return logs
 
 
-def run_client(release: Release, url: str, model: str, tmp_path: Path, size: int = 64) -> Path:
+def run_client(
+    release: Release,
+    url: str,
+    model: str,
+    tmp_path: Path,
+    size: int = 64,
+    api_key: str | None = None,
+) -> Path:
     """`tti generate` in a client pod against `url`; the image it got, saved under tmp_path."""
     pod = demo.client_pod(release.models, url, model, size, "a lighthouse")
     pod["metadata"]["name"] = f"client-{uuid.uuid4().hex[:6]}"
+    if api_key is not None:
+        pod["spec"]["containers"][0]["env"] = [{"name": "TTI_API_KEY", "value": api_key}]
     release.kubectl("apply", "-f", "-", input=json.dumps(pod))
     logs = pod_finished(release, pod["metadata"]["name"])
     path = tmp_path / f"{model}-{pod['metadata']['name']}.png"
