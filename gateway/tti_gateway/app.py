@@ -47,7 +47,7 @@ class Gateway:
 
     def _counting(self, waker: Waker | None) -> Waker:
         async def wake(model: str) -> None:
-            self.metrics.cold_starts.labels(model).inc()
+            self.metrics.cold_start(model)
             if waker is not None:
                 await waker(model)
 
@@ -59,8 +59,12 @@ class Gateway:
             total=self.settings.upstream_timeout, connect=self.settings.connect_timeout
         )
         connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
+        # No cookies: the gateway is not a browser, and a jar costs work on every answer.
         async with aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=False
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
         ) as session:
             self._session = session
             source = StaticSource(

@@ -6,11 +6,19 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
+from itertools import accumulate
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from tti_gateway.endpoints import EndpointTable, ModelState
 
@@ -47,39 +55,80 @@ class TableCollector(Collector):
         yield from (held, in_flight, ready, state)
 
 
+class RequestCollector(Collector):
+    """Requests by model and status, latency by model, cold starts and retries by model.
+
+    Plain numbers read at scrape time, as in tti_server.metrics: every update runs on the
+    event loop, so prometheus_client's per-update locks and label lookups are not needed.
+    """
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, int], int] = {}
+        self.latency: dict[str, list[float]] = {}  # per bucket (the last is +Inf), then the sum
+        self.cold_starts: dict[str, int] = {}
+        self.retries: dict[str, int] = {}
+
+    def observe(self, model: str, status: int, seconds: float) -> None:
+        key = (model, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        counts = self.latency.get(model)
+        if counts is None:
+            counts = self.latency[model] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        counts[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "tti_gateway_requests", "Requests by model and status", labels=["model", "status"]
+        )
+        for (model, status), count in self.requests.items():
+            requests.add_metric([model, str(status)], count)
+        latency = HistogramMetricFamily(
+            "tti_gateway_request_duration_seconds",
+            "Time from a request's arrival to the end of its answer, held time included",
+            labels=["model"],
+        )
+        bounds = [*map(floatToGoString, LATENCY_BUCKETS), "+Inf"]
+        for model, counts in self.latency.items():
+            buckets = list(zip(bounds, accumulate(counts[:-1]), strict=True))
+            latency.add_metric([model], buckets, counts[-1])
+        yield from (requests, latency)
+        yield _counter(
+            "tti_gateway_cold_starts",
+            "Times a model with no ready pod was woken by a request",
+            self.cold_starts,
+        )
+        yield _counter(
+            "tti_gateway_retries",
+            "Requests sent to a second pod after the first could not be reached",
+            self.retries,
+        )
+
+
+def _counter(name: str, documentation: str, values: dict[str, int]) -> Metric:
+    family = CounterMetricFamily(name, documentation, labels=["model"])
+    for model, count in values.items():
+        family.add_metric([model], count)
+    return family
+
+
+def count(values: dict[str, int], model: str) -> None:
+    values[model] = values.get(model, 0) + 1
+
+
 class GatewayMetrics:
     def __init__(self, table: EndpointTable) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "tti_gateway_requests",
-            "Requests by model and status",
-            ["model", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "tti_gateway_request_duration_seconds",
-            "Time from a request's arrival to the end of its answer, held time included",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.cold_starts = Counter(
-            "tti_gateway_cold_starts",
-            "Times a model with no ready pod was woken by a request",
-            ["model"],
-            registry=self.registry,
-        )
-        self.retries = Counter(
-            "tti_gateway_retries",
-            "Requests sent to a second pod after the first could not be reached",
-            ["model"],
-            registry=self.registry,
-        )
+        self.requests = RequestCollector()
+        self.registry.register(self.requests)
         self.registry.register(TableCollector(table))
+        self.observe = self.requests.observe
 
-    def observe(self, model: str, status: int, seconds: float) -> None:
-        self.requests.labels(model, str(status)).inc()
-        self.latency.labels(model).observe(seconds)
+    def cold_start(self, model: str) -> None:
+        count(self.requests.cold_starts, model)
+
+    def retry(self, model: str) -> None:
+        count(self.requests.retries, model)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -161,7 +161,7 @@ class ProxyRoute:
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             log.warning("pod %s of %s unreachable (%s); trying another", endpoint.url, model, exc)
             self.gateway.table.set_ready(model, endpoint.url, False)
-            self.gateway.metrics.retries.labels(model).inc()
+            self.gateway.metrics.retry(model)
             tried.append(endpoint.url)
             return None
         except TimeoutError:
