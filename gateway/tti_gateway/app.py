@@ -7,6 +7,7 @@ session (a keep-alive pool to the pods) and starts the endpoint source.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,12 +19,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tti_gateway.auth import BearerAuth, read_tokens
-from tti_gateway.endpoints import EndpointTable, GatewayError, HoldPolicy, Waker
+from tti_gateway.cluster import FIELD_MANAGER, ClusterSource, login
+from tti_gateway.endpoints import EndpointTable, GatewayError, HoldPolicy, Model, Waker
 from tti_gateway.envelope import error_response, request_id
 from tti_gateway.metrics import GatewayMetrics
 from tti_gateway.proxy import ROUTES, ProxyRoute, check_auth
 from tti_gateway.settings import GatewaySettings
 from tti_gateway.source import StaticSource
+from tti_operator.kube import KubeClient
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,8 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, waker: Waker | None = None) -> None:
         self.settings = settings
         policy = HoldPolicy(settings.hold_timeout, settings.max_held, settings.retry_after)
-        self.table = EndpointTable(policy, self._counting(waker))
+        self.table = EndpointTable(policy, self._wake)
+        self._waker = waker  # the cluster source's, when none is given
         self.metrics = GatewayMetrics(self.table)
         tokens = settings.auth_tokens_file
         self.auth = BearerAuth(read_tokens(tokens)) if tokens else None
@@ -45,13 +49,10 @@ class Gateway:
         assert self._session is not None, "used outside the app's lifespan"
         return self._session
 
-    def _counting(self, waker: Waker | None) -> Waker:
-        async def wake(model: str) -> None:
-            self.metrics.cold_start(model)
-            if waker is not None:
-                await waker(model)
-
-        return wake
+    async def _wake(self, model: Model) -> None:
+        self.metrics.cold_start(model.key)
+        if self._waker is not None:
+            await self._waker(model)
 
     @asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
@@ -67,30 +68,52 @@ class Gateway:
             cookie_jar=aiohttp.DummyCookieJar(),
         ) as session:
             self._session = session
-            source = StaticSource(
+            async with self._source(session):
+                yield
+
+    @asynccontextmanager
+    async def _source(self, session: aiohttp.ClientSession) -> AsyncIterator[None]:
+        """The running endpoint source the settings name."""
+        if self.settings.source == "static":
+            static = StaticSource(
                 self.table, self.settings.models, session, self.settings.probe_interval
             )
-            source.start()
+            static.start()
             try:
                 yield
             finally:
-                await source.stop()
+                await static.stop()
+            return
+        client = KubeClient(FIELD_MANAGER)
+        await client.connect(login())
+        source = ClusterSource(self.table, client, self.settings.namespaces)
+        self._waker = self._waker or source.wake
+        source.start()
+        try:
+            yield
+        finally:
+            await source.stop()
+            await client.close()
 
     # -- routes ------------------------------------------------------------------------
 
     async def list_models(self, request: Request) -> Response:
         """OpenAI's model list, with each model's state and ready pods."""
         check_auth(self, request.scope)
+        models = sorted(self.table.models.values(), key=lambda m: m.key)
+        names = Counter(m.name for m in models)
         data = [
             {
-                "id": name,
+                # What a request names it by: NAMESPACE/NAME only where the name is ambiguous.
+                "id": model.name if names[model.name] == 1 else model.label,
                 "object": "model",
                 "created": 0,
                 "owned_by": "tti-operator",
+                "namespace": model.namespace,
                 "state": model.state.value,
                 "ready_replicas": len(model.ready()),
             }
-            for name, model in sorted(self.table.models.items())
+            for model in models
         ]
         return JSONResponse({"object": "list", "data": data})
 

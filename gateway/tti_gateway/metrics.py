@@ -20,10 +20,12 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from tti_gateway.endpoints import EndpointTable, ModelState
+from tti_gateway.endpoints import EndpointTable, Key, ModelState
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-UNKNOWN = "unknown"  # the model label of requests for no known model: bounded cardinality
+#: The labels of requests for no known model: bounded cardinality.
+UNKNOWN: Key = ("", "unknown")
+LABELS = ["namespace", "model"]
 
 
 class TableCollector(Collector):
@@ -33,7 +35,7 @@ class TableCollector(Collector):
         self.table = table
 
     def collect(self) -> Iterator[Metric]:
-        labels = ["model"]
+        labels = LABELS
         held = GaugeMetricFamily(
             "tti_gateway_held_requests", "Requests waiting for a ready pod", labels=labels
         )
@@ -44,14 +46,14 @@ class TableCollector(Collector):
             "tti_gateway_ready_endpoints", "Ready pods of the model", labels=labels
         )
         state = GaugeMetricFamily(
-            "tti_gateway_model_state", "1 for the model's current state", labels=["model", "state"]
+            "tti_gateway_model_state", "1 for the model's current state", labels=[*LABELS, "state"]
         )
-        for name, model in self.table.models.items():
-            held.add_metric([name], model.held)
-            in_flight.add_metric([name], sum(e.in_flight for e in model.endpoints.values()))
-            ready.add_metric([name], len(model.ready()))
+        for key, model in self.table.models.items():
+            held.add_metric(key, model.held)
+            in_flight.add_metric(key, sum(e.in_flight for e in model.endpoints.values()))
+            ready.add_metric(key, len(model.ready()))
             for each in ModelState:
-                state.add_metric([name, each.value], 1 if model.state is each else 0)
+                state.add_metric([*key, each.value], 1 if model.state is each else 0)
         yield from (held, in_flight, ready, state)
 
 
@@ -63,12 +65,12 @@ class RequestCollector(Collector):
     """
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, int], int] = {}
-        self.latency: dict[str, list[float]] = {}  # per bucket (the last is +Inf), then the sum
-        self.cold_starts: dict[str, int] = {}
-        self.retries: dict[str, int] = {}
+        self.requests: dict[tuple[Key, int], int] = {}
+        self.latency: dict[Key, list[float]] = {}  # per bucket (the last is +Inf), then the sum
+        self.cold_starts: dict[Key, int] = {}
+        self.retries: dict[Key, int] = {}
 
-    def observe(self, model: str, status: int, seconds: float) -> None:
+    def observe(self, model: Key, status: int, seconds: float) -> None:
         key = (model, status)
         self.requests[key] = self.requests.get(key, 0) + 1
         counts = self.latency.get(model)
@@ -79,19 +81,19 @@ class RequestCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
-            "tti_gateway_requests", "Requests by model and status", labels=["model", "status"]
+            "tti_gateway_requests", "Requests by model and status", labels=[*LABELS, "status"]
         )
         for (model, status), count in self.requests.items():
-            requests.add_metric([model, str(status)], count)
+            requests.add_metric([*model, str(status)], count)
         latency = HistogramMetricFamily(
             "tti_gateway_request_duration_seconds",
             "Time from a request's arrival to the end of its answer, held time included",
-            labels=["model"],
+            labels=LABELS,
         )
         bounds = [*map(floatToGoString, LATENCY_BUCKETS), "+Inf"]
         for model, counts in self.latency.items():
             buckets = list(zip(bounds, accumulate(counts[:-1]), strict=True))
-            latency.add_metric([model], buckets, counts[-1])
+            latency.add_metric(model, buckets, counts[-1])
         yield from (requests, latency)
         yield _counter(
             "tti_gateway_cold_starts",
@@ -105,14 +107,14 @@ class RequestCollector(Collector):
         )
 
 
-def _counter(name: str, documentation: str, values: dict[str, int]) -> Metric:
-    family = CounterMetricFamily(name, documentation, labels=["model"])
+def _counter(name: str, documentation: str, values: dict[Key, int]) -> Metric:
+    family = CounterMetricFamily(name, documentation, labels=LABELS)
     for model, count in values.items():
-        family.add_metric([model], count)
+        family.add_metric(model, count)
     return family
 
 
-def count(values: dict[str, int], model: str) -> None:
+def count(values: dict[Key, int], model: Key) -> None:
     values[model] = values.get(model, 0) + 1
 
 
@@ -124,10 +126,10 @@ class GatewayMetrics:
         self.registry.register(TableCollector(table))
         self.observe = self.requests.observe
 
-    def cold_start(self, model: str) -> None:
+    def cold_start(self, model: Key) -> None:
         count(self.requests.cold_starts, model)
 
-    def retry(self, model: str) -> None:
+    def retry(self, model: Key) -> None:
         count(self.requests.retries, model)
 
     def render(self) -> bytes:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from starlette.types import Receive, Scope, Send
 
-from tti_gateway.endpoints import Endpoint, GatewayError
+from tti_gateway.endpoints import Endpoint, GatewayError, Model
 from tti_gateway.envelope import REQUEST_ID_HEADER, error_response, request_id
 from tti_gateway.metrics import UNKNOWN
 
@@ -27,17 +27,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: caikit's name for the model in gRPC metadata; also read here for bodies that are not JSON.
+MODEL_HEADER = "mm-model-id"
 #: Headers that belong to one hop, never forwarded (RFC 9110 §7.6.1), plus those we reset.
 _REQUEST_DROP = frozenset(
     {"connection", "keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer",
-     "transfer-encoding", "upgrade", "host", "content-length", "x-request-id"}
+     "transfer-encoding", "upgrade", "host", "content-length", "x-request-id", MODEL_HEADER}
 )  # fmt: skip
 _RESPONSE_DROP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "te", "trailer", "transfer-encoding",
      "upgrade", "x-request-id"}
 )  # fmt: skip
-#: caikit's name for the model in gRPC metadata; also read here for bodies that are not JSON.
-MODEL_HEADER = "mm-model-id"
 
 
 @dataclass(frozen=True)
@@ -99,18 +99,21 @@ class ProxyRoute:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.monotonic()
         rid = request_id(header(scope, "x-request-id"))
-        model_label, status = UNKNOWN, 500
+        labels, status = UNKNOWN, 500
         try:
             check_auth(self.gateway, scope)
             body = await read_body(scope, receive, self.gateway.settings.max_body_bytes)
-            model = self.model_name(scope, body)
-            model_label = model if model in self.gateway.table.models else UNKNOWN
+            requested = self.model_name(scope, body)
+            model = self.gateway.table.resolve(requested)
+            labels = model.key
+            if requested != model.name:  # NAMESPACE/NAME: the pod knows the bare name
+                body = self.renamed(scope, body, model.name)
             status = await self.forward(scope, send, model, body, rid, start)
         except GatewayError as exc:
             status = exc.status
             await error_response(status, exc.details, rid, exc.headers)(scope, receive, send)
         finally:
-            self.gateway.metrics.observe(model_label, status, time.monotonic() - start)
+            self.gateway.metrics.observe(labels, status, time.monotonic() - start)
 
     def model_name(self, scope: Scope, body: bytes) -> str:
         """The model named in a JSON body, else in the `mm-model-id` header."""
@@ -127,14 +130,24 @@ class ProxyRoute:
         name = header(scope, MODEL_HEADER)
         if name:
             return name
-        known = ", ".join(sorted(self.gateway.table.models)) or "none"
+        known = ", ".join(sorted(m.label for m in self.gateway.table.models.values())) or "none"
         raise _schema_error(
             self.spec, f"{field}: required to choose a model (or header {MODEL_HEADER}); "
             f"known models: {known}"
         )  # fmt: skip
 
+    def renamed(self, scope: Scope, body: bytes, name: str) -> bytes:
+        """The body naming the model by `name` (a JSON body's field; the header is reset
+        for every request in `_headers`)."""
+        if not (header(scope, "content-type") or "application/json").startswith("application/json"):
+            return body
+        document = json.loads(body)
+        if isinstance(document, dict) and self.spec.field in document:
+            document[self.spec.field] = name
+        return json.dumps(document).encode()
+
     async def forward(
-        self, scope: Scope, send: Send, model: str, body: bytes, rid: str, start: float
+        self, scope: Scope, send: Send, model: Model, body: bytes, rid: str, start: float
     ) -> int:
         """Send to the least-busy ready pod; once more elsewhere if it cannot be reached."""
         deadline = start + self.gateway.settings.hold_timeout
@@ -145,10 +158,16 @@ class ProxyRoute:
                 if response is not None:
                     async with response:
                         return await stream_back(response, send, rid)
-        raise BadGateway(f"model: no pod of {model!r} could be reached (tried {len(tried)})")
+        raise BadGateway(f"model: no pod of {model.label!r} could be reached (tried {len(tried)})")
 
     async def _send(
-        self, scope: Scope, endpoint: Endpoint, model: str, body: bytes, rid: str, tried: list[str]
+        self,
+        scope: Scope,
+        endpoint: Endpoint,
+        model: Model,
+        body: bytes,
+        rid: str,
+        tried: list[str],
     ) -> aiohttp.ClientResponse | None:
         """The pod's response, or None when it could not be reached (nothing was sent)."""
         target = endpoint.url + scope["path"]
@@ -156,26 +175,33 @@ class ProxyRoute:
             target += "?" + scope["query_string"].decode("latin-1")
         try:
             return await self.gateway.session.post(
-                target, data=body, headers=self._headers(scope, rid), skip_auto_headers=_NO_AUTO
+                target,
+                data=body,
+                headers=self._headers(scope, rid, model.name),
+                skip_auto_headers=_NO_AUTO,
             )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            log.warning("pod %s of %s unreachable (%s); trying another", endpoint.url, model, exc)
-            self.gateway.table.set_ready(model, endpoint.url, False)
-            self.gateway.metrics.retry(model)
+            log.warning(
+                "pod %s of %s unreachable (%s); trying another", endpoint.url, model.label, exc
+            )
+            self.gateway.table.set_ready(model.key, endpoint.url, False)
+            self.gateway.metrics.retry(model.key)
             tried.append(endpoint.url)
             return None
         except TimeoutError:
-            raise GatewayTimeout(f"model: {model!r} did not answer in time") from None
+            raise GatewayTimeout(f"model: {model.label!r} did not answer in time") from None
         except aiohttp.ClientError as exc:
-            raise BadGateway(f"model: the pod of {model!r} failed: {exc}") from None
+            raise BadGateway(f"model: the pod of {model.label!r} failed: {exc}") from None
 
-    def _headers(self, scope: Scope, rid: str) -> list[tuple[str, str]]:
+    def _headers(self, scope: Scope, rid: str, model: str) -> list[tuple[str, str]]:
         drop = _REQUEST_DROP | ({"authorization"} if self.gateway.auth else set())
         headers = [
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in scope["headers"]
             if name.decode("latin-1") not in drop
         ]
+        if header(scope, MODEL_HEADER) is not None:
+            headers.append((MODEL_HEADER, model))
         headers.append((REQUEST_ID_HEADER, rid))
         return headers
 

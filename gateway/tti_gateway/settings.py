@@ -40,12 +40,24 @@ class GatewaySettings(BaseSettings):
 
     host: str = Field(default="0.0.0.0", description="address to listen on")
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP port to listen on")
+    source: Literal["static", "cluster"] = Field(
+        default="static",
+        description="where the models come from: the --models table, or the cluster's "
+        "TextToImageModels and their EndpointSlices",
+    )
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="cluster source: namespaces to watch, comma-separated; empty means all",
+    )
     models: Annotated[ModelTable, NoDecode] = Field(
         default_factory=dict,
-        description="static endpoint table: MODEL=URL[,URL...];MODEL2=... (no URL: at zero)",
+        description="static source: MODEL=URL[,URL...];MODEL2=... (no URL: at zero)",
     )
     probe_interval: float = Field(
-        default=1.0, gt=0, le=60, description="seconds between /readyz probes of each endpoint"
+        default=1.0,
+        gt=0,
+        le=60,
+        description="static source: seconds between /readyz probes of each endpoint",
     )
     hold_timeout: float = Field(
         default=300.0,
@@ -74,6 +86,13 @@ class GatewaySettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="log level"
     )
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("models", mode="before")
     @classmethod

@@ -1,7 +1,7 @@
 """A static endpoint source: the URLs from the settings, their readiness probed on `/readyz`.
 
-The operator-fed source (EndpointSlices of each model's Service) will replace it behind
-the same two calls on the table, `set_model` and `set_ready`.
+For a gateway without a cluster (tests, a single host); in a cluster `ClusterSource`
+(cluster.py) feeds the same table.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 
 import aiohttp
 
-from tti_gateway.endpoints import EndpointTable
+from tti_gateway.endpoints import EndpointTable, Key
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class StaticSource:
         self.session = session
         self.interval = interval
         for name, urls in models.items():
-            table.set_model(name, urls)
+            table.set_model(("", name), urls)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -49,17 +49,17 @@ class StaticSource:
 
     async def probe_all(self) -> None:
         probes = [
-            self._probe(name, url)
-            for name, model in self.table.models.items()
+            self._probe(key, url)
+            for key, model in self.table.models.items()
             for url in model.endpoints
         ]
         await asyncio.gather(*probes)
 
-    async def _probe(self, name: str, url: str) -> None:
+    async def _probe(self, key: Key, url: str) -> None:
         timeout = aiohttp.ClientTimeout(total=max(0.5, self.interval))
         try:
             async with self.session.get(url + "/readyz", timeout=timeout) as response:
                 ready = response.status == 200
         except (aiohttp.ClientError, TimeoutError):
             ready = False
-        self.table.set_ready(name, url, ready)
+        self.table.set_ready(key, url, ready)

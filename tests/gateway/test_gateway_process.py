@@ -169,7 +169,7 @@ def test_a_vanished_pod_is_retried_once_on_another(
     pods[0].process.wait()
     for _ in range(4):
         assert httpx.post(gateway.url + CAIKIT, json=caikit_body("m")).status_code == 200
-    assert metric(gateway.url, 'tti_gateway_retries_total{model="m"}') == 1
+    assert metric(gateway.url, 'tti_gateway_retries_total{model="m",namespace=""}') == 1
     assert metric(pods[1].url, 'tti_requests_total{method="POST"') == 4
 
 
@@ -192,7 +192,7 @@ def test_requests_at_zero_are_held_until_the_model_starts(
     for thread in burst:
         thread.join()
     assert [a.status_code for a in answers] == [200, 200, 200]
-    assert metric(gateway.url, 'tti_gateway_cold_starts_total{model="late"}') == 1
+    assert metric(gateway.url, 'tti_gateway_cold_starts_total{model="late",namespace=""}') == 1
 
 
 def test_a_model_that_does_not_start_in_time_gets_503_with_retry_after(
@@ -250,7 +250,7 @@ def test_health_metrics_and_unknown_routes(start_gateway: StartGateway) -> None:
     assert httpx.get(gateway.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(gateway.url + "/readyz").json() == {"status": "ready"}
     text = httpx.get(gateway.url + "/metrics").text
-    assert 'tti_gateway_model_state{model="idle",state="ScaledToZero"} 1.0' in text
+    assert 'tti_gateway_model_state{model="idle",namespace="",state="ScaledToZero"} 1.0' in text
     missing = httpx.get(gateway.url + "/nope")
     assert missing.status_code == 404 and missing.json()["details"] == "path: no route for /nope"
     assert httpx.get(gateway.url + OPENAI).status_code == 405
