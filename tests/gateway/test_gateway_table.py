@@ -38,7 +38,8 @@ def test_least_busy_ready_endpoint_is_chosen() -> None:
         t.set_model(("", "m"), ["a", "b", "c"])
         for url in ("a", "b", "c"):
             t.set_ready(("", "m"), url, url != "c")
-        async with t.acquire(t.resolve("m"), deadline()) as first, t.acquire(t.resolve("m"), deadline()) as second:
+        m = t.resolve("m")
+        async with t.acquire(m, deadline()) as first, t.acquire(m, deadline()) as second:
             assert {first.url, second.url} == {"a", "b"}  # never the unready c
             async with t.acquire(t.resolve("m"), deadline()) as third:
                 assert third.url in {"a", "b"} and third.in_flight == 2
