@@ -19,14 +19,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tti_gateway.auth import BearerAuth, read_tokens
-from tti_gateway.cluster import FIELD_MANAGER, ClusterSource, login
+from tti_gateway.cluster import FIELD_MANAGER, Client, ClusterSource
 from tti_gateway.endpoints import EndpointTable, GatewayError, HoldPolicy, Model, Waker
 from tti_gateway.envelope import error_response, request_id
 from tti_gateway.metrics import GatewayMetrics
 from tti_gateway.proxy import ROUTES, ProxyRoute, check_auth
 from tti_gateway.settings import GatewaySettings
 from tti_gateway.source import StaticSource
-from tti_operator.kube import KubeClient
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +83,8 @@ class Gateway:
             finally:
                 await static.stop()
             return
-        client = KubeClient(FIELD_MANAGER)
-        await client.connect(login())
+        client = Client(FIELD_MANAGER)
+        await client.login()
         source = ClusterSource(self.table, client, self.settings.namespaces)
         self._waker = self._waker or source.wake
         source.start()

@@ -23,7 +23,7 @@ import kopf
 
 from tti_gateway.endpoints import EndpointTable, Key, Model
 from tti_operator.informer import list_and_watch
-from tti_operator.kube import KubeClient
+from tti_operator.kube import ApiError, KubeClient
 
 Obj = dict[str, Any]
 Readiness = dict[str, bool]  # endpoint URL -> ready
@@ -116,6 +116,24 @@ def login() -> kopf.ConnectionInfo:
     if info is None:
         raise kopf.LoginError("no credentials: neither a service account nor a kubeconfig")
     return info
+
+
+class Client(KubeClient):
+    """The operator's client, logging in again when the API server says 401: a projected
+    service-account token is rotated in the pod's file, and the credentials read at start
+    expire. Every watch lists first after a failure, so the list is where it shows."""
+
+    async def login(self) -> None:
+        await self.connect(login())
+
+    async def list(self, path: str, params: dict[str, str]) -> Obj:
+        try:
+            return await super().list(path, params)
+        except ApiError as error:
+            if error.status == 401:
+                log.info("the API server refused our credentials: logging in again")
+                await self.login()
+            raise
 
 
 class ClusterSource:
