@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tti_gateway.auth import BearerAuth, read_tokens
-from tti_gateway.cluster import FIELD_MANAGER, Client, ClusterSource
+from tti_gateway.cluster import FIELD_MANAGER, Client, ClusterSource, credentials
 from tti_gateway.endpoints import EndpointTable, GatewayError, HoldPolicy, Model, Waker
 from tti_gateway.envelope import error_response, request_id
 from tti_gateway.metrics import GatewayMetrics
@@ -38,6 +38,8 @@ class Gateway:
         policy = HoldPolicy(settings.hold_timeout, settings.max_held, settings.retry_after)
         self.table = EndpointTable(policy, self._wake)
         self._waker = waker  # the cluster source's, when none is given
+        # Read now, so that a gateway without credentials stops at once, saying so.
+        self._credentials = credentials() if settings.source == "cluster" else None
         self.metrics = GatewayMetrics(self.table)
         tokens = settings.auth_tokens_file
         self.auth = BearerAuth(read_tokens(tokens)) if tokens else None
@@ -83,8 +85,9 @@ class Gateway:
             finally:
                 await static.stop()
             return
+        assert self._credentials is not None
         client = Client(FIELD_MANAGER)
-        await client.login()
+        await client.connect(self._credentials)
         source = ClusterSource(self.table, client, self.settings.namespaces)
         self._waker = self._waker or source.wake
         source.start()

@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     try:
         app = create_app(settings)
-    except (OSError, ValueError) as exc:  # an unreadable or empty tokens file
+    except (OSError, ValueError) as exc:  # an unreadable tokens file, no cluster credentials
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         sys.exit(1)
     uvicorn.run(

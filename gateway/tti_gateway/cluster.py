@@ -22,7 +22,7 @@ from typing import Any
 import kopf
 
 from tti_gateway.endpoints import EndpointTable, Key, Model
-from tti_operator.informer import list_and_watch
+from tti_operator.informer import Sink, list_and_watch
 from tti_operator.kube import ApiError, KubeClient
 
 Obj = dict[str, Any]
@@ -107,14 +107,17 @@ def in_scope(key: Key, namespace: str | None) -> bool:
 # -- the source -------------------------------------------------------------------------
 
 
-def login() -> kopf.ConnectionInfo:
+def credentials() -> kopf.ConnectionInfo:
     """The pod's service account in a cluster, else the kubeconfig (KUBECONFIG), as kopf does."""
     settings = kopf.OperatorSettings()
     info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
         settings=settings
     )
     if info is None:
-        raise kopf.LoginError("no credentials: neither a service account nor a kubeconfig")
+        raise ValueError(
+            "--source cluster: no credentials: neither a service account (in a pod) nor a "
+            "kubeconfig (KUBECONFIG or ~/.kube/config)"
+        )
     return info
 
 
@@ -124,7 +127,7 @@ class Client(KubeClient):
     expire. Every watch lists first after a failure, so the list is where it shows."""
 
     async def login(self) -> None:
-        await self.connect(login())
+        await self.connect(credentials())
 
     async def list(self, path: str, params: dict[str, str]) -> Obj:
         try:
@@ -162,7 +165,7 @@ class ClusterSource:
                 await task
 
     def _watch(
-        self, api: tuple[str, str], namespace: str | None, sink: Any, params: dict[str, str]
+        self, api: tuple[str, str], namespace: str | None, sink: Sink, params: dict[str, str]
     ) -> None:
         path = collection_path(api, namespace)
         first = _once(self._listed)

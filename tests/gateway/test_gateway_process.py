@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import subprocess
 import threading
 from pathlib import Path
@@ -266,3 +267,23 @@ def test_health_metrics_and_unknown_routes(start_gateway: StartGateway) -> None:
 def test_bad_settings_exit_2_naming_the_flag(args: list[str], message: str) -> None:
     done = subprocess.run([*gateway_command(), *args], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and message in done.stderr
+
+
+def test_the_cluster_source_without_credentials_exits_1_saying_so(tmp_path: Path) -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+    }
+    done = subprocess.run(
+        [*gateway_command(), "--source", "cluster"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "tti-gateway: error: --source cluster: no credentials: neither a service account "
+        "(in a pod) nor a kubeconfig (KUBECONFIG or ~/.kube/config)"
+    )
