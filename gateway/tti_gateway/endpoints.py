@@ -1,10 +1,12 @@
 """Which pods serve which model, how busy each is, and waiting for a model that has none.
 
-The table is fed by a source (`StaticSource` here: a fixed list of URLs whose `/readyz`
-is probed; an operator-fed source will call the same `set_model` / `set_ready`). The
-proxy only asks it for the least-busy ready endpoint of a model, which may mean holding
-the request while the model starts: the first held request wakes the model once (the
-`waker`, e.g. "scale to one replica"); the rest of a burst only wait.
+Models are keyed by (namespace, name). The table is fed by a source: `ClusterSource`
+(the models and their EndpointSlices, watched) or `StaticSource` (fixed URLs whose
+`/readyz` is probed). The proxy resolves the name a request sends and asks for the
+least-busy ready endpoint, which may mean holding the request while the model starts:
+at zero, the first held request wakes the model once (the `waker`: "scale to one
+replica"); the rest of a burst only wait. A model at zero without spec.autoscaling is
+not woken: someone wants it off.
 """
 
 from __future__ import annotations
