@@ -209,16 +209,27 @@ def test_helm_test_hook_calls_the_models_service(helm: Helm) -> None:
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert pod["spec"]["restartPolicy"] == "Never"
     assert pod["spec"]["automountServiceAccountToken"] is False
-    http, grpc = pod["spec"]["containers"]
-    assert [http["name"], grpc["name"]] == ["generate-http", "generate-grpc"]
-    for container in (http, grpc):
+    http, grpc, gateway = pod["spec"]["containers"]
+    assert [c["name"] for c in (http, grpc, gateway)] == [
+        "generate-http",
+        "generate-grpc",
+        "generate-gateway",
+    ]
+    for container in (http, grpc, gateway):
         assert container["image"] == "tti-server:0.1.0"
         assert container["command"] == ["tti"]
-        # By the name the operator has the pod serve: the served name is checked end to end.
-        assert container["args"][container["args"].index("--model-id") + 1] == "turbo-a"
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # By the name the operator has the pod serve: the served name is checked end to end.
+    model_ids = [c["args"][c["args"].index("--model-id") + 1] for c in (http, grpc, gateway)]
+    assert model_ids == ["turbo-a", "turbo-a", "tti-system/turbo-a"]
     assert http["args"][http["args"].index("--url") + 1] == "http://turbo-a.tti-system.svc:8080"
     assert grpc["args"][grpc["args"].index("--grpc") + 1] == "turbo-a.tti-system.svc:8085"
+    gateway_url = "http://tti-tti-operator-gateway.tti-system.svc:80"
+    assert gateway["args"][gateway["args"].index("--url") + 1] == gateway_url
+    # Without the gateway, or with its auth on (the test holds no token): the model alone.
+    for switch in ("gateway.enabled=false", "gateway.auth.secretName=t"):
+        pod = one(helm.template(switch, values=values), "Pod")
+        assert [c["name"] for c in pod["spec"]["containers"]] == ["generate-http", "generate-grpc"]
 
 
 def test_names_fit_in_63_characters(helm: Helm) -> None:
