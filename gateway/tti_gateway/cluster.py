@@ -52,15 +52,20 @@ def object_key(obj: Mapping[str, Any]) -> Key:
 
 @dataclass(frozen=True)
 class Scale:
-    """What a model's spec says about its replicas."""
+    """What a model's spec says about its replicas, and the version that says it."""
 
     replicas: int
     autoscaling: bool
+    version: str = ""
 
 
 def model_scale(model: Mapping[str, Any]) -> Scale:
     spec = model.get("spec") or {}
-    return Scale(replicas=int(spec.get("replicas", 1)), autoscaling=bool(spec.get("autoscaling")))
+    return Scale(
+        replicas=int(spec.get("replicas", 1)),
+        autoscaling=bool(spec.get("autoscaling")),
+        version=str((model.get("metadata") or {}).get("resourceVersion", "")),
+    )
 
 
 def slice_model(endpoint_slice: Mapping[str, Any]) -> Key | None:
@@ -182,7 +187,7 @@ class ClusterSource:
 
     def set_model(self, key: Key, scale: Scale) -> None:
         known = key in self.table.models
-        self.table.set_scale(key, scale.replicas, scale.autoscaling)
+        self.table.set_scale(key, scale.replicas, scale.autoscaling, scale.version)
         if not known:
             self.refresh(key)
 
@@ -205,9 +210,11 @@ class ClusterSource:
             self.table.set_endpoints(model, merged(self.slices.get(model, {}).values()))
 
     async def wake(self, model: Model) -> None:
-        """Ask for one replica through the scale subresource."""
+        """Ask for one replica through the scale subresource, if the model is still the
+        version seen at zero: a gateway that has not yet seen the autoscaler (or another
+        gateway replica) scale it up must not set it back to one (409 instead)."""
         log.info("waking model %s: spec.replicas 0 -> 1", model.label)
-        await self.client.scale(model.namespace, model.name, 1)
+        await self.client.scale(model.namespace, model.name, 1, model.version)
 
 
 class ModelSink:

@@ -83,6 +83,8 @@ class Model:
     replicas: int | None = None
     #: Has spec.autoscaling: the gateway may wake it from zero.
     autoscaling: bool = True
+    #: metadata.resourceVersion of the spec above: a wake applies to that version only.
+    version: str = ""
     held: int = 0
     waking: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -147,12 +149,12 @@ class EndpointTable:
         for url, ready in readiness.items():
             self.set_ready(key, url, ready)
 
-    def set_scale(self, key: Key, replicas: int, autoscaling: bool) -> None:
-        """What the model's spec says about its replicas."""
+    def set_scale(self, key: Key, replicas: int, autoscaling: bool, version: str = "") -> None:
+        """What the model's spec (at `version`) says about its replicas."""
         model = self._known(key)
         if model.replicas != 0 and replicas == 0:
             model.waking = False  # scaled down again: a new cold period begins
-        model.replicas, model.autoscaling = replicas, autoscaling
+        model.replicas, model.autoscaling, model.version = replicas, autoscaling, version
         model.notify()
 
     def remove_model(self, key: Key) -> None:
@@ -269,8 +271,10 @@ class EndpointTable:
 
 
 def _wake_failed(model: Model, task: asyncio.Task[None]) -> None:
-    """A wake that failed leaves the cold period open: the next held request tries again."""
+    """A wake that failed leaves the cold period open: held requests try again at the
+    model's next change (a wake refused because the model changed meanwhile has one on
+    its way), new requests at once."""
     if task.cancelled() or task.exception() is None:
         return
-    log.error("waking model %s failed: %r", model.label, task.exception())
+    log.warning("waking model %s failed: %s", model.label, task.exception())
     model.waking = False

@@ -141,11 +141,16 @@ class KubeClient:
         body = {"status": status}
         await self._request("PATCH", path, body, "application/merge-patch+json", params)
 
-    async def scale(self, namespace: str, name: str, replicas: int) -> None:
-        """Set a model's replicas through its scale subresource (what `kubectl scale` does)."""
+    async def scale(
+        self, namespace: str, name: str, replicas: int, resource_version: str = ""
+    ) -> None:
+        """Set a model's replicas through its scale subresource (what `kubectl scale` does);
+        with `resource_version`, only if the model is still that version (else 409)."""
         path = _SCALE_PATH.format(ns=namespace, name=name)
         params = {"fieldManager": self.field_manager}
-        body = {"spec": {"replicas": replicas}}
+        body: Obj = {"spec": {"replicas": replicas}}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         await self._request("PATCH", path, body, "application/merge-patch+json", params)
 
     async def list(self, path: str, params: dict[str, str]) -> Obj:

@@ -11,6 +11,7 @@ selector-less Service.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -26,6 +27,10 @@ from support.cluster import Cluster, fresh_namespace
 from support.gateway import StartGateway
 from support.helm import Helm, ensure_helm
 from support.server import ServerProcess, StartServer
+
+from tti_gateway.cluster import Client, ClusterSource
+from tti_gateway.endpoints import EndpointTable, HoldPolicy, Model
+from tti_operator.kube import ApiError
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -339,3 +344,37 @@ def test_a_restarted_gateway_has_the_same_table(
     second = cluster_gateway()
     assert models(second) == before  # the first list alone gives it all back
     assert httpx.post(second.url + CAIKIT, json=caikit("kept")).status_code == 200
+
+
+def test_a_wake_from_a_stale_view_does_not_undo_a_scale_up(
+    cluster: Cluster, namespaces: list[Namespace], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two gateway replicas, or the autoscaler first: a gateway that saw the model at zero
+    a moment ago must not set it back to one replica."""
+    ns = namespaces[0]
+    ns.model("raced", replicas=0, autoscaling=True)
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+
+    async def wake(version: str) -> None:
+        client = Client("tti-gateway")
+        await client.login()
+        try:
+            source = ClusterSource(EndpointTable(HoldPolicy(1, 1, 1)), client, [ns.name])
+            await source.wake(Model(ns.name, "raced", replicas=0, version=version))
+        finally:
+            await client.close()
+
+    seen_at_zero = version_of(ns, "raced")
+    ns.kubectl("scale", "ttimodel", "raced", "--replicas=3")  # the autoscaler, first
+    with pytest.raises(ApiError) as refused:
+        asyncio.run(wake(seen_at_zero))
+    assert refused.value.status == 409
+    assert ns.replicas("raced") == 3
+    ns.kubectl("scale", "ttimodel", "raced", "--replicas=0")
+    asyncio.run(wake(version_of(ns, "raced")))
+    assert ns.replicas("raced") == 1
+
+
+def version_of(ns: Namespace, model: str) -> str:
+    got = json.loads(ns.kubectl("get", "ttimodel", model, "-o", "json"))
+    return str(got["metadata"]["resourceVersion"])
