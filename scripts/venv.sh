@@ -17,13 +17,13 @@ if [ ! -x "$venv/bin/python" ]; then
   "$venv/bin/python" -m pip install -q --upgrade pip
 fi
 
-echo "==> installing tti-operator[server,dev] into $venv (torch is large: the first time takes minutes)"
-"$venv/bin/python" -m pip install --progress-bar on -e "$root[server,dev]"
+echo "==> installing tti-operator[server,gateway,dev] into $venv (torch is large: the first time takes minutes)"
+"$venv/bin/python" -m pip install --progress-bar on -e "$root[server,gateway,dev]"
 
-# With two source roots setuptools' editable install uses an import hook that
+# With several source roots setuptools' editable install uses an import hook that
 # mypy cannot follow; putting both roots on sys.path gives mypy the same view.
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-printf '%s\n' "$root/operator" "$root/server" > "$site/tti-src.pth"
+printf '%s\n' "$root/operator" "$root/server" "$root/gateway" > "$site/tti-src.pth"
 
 touch "$venv/.installed"
 echo "==> $venv is ready"

@@ -6,4 +6,5 @@ pytest_plugins: list[str] = [
     "support.cluster",
     "support.tiny_model",
     "support.browser",
+    "support.gateway",
 ]

@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from tti_operator.builders import MANAGED_BY, MODEL_LABEL, labels
 from tti_operator.kinds import CHILD_KINDS, ChildKind
@@ -193,56 +193,102 @@ class Informer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
-    # The watch loop of one kind in one namespace (or all).
+    # The watch of one kind in one namespace (or all).
 
     async def _watch(self, kind: ChildKind, namespace: str | None) -> None:
-        failures = 0
-        while True:
-            try:
-                version = await self.relist(kind, namespace)
-                self._mark_listed(kind, namespace)
-                failures = 0
-                while version:  # resumed after each server-side timeout; "" means relist
-                    version = await self._follow(kind, namespace, version)
-            except Exception as error:  # a watch must outlive anything one response does
-                delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)]
-                failures += 1
-                logger.warning(
-                    "watching %s: %s; listing again in %.0f s",
-                    kind.collection_path(namespace),
-                    error if isinstance(error, ApiError) else repr(error),
-                    delay,
-                )
-                await asyncio.sleep(delay)
+        path, params = kind.collection_path(namespace), {"labelSelector": CHILD_SELECTOR}
+        sink = _ChildSink(self.cache, kind, namespace)
+        await list_and_watch(
+            self.client, path, params, sink, lambda: self._mark_listed(kind, namespace)
+        )
 
     async def relist(self, kind: ChildKind, namespace: str | None) -> str:
         """List the children of `kind`, report those gone since, and return where to watch from."""
         path, params = kind.collection_path(namespace), {"labelSelector": CHILD_SELECTOR}
-        listing = await self.client.list(path, params)
-        items = listing.get("items") or []
-        listed = {str(item["metadata"].get("uid")) for item in items}
-        for uid in set(self.cache.uids(kind, namespace)) - listed:
-            self.cache.observe(kind, "DELETED", self.cache.identity(kind, uid))
-        for item in items:
-            self.cache.observe(kind, None, item)
-        return str(listing.get("metadata", {}).get("resourceVersion", ""))
-
-    async def _follow(self, kind: ChildKind, namespace: str | None, version: str) -> str:
-        """Watch from `version`; returns where to resume, or "" when a relist is needed."""
-        path = kind.collection_path(namespace)
-        params = {"labelSelector": CHILD_SELECTOR, "resourceVersion": version}
-        async for event in self.client.watch(path, params):
-            event_type, obj = event.get("type"), event.get("object") or {}
-            if event_type == "ERROR":
-                if obj.get("code") == 410:  # too old: the history is gone, list again
-                    return ""
-                raise ApiError(int(obj.get("code") or 500), str(obj.get("message", obj)))
-            version = str(obj.get("metadata", {}).get("resourceVersion") or version)
-            if event_type != "BOOKMARK":
-                self.cache.observe(kind, event_type, obj)
-        return version
+        return await list_into(self.client, path, params, _ChildSink(self.cache, kind, namespace))
 
     def _mark_listed(self, kind: ChildKind, namespace: str | None) -> None:
         self._listed.add((kind.plural, namespace))
         if all((each.plural, namespace) in self._listed for each in self.kinds):
             self._synced[namespace].set()
+
+
+class _ChildSink:
+    """One kind's watch in one namespace (None: all), feeding the child cache."""
+
+    def __init__(self, cache: ChildCache, kind: ChildKind, namespace: str | None) -> None:
+        self.cache, self.kind, self.namespace = cache, kind, namespace
+
+    def listed(self, items: list[Obj]) -> None:
+        listed = {str(item["metadata"].get("uid")) for item in items}
+        for uid in set(self.cache.uids(self.kind, self.namespace)) - listed:
+            self.cache.observe(self.kind, "DELETED", self.cache.identity(self.kind, uid))
+        for item in items:
+            self.cache.observe(self.kind, None, item)
+
+    def event(self, event_type: str, obj: Obj) -> None:
+        self.cache.observe(self.kind, event_type, obj)
+
+
+# client-go's reflector for any collection: also the gateway's watch of models and slices.
+
+
+class Sink(Protocol):
+    """What a list+watch feeds: each complete listing (it replaces what came before), then
+    one event at a time (ADDED, MODIFIED, DELETED)."""
+
+    def listed(self, items: list[Obj]) -> None: ...
+
+    def event(self, event_type: str, obj: Obj) -> None: ...
+
+
+async def list_and_watch(
+    client: KubeClient,
+    path: str,
+    params: Mapping[str, str],
+    sink: Sink,
+    on_listed: Callable[[], None] = lambda: None,
+) -> None:
+    """List, then watch from the list's version, resuming after each server-side timeout;
+    list again after "410 Gone" or any failure (backing off). Runs until cancelled."""
+    failures = 0
+    while True:
+        try:
+            version = await list_into(client, path, params, sink)
+            on_listed()
+            failures = 0
+            while version:  # resumed after each server-side timeout; "" means relist
+                version = await _follow(client, path, params, version, sink)
+        except Exception as error:  # a watch must outlive anything one response does
+            delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)]
+            failures += 1
+            logger.warning(
+                "watching %s: %s; listing again in %.0f s",
+                path,
+                error if isinstance(error, ApiError) else repr(error),
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+
+async def list_into(client: KubeClient, path: str, params: Mapping[str, str], sink: Sink) -> str:
+    """List the collection into `sink`; returns the version to watch from."""
+    listing = await client.list(path, dict(params))
+    sink.listed(listing.get("items") or [])
+    return str(listing.get("metadata", {}).get("resourceVersion", ""))
+
+
+async def _follow(
+    client: KubeClient, path: str, params: Mapping[str, str], version: str, sink: Sink
+) -> str:
+    """Watch from `version`; returns where to resume, or "" when a relist is needed."""
+    async for event in client.watch(path, {**params, "resourceVersion": version}):
+        event_type, obj = event.get("type"), event.get("object") or {}
+        if event_type == "ERROR":
+            if obj.get("code") == 410:  # too old: the history is gone, list again
+                return ""
+            raise ApiError(int(obj.get("code") or 500), str(obj.get("message", obj)))
+        version = str(obj.get("metadata", {}).get("resourceVersion") or version)
+        if event_type != "BOOKMARK":
+            sink.event(str(event_type), obj)
+    return version

@@ -121,10 +121,10 @@ def pinned(role: str) -> Callable[[], None]:
     return pin
 
 
-def start(command: list[str], port: int) -> subprocess.Popen[bytes]:
+def start(command: list[str], port: int, role: str = "server") -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         command,
-        preexec_fn=pinned("server"),
+        preexec_fn=pinned(role),
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -82,12 +82,19 @@ def test_install_upgrade_uninstall(
         assert f"http://sdxl-turbo.{kube_namespace}.svc:8080/api/v1/task/text-to-image" in installed
         assert f"helm test -n {release_namespace} {release}" in installed
         fullname = f"{release}-tti-operator"
+        gateway = f"{fullname}-gateway"
+        assert f"http://{gateway}.{release_namespace}.svc:80/v1" in installed
         assert release_objects(cluster, release, [release_namespace, kube_namespace]) == {
             f"ServiceAccount/{release_namespace}/{fullname}",
             f"Deployment/{release_namespace}/{fullname}",
             f"Role/{kube_namespace}/{fullname}",
             f"RoleBinding/{kube_namespace}/{fullname}",
             f"TextToImageModel/{kube_namespace}/stub",
+            # The gateway, with an account and a Role of its own.
+            f"ServiceAccount/{release_namespace}/{gateway}",
+            f"Deployment/{release_namespace}/{gateway}",
+            f"Role/{kube_namespace}/{gateway}",
+            f"RoleBinding/{kube_namespace}/{gateway}",
         }
         # The CRD came with the chart (or was already there) and is served.
         cluster.kubectl("get", "crd", "texttoimagemodels.tti.dev")

@@ -24,8 +24,18 @@ ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
 
 
+def operator_part(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The release's objects less the gateway's (tests/chart/test_chart_gateway.py)."""
+    return [o for o in objects if not is_gateway(o)]
+
+
+def is_gateway(obj: dict[str, Any]) -> bool:
+    labels = obj["metadata"].get("labels") or {}
+    return bool(labels.get("app.kubernetes.io/component") == "gateway")
+
+
 def operator_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    pod = one(operator_part(objects), "Deployment")["spec"]["template"]["spec"]
     containers: list[dict[str, Any]] = pod["containers"]
     assert len(containers) == 1
     return containers[0]
@@ -69,7 +79,7 @@ def test_helm_lint_strict_passes(helm: Helm, values: list[str]) -> None:
 
 
 def test_defaults_install_a_cluster_wide_operator(helm: Helm) -> None:
-    objects = helm.template()
+    objects = operator_part(helm.template())
     assert kinds(objects) == [
         "ClusterRole",
         "ClusterRoleBinding",
@@ -88,7 +98,7 @@ def test_defaults_install_a_cluster_wide_operator(helm: Helm) -> None:
 
 
 def test_operator_deployment_is_single_recreate_probed_and_hardened(helm: Helm) -> None:
-    objects = helm.template()
+    objects = operator_part(helm.template())
     deployment = one(objects, "Deployment")
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
@@ -143,6 +153,7 @@ def test_namespaced_install_has_roles_in_each_namespace_and_nothing_cluster_wide
 ) -> None:
     objects = helm.template("watchNamespaces={team-a,team-b}")
     assert not [o for o in objects if o["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
+    objects = operator_part(objects)
     roles = objects_of(objects, "Role")
     bindings = objects_of(objects, "RoleBinding")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
@@ -198,16 +209,27 @@ def test_helm_test_hook_calls_the_models_service(helm: Helm) -> None:
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert pod["spec"]["restartPolicy"] == "Never"
     assert pod["spec"]["automountServiceAccountToken"] is False
-    http, grpc = pod["spec"]["containers"]
-    assert [http["name"], grpc["name"]] == ["generate-http", "generate-grpc"]
-    for container in (http, grpc):
+    http, grpc, gateway = pod["spec"]["containers"]
+    assert [c["name"] for c in (http, grpc, gateway)] == [
+        "generate-http",
+        "generate-grpc",
+        "generate-gateway",
+    ]
+    for container in (http, grpc, gateway):
         assert container["image"] == "tti-server:0.1.0"
         assert container["command"] == ["tti"]
-        # By the name the operator has the pod serve: the served name is checked end to end.
-        assert container["args"][container["args"].index("--model-id") + 1] == "turbo-a"
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # By the name the operator has the pod serve: the served name is checked end to end.
+    model_ids = [c["args"][c["args"].index("--model-id") + 1] for c in (http, grpc, gateway)]
+    assert model_ids == ["turbo-a", "turbo-a", "tti-system/turbo-a"]
     assert http["args"][http["args"].index("--url") + 1] == "http://turbo-a.tti-system.svc:8080"
     assert grpc["args"][grpc["args"].index("--grpc") + 1] == "turbo-a.tti-system.svc:8085"
+    gateway_url = "http://tti-tti-operator-gateway.tti-system.svc:80"
+    assert gateway["args"][gateway["args"].index("--url") + 1] == gateway_url
+    # Without the gateway, or with its auth on (the test holds no token): the model alone.
+    for switch in ("gateway.enabled=false", "gateway.auth.secretName=t"):
+        pod = one(helm.template(switch, values=values), "Pod")
+        assert [c["name"] for c in pod["spec"]["containers"]] == ["generate-http", "generate-grpc"]
 
 
 def test_names_fit_in_63_characters(helm: Helm) -> None:
@@ -218,7 +240,7 @@ def test_names_fit_in_63_characters(helm: Helm) -> None:
     for obj in objects:
         name = obj["metadata"]["name"]
         assert len(name) <= 63 and not name.endswith("-"), name
-    assert one(objects, "Deployment")["metadata"]["name"].startswith(release[:40])
+    assert one(operator_part(objects), "Deployment")["metadata"]["name"].startswith(release[:40])
 
 
 @pytest.mark.parametrize(
@@ -300,7 +322,7 @@ def test_values_schema_describes_every_key_of_values_yaml() -> None:
 
 def test_operator_pod_is_hardened_exactly_like_model_pods(helm: Helm) -> None:
     model_pod = pod_template(Owner("m", "ns", "uid"), parse_spec({"model": "stub"}), "img")
-    objects = helm.template()
+    objects = operator_part(helm.template())
     operator_pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     assert operator_pod["securityContext"] == model_pod["spec"]["securityContext"]
     model_container = model_pod["spec"]["containers"][0]
@@ -314,7 +336,12 @@ def test_operator_env_is_what_its_settings_read(
     container = operator_container(helm.template("watchNamespaces={team-a,team-b}"))
     env = env_of(container)
     fields = {f"TTI_OPERATOR_{name.upper()}" for name in OperatorSettings.model_fields}
-    assert set(env) <= fields, set(env) - fields
+    # The gateway's URL is for the autoscaler, whose settings come with it (issue 13): until
+    # then the variable is only passed; once `gateway_url` is a field it is checked too.
+    pending = {"TTI_OPERATOR_GATEWAY_URL"} - fields
+    assert set(env) - pending <= fields, set(env) - fields
+    for name in pending:
+        env.pop(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     settings = OperatorSettings()
@@ -344,6 +371,7 @@ def test_rbac_is_exactly_what_the_operator_docs_list(helm: Helm) -> None:
     documented = documented_rbac()
     assert ("apps", "deployments", "create") in documented  # the table was parsed
     for objects in (helm.template(), helm.template("watchNamespaces={team-a}")):
+        objects = operator_part(objects)
         for role in objects_of(objects, "ClusterRole") + objects_of(objects, "Role"):
             assert granted(role["rules"]) == documented, role["kind"]
 
@@ -352,7 +380,9 @@ def test_rbac_grants_each_child_kind_exactly_what_its_row_implies(helm: Helm) ->
     """The kinds table drives the watches, the applies and the pruning; the chart must grant
     each kind just that (`list`/`watch`; `create`/`patch` if applied; `delete` if pruned)."""
     for objects in (helm.template(), helm.template("watchNamespaces={team-a}")):
-        for role in objects_of(objects, "ClusterRole") + objects_of(objects, "Role"):
+        for role in objects_of(operator_part(objects), "ClusterRole") + objects_of(
+            operator_part(objects), "Role"
+        ):
             triples = granted(role["rules"])
             for kind in CHILD_KINDS:
                 verbs = {v for g, r, v in triples if (g, r) == (kind.group, kind.plural)}

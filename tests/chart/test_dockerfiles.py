@@ -130,15 +130,21 @@ def test_entrypoint_is_the_projects_console_script(name: str, script: str) -> No
     assert script in console_scripts(), f"{script} is not a console script in pyproject.toml"
 
 
-def test_operator_image_is_the_base_install_without_torch() -> None:
+def test_operator_image_is_the_base_install_and_the_gateway_without_torch() -> None:
+    """The operator and the gateway share one small image: the base install plus the
+    `gateway` extra, never the server's extra (torch, diffusers)."""
     runs = " ".join(args_of(parse(ROOT / "Dockerfile.operator"), "RUN"))
     installs = [c for c in re.split(r"&&|;", runs) if "pip install" in c]
     assert installs, "Dockerfile.operator installs nothing"
     for command in installs:
         targets = [t for t in shlex.split(command) if not t.startswith("-")]
-        assert not any("[" in t or "torch" in t for t in targets), (
-            f"the operator image must not pull extras or torch: {command.strip()}"
-        )
+        extras = {t for t in targets if "[" in t}
+        assert extras <= {".[gateway]"}, f"the operator image pulls extras: {command.strip()}"
+        assert not any("torch" in t for t in targets), f"torch in: {command.strip()}"
+    gateway_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["gateway"]
+    assert not [d for d in gateway_extra if d.startswith(("torch", "diffusers", "fastapi"))]
 
 
 def test_server_image_installs_the_server_extra_and_exposes_8080_and_8085() -> None:

@@ -394,7 +394,9 @@ def test_an_operator_killed_mid_way_converges_after_restart(kube: Kube) -> None:
 def chart_rules(namespace: str) -> list[dict[str, Any]]:
     """The operator's Role as the chart renders it for one watched namespace (the chart's
     rules are checked against docs/operator.md's table and the kinds table in tests/chart)."""
-    objects = Helm(ensure_helm()).template(f"watchNamespaces={{{namespace}}}")
+    objects = Helm(ensure_helm()).template(
+        f"watchNamespaces={{{namespace}}}", "gateway.enabled=false"
+    )
     [role] = [o for o in objects if o["kind"] == "Role"]
     return role["rules"]  # type: ignore[no-any-return]
 

@@ -131,6 +131,10 @@ The operator's settings, passed as the environment variables it reads.
   value: {{ .Values.operator.maxWorkers | quote }}
 - name: TTI_OPERATOR_PLAYGROUND
   value: {{ .Values.playground | quote }}
+{{- if .Values.gateway.enabled }}
+- name: TTI_OPERATOR_GATEWAY_URL
+  value: {{ include "tti-operator.gatewayUrl" . | quote }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -163,4 +167,70 @@ the model and serves HTTP on port 8080.
 {{/* The model's gRPC API (caikit's ComputerVisionService) as host:port. */}}
 {{- define "tti-operator.modelGrpcTarget" -}}
 {{- printf "%s.%s.svc:8085" .name .namespace }}
+{{- end }}
+
+{{/*
+The gateway's name: the release's full name and "-gateway", within 63 characters.
+*/}}
+{{- define "tti-operator.gatewayName" -}}
+{{- printf "%s-gateway" (include "tti-operator.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+Labels that select the gateway's pods: a name of their own, so the operator's
+selector (name and instance) never matches them.
+*/}}
+{{- define "tti-operator.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-gateway" (include "tti-operator.name" . | trunc 55 | trimSuffix "-") }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+The gateway's labels: the release's, with its own name and component.
+*/}}
+{{- define "tti-operator.gatewayLabels" -}}
+helm.sh/chart: {{ include "tti-operator.chart" . }}
+{{ include "tti-operator.gatewaySelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tti-operator
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{/*
+The gateway's in-cluster URL: one base URL for every model.
+*/}}
+{{- define "tti-operator.gatewayUrl" -}}
+{{- printf "http://%s.%s.svc:%d" (include "tti-operator.gatewayName" .) .Release.Namespace (int .Values.gateway.service.port) }}
+{{- end }}
+
+{{/*
+Where the gateway reads its bearer tokens, when gateway.auth.secretName is set.
+*/}}
+{{- define "tti-operator.gatewayTokensDir" -}}
+/etc/tti-gateway/tokens
+{{- end }}
+
+{{/*
+The gateway's settings, passed as the environment variables it reads.
+*/}}
+{{- define "tti-operator.gatewayEnv" -}}
+- name: TTI_GATEWAY_SOURCE
+  value: cluster
+- name: TTI_GATEWAY_NAMESPACES
+  value: {{ include "tti-operator.watchNamespaces" . | quote }}
+- name: TTI_GATEWAY_PORT
+  value: "8080"
+- name: TTI_GATEWAY_HOLD_TIMEOUT
+  value: {{ .Values.gateway.holdTimeoutSeconds | quote }}
+- name: TTI_GATEWAY_MAX_HELD
+  value: {{ .Values.gateway.maxHeld | quote }}
+- name: TTI_GATEWAY_MAX_BODY_BYTES
+  value: {{ .Values.gateway.maxBodyBytes | int | quote }}
+- name: TTI_GATEWAY_LOG_LEVEL
+  value: {{ .Values.gateway.logLevel | quote }}
+{{- if .Values.gateway.auth.secretName }}
+- name: TTI_GATEWAY_AUTH_TOKENS_FILE
+  value: {{ printf "%s/%s" (include "tti-operator.gatewayTokensDir" .) .Values.gateway.auth.key | quote }}
+{{- end }}
 {{- end }}

@@ -41,3 +41,22 @@ The cluster tests run the real operator with exactly these rules.
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
+
+
+{{/*
+What the gateway does in a namespace it serves (docs/gateway.md lists the calls; the
+cluster tests run it under exactly these rules): it lists and watches the models and
+their Services' EndpointSlices, and wakes a model at zero through the scale
+subresource. It never reads Secrets, Pods or anything cluster-scoped.
+*/}}
+{{- define "tti-operator.gatewayRules" -}}
+- apiGroups: ["tti.dev"]
+  resources: ["texttoimagemodels"]
+  verbs: ["list", "watch"]
+- apiGroups: ["tti.dev"]
+  resources: ["texttoimagemodels/scale"]
+  verbs: ["patch"]
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["list", "watch"]
+{{- end }}

@@ -1,0 +1,3 @@
+from tti_gateway.cli import main
+
+main()

@@ -1,0 +1,166 @@
+"""The gateway's ASGI app: the forwarded routes, `GET /v1/models`, health and metrics.
+
+`create_app(settings, waker=...)` builds it; the lifespan opens the one HTTP client
+session (a keep-alive pool to the pods) and starts the endpoint source.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tti_gateway.auth import BearerAuth, read_tokens
+from tti_gateway.cluster import FIELD_MANAGER, Client, ClusterSource, credentials
+from tti_gateway.endpoints import EndpointTable, GatewayError, HoldPolicy, Model, Waker
+from tti_gateway.envelope import error_response, request_id
+from tti_gateway.metrics import GatewayMetrics
+from tti_gateway.proxy import ROUTES, ProxyRoute, check_auth
+from tti_gateway.settings import GatewaySettings
+from tti_gateway.source import StaticSource
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """Everything the routes share: settings, the endpoint table, the client pool, metrics."""
+
+    def __init__(self, settings: GatewaySettings, waker: Waker | None = None) -> None:
+        self.settings = settings
+        policy = HoldPolicy(settings.hold_timeout, settings.max_held, settings.retry_after)
+        self.table = EndpointTable(policy, self._wake)
+        self._waker = waker  # the cluster source's, when none is given
+        # Read now, so that a gateway without credentials stops at once, saying so.
+        self._credentials = credentials() if settings.source == "cluster" else None
+        self.metrics = GatewayMetrics(self.table)
+        tokens = settings.auth_tokens_file
+        self.auth = BearerAuth(read_tokens(tokens)) if tokens else None
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "used outside the app's lifespan"
+        return self._session
+
+    async def _wake(self, model: Model) -> None:
+        self.metrics.cold_start(model.key)
+        if self._waker is not None:
+            await self._waker(model)
+
+    @asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        timeout = aiohttp.ClientTimeout(
+            total=self.settings.upstream_timeout, connect=self.settings.connect_timeout
+        )
+        connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
+        # No cookies: the gateway is not a browser, and a jar costs work on every answer.
+        async with aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        ) as session:
+            self._session = session
+            async with self._source(session):
+                yield
+
+    @asynccontextmanager
+    async def _source(self, session: aiohttp.ClientSession) -> AsyncIterator[None]:
+        """The running endpoint source the settings name."""
+        if self.settings.source == "static":
+            static = StaticSource(
+                self.table, self.settings.models, session, self.settings.probe_interval
+            )
+            static.start()
+            try:
+                yield
+            finally:
+                await static.stop()
+            return
+        assert self._credentials is not None
+        client = Client(FIELD_MANAGER)
+        await client.connect(self._credentials)
+        source = ClusterSource(self.table, client, self.settings.namespaces)
+        self._waker = self._waker or source.wake
+        source.start()
+        try:
+            yield
+        finally:
+            await source.stop()
+            await client.close()
+
+    # -- routes ------------------------------------------------------------------------
+
+    async def list_models(self, request: Request) -> Response:
+        """OpenAI's model list, with each model's state and ready pods."""
+        check_auth(self, request.scope)
+        models = sorted(self.table.models.values(), key=lambda m: m.key)
+        names = Counter(m.name for m in models)
+        data = [
+            {
+                # What a request names it by: NAMESPACE/NAME only where the name is ambiguous.
+                "id": model.name if names[model.name] == 1 else model.label,
+                "object": "model",
+                "created": 0,
+                "owned_by": "tti-operator",
+                "namespace": model.namespace,
+                "state": model.state.value,
+                "ready_replicas": len(model.ready()),
+            }
+            for model in models
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def healthz(self, _request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        if not self.table.synced:
+            rid = request_id(request.headers.get("x-request-id"))
+            return error_response(503, "the endpoint table is not filled yet", rid)
+        return JSONResponse({"status": "ready"})
+
+    async def metrics_route(self, _request: Request) -> Response:
+        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def create_app(settings: GatewaySettings, waker: Waker | None = None) -> Starlette:
+    gateway = Gateway(settings, waker)
+    routes = [
+        Route(path, ProxyRoute(gateway, spec), methods=["POST"]) for path, spec in ROUTES.items()
+    ]
+    routes += [
+        Route("/v1/models", gateway.list_models, methods=["GET"]),
+        Route("/healthz", gateway.healthz, methods=["GET"]),
+        Route("/readyz", gateway.readyz, methods=["GET"]),
+        Route("/metrics", gateway.metrics_route, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=gateway.lifespan)
+    app.state.gateway = gateway
+    app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    return app
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    rid = request_id(request.headers.get("x-request-id"))
+    return error_response(exc.status, exc.details, rid, exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    details = {
+        404: f"path: no route for {request.url.path}",
+        405: f"method: {request.method} is not allowed on {request.url.path}",
+    }.get(exc.status_code, str(exc.detail))
+    rid = request_id(request.headers.get("x-request-id"))
+    return error_response(exc.status_code, details, rid, exc.headers)

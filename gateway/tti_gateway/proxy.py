@@ -1,0 +1,256 @@
+"""Forwarding one generation request: read it (bounded), find its model, send it on, stream back.
+
+The body is read once (it is small: a prompt and parameters) to learn the model it names,
+then sent unchanged; the answer (an image, possibly megabytes) is streamed to the client
+chunk by chunk as it arrives, never held whole. A pod that cannot be reached (nothing was
+sent) is marked not ready and the request goes once more, to another pod.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import aiohttp
+from starlette.types import Receive, Scope, Send
+
+from tti_gateway.endpoints import Endpoint, GatewayError, Model
+from tti_gateway.envelope import REQUEST_ID_HEADER, error_response, request_id
+from tti_gateway.metrics import UNKNOWN
+
+if TYPE_CHECKING:
+    from tti_gateway.app import Gateway
+
+log = logging.getLogger(__name__)
+
+#: caikit's name for the model in gRPC metadata; also read here for bodies that are not JSON.
+MODEL_HEADER = "mm-model-id"
+#: Headers that belong to one hop, never forwarded (RFC 9110 §7.6.1), plus those we reset.
+_REQUEST_DROP = frozenset(
+    {"connection", "keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer",
+     "transfer-encoding", "upgrade", "host", "content-length", "x-request-id", MODEL_HEADER}
+)  # fmt: skip
+_RESPONSE_DROP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "te", "trailer", "transfer-encoding",
+     "upgrade", "x-request-id"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    field: str  # the body field that names the model
+    schema_error_status: int  # what the server answers for a malformed body on this route
+
+
+#: The routes the gateway forwards, and how each names its model.
+ROUTES = {
+    "/api/v1/task/text-to-image": RouteSpec(field="model_id", schema_error_status=422),
+    "/v1/images/generations": RouteSpec(field="model", schema_error_status=400),
+}
+
+
+class BodyTooLarge(GatewayError):
+    status = 413
+
+
+class Unauthorized(GatewayError):
+    status = 401
+
+
+class BadRequest(GatewayError):
+    status = 400
+
+
+class BadGateway(GatewayError):
+    status = 502
+
+
+class GatewayTimeout(GatewayError):
+    status = 504
+
+
+def header(scope: Scope, name: str) -> str | None:
+    key = name.encode()
+    for raw_name, value in scope["headers"]:
+        if raw_name == key:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def check_auth(gateway: Gateway, scope: Scope) -> None:
+    if gateway.auth is not None and not gateway.auth.allows(header(scope, "authorization")):
+        raise Unauthorized(
+            "authorization: a valid bearer token is required (Authorization: Bearer TOKEN)",
+            {"WWW-Authenticate": "Bearer"},
+        )
+
+
+class ProxyRoute:
+    """The ASGI endpoint of one forwarded route."""
+
+    def __init__(self, gateway: Gateway, spec: RouteSpec) -> None:
+        self.gateway = gateway
+        self.spec = spec
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.monotonic()
+        rid = request_id(header(scope, "x-request-id"))
+        labels, status = UNKNOWN, 500
+        try:
+            check_auth(self.gateway, scope)
+            body = await read_body(scope, receive, self.gateway.settings.max_body_bytes)
+            requested = self.model_name(scope, body)
+            model = self.gateway.table.resolve(requested)
+            labels = model.key
+            if requested != model.name:  # NAMESPACE/NAME: the pod knows the bare name
+                body = self.renamed(scope, body, model.name)
+            status = await self.forward(scope, send, model, body, rid, start)
+        except GatewayError as exc:
+            status = exc.status
+            await error_response(status, exc.details, rid, exc.headers)(scope, receive, send)
+        finally:
+            self.gateway.metrics.observe(labels, status, time.monotonic() - start)
+
+    def model_name(self, scope: Scope, body: bytes) -> str:
+        """The model named in a JSON body, else in the `mm-model-id` header."""
+        field = self.spec.field
+        content_type = header(scope, "content-type") or "application/json"
+        if content_type.startswith("application/json"):
+            try:
+                document = json.loads(body)
+            except ValueError as exc:
+                raise _schema_error(self.spec, f"body: invalid JSON ({exc})") from None
+            name = document.get(field) if isinstance(document, dict) else None
+            if isinstance(name, str) and name:
+                return name
+        name = header(scope, MODEL_HEADER)
+        if name:
+            return name
+        known = ", ".join(sorted(m.label for m in self.gateway.table.models.values())) or "none"
+        raise _schema_error(
+            self.spec, f"{field}: required to choose a model (or header {MODEL_HEADER}); "
+            f"known models: {known}"
+        )  # fmt: skip
+
+    def renamed(self, scope: Scope, body: bytes, name: str) -> bytes:
+        """The body naming the model by `name` (a JSON body's field; the header is reset
+        for every request in `_headers`)."""
+        if not (header(scope, "content-type") or "application/json").startswith("application/json"):
+            return body
+        document = json.loads(body)
+        if isinstance(document, dict) and self.spec.field in document:
+            document[self.spec.field] = name
+        return json.dumps(document).encode()
+
+    async def forward(
+        self, scope: Scope, send: Send, model: Model, body: bytes, rid: str, start: float
+    ) -> int:
+        """Send to the least-busy ready pod; once more elsewhere if it cannot be reached."""
+        deadline = start + self.gateway.settings.hold_timeout
+        tried: list[str] = []
+        for _attempt in range(2):
+            async with self.gateway.table.acquire(model, deadline, tried) as endpoint:
+                response = await self._send(scope, endpoint, model, body, rid, tried)
+                if response is not None:
+                    async with response:
+                        return await stream_back(response, send, rid)
+        raise BadGateway(f"model: no pod of {model.label!r} could be reached (tried {len(tried)})")
+
+    async def _send(
+        self,
+        scope: Scope,
+        endpoint: Endpoint,
+        model: Model,
+        body: bytes,
+        rid: str,
+        tried: list[str],
+    ) -> aiohttp.ClientResponse | None:
+        """The pod's response, or None when it could not be reached (nothing was sent)."""
+        target = endpoint.url + scope["path"]
+        if scope.get("query_string"):
+            target += "?" + scope["query_string"].decode("latin-1")
+        try:
+            return await self.gateway.session.post(
+                target,
+                data=body,
+                headers=self._headers(scope, rid, model.name),
+                skip_auto_headers=_NO_AUTO,
+            )
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            log.warning(
+                "pod %s of %s unreachable (%s); trying another", endpoint.url, model.label, exc
+            )
+            self.gateway.table.set_ready(model.key, endpoint.url, False)
+            self.gateway.metrics.retry(model.key)
+            tried.append(endpoint.url)
+            return None
+        except TimeoutError:
+            raise GatewayTimeout(f"model: {model.label!r} did not answer in time") from None
+        except aiohttp.ClientError as exc:
+            raise BadGateway(f"model: the pod of {model.label!r} failed: {exc}") from None
+
+    def _headers(self, scope: Scope, rid: str, model: str) -> list[tuple[str, str]]:
+        drop = _REQUEST_DROP | ({"authorization"} if self.gateway.auth else set())
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in scope["headers"]
+            if name.decode("latin-1") not in drop
+        ]
+        if header(scope, MODEL_HEADER) is not None:
+            headers.append((MODEL_HEADER, model))
+        headers.append((REQUEST_ID_HEADER, rid))
+        return headers
+
+
+#: aiohttp would add Accept-Encoding (and the pod might then compress for a client that
+#: never asked) and its own User-Agent; the client's own headers are forwarded instead.
+_NO_AUTO: Collection[str] = ("Accept-Encoding", "User-Agent")
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    too_large = BodyTooLarge(f"body: larger than the gateway's limit of {limit} bytes")
+    declared = header(scope, "content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("body: the client went away while sending it")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def stream_back(response: aiohttp.ClientResponse, send: Send, rid: str) -> int:
+    headers = [
+        (name.lower(), value)
+        for name, value in response.raw_headers
+        if name.decode("latin-1").lower() not in _RESPONSE_DROP
+    ]
+    headers.append((b"x-request-id", rid.encode()))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    try:
+        async for chunk in response.content.iter_any():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        # Too late for an error answer: end the response short, so the client sees it break.
+        log.warning("the pod's answer broke off (request %s): %r", rid, exc)
+        return 502
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return response.status
+
+
+def _schema_error(spec: RouteSpec, details: str) -> GatewayError:
+    error = GatewayError(details)
+    error.status = spec.schema_error_status
+    return error

@@ -1,0 +1,100 @@
+"""The gateway's one settings object: flags over `TTI_GATEWAY_*` variables over defaults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ModelTable = dict[str, list[str]]
+
+
+def parse_models(value: object) -> object:
+    """`stub=http://a:8080,http://b:8080;turbo=` (or the same as JSON) as {model: [urls]}.
+
+    A model with no URL is known but scaled to zero: its requests are held until it has one.
+    """
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("{"):
+        return json.loads(text)
+    table: ModelTable = {}
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        name, sep, urls = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"expected MODEL=URL[,URL...], got {item!r}")
+        table[name.strip()] = [url.strip().rstrip("/") for url in urls.split(",") if url.strip()]
+    return table
+
+
+class GatewaySettings(BaseSettings):
+    """`hold_timeout` is flag `--hold-timeout` and variable `TTI_GATEWAY_HOLD_TIMEOUT`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TTI_GATEWAY_", extra="forbid", validate_default=True
+    )
+
+    host: str = Field(default="0.0.0.0", description="address to listen on")
+    port: int = Field(default=8080, ge=0, le=65535, description="HTTP port to listen on")
+    source: Literal["static", "cluster"] = Field(
+        default="static",
+        description="where the models come from: the --models table, or the cluster's "
+        "TextToImageModels and their EndpointSlices",
+    )
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="cluster source: namespaces to watch, comma-separated; empty means all",
+    )
+    models: Annotated[ModelTable, NoDecode] = Field(
+        default_factory=dict,
+        description="static source: MODEL=URL[,URL...];MODEL2=... (no URL: at zero)",
+    )
+    probe_interval: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="static source: seconds between /readyz probes of each endpoint",
+    )
+    hold_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description="seconds a request waits for its model to have a ready pod before 503",
+    )
+    max_held: int = Field(
+        default=100, ge=0, description="requests held per model while it starts; more get 503"
+    )
+    upstream_timeout: float = Field(
+        default=600.0, gt=0, description="seconds a forwarded request may take before 504"
+    )
+    connect_timeout: float = Field(
+        default=5.0, gt=0, description="seconds to connect to a pod before trying another"
+    )
+    max_body_bytes: int = Field(
+        default=1 << 20, ge=1024, description="largest request body accepted, in bytes (413)"
+    )
+    retry_after: int = Field(
+        default=5, ge=1, description="Retry-After, in seconds, on a 503 for a model that starts"
+    )
+    auth_tokens_file: Path | None = Field(
+        default=None,
+        description="file with one bearer token per line (a mounted Secret); none: no auth",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="log level"
+    )
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _parse_models(cls, value: object) -> object:
+        return parse_models(value)

@@ -1,0 +1,66 @@
+"""pytest plugin: start real `tti-gateway` processes on free loopback ports.
+
+    def test_something(start_gateway: StartGateway, start_server: StartServer) -> None:
+        server = start_server("--model", "stub")
+        gateway = start_gateway("--models", f"stub={server.url}")
+
+`start_gateway(*args, env=None)` adds `--host 127.0.0.1` and a free `--port`, waits for
+`/readyz` (the endpoint table probed once) and stops the gateway after the test.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+from support.server import ServerProcess, free_port, wait_until_ready
+
+
+class StartGateway(Protocol):
+    def __call__(self, *args: str, env: Mapping[str, str] | None = None) -> ServerProcess: ...
+
+
+def gateway_command() -> list[str]:
+    script = Path(sys.executable).with_name("tti-gateway")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "tti_gateway"]
+
+
+def launch_gateway(
+    args: tuple[str, ...], log_dir: Path, env: Mapping[str, str] | None = None
+) -> ServerProcess:
+    port = free_port()
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("TTI_")}
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"tti-gateway-{port}.log"
+    command = [*gateway_command(), "--host", "127.0.0.1", "--port", str(port), *args]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env={**base_env, **(env or {})}
+        )
+    gateway = ServerProcess(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        wait_until_ready(gateway, timeout=30)
+    except BaseException:
+        gateway.stop()
+        raise
+    return gateway
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
+    started: list[ServerProcess] = []
+
+    def start(*args: str, env: Mapping[str, str] | None = None) -> ServerProcess:
+        gateway = launch_gateway(args, tmp_path / "gateway-logs", env)
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
