@@ -9,34 +9,17 @@ these routes out.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from importlib.resources import files
 
 from fastapi import APIRouter
 from starlette.responses import Response
 
-router = APIRouter(include_in_schema=False)
+from tti_server.playground import ASSETS, HEADERS, read
 
-#: The page may load and call only its own origin; images are shown from blob: URLs.
-CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self' blob:; "
-    "img-src 'self' blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
-HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "Cache-Control": "no-cache",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
-#: (route, file, media type)
-ASSETS = (
-    ("/", "index.html", "text/html; charset=utf-8"),
-    ("/playground.js", "playground.js", "text/javascript; charset=utf-8"),
-    ("/playground.css", "playground.css", "text/css; charset=utf-8"),
-)
+router = APIRouter(include_in_schema=False)
 
 
 def _serve(name: str, media_type: str) -> Callable[[], Awaitable[Response]]:
-    body = (files("tti_server") / "playground" / name).read_bytes()
+    body = read(name)
 
     async def serve() -> Response:
         return Response(body, media_type=media_type, headers=HEADERS)
