@@ -65,8 +65,8 @@ def test_scale_down_waits_for_the_delay_then_goes_to_the_highest_recent_recommen
     decisions = run(p, 4, [8.0, 4.0, 4.0, 4.0, 4.0, 4.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0])
     replicas = [d.replicas for d in decisions]
     # t=0 busy; at t=2..8 the 10 s window still holds t=0's 4, at t=10 it no longer does;
-    # the 2s of t=2..10 hold until t=22.
-    assert replicas == [4, 4, 4, 4, 4, 2, 2, 2, 2, 2, 2, 1]
+    # the 2s recommended until t=10 hold until t=20.
+    assert replicas == [4, 4, 4, 4, 4, 2, 2, 2, 2, 2, 1, 1]
     assert decisions[5].event == "ScaledDown"
     assert "low for 10 s: scaled down to 2" in decisions[5].reason
 
