@@ -22,8 +22,9 @@ def policy(min: int = 1, max: int = 10, target: float = 2, delay: int = 60) -> A
 
 
 def run(p: Autoscaling, replicas: int, loads: list[float], start: float = 0.0) -> list[Decision]:
-    """One decision per interval over `loads`, each applied before the next."""
-    history, decisions = History(replicas=replicas), []
+    """One decision per interval over `loads`, each applied before the next, from the
+    autoscaler's first look at a model with `replicas`."""
+    history, decisions = History(), []
     for step, load in enumerate(loads):
         decision = decide(p, replicas, Load(load), history, start + step * INTERVAL, INTERVAL)
         assert decision is not None
@@ -80,9 +81,10 @@ def test_no_flapping_under_steady_but_noisy_load() -> None:
 
 def test_idle_model_with_min_zero_is_scaled_to_zero_after_the_delay() -> None:
     decisions = run(policy(min=0, delay=6), 1, [0.0] * 5)
-    assert [d.replicas for d in decisions] == [1, 1, 1, 1, 0]
-    assert decisions[-1].event == "ScaledToZero"
-    assert decisions[-1].reason == "idle for 6 s: scaled to zero"
+    assert [d.replicas for d in decisions] == [1, 1, 1, 0, 0]
+    assert decisions[3].event == "ScaledToZero"
+    assert decisions[3].reason == "idle for 6 s: scaled to zero"
+    assert decisions[4].reason == "scaled to zero: the next request through the gateway wakes it"
 
 
 def test_a_request_held_at_zero_wakes_the_model_at_once() -> None:
