@@ -22,6 +22,7 @@ Obj = dict[str, Any]
 
 _EVENTS_PATH = "/api/v1/namespaces/{ns}/events"
 _STATUS_PATH = "/apis/tti.dev/v1alpha1/namespaces/{ns}/texttoimagemodels/{name}/status"
+_SCALE_PATH = "/apis/tti.dev/v1alpha1/namespaces/{ns}/texttoimagemodels/{name}/scale"
 #: The API server ends a watch after this long; it is then resumed where it stopped.
 WATCH_TIMEOUT_S = 300
 
@@ -138,6 +139,13 @@ class KubeClient:
         path = _STATUS_PATH.format(ns=namespace, name=name)
         params = {"fieldManager": self.field_manager}
         body = {"status": status}
+        await self._request("PATCH", path, body, "application/merge-patch+json", params)
+
+    async def patch_scale(self, namespace: str, name: str, replicas: int) -> None:
+        """Set a model's replicas through its scale subresource, as an HPA does."""
+        path = _SCALE_PATH.format(ns=namespace, name=name)
+        params = {"fieldManager": self.field_manager}
+        body = {"spec": {"replicas": replicas}}
         await self._request("PATCH", path, body, "application/merge-patch+json", params)
 
     async def list(self, path: str, params: dict[str, str]) -> Obj:
