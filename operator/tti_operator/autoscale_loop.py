@@ -89,6 +89,7 @@ class Autoscaler:
         self._written: dict[Key, Written] = {}
         self._samples: dict[str, Sample] = {}
         self._silent: set[str] = set()  # URLs whose failure was logged, until they answer
+        self._scraped: set[str] = set()  # URLs looked at in the current tick
         self._session: aiohttp.ClientSession | None = None
 
     def status(self, key: Key) -> Mapping[str, Any] | None:
@@ -115,7 +116,11 @@ class Autoscaler:
         if not models:
             return
         held = await self._held()
+        scraped_before = set(self._samples)
+        self._scraped = set()
         await asyncio.gather(*(self._scale(r, p, held) for r, p in models))
+        for url in scraped_before - self._scraped:  # pods gone: forget their last sample
+            del self._samples[url]
 
     # One model.
 
@@ -194,6 +199,7 @@ class Autoscaler:
         return sum(m for m in means if m is not None), all(m is not None for m in means)
 
     async def _mean_in_flight(self, url: str) -> float | None:
+        self._scraped.add(url)
         text = await self._get(url)
         sample = _sample(text, time.monotonic()) if text is not None else None
         if sample is None:

@@ -17,13 +17,15 @@ from typing import Any
 import httpx
 import pytest
 from operator_harness import OperatorProcess
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from support.cluster import Cluster
-from support.server import ServerProcess, StartServer
+from support.server import ServerProcess, StartServer, free_port
 from test_operator_cluster import Kube, condition, model, restricted_kubeconfig
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 CAIKIT = "/api/v1/task/text-to-image"
+HELD = "tti_gateway_held_requests"
 #: Small intervals and delays keep the test short; the decisions are the same at any scale.
 INTERVAL_S = "0.5"
 DELAY_S = 2
@@ -41,9 +43,31 @@ def kube(
 
 
 @pytest.fixture
-def autoscaled(kube: Kube, start_server: StartServer, tmp_path: Path) -> ServerProcess:
+def gateway_metrics() -> Iterator[tuple[str, Gauge]]:
+    """The gateway's side of the contract: `tti_gateway_held_requests{namespace,model}` on a
+    real Prometheus endpoint (prometheus_client's own HTTP server); returns its URL."""
+    registry = CollectorRegistry()
+    held = Gauge(
+        HELD, "requests waiting for a ready pod", ["namespace", "model"], registry=registry
+    )
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    yield f"http://127.0.0.1:{port}", held
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.fixture
+def autoscaled(
+    kube: Kube,
+    start_server: StartServer,
+    gateway_metrics: tuple[str, Gauge],
+    tmp_path: Path,
+) -> ServerProcess:
     """Start the namespace's operator, under the chart's Role only, its autoscaler reading
-    every pod's load from one real server, which is returned."""
+    every pod's load from one real server, which is returned, and held requests from
+    `gateway_metrics`."""
     server = start_server("--stub-latency-ms", "200", "--max-batch-size", "1", "--max-queue", "64")
     kubeconfig = restricted_kubeconfig(kube, tmp_path / "kubeconfig")
     kube.operator.extra_env = {
@@ -51,6 +75,7 @@ def autoscaled(kube: Kube, start_server: StartServer, tmp_path: Path) -> ServerP
         "TTI_OPERATOR_NAMESPACES": kube.namespace,
         "TTI_OPERATOR_AUTOSCALE_INTERVAL_S": INTERVAL_S,
         "TTI_OPERATOR_POD_METRICS_URL": server.url + "/metrics",
+        "TTI_OPERATOR_GATEWAY_URL": gateway_metrics[0],
     }
     kube.operator.start()
     return server
@@ -89,15 +114,17 @@ def autoscaling(obj: dict[str, Any] | None) -> dict[str, Any]:
     return (obj or {}).get("status", {}).get("autoscaling") or {}
 
 
-def event_reasons(kube: Kube, name: str) -> list[str]:
-    events = json.loads(
+def events(kube: Kube, name: str) -> list[tuple[str, str]]:
+    """(reason, message) of the model's Events, oldest first."""
+    found = json.loads(
         kube.run("get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json")
     )
-    ordered = sorted(
-        events["items"],
-        key=lambda e: (e.get("firstTimestamp") or "", e["metadata"]["creationTimestamp"]),
-    )
-    return [e["reason"] for e in ordered]
+    items = sorted(found["items"], key=lambda e: e["metadata"]["creationTimestamp"])
+    return [(e["reason"], e.get("message", "")) for e in items]
+
+
+def event_reasons(kube: Kube, name: str) -> list[str]:
+    return [reason for reason, _ in events(kube, name)]
 
 
 def replicas_owners(kube: Kube, name: str) -> set[str]:
@@ -180,3 +207,22 @@ def test_replicas_follow_the_load_up_then_down_to_zero_and_a_wake_is_kept(
     assert "tti-operator" not in replicas_owners(kube, "fixed")
     assert not {"ScaledUp", "ScaledDown", "ScaledToZero"} & set(event_reasons(kube, "fixed"))
     assert "forbidden" not in kube.operator.log_tail(400).lower()
+
+
+def test_requests_held_by_the_gateway_wake_a_model_at_zero_at_once(
+    kube: Kube, autoscaled: ServerProcess, gateway_metrics: tuple[str, Gauge]
+) -> None:
+    """No server has any load (the model has no pod): the held requests alone ask for
+    replicas, at once, though the delay is long."""
+    _, held = gateway_metrics
+    policy = {"minReplicas": 0, "maxReplicas": 4, "targetInFlight": 2, "scaleDownDelaySeconds": 600}
+    kube.apply(model("sleepy", model="stub", replicas=0, autoscaling=policy))
+    kube.wait(
+        "ttimodel", "sleepy", lambda m: autoscaling(m).get("desiredReplicas") == 0, "seen at zero"
+    )
+    held.labels(namespace="elsewhere", model="sleepy").set(9)  # another namespace's namesake
+    held.labels(namespace=kube.namespace, model="sleepy").set(3)
+    woken = kube.wait_ready("sleepy")
+    assert replicas(woken) == 2  # 3 held / 2 per replica
+    said = [m for r, m in events(kube, "sleepy") if r == "ScaledUp"]
+    assert said == ["0 -> 2 replicas: 3 requests waiting for a model at zero: woken to 2"]
