@@ -98,8 +98,6 @@ class Autoscaler:
     async def run(self) -> None:
         """Tick forever; the sleep comes after each tick's work, so two decisions of a model
         are always at least an interval apart."""
-        timeout = aiohttp.ClientTimeout(total=self.settings.scrape_timeout_s)
-        self._session = aiohttp.ClientSession(timeout=timeout)
         try:
             while True:
                 try:
@@ -108,7 +106,12 @@ class Autoscaler:
                     logger.error("autoscaler tick failed: %r", error, exc_info=error)
                 await asyncio.sleep(self.settings.autoscale_interval_s)
         finally:
-            await self._session.close()
+            await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
 
     async def tick(self) -> None:
         models = [(r, p) for r in self.store.records() if (p := _policy(r)) is not None]
@@ -128,7 +131,7 @@ class Autoscaler:
         self, record: ModelRecord, policy: Autoscaling, held: Mapping[Key, int] | None
     ) -> None:
         key, now = record.key, time.monotonic()
-        in_flight, complete = await self._servers_load(key)
+        in_flight, complete = await self.servers_load(key)
         waiting = (held or {}).get(key, 0)
         load = Load(in_flight, waiting, complete and held is not None)
         replicas = self._replicas(record, now)
@@ -190,7 +193,7 @@ class Autoscaler:
 
     # The load.
 
-    async def _servers_load(self, key: Key) -> tuple[float, bool]:
+    async def servers_load(self, key: Key) -> tuple[float, bool]:
         """Mean requests in flight or queued over the interval, summed over the model's
         ready servers (each distinct URL once), and whether every one answered."""
         pods = [p for p in self.cache.summaries(POD, key) if isinstance(p, PodState)]
@@ -217,7 +220,9 @@ class Autoscaler:
         return None if text is None else _held_counts(text)
 
     async def _get(self, url: str) -> str | None:
-        assert self._session is not None, "run() opens the session"
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(total=self.settings.scrape_timeout_s)
+            self._session = aiohttp.ClientSession(timeout=timeout)
         try:
             async with self._session.get(url) as response:
                 response.raise_for_status()
