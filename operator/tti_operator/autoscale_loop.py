@@ -39,6 +39,9 @@ IN_FLIGHT_METRIC = "tti_in_flight"
 HELD_METRIC = "tti_gateway_held_requests"
 #: Seconds the autoscaler trusts its own scale write over a watch that has not shown it yet.
 ECHO_WAIT_S = 30.0
+#: A status that says the same decision with another load is published at most this often
+#: (the HPA's sync period): the load moves every tick, and each publish is an API write.
+STATUS_REFRESH_S = 15.0
 
 #: The URL of a ready pod's `/metrics`; the settings' template by default, injectable so a
 #: test can point simulated pods at real servers.
@@ -87,6 +90,8 @@ class Autoscaler:
         self.statuses: dict[Key, dict[str, Any]] = {}
         self._histories: dict[Key, tuple[str, History]] = {}
         self._written: dict[Key, Written] = {}
+        self._scaled_at: dict[Key, str] = {}  # lastScaleTime
+        self._published_at: dict[Key, float] = {}
         self._samples: dict[str, Sample] = {}
         self._silent: set[str] = set()  # URLs whose failure was logged, until they answer
         self._scraped: set[str] = set()  # URLs looked at in the current tick
@@ -168,28 +173,36 @@ class Autoscaler:
         message = f"{replicas} -> {decision.replicas} replicas: {decision.reason}"
         logger.info("%s/%s: %s: %s", namespace, name, decision.event, message)
         self.event(record.ref, "Normal", decision.event, message)
-        self.statuses.setdefault(record.key, {})["lastScaleTime"] = _now()
+        self._scaled_at[record.key] = _now()
         return True
 
     def _publish(self, key: Key, decision: Decision, load: Load) -> None:
-        """Leave the decision for the reconciler, and ask it to publish when it changed."""
-        before = self.statuses.get(key, {})
-        after = {
+        """Leave the decision for the reconciler and ask it to publish: at once when the
+        decision changed, else (only the load moved) at most every STATUS_REFRESH_S."""
+        before, now = self.statuses.get(key, {}), time.monotonic()
+        after: dict[str, Any] = {
             "desiredReplicas": decision.replicas,
             "load": round(load.total, 1),
             "reason": decision.reason,
-            **({"lastScaleTime": before["lastScaleTime"]} if "lastScaleTime" in before else {}),
         }
-        if after != before:
-            self.statuses[key] = after
+        if key in self._scaled_at:
+            after["lastScaleTime"] = self._scaled_at[key]
+        decided = {k: v for k, v in after.items() if k not in ("load", "reason")}
+        changed = decided != {k: v for k, v in before.items() if k not in ("load", "reason")}
+        due = now - self._published_at.get(key, -STATUS_REFRESH_S) >= STATUS_REFRESH_S
+        if changed or (after != before and due):
+            self.statuses[key], self._published_at[key] = after, now
             self.enqueue(key)
 
     def _forget_all_but(self, keys: set[Key]) -> None:
-        for table in (self.statuses, self._histories, self._written):
+        """Drop what is remembered of models gone or no longer autoscaled; their status
+        loses `autoscaling` at the next publish."""
+        for key in [k for k in self.statuses if k not in keys]:
+            del self.statuses[key]
+            self.enqueue(key)
+        for table in (self._histories, self._written, self._scaled_at, self._published_at):
             for key in [k for k in table if k not in keys]:
                 del table[key]
-                if table is self.statuses:
-                    self.enqueue(key)  # autoscaling removed: its status goes too
 
     # The load.
 
