@@ -98,9 +98,8 @@ def decide(
     else:
         target = bound(policy, min(replicas, ceiling))
     remembered = replace(history, recommendations=window, replicas=target, decided_at=now)
-    return Decision(
-        target, explain(policy, replicas, target, load), remembered, event(replicas, target)
-    )
+    reason = explain(policy, replicas, target, wanted, load)
+    return Decision(target, reason, remembered, event(replicas, target))
 
 
 def event(before: int, after: int) -> str:
@@ -111,20 +110,27 @@ def event(before: int, after: int) -> str:
     return ""
 
 
-def explain(policy: Autoscaling, before: int, after: int, load: Load) -> str:
+def explain(policy: Autoscaling, before: int, after: int, wanted: int, load: Load) -> str:
     """The decision in words, for the status and the Event."""
     target = f"target {policy.target_in_flight:g} per replica"
-    seen = f"load {load.total:.3g} in flight over {before} replicas, {target}"
+    seen = f"load {load.total:.3g} in flight over {_replicas(before)}, {target}"
+    delay = policy.scale_down_delay_s
     if load.held and before == 0:
         return f"{load.held} requests waiting for a model at zero: woken to {after}"
     if after == 0 and before > 0:
-        return f"idle for {policy.scale_down_delay_s} s: scaled to zero"
+        return f"idle for {delay} s: scaled to zero"
     if after == 0:
         return "scaled to zero: the next request through the gateway wakes it"
     if after < before:
-        return f"{seen}, low for {policy.scale_down_delay_s} s: scaled down to {after}"
+        return f"{seen}, low for {delay} s: scaled down to {after}"
     if after > before:
         return f"{seen}: scaled up to {after}"
-    if not load.complete:
+    if wanted < after and not load.complete:
         return f"{seen} (some pods did not answer: not scaling down)"
+    if wanted < after:
+        return f"{seen}: kept at {after} until the load has been low for {delay} s"
     return seen
+
+
+def _replicas(count: int) -> str:
+    return f"{count} replica" if count == 1 else f"{count} replicas"

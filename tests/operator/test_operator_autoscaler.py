@@ -56,7 +56,7 @@ def test_scale_up_is_immediate_and_jumps() -> None:
     [decision] = run(policy(), 1, [15.0])
     assert (decision.replicas, decision.event) == (8, "ScaledUp")
     assert (
-        decision.reason == "load 15 in flight over 1 replicas, target 2 per replica: scaled up to 8"
+        decision.reason == "load 15 in flight over 1 replica, target 2 per replica: scaled up to 8"
     )
 
 
@@ -107,6 +107,16 @@ def test_a_replica_count_set_from_outside_counts_as_a_fresh_scale_up() -> None:
         history, replicas = decision.history, decision.replicas
         seen.append(replicas)
     assert seen == [1, 1, 1, 0, 0, 0]
+
+
+def test_a_replica_kept_by_the_window_says_until_when() -> None:
+    p = policy(min=0, delay=300)
+    decision = decide(p, 1, Load(0.0), History(replicas=0), 0.0, INTERVAL)
+    assert decision is not None and decision.replicas == 1
+    assert decision.reason == (
+        "load 0 in flight over 1 replica, target 2 per replica: "
+        "kept at 1 until the load has been low for 300 s"
+    )
 
 
 def test_the_first_look_after_a_start_keeps_the_replicas_for_the_delay() -> None:
