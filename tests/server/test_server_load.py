@@ -8,13 +8,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from support.grpc_client import metric, predict, vision_stub
+from support.grpc_client import metric, predict, vision_stub, wait_for_metric
 from support.server import ServerProcess, StartServer
 
 LOAD = "tti_request_load_seconds_total"
 CAIKIT = "/api/v1/task/text-to-image"
 #: Each request holds the one worker this long (max batch 1: requests queue one behind another).
-LATENCY_S = 0.5
+LATENCY_S = 1.0
+#: Spacing between two scrapes, well inside one request's LATENCY_S.
+GAP_S = 0.2
 
 
 def timed(call: Callable[[], object]) -> float:
@@ -44,10 +46,39 @@ def test_load_counts_http_and_grpc_requests_queued_and_running(
     after_two = metric(server.url, LOAD)
     assert 2 * LATENCY_S <= after_two - idle <= waited
 
-    # Two at once on one worker: the second queues behind the first, and queued time
-    # counts too (one running + one queued, then one running: 3 x LATENCY_S at least).
+    # One running, one queued behind it on the one worker: both count. Two scrapes that
+    # both see two in flight saw two throughout (nothing else arrives, so the count only
+    # falls); between them the integral grew by twice the time the server spent, which is
+    # at least the gap between the client's scrapes and at most their span.
     with ThreadPoolExecutor(2) as pool:
-        waited = sum(pool.map(lambda _: timed(lambda: http_request(server)), range(2)))
-    after_pair = metric(server.url, LOAD)
-    assert 3 * LATENCY_S <= after_pair - after_two <= waited
-    assert metric(server.url, LOAD) == after_pair  # idle again: the integral stands still
+        first = pool.submit(http_request, server)
+        wait_for_metric(server.url, "tti_in_flight", 1)
+        second = pool.submit(http_request, server)
+        wait_for_metric(server.url, "tti_in_flight", 2)
+        (before, after), gap, span = two_scrapes(server)
+        first.result(), second.result()
+    assert before["tti_in_flight"] == after["tti_in_flight"] == 2
+    assert 2 * gap <= after[LOAD] - before[LOAD] <= 2 * span
+    idle = metric(server.url, LOAD)
+    assert metric(server.url, LOAD) == idle  # idle again: the integral stands still
+
+
+def scrape(server: ServerProcess) -> dict[str, float]:
+    """Every unlabelled sample of one /metrics answer."""
+    text = httpx.get(server.url + "/metrics").text
+    samples = (line.split() for line in text.splitlines() if not line.startswith("#"))
+    return {fields[0]: float(fields[1]) for fields in samples if len(fields) == 2}
+
+
+def two_scrapes(
+    server: ServerProcess,
+) -> tuple[tuple[dict[str, float], dict[str, float]], float, float]:
+    """Two scrapes a little apart; the client's gap between them (end of the first answer
+    to the start of the second request) and their whole span."""
+    start = time.monotonic()
+    before = scrape(server)
+    first_answered = time.monotonic()
+    time.sleep(GAP_S)
+    second_asked = time.monotonic()
+    after = scrape(server)
+    return (before, after), second_asked - first_answered, time.monotonic() - start
