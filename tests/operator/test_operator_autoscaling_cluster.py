@@ -45,7 +45,7 @@ def kube(
 @pytest.fixture
 def gateway_metrics() -> Iterator[tuple[str, Gauge]]:
     """The gateway's side of the contract: `tti_gateway_held_requests{namespace,model}` on a
-    real Prometheus endpoint (prometheus_client's own HTTP server); returns its URL."""
+    real Prometheus endpoint (prometheus_client's own HTTP server): its URL and the gauge."""
     registry = CollectorRegistry()
     held = Gauge(
         HELD, "requests waiting for a ready pod", ["namespace", "model"], registry=registry
