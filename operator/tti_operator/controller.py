@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tti_operator.autoscale_loop import Autoscaler, MetricsUrl
 from tti_operator.builders import desired_children
 from tti_operator.informer import ChildCache, Informer, Key
 from tti_operator.kinds import CHILD_KINDS, ChildKind
@@ -37,6 +38,7 @@ class Controller:
         kinds: Iterable[ChildKind] = CHILD_KINDS,
         build: Build = desired_children,
         backoff: Backoff = RETRY_BACKOFF,
+        metrics_url: MetricsUrl | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -45,8 +47,24 @@ class Controller:
         self.queue: WorkQueue[Key] = WorkQueue(backoff)
         self.cache = ChildCache(self.child_changed, self.kinds)
         self.informer = Informer(client, settings.namespaces, self.cache, self.kinds)
+        self.autoscaler = Autoscaler(
+            settings,
+            client,
+            self.store,
+            self.cache,
+            lambda *args: self.reconciler.event(*args),
+            self.queue.add,
+            metrics_url,
+        )
         self.reconciler = Reconciler(
-            settings, client, self.store, self.cache, event, self.kinds, build
+            settings,
+            client,
+            self.store,
+            self.cache,
+            event,
+            self.kinds,
+            build,
+            self.autoscaler.status,
         )
         self._workers: list[asyncio.Task[None]] = []
 
@@ -74,6 +92,7 @@ class Controller:
                 )
                 for n in range(self.settings.concurrent_reconciles)
             ]
+            self._workers.append(asyncio.create_task(self.autoscaler.run(), name="autoscaler"))
 
     def _failed(self, key: Key, error: Exception, delay_s: float) -> None:
         namespace, name = key

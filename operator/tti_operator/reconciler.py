@@ -39,6 +39,8 @@ from tti_operator.status import DeploymentState, PodState, Problem, compute_stat
 Obj = dict[str, Any]
 #: Posts a Kubernetes Event about a resource: (resource, type, reason, message).
 EventSink = Callable[[kopf.Body, str, str, str], None]
+#: The autoscaler's latest decision about a model, for `status.autoscaling` (None: none).
+AutoscalingStatus = Callable[[Key], Mapping[str, Any] | None]
 #: Builds the children a model should have (see `builders.desired_children`).
 Build = Callable[[Owner, ModelSpec, OperatorSettings], list[Obj]]
 #: Seconds a child this process wrote may go unseen by the watches before it is written
@@ -97,6 +99,9 @@ class ModelStore:
 
     def get(self, key: Key) -> ModelRecord | None:
         return self._models.get(key)
+
+    def records(self) -> list[ModelRecord]:
+        return list(self._models.values())
 
     def observe(self, event_type: str | None, record: ModelRecord) -> bool:
         """Keep the latest record of a model; returns whether it needs a reconcile.
@@ -242,6 +247,7 @@ class Reconciler:
         event: EventSink | None = None,
         kinds: Iterable[ChildKind] = CHILD_KINDS,
         build: Build = desired_children,
+        autoscaling: AutoscalingStatus = lambda key: None,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -250,6 +256,7 @@ class Reconciler:
         self.event: EventSink = event or EventPoster(client, settings.field_manager)
         self.kinds = tuple(kinds)
         self.build = build
+        self.autoscaling = autoscaling
         self.states: dict[Key, ModelState] = {}
 
     async def reconcile(self, key: Key) -> float | None:
@@ -415,6 +422,7 @@ class Reconciler:
             failure=state.failure,
             previous=previous,
             now=_now(),
+            autoscaling=self.autoscaling(record.key),
         )
         if status == previous:
             return

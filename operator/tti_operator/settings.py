@@ -55,6 +55,27 @@ class OperatorSettings(BaseSettings):
         "0 means no limit (kopf's default)",
     )
 
+    gateway_url: str = Field(
+        "",
+        description="the gateway's base URL; its /metrics says how many requests it holds "
+        "per model (tti_gateway_held_requests); empty: no gateway",
+    )
+    autoscale_interval_s: float = Field(
+        2.0,
+        gt=0,
+        le=300,
+        description="seconds between two looks of the autoscaler at the models with "
+        "spec.autoscaling (and the interval the mean load is taken over)",
+    )
+    scrape_timeout_s: float = Field(
+        1.0, gt=0, le=60, description="seconds a pod's or the gateway's /metrics may take"
+    )
+    pod_metrics_url: str = Field(
+        "http://{ip}:8080/metrics",
+        pattern=r"^https?://",
+        description="where a model pod's server reports its load; {ip} is the pod's IP",
+    )
+
     @field_validator("namespaces", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:

@@ -75,6 +75,25 @@ class Resources(_Strict):
     limits: dict[str, int | str] = Field(default_factory=dict)
 
 
+class Autoscaling(_Strict):
+    """`spec.autoscaling`: the bounds and the target the autoscaler scales the replicas by.
+
+    The defaults are the CRD's (an image request takes seconds, so a replica aims at a few
+    requests at once; scaling to zero costs a cold start, so it is opt-in with min 0).
+    """
+
+    min_replicas: int = Field(1, alias="minReplicas", ge=0)
+    max_replicas: int = Field(alias="maxReplicas", ge=1)
+    target_in_flight: float = Field(2.0, alias="targetInFlight", gt=0)
+    scale_down_delay_s: int = Field(300, alias="scaleDownDelaySeconds", ge=0)
+
+    @model_validator(mode="after")
+    def _max_at_least_min(self) -> Autoscaling:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("maxReplicas must be at least minReplicas")
+        return self
+
+
 class ModelSpec(_Strict):
     """`spec` of a TextToImageModel, field names as in the CRD."""
 
@@ -82,6 +101,7 @@ class ModelSpec(_Strict):
     gpus_field: int | None = Field(None, alias="gpus", ge=0)
     image_format: ImageFormat = Field("png", alias="imageFormat")
     replicas: int = Field(1, ge=0)
+    autoscaling: Autoscaling | None = None
     source: Source | None = None
     image: str | None = Field(None, min_length=1)
     max_batch_size: int | None = Field(None, alias="maxBatchSize", ge=1, le=64)

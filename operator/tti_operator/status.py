@@ -51,6 +51,8 @@ class PodState:
     ready: bool
     terminating: bool
     problem: Problem | None
+    #: `status.podIP`, where the autoscaler reads the server's load ("" before it has one).
+    ip: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ def pod_state(pod: Mapping[str, Any]) -> PodState:
         ready=conditions.get("Ready", {}).get("status") == "True",
         terminating=bool(meta.get("deletionTimestamp")),
         problem=problem,
+        ip=str(pod.get("status", {}).get("podIP") or ""),
     )
 
 
@@ -150,11 +153,16 @@ def _condition(kind: str, true: bool, reason: str, message: str, generation: int
     }
 
 
+#: What a model scaled to zero by its autoscaler says: it is not broken, and how it comes back.
+SCALED_TO_ZERO = "scaled to zero by the autoscaler: the next request through the gateway wakes it"
+
+
 def conditions_for(
     desired: int,
     deployment: DeploymentState | None,
     problem: Problem | None,
     generation: int,
+    autoscaled: bool = False,
 ) -> tuple[str, list[dict[str, Any]]]:
     """The phase and the Ready, Progressing and Degraded conditions (without times)."""
     ready = deployment.ready_replicas if deployment else 0
@@ -165,6 +173,10 @@ def conditions_for(
         phase = "Invalid" if problem.reason == "InvalidSpec" else phase
         ready_c = _condition("Ready", False, problem.reason, problem.message, generation)
         progressing = _condition("Progressing", False, problem.reason, problem.message, generation)
+    elif desired == 0 and autoscaled:
+        phase = "ScaledToZero"
+        ready_c = _condition("Ready", False, "ScaledToZero", SCALED_TO_ZERO, generation)
+        progressing = _condition("Progressing", False, "ScaledToZero", "no pods wanted", generation)
     elif desired == 0:
         phase = "ScaledDown"
         ready_c = _condition("Ready", False, "ScaledDown", "spec.replicas is 0", generation)
@@ -215,17 +227,20 @@ def compute_status(
     failure: Problem | None,
     previous: Mapping[str, Any],
     now: str,
+    autoscaling: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole `status` of a TextToImageModel.
 
     `failure` is the operator's own problem with the resource (invalid spec, an apply the
     API server refused); it outranks what the children say. `previous` is the status
     now on the resource, so unchanged conditions keep their transition times.
+    `autoscaling` is the autoscaler's last decision, for models it scales.
     """
     problem = failure or find_problem(deployment, pods)
-    phase, conditions = conditions_for(desired, deployment, problem, generation)
+    autoscaled = autoscaling is not None
+    phase, conditions = conditions_for(desired, deployment, problem, generation, autoscaled)
     ready = deployment.ready_replicas if deployment else 0
-    return {
+    status = {
         "observedGeneration": generation,
         "replicas": deployment.replicas if deployment else 0,
         "readyReplicas": ready,
@@ -236,3 +251,8 @@ def compute_status(
         "selector": selector_string(owner.name),
         "conditions": with_transition_times(conditions, previous.get("conditions") or [], now),
     }
+    if autoscaling is not None:
+        status["autoscaling"] = dict(autoscaling)
+    elif "autoscaling" in previous:
+        status["autoscaling"] = None  # a merge patch removes a key only when told to
+    return status

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +69,27 @@ class EngineStopped(EngineError):
 
 
 @dataclass
+class Concurrency:
+    """Requests in the engine (queued or running, HTTP and gRPC alike) and the integral of
+    that count over time: its increase over any interval, divided by the interval, is the
+    mean concurrency then, which an autoscaler reads instead of a jumpy instant sample."""
+
+    now: int = 0
+    _seconds: float = 0.0
+    _since: float = field(default_factory=time.monotonic)
+
+    def change(self, delta: int) -> None:
+        moment = time.monotonic()
+        self._seconds += self.now * (moment - self._since)
+        self._since, self.now = moment, self.now + delta
+
+    @property
+    def seconds(self) -> float:
+        """Request-seconds spent in the engine so far."""
+        return self._seconds + self.now * (time.monotonic() - self._since)
+
+
+@dataclass
 class EngineStats:
     """Counters the metrics endpoint reads."""
 
@@ -75,6 +97,7 @@ class EngineStats:
     batches: int = 0
     failed_batches: int = 0
     running: int = 0  # requests in a pipeline call right now
+    in_flight: Concurrency = field(default_factory=Concurrency)
 
 
 @dataclass(eq=False)
@@ -174,6 +197,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         job = _Job(request, finish, loop.create_future())
         self._pending.append(job)
+        self.stats.in_flight.change(1)
         self._wake_workers()
         self._deadlines[job] = loop.time() + self.request_timeout
         if self._expiry is None:
@@ -181,6 +205,7 @@ class Engine:
         try:
             return cast(T, await job.future)
         finally:
+            self.stats.in_flight.change(-1)
             del self._deadlines[job]
             if job.future.cancelled():  # the client went away
                 self._withdraw(job)

@@ -33,7 +33,7 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class EngineCollector(Collector):
-    """Reads queue depth and image counts from the engine at scrape time."""
+    """Reads queue depth, load and image counts from the engine at scrape time."""
 
     def __init__(self, engine: Callable[[], Engine | None]) -> None:
         self._engine = engine
@@ -47,13 +47,23 @@ class EngineCollector(Collector):
         )
         ready = GaugeMetricFamily("tti_ready", "1 once the model is loaded and warmed up")
         running = GaugeMetricFamily("tti_running", "Requests in a pipeline call now")
+        in_flight = GaugeMetricFamily(
+            "tti_in_flight", "Requests in flight or queued now (HTTP and gRPC)"
+        )
+        load = CounterMetricFamily(
+            "tti_request_load_seconds",
+            "Integral over time of the requests in flight or queued: its rate is the mean "
+            "concurrency (what the operator's autoscaler scales on)",
+        )
         depth.add_metric([], engine.queue_depth if engine else 0)
+        in_flight.add_metric([], engine.stats.in_flight.now if engine else 0)
+        load.add_metric([], engine.stats.in_flight.seconds if engine else 0)
         running.add_metric([], engine.stats.running if engine else 0)
         images.add_metric([], engine.stats.images_generated if engine else 0)
         batches.add_metric(["ok"], engine.stats.batches if engine else 0)
         batches.add_metric(["failed"], engine.stats.failed_batches if engine else 0)
         ready.add_metric([], 1 if engine else 0)
-        yield from (depth, running, images, batches, ready)
+        yield from (depth, running, in_flight, load, images, batches, ready)
 
 
 class RequestCollector(Collector):

@@ -186,6 +186,13 @@ def test_rbac_grants_no_wildcards_no_secrets_and_no_deletes(helm: Helm) -> None:
             assert not [t for t in triples if t[2] in {"delete", "deletecollection", "escalate"}]
 
 
+def test_rbac_lets_the_autoscaler_patch_the_scale_subresource_only(helm: Helm) -> None:
+    for objects in (helm.template(), helm.template("watchNamespaces={team-a}")):
+        for role in objects_of(objects, "ClusterRole") + objects_of(objects, "Role"):
+            scale = {v for g, r, v in granted(role["rules"]) if r == "texttoimagemodels/scale"}
+            assert scale == {"patch"}, role["kind"]
+
+
 def test_models_are_created_with_the_release(helm: Helm) -> None:
     values = {
         "models": [

@@ -352,6 +352,26 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
         "spec.source.persistentVolumeClaim.subPath",
     ),
     "missing model": ({"gpus": 1}, "spec.model"),
+    "autoscaling max below min": (
+        {"model": "stub", "autoscaling": {"minReplicas": 3, "maxReplicas": 2}},
+        "spec.autoscaling.maxReplicas must be at least spec.autoscaling.minReplicas",
+    ),
+    "autoscaling max below the default min": (
+        {"model": "stub", "autoscaling": {"maxReplicas": 0}},
+        "spec.autoscaling.maxReplicas",
+    ),
+    "autoscaling without max": (
+        {"model": "stub", "autoscaling": {}},
+        "spec.autoscaling.maxReplicas",
+    ),
+    "autoscaling target zero": (
+        {"model": "stub", "autoscaling": {"maxReplicas": 2, "targetInFlight": 0}},
+        "spec.autoscaling.targetInFlight",
+    ),
+    "autoscaling negative min": (
+        {"model": "stub", "autoscaling": {"maxReplicas": 2, "minReplicas": -1}},
+        "spec.autoscaling.minReplicas",
+    ),
 }
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tti_operator.spec import GROUP, KIND, PLURAL, VERSION, parse_spec
+from tti_operator.spec import GROUP, KIND, PLURAL, VERSION, Autoscaling, parse_spec
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 
@@ -63,3 +63,17 @@ def test_samples_parse(sample: Path) -> None:
     body = yaml.safe_load(sample.read_text())
     assert body["apiVersion"] == f"{GROUP}/{VERSION}" and body["kind"] == KIND
     parse_spec(body["spec"])
+
+
+def test_autoscaling_defaults_are_the_operators() -> None:
+    """The API server fills the CRD's defaults; the operator's own must be the same."""
+    spec = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    block = spec["properties"]["autoscaling"]
+    assert block["required"] == ["maxReplicas"]
+    defaults = {k: v["default"] for k, v in block["properties"].items() if "default" in v}
+    parsed = Autoscaling.model_validate({"maxReplicas": 1})
+    assert defaults == {
+        "minReplicas": parsed.min_replicas,
+        "targetInFlight": parsed.target_in_flight,
+        "scaleDownDelaySeconds": parsed.scale_down_delay_s,
+    }

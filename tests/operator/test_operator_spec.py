@@ -36,6 +36,14 @@ def test_explicit_source_wins_over_the_default_repo() -> None:
     assert spec.effective_source.pvc.claim_name == "w"
 
 
+def test_autoscaling_defaults_aim_at_a_few_requests_per_replica_and_keep_one() -> None:
+    assert parse_spec({"model": "stub"}).autoscaling is None
+    scaling = parse_spec({"model": "stub", "autoscaling": {"maxReplicas": 4}}).autoscaling
+    assert scaling is not None
+    assert (scaling.min_replicas, scaling.max_replicas) == (1, 4)
+    assert (scaling.target_in_flight, scaling.scale_down_delay_s) == (2.0, 300)
+
+
 @pytest.mark.parametrize(
     ("raw", "field"),
     [
@@ -55,6 +63,15 @@ def test_explicit_source_wins_over_the_default_repo() -> None:
         ({"model": "stub", "source": {"hostPath": {"path": "rel"}}}, "spec.source.hostPath.path"),
         ({"model": "stub", "maxBatchSize": 0}, "spec.maxBatchSize"),
         ({"model": "stub", "colour": "red"}, "spec.colour"),
+        ({"model": "stub", "autoscaling": {}}, "spec.autoscaling.maxReplicas"),
+        (
+            {"model": "stub", "autoscaling": {"maxReplicas": 2, "minReplicas": 3}},
+            "spec.autoscaling",
+        ),
+        (
+            {"model": "stub", "autoscaling": {"maxReplicas": 2, "targetInFlight": 0}},
+            "spec.autoscaling.targetInFlight",
+        ),
     ],
 )
 def test_invalid_specs_name_the_field(raw: dict[str, object], field: str) -> None:

@@ -43,6 +43,7 @@ def status_of(
     failure: Problem | None = None,
     previous: dict[str, Any] | None = None,
     now: str = NOW,
+    autoscaling: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return compute_status(
         owner=OWNER,
@@ -54,6 +55,7 @@ def status_of(
         failure=failure,
         previous=previous or {},
         now=now,
+        autoscaling=autoscaling,
     )
 
 
@@ -193,6 +195,29 @@ def test_scaled_to_zero_is_not_ready_and_not_degraded() -> None:
     assert (c["Ready"]["status"], c["Ready"]["reason"]) == ("False", "ScaledDown")
     assert c["Degraded"]["status"] == "False"
     assert (status["phase"], status["ready"]) == ("ScaledDown", "0/0")
+
+
+IDLE = {"desiredReplicas": 0, "load": 0.0, "reason": "idle for 300 s: scaled to zero"}
+
+
+def test_scaled_to_zero_by_the_autoscaler_says_the_gateway_wakes_it() -> None:
+    status = status_of(
+        deployment_state(deployment(observedGeneration=1)), desired=0, autoscaling=IDLE
+    )
+    c = conditions(status)
+    assert (c["Ready"]["status"], c["Ready"]["reason"]) == ("False", "ScaledToZero")
+    assert c["Ready"]["message"] == (
+        "scaled to zero by the autoscaler: the next request through the gateway wakes it"
+    )
+    assert c["Degraded"]["status"] == "False"  # by design, not broken
+    assert (status["phase"], status["ready"]) == ("ScaledToZero", "0/0")
+    assert status["autoscaling"] == IDLE
+
+
+def test_autoscaling_removed_from_the_spec_is_removed_from_the_status() -> None:
+    scaled = status_of(READY, autoscaling={**IDLE, "desiredReplicas": 1})
+    assert status_of(READY, previous=scaled)["autoscaling"] is None  # merge patch: removes
+    assert "autoscaling" not in status_of(READY)  # never there: nothing to remove
 
 
 def test_transition_times_change_only_when_a_condition_flips() -> None:

@@ -5,7 +5,8 @@ child kind gets exactly the verbs its row in tti_operator/kinds.py implies: list
 watch; create and patch when applied; delete when pruned). kopf lists and watches the
 models; the operator watches the children and writes them with server-side
 apply (PATCH, which needs `create` when the object is new) and the status with a
-merge patch. It never reads a single object by name, never deletes (no child kind
+merge patch, and the replicas of autoscaled models with a merge patch of the scale
+subresource. It never reads a single object by name, never deletes (no child kind
 is pruned: owner references let the garbage collector remove them) and never
 touches anything cluster-scoped: kopf's CRD and namespace scanning is off.
 The cluster tests run the real operator with exactly these rules.
@@ -18,6 +19,10 @@ The cluster tests run the real operator with exactly these rules.
 # The status the operator publishes (Ready, endpoint, conditions).
 - apiGroups: ["tti.dev"]
   resources: ["texttoimagemodels/status"]
+  verbs: ["patch"]
+# The autoscaler sets the replicas of models with spec.autoscaling, as an HPA does.
+- apiGroups: ["tti.dev"]
+  resources: ["texttoimagemodels/scale"]
   verbs: ["patch"]
 # Children carry owner references with blockOwnerDeletion, which clusters that run
 # the OwnerReferencesPermissionEnforcement admission plugin (OpenShift) allow only
