@@ -343,18 +343,15 @@ def test_operator_env_is_what_its_settings_read(
     container = operator_container(helm.template("watchNamespaces={team-a,team-b}"))
     env = env_of(container)
     fields = {f"TTI_OPERATOR_{name.upper()}" for name in OperatorSettings.model_fields}
-    # The gateway's URL is for the autoscaler, whose settings come with it (issue 13): until
-    # then the variable is only passed; once `gateway_url` is a field it is checked too.
-    pending = {"TTI_OPERATOR_GATEWAY_URL"} - fields
-    assert set(env) - pending <= fields, set(env) - fields
-    for name in pending:
-        env.pop(name)
+    assert set(env) <= fields, set(env) - fields
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     settings = OperatorSettings()
     assert settings.namespaces == ["team-a", "team-b"]
     assert settings.server_image == "tti-server:0.1.0"
     assert settings.liveness_port == container["ports"][0]["containerPort"]
+    assert settings.autoscale_interval_s == 2
+    assert settings.gateway_url == "http://tti-tti-operator-gateway.tti-system.svc:80"
 
 
 def documented_rbac() -> set[tuple[str, str, str]]:

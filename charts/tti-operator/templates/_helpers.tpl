@@ -131,6 +131,8 @@ The operator's settings, passed as the environment variables it reads.
   value: {{ .Values.operator.maxWorkers | quote }}
 - name: TTI_OPERATOR_PLAYGROUND
   value: {{ .Values.playground | quote }}
+- name: TTI_OPERATOR_AUTOSCALE_INTERVAL_S
+  value: {{ .Values.operator.autoscaleIntervalSeconds | quote }}
 {{- if .Values.gateway.enabled }}
 - name: TTI_OPERATOR_GATEWAY_URL
   value: {{ include "tti-operator.gatewayUrl" . | quote }}
