@@ -326,7 +326,7 @@ def install_chart(kube: Kube, stack: contextlib.ExitStack, model: str) -> None:
         "--timeout",
         "3m",
     )
-    say("the operator's Deployment rolled out: its pod passed its liveness and readiness probes")
+    say("the operator's and the gateway's Deployments rolled out: their pods passed their probes")
     indented(
         kube.kubectl(
             "get",
@@ -396,9 +396,20 @@ def pod_phase(kube: Kube, name: str) -> str:
     ).strip()
 
 
+def gateway_service(kube: Kube) -> tuple[str, int]:
+    """The chart's gateway Service: its name and port (one URL for every model)."""
+    selector = f"app.kubernetes.io/component=gateway,app.kubernetes.io/instance={RELEASE}"
+    [service] = kube.get_json("services", "-n", RELEASE_NAMESPACE, "-l", selector)["items"]
+    return service["metadata"]["name"], int(service["spec"]["ports"][0]["port"])
+
+
 def call_from_a_pod(kube: Kube, name: str, options: Options, out_dir: Path) -> Path:
-    url = f"http://{name}.{DEMO_NAMESPACE}.svc:8080"
-    step(5, f"Calling {url} from a client pod (cluster DNS, the Service, kube-proxy)")
+    gateway, port = gateway_service(kube)
+    url = f"http://{gateway}.{RELEASE_NAMESPACE}.svc:{port}"
+    step(5, f"Calling {name} through the gateway, {url}, from a client pod")
+    say(
+        f"one URL for every model (the model's own Service is http://{name}.{DEMO_NAMESPACE}.svc:8080)"
+    )
     pod = client_pod(DEMO_NAMESPACE, url, name, options.size, options.prompt)
     say("$ " + pod["spec"]["containers"][0]["command"][2].split(" >&2")[0])
     kube.kubectl("delete", "pod", CLIENT_POD, "-n", DEMO_NAMESPACE, "--ignore-not-found")
@@ -472,7 +483,7 @@ def run(options: Options) -> Path:
 
 def wait_for_ctrl_c(result: Result) -> None:
     kubeconfig = result.kube.paths.kubeconfig
-    service = f"svc/{result.model}"
+    gateway, port = gateway_service(result.kube)
     # Inside the try: a Ctrl-C that lands right after the prompt is printed is the
     # expected one, not an interruption of the demo.
     try:
@@ -480,8 +491,8 @@ def wait_for_ctrl_c(result: Result) -> None:
             f"\nEverything is still up. Try:\n"
             f"  export KUBECONFIG={kubeconfig}\n"
             f"  kubectl get ttimodels,pods -A\n"
-            f"  kubectl port-forward -n {DEMO_NAMESPACE} {service} 8080:8080\n"
-            f"  then open http://127.0.0.1:8080/ (the playground) or curl it\n"
+            f"  kubectl port-forward -n {RELEASE_NAMESPACE} svc/{gateway} 8080:{port}\n"
+            f"  then open http://127.0.0.1:8080/ (the playground, every model) or curl it\n"
             "Press Ctrl-C to tear it all down.",
             flush=True,
         )
