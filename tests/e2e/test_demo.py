@@ -81,9 +81,8 @@ def test_demo_flow(cluster: Cluster, tmp_path: Path) -> None:
 
         # And through the gateway: one base_url for every model it lists.
         gateway, port = demo.gateway_service(result.kube)
-        ip = result.kube.kubectl(
-            "get", "service", gateway, "-n", demo.RELEASE_NAMESPACE, "-o", "jsonpath={.spec.clusterIP}"
-        )  # fmt: skip
+        where = ("-n", demo.RELEASE_NAMESPACE, "-o", "jsonpath={.spec.clusterIP}")
+        ip = result.kube.kubectl("get", "service", gateway, *where)
         client = openai.OpenAI(base_url=f"http://{ip}:{port}/v1", api_key="unused")
         assert "stub" in [model.id for model in client.models.list()]
         answer = client.images.generate(model="stub", prompt="a fox", size="64x64")
