@@ -39,6 +39,7 @@ format: venv ## Apply ruff's fixes and formatting
 .PHONY: test
 test: venv node-deps browser cluster-build ## Run every test (lint, unit, server, browser, cluster, real pods); sets up what it needs
 	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory images
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 .PHONY: browser
@@ -56,6 +57,10 @@ node-deps: ## Install the Debian packages the real node needs (containerd, runc,
 .PHONY: cluster-up
 cluster-up: node-deps cluster-build ## Start the local cluster: real control plane and node, simulated GPU nodes (NODES=2, REAL_NODE=0)
 	@TTI_REAL_NODE=$(or $(REAL_NODE),1) $(PYTHON) -m localcluster.launcher up --nodes $(or $(NODES),2)
+
+.PHONY: images
+images: venv node-deps cluster-build ## Build the real node's images (tti-server, tti-operator) with buildah; cached until an input changes
+	@$(PY) -m localcluster.launcher images
 
 .PHONY: cluster-down
 cluster-down: ## Stop the local cluster, leaving no process, mount, bridge, iptables chain or cgroup behind

@@ -640,6 +640,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "kwok's simulated nodes only (default from TTI_REAL_NODE)",
     )
     commands.add_parser("down", help="stop every cluster process and delete its state")
+    commands.add_parser(
+        "images",
+        help="build the images the real node runs (tti-server, tti-operator, pause, CoreDNS) "
+        "when missing or stale; `up` does it too",
+    )
     commands.add_parser("status", help="say whether the cluster is up; list its nodes")
     commands.add_parser(
         "env", help="print shell exports: KUBECONFIG, and PATH with kubectl and helm"
@@ -657,6 +662,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             up(paths, args.nodes, real_node=args.real_node)
         elif args.command == "down":
             down(paths)
+        elif args.command == "images":
+            build_images(paths)
         elif args.command == "status":
             return 0 if status(paths) else 3
         elif args.command == "env":
