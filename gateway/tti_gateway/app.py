@@ -100,21 +100,14 @@ class Gateway:
     # -- routes ------------------------------------------------------------------------
 
     async def list_models(self, request: Request) -> Response:
-        """OpenAI's model list, with each model's state and ready pods."""
+        """OpenAI's model list, with each model's state, ready pods and (where known) how it
+        fits a requested side: what the playground's picker shows."""
         check_auth(self, request.scope)
         models = sorted(self.table.models.values(), key=lambda m: m.key)
         names = Counter(m.name for m in models)
         data = [
-            {
-                # What a request names it by: NAMESPACE/NAME only where the name is ambiguous.
-                "id": model.name if names[model.name] == 1 else model.label,
-                "object": "model",
-                "created": 0,
-                "owned_by": "tti-operator",
-                "namespace": model.namespace,
-                "state": model.state.value,
-                "ready_replicas": len(model.ready()),
-            }
+            # What a request names it by: NAMESPACE/NAME only where the name is ambiguous.
+            model_entry(model, model.name if names[model.name] == 1 else model.label)
             for model in models
         ]
         return JSONResponse({"object": "list", "data": data})
@@ -130,6 +123,22 @@ class Gateway:
 
     async def metrics_route(self, _request: Request) -> Response:
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def model_entry(model: Model, model_id: str) -> dict[str, object]:
+    """One model in `GET /v1/models`: OpenAI's fields and the gateway's."""
+    listed: dict[str, object] = {
+        "id": model_id,
+        "object": "model",
+        "created": 0,
+        "owned_by": "tti-operator",
+        "namespace": model.namespace,
+        "state": model.state.value,
+        "ready_replicas": len(model.ready()),
+    }
+    if model.side_multiple is not None:  # the static table does not know the backend
+        listed["side_multiple"] = model.side_multiple
+    return listed
 
 
 def create_app(settings: GatewaySettings, waker: Waker | None = None) -> Starlette:
