@@ -1,4 +1,5 @@
-"""The gateway's ASGI app: the forwarded routes, `GET /v1/models`, health and metrics.
+"""The gateway's ASGI app: the forwarded routes, `GET /v1/models`, health, metrics and the
+playground page at `/` (unless `--playground false`).
 
 `create_app(settings, waker=...)` builds it; the lifespan opens the one HTTP client
 session (a keep-alive pool to the pods) and starts the endpoint source.
@@ -23,6 +24,7 @@ from tti_gateway.cluster import FIELD_MANAGER, Client, ClusterSource, credential
 from tti_gateway.endpoints import EndpointTable, GatewayError, HoldPolicy, Model, Waker
 from tti_gateway.envelope import error_response, request_id
 from tti_gateway.metrics import GatewayMetrics
+from tti_gateway.playground import routes as playground_routes
 from tti_gateway.proxy import ROUTES, ProxyRoute, check_auth
 from tti_gateway.settings import GatewaySettings
 from tti_gateway.source import StaticSource
@@ -152,6 +154,8 @@ def create_app(settings: GatewaySettings, waker: Waker | None = None) -> Starlet
         Route("/readyz", gateway.readyz, methods=["GET"]),
         Route("/metrics", gateway.metrics_route, methods=["GET"]),
     ]
+    if settings.playground:
+        routes += playground_routes()
     app = Starlette(routes=routes, lifespan=gateway.lifespan)
     app.state.gateway = gateway
     app.add_exception_handler(GatewayError, _gateway_error)
