@@ -201,6 +201,12 @@ def test_notes_show_the_one_url_and_an_openai_call(helm: Helm) -> None:
     assert url not in notes(helm, "gateway.enabled=false")
 
 
+def test_notes_show_how_to_open_the_gateways_playground_unless_it_is_off(helm: Helm) -> None:
+    forward = f"kubectl port-forward -n tti-system svc/{NAME} 8080:80"
+    assert forward in notes(helm)
+    assert forward not in notes(helm, "playground=false")
+
+
 @pytest.mark.parametrize(
     ("values", "named"),
     [
