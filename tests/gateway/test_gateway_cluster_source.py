@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tti_gateway.app import model_entry
 from tti_gateway.cluster import (
     ClusterSource,
     ModelSink,
@@ -73,6 +74,8 @@ def test_a_models_side_multiple_is_its_catalogue_entrys_and_reaches_the_table() 
     s = source("ns")
     ModelSink(s, "ns").listed([model("ns", "turbo", model="sdxl-turbo")])
     assert s.table.models[("ns", "turbo")].side_multiple == 8
+    listed = model_entry(s.table.models[("ns", "turbo")], "turbo")  # in GET /v1/models
+    assert (listed["id"], listed["side_multiple"]) == ("turbo", 8)
     ModelSink(s, "ns").event("MODIFIED", model("ns", "turbo", model="stub"))
     assert s.table.models[("ns", "turbo")].side_multiple == 1
 
