@@ -1,4 +1,5 @@
-"""The gateway's ASGI app: the forwarded routes, `GET /v1/models`, health and metrics.
+"""The gateway's ASGI app: the forwarded routes, `GET /v1/models`, health, metrics and the
+playground page at `/` (unless `--playground false`).
 
 `create_app(settings, waker=...)` builds it; the lifespan opens the one HTTP client
 session (a keep-alive pool to the pods) and starts the endpoint source.
@@ -23,6 +24,7 @@ from tti_gateway.cluster import FIELD_MANAGER, Client, ClusterSource, credential
 from tti_gateway.endpoints import EndpointTable, GatewayError, HoldPolicy, Model, Waker
 from tti_gateway.envelope import error_response, request_id
 from tti_gateway.metrics import GatewayMetrics
+from tti_gateway.playground import routes as playground_routes
 from tti_gateway.proxy import ROUTES, ProxyRoute, check_auth
 from tti_gateway.settings import GatewaySettings
 from tti_gateway.source import StaticSource
@@ -100,21 +102,14 @@ class Gateway:
     # -- routes ------------------------------------------------------------------------
 
     async def list_models(self, request: Request) -> Response:
-        """OpenAI's model list, with each model's state and ready pods."""
+        """OpenAI's model list, with each model's state, ready pods and (where known) how it
+        fits a requested side: what the playground's picker shows."""
         check_auth(self, request.scope)
         models = sorted(self.table.models.values(), key=lambda m: m.key)
         names = Counter(m.name for m in models)
         data = [
-            {
-                # What a request names it by: NAMESPACE/NAME only where the name is ambiguous.
-                "id": model.name if names[model.name] == 1 else model.label,
-                "object": "model",
-                "created": 0,
-                "owned_by": "tti-operator",
-                "namespace": model.namespace,
-                "state": model.state.value,
-                "ready_replicas": len(model.ready()),
-            }
+            # What a request names it by: NAMESPACE/NAME only where the name is ambiguous.
+            model_entry(model, model.name if names[model.name] == 1 else model.label)
             for model in models
         ]
         return JSONResponse({"object": "list", "data": data})
@@ -132,6 +127,22 @@ class Gateway:
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
+def model_entry(model: Model, model_id: str) -> dict[str, object]:
+    """One model in `GET /v1/models`: OpenAI's fields and the gateway's."""
+    listed: dict[str, object] = {
+        "id": model_id,
+        "object": "model",
+        "created": 0,
+        "owned_by": "tti-operator",
+        "namespace": model.namespace,
+        "state": model.state.value,
+        "ready_replicas": len(model.ready()),
+    }
+    if model.side_multiple is not None:  # the static table does not know the backend
+        listed["side_multiple"] = model.side_multiple
+    return listed
+
+
 def create_app(settings: GatewaySettings, waker: Waker | None = None) -> Starlette:
     gateway = Gateway(settings, waker)
     routes = [
@@ -143,6 +154,8 @@ def create_app(settings: GatewaySettings, waker: Waker | None = None) -> Starlet
         Route("/readyz", gateway.readyz, methods=["GET"]),
         Route("/metrics", gateway.metrics_route, methods=["GET"]),
     ]
+    if settings.playground:
+        routes += playground_routes()
     app = Starlette(routes=routes, lifespan=gateway.lifespan)
     app.state.gateway = gateway
     app.add_exception_handler(GatewayError, _gateway_error)

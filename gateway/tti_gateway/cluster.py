@@ -22,6 +22,7 @@ from typing import Any
 import kopf
 
 from tti_gateway.endpoints import EndpointTable, Key, Model
+from tti_operator.catalogue import CATALOGUE, entry
 from tti_operator.informer import Sink, list_and_watch
 from tti_operator.kube import ApiError, KubeClient
 
@@ -52,11 +53,19 @@ def object_key(obj: Mapping[str, Any]) -> Key:
 
 @dataclass(frozen=True)
 class Scale:
-    """What a model's spec says about its replicas, and the version that says it."""
+    """What a model's spec says about its replicas and its catalogue model (`spec.model`),
+    and the version that says it."""
 
     replicas: int
     autoscaling: bool
     version: str = ""
+    model: str = ""
+
+    @property
+    def side_multiple(self) -> int | None:
+        """How the model fits a requested side (its catalogue entry's); None for a name
+        this gateway's catalogue does not know (a newer CRD)."""
+        return entry(self.model).side_multiple if self.model in CATALOGUE else None
 
 
 def model_scale(model: Mapping[str, Any]) -> Scale:
@@ -65,6 +74,7 @@ def model_scale(model: Mapping[str, Any]) -> Scale:
         replicas=int(spec.get("replicas", 1)),
         autoscaling=bool(spec.get("autoscaling")),
         version=str((model.get("metadata") or {}).get("resourceVersion", "")),
+        model=str(spec.get("model", "")),
     )
 
 
@@ -187,7 +197,9 @@ class ClusterSource:
 
     def set_model(self, key: Key, scale: Scale) -> None:
         known = key in self.table.models
-        self.table.set_scale(key, scale.replicas, scale.autoscaling, scale.version)
+        self.table.set_scale(
+            key, scale.replicas, scale.autoscaling, scale.version, side_multiple=scale.side_multiple
+        )
         if not known:
             self.refresh(key)
 

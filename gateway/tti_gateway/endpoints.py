@@ -85,6 +85,9 @@ class Model:
     autoscaling: bool = True
     #: metadata.resourceVersion of the spec above: a wake applies to that version only.
     version: str = ""
+    #: Each requested side goes to a multiple of this (the catalogue's, for spec.model);
+    #: None where nobody says (the static table).
+    side_multiple: int | None = None
     held: int = 0
     waking: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -149,12 +152,22 @@ class EndpointTable:
         for url, ready in readiness.items():
             self.set_ready(key, url, ready)
 
-    def set_scale(self, key: Key, replicas: int, autoscaling: bool, version: str = "") -> None:
-        """What the model's spec (at `version`) says about its replicas."""
+    def set_scale(
+        self,
+        key: Key,
+        replicas: int,
+        autoscaling: bool,
+        version: str = "",
+        *,
+        side_multiple: int | None = None,
+    ) -> None:
+        """What the model's spec (at `version`) says about its replicas, and how its
+        backend fits a requested side."""
         model = self._known(key)
         if model.replicas != 0 and replicas == 0:
             model.waking = False  # scaled down again: a new cold period begins
         model.replicas, model.autoscaling, model.version = replicas, autoscaling, version
+        model.side_multiple = side_multiple
         model.notify()
 
     def remove_model(self, key: Key) -> None:

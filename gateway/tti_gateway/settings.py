@@ -83,6 +83,11 @@ class GatewaySettings(BaseSettings):
         default=None,
         description="file with one bearer token per line (a mounted Secret); none: no auth",
     )
+    playground: bool = Field(
+        default=True,
+        description="serve the playground page at / (a picker of every model); false: / "
+        "answers 404, for locked-down deployments",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="log level"
     )

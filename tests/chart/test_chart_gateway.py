@@ -148,11 +148,24 @@ def test_gateway_env_is_what_its_settings_read(helm: Helm, monkeypatch: pytest.M
     assert settings.port == container["ports"][0]["containerPort"]
     # The tokens file is the Secret's key, mounted read-only.
     assert settings.auth_tokens_file == Path("/etc/tti-gateway/tokens/tokens")
+    assert settings.playground  # the chart's top-level `playground`, true by default
     [mount] = [m for m in container["volumeMounts"] if m["name"] == "tokens"]
     assert mount == {"name": "tokens", "mountPath": "/etc/tti-gateway/tokens", "readOnly": True}
     pod = one(gateway_part(objects), "Deployment")["spec"]["template"]["spec"]
     [volume] = [v for v in pod["volumes"] if v["name"] == "tokens"]
     assert volume["secret"]["secretName"] == "gateway-tokens"
+
+
+def test_the_playground_value_turns_the_gateways_page_off_too(
+    helm: Helm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One switch for every page: the models' (the operator's env) and the gateway's."""
+    objects = helm.template("playground=false")
+    env = env_of(gateway_container(objects))
+    assert env["TTI_GATEWAY_PLAYGROUND"] == "false"
+    monkeypatch.setenv("TTI_GATEWAY_PLAYGROUND", env["TTI_GATEWAY_PLAYGROUND"])
+    assert not GatewaySettings().playground
+    assert env_of(operator_container(objects))["TTI_OPERATOR_PLAYGROUND"] == "false"
 
 
 def test_no_auth_by_default_and_no_tokens_mounted(helm: Helm) -> None:
@@ -186,6 +199,12 @@ def test_notes_show_the_one_url_and_an_openai_call(helm: Helm) -> None:
     assert 'api_key="<a token from Secret gateway-tokens, key tokens>"' in text
     assert "no authentication" not in text
     assert url not in notes(helm, "gateway.enabled=false")
+
+
+def test_notes_show_how_to_open_the_gateways_playground_unless_it_is_off(helm: Helm) -> None:
+    forward = f"kubectl port-forward -n tti-system svc/{NAME} 8080:80"
+    assert forward in notes(helm)
+    assert forward not in notes(helm, "playground=false")
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tti_gateway.app import model_entry
 from tti_gateway.cluster import (
     ClusterSource,
     ModelSink,
@@ -63,6 +64,20 @@ def test_a_models_scale_reads_replicas_and_whether_it_autoscales() -> None:
     scale = model_scale(model("ns", "m", replicas=0, autoscaling={"maxReplicas": 2}))
     assert (scale.replicas, scale.autoscaling) == (0, True)
     assert not model_scale(model("ns", "m", replicas=0)).autoscaling
+
+
+def test_a_models_side_multiple_is_its_catalogue_entrys_and_reaches_the_table() -> None:
+    """The playground rounds sizes as the model will: the catalogue's rule for spec.model."""
+    assert model_scale(model("ns", "m", model="sdxl-turbo")).side_multiple == 8
+    assert model_scale(model("ns", "m", model="stub")).side_multiple == 1
+    assert model_scale(model("ns", "m", model="from-a-newer-crd")).side_multiple is None
+    s = source("ns")
+    ModelSink(s, "ns").listed([model("ns", "turbo", model="sdxl-turbo")])
+    assert s.table.models[("ns", "turbo")].side_multiple == 8
+    listed = model_entry(s.table.models[("ns", "turbo")], "turbo")  # in GET /v1/models
+    assert (listed["id"], listed["side_multiple"]) == ("turbo", 8)
+    ModelSink(s, "ns").event("MODIFIED", model("ns", "turbo", model="stub"))
+    assert s.table.models[("ns", "turbo")].side_multiple == 1
 
 
 def test_slices_of_a_model_merge_and_a_model_gets_those_seen_before_it() -> None:

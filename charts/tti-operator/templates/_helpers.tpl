@@ -231,6 +231,8 @@ The gateway's settings, passed as the environment variables it reads.
   value: {{ .Values.gateway.maxBodyBytes | int | quote }}
 - name: TTI_GATEWAY_LOG_LEVEL
   value: {{ .Values.gateway.logLevel | quote }}
+- name: TTI_GATEWAY_PLAYGROUND
+  value: {{ .Values.playground | quote }}
 {{- if .Values.gateway.auth.secretName }}
 - name: TTI_GATEWAY_AUTH_TOKENS_FILE
   value: {{ printf "%s/%s" (include "tti-operator.gatewayTokensDir" .) .Values.gateway.auth.key | quote }}

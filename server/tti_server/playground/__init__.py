@@ -1,7 +1,7 @@
 """The playground page's files and the headers they are served with, for any framework.
 
 `tti-server` serves them at its `/` (`tti_server.api.playground`), the gateway at its own
-(`tti_gateway.app`): plain bytes and headers here, so the gateway needs no FastAPI.
+(`tti_gateway.playground`): plain bytes and headers here, so the gateway needs no FastAPI.
 """
 
 from __future__ import annotations

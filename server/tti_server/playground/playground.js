@@ -129,13 +129,14 @@ function askForToken() {
   $("model").textContent = "The server wants an access token.";
 }
 
+// A new token lists the models again with it (done when the promise settles).
 function saveToken() {
   const token = $("token").value.trim();
-  if (!token) return;
+  if (!token) return Promise.resolve();
   sessionStorage.setItem(TOKEN_KEY, token);
   $("token").value = "";
   $("token-box").hidden = true;
-  watchModel();
+  return watchModel();
 }
 
 // The form -> the request body, in the order it is sent and copied.
@@ -200,18 +201,15 @@ function toBlobUrl(b64, format) {
 
 async function generate() {
   if (state.busy) return;
-  saveToken();
   showError("");
-  let body;
-  try {
-    body = readForm();
-  } catch (error) {
-    return showError(error.message);
-  }
   setBusy(true);
-  const json = JSON.stringify(body);
-  const started = performance.now();
   try {
+    // A token typed and sent with Enter: the models are listed with it first (behind a
+    // gateway with auth, which model to ask for is only known then).
+    await saveToken();
+    const body = readForm();
+    const json = JSON.stringify(body);
+    const started = performance.now();
     const answer = await post(json);
     const seconds = (performance.now() - started) / 1000;
     const images = answer.data.map((item, i) => ({
