@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tti_operator.settings import comma_list
+
 ModelTable = dict[str, list[str]]
 
 
@@ -95,9 +97,7 @@ class GatewaySettings(BaseSettings):
     @field_validator("namespaces", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return comma_list(value)
 
     @field_validator("models", mode="before")
     @classmethod
