@@ -296,7 +296,7 @@ def ensure_project_image(
         *build_args_for_pip(),
         str(REPO_ROOT),
     )
-    cached_before = buildah.dangling()
+    before = buildah.dangling()
     log_path = log_dir / f"build-{image.name}.log"
     with timed(f"{image.ref} built"):
         stream(
@@ -308,10 +308,21 @@ def ensure_project_image(
             ),
         )
     log(f"{image.ref}: {buildah.size(image.ref)}")
-    # Earlier builds' step images this build did not reuse: gigabytes each for the server.
     reused = set(re.findall(r"Using cache ([0-9a-f]{64})", log_path.read_text()))
-    for stale in cached_before - reused:
+    keep_step_images(buildah, image.name, (buildah.dangling() - before) | reused)
+
+
+def keep_step_images(buildah: Buildah, name: str, steps: set[str]) -> None:
+    """Record the step images (the `--layers` cache) this build of `name` made or reused, and
+    remove the ones its previous build recorded that it no longer needs: gigabytes each for
+    the server. Only the image's own are touched, so building one image never throws away
+    another's cache (the server's torch layer survives an operator build)."""
+    record = cache_root() / "step-images.json"
+    recorded = json.loads(record.read_text()) if record.exists() else {}
+    for stale in set(recorded.get(name, ())) - steps:
         buildah.remove(stale)
+    recorded[name] = sorted(steps)
+    record.write_text(json.dumps(recorded, indent=1))
 
 
 def ensure_binary_image(buildah: Buildah, image: BinaryImage, binary: Path) -> None:
