@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import subprocess
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import httpx
@@ -223,6 +226,21 @@ def test_bodies_over_the_limit_get_413(start_gateway: StartGateway) -> None:
         gateway.url + OPENAI, content=chunks(), headers={"Content-Type": "application/json"}
     )
     assert streamed.status_code == 413
+
+
+def test_a_client_that_writes_a_large_body_first_still_reads_the_413(
+    start_gateway: StartGateway,
+) -> None:
+    """The standard library's client sends the whole body before it reads: the gateway reads
+    the rest of it (up to 8 times its limit) so the answer is a 413, not a reset."""
+    limit = 1 << 20  # 8 MiB sent: more than loopback's socket buffers take unread
+    gateway = start_gateway("--models", "idle=", "--max-body-bytes", str(limit))
+    body = json.dumps({"model": "idle", "prompt": "x" * 8 * limit}).encode()[: 8 * limit]
+    request = urllib.request.Request(gateway.url + OPENAI, body, {"Content-Type": "text/plain"})
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(request, timeout=30)
+    answer.value.close()
+    assert answer.value.code == 413
 
 
 def test_bearer_tokens_from_a_file(
