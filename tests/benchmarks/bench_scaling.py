@@ -119,6 +119,11 @@ def cold_start(release: Release, name: str, **spec: Any) -> dict[str, float]:
     release.apply_model(name, **{"autoscaling": TO_ZERO, "resources": SMALL, **spec})
     say(f"{name}: waiting for it to be scaled to zero")
     wait_for(f"{name} at zero", lambda: zero(release, name), timeout_s=600)
+    # Keep the pod the request wakes until it has been looked at.
+    patch = {"spec": {"autoscaling": {"scaleDownDelaySeconds": 600}}}
+    release.kubectl(
+        "patch", "ttimodel", name, "-n", release.models, "--type=merge", "-p", json.dumps(patch)
+    )
     pod = start_python_pod(release, f"cold-{name}", COLD_CLIENT, gateway_url(release), name)
     client = json.loads(pod_finished(release, pod, timeout_s=900).strip().splitlines()[-1])
     [server] = [p for p in release.pods(name) if created(p) >= client["sent"] - 1]
