@@ -128,6 +128,9 @@ def read_until(process: subprocess.Popen[str], marker: str) -> str:
     raise AssertionError(f"the demo ended before {marker!r}:\n{''.join(seen)}")
 
 
+# The demo runs as a process: chart (operator and gateway pods), a model pod, a client pod,
+# helm test, then its teardown; on a loaded two-core machine that can pass 300 s.
+@pytest.mark.timeout(900)
 def test_demo_command_runs_every_step_then_tears_down_on_ctrl_c(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -154,6 +157,7 @@ def test_demo_command_runs_every_step_then_tears_down_on_ctrl_c(
     assert leftovers(cluster) == []
 
 
+@pytest.mark.timeout(900)
 def test_demo_command_interrupted_half_way_leaves_nothing(cluster: Cluster, tmp_path: Path) -> None:
     out = tmp_path.resolve()
     process = run_demo(out)
