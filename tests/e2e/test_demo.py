@@ -10,10 +10,12 @@ with Ctrl-C half-way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import openai
@@ -105,8 +107,11 @@ def test_demo_flow_sdxl_turbo_on_the_tiny_offline_model(cluster: Cluster, tmp_pa
     assert leftovers(cluster) == []
 
 
-def run_demo(out: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+@contextlib.contextmanager
+def run_demo(out: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """The demo as a process; a test that fails half-way still stops it (Ctrl-C, so it tears
+    down what it started; killed if that takes too long), or it would hold the cluster."""
+    process = subprocess.Popen(
         [sys.executable, "-m", "localcluster.demo", "--out", str(out), *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -114,6 +119,16 @@ def run_demo(out: Path, *args: str) -> subprocess.Popen[str]:
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.communicate(timeout=180)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
 
 
 def read_until(process: subprocess.Popen[str], marker: str) -> str:
@@ -136,34 +151,34 @@ def test_demo_command_runs_every_step_then_tears_down_on_ctrl_c(
 ) -> None:
     """As a user runs it, with --keep-running: everything is up until Ctrl-C, then gone."""
     out = tmp_path.resolve()
-    process = run_demo(out, "--size", "64", "--keep-running")
-    output = read_until(process, "Press Ctrl-C")
-    for number in range(1, demo.STEPS + 1):
-        assert f"[{number}/{demo.STEPS}]" in output, output
-    assert "Ready" in output and "ENDPOINT" in output.upper()  # the `kubectl get` table
-    assert "Phase:          Succeeded" in output  # helm test
-    assert "Simulated: GPUs only" in output
-    image = out / "stub.png"
-    assert f"Image saved: {image}" in output
-    with Image.open(image) as png:
-        assert png.convert("RGB").getpixel((0, 0)) == STUB_RGB
-    assert demo_pods(cluster), "the model's pod should be running now"
+    with run_demo(out, "--size", "64", "--keep-running") as process:
+        output = read_until(process, "Press Ctrl-C")
+        for number in range(1, demo.STEPS + 1):
+            assert f"[{number}/{demo.STEPS}]" in output, output
+        assert "Ready" in output and "ENDPOINT" in output.upper()  # the `kubectl get` table
+        assert "Phase:          Succeeded" in output  # helm test
+        assert "Simulated: GPUs only" in output
+        image = out / "stub.png"
+        assert f"Image saved: {image}" in output
+        with Image.open(image) as png:
+            assert png.convert("RGB").getpixel((0, 0)) == STUB_RGB
+        assert demo_pods(cluster), "the model's pod should be running now"
 
-    process.send_signal(signal.SIGINT)
-    rest, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output + rest
-    assert "uninstalled helm release" in rest
-    assert rest.rstrip().endswith("nothing the demo started is left running."), rest
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output + rest
+        assert "uninstalled helm release" in rest
+        assert rest.rstrip().endswith("nothing the demo started is left running."), rest
     assert leftovers(cluster) == []
 
 
 @pytest.mark.timeout(900)
 def test_demo_command_interrupted_half_way_leaves_nothing(cluster: Cluster, tmp_path: Path) -> None:
     out = tmp_path.resolve()
-    process = run_demo(out)
-    read_until(process, f"[3/{demo.STEPS}]")
-    process.send_signal(signal.SIGINT)
-    rest, _ = process.communicate(timeout=300)
-    assert process.returncode == 130, rest
+    with run_demo(out) as process:
+        read_until(process, f"[3/{demo.STEPS}]")
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=300)
+        assert process.returncode == 130, rest
     assert "interrupted; everything it started has been stopped" in rest
     assert leftovers(cluster) == []
