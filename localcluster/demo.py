@@ -540,6 +540,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     signal.signal(signal.SIGTERM, launcher.raise_keyboard_interrupt)
+    # Ctrl-C tears everything down, also when started from a shell's background job (nohup,
+    # `cmd &`), which hands its children SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         run(options)
     except DemoError as error:
