@@ -42,6 +42,7 @@ CONTEXT = ("pyproject.toml", "setup.py", "README.md", "operator", "server", "gat
 # Host files pip needs inside a build to reach the package index (a trust store that knows
 # this network's TLS proxy, pip's own settings); mounted read-only, never baked in.
 PIP_HOST_FILES = ("/etc/pip.conf", "/etc/ssl/certs/ca-certificates.crt")
+GB = 1024**3
 
 
 class ImageError(Exception):
@@ -76,6 +77,11 @@ class ProjectImage:
     name: str
     dockerfile: str
     base_arg: str  # the ARG that names the Dockerfile's base image
+    # Peak disk a build from nothing takes (measured): buildah commits a layer by writing it out
+    # whole and storing it again beside the step's container, so the 6 GB torch layer costs ~3x.
+    build_room_gb: int
+    # containerd keeps the imported archive's blobs and unpacks them beside.
+    import_room_gb: int
 
     @property
     def ref(self) -> str:
@@ -83,8 +89,12 @@ class ProjectImage:
 
 
 PROJECT_IMAGES = (
-    ProjectImage("tti-server", "Dockerfile.server", "CUDA_IMAGE"),
-    ProjectImage("tti-operator", "Dockerfile.operator", "PYTHON_IMAGE"),
+    ProjectImage(
+        "tti-server", "Dockerfile.server", "CUDA_IMAGE", build_room_gb=20, import_room_gb=13
+    ),
+    ProjectImage(
+        "tti-operator", "Dockerfile.operator", "PYTHON_IMAGE", build_room_gb=2, import_room_gb=1
+    ),
 )
 
 
@@ -178,6 +188,17 @@ def inputs_hash(image: ProjectImage, base_id: str) -> str:
     ]
     dockerfile = (REPO_ROOT / image.dockerfile).read_bytes()
     return digest(dockerfile, base_id.encode(), image.base_arg.encode(), *files)
+
+
+def require_room(path: Path, needed_gb: float, doing: str) -> None:
+    """Fail at once, in one line, where a full disk would fail minutes later as buildah's
+    "read/write on closed pipe" or a half-unpacked containerd image."""
+    free_gb = shutil.disk_usage(path).free / GB
+    if free_gb < needed_gb:
+        raise ImageError(
+            f"{doing} needs about {needed_gb:.0f} GB free on the disk of {path}; it has "
+            f"{free_gb:.1f} GB (free some, or point TTI_CACHE_DIR at a bigger disk)"
+        )
 
 
 def is_current(buildah: Buildah, ref: str, wanted: str) -> bool:
@@ -279,6 +300,7 @@ def ensure_project_image(
     if is_current(buildah, image.ref, wanted):
         log(f"{image.ref} is up to date")
         return
+    require_room(cache_root(), image.build_room_gb, f"building {image.ref}")
     log(f"building {image.ref} from {image.dockerfile} with buildah (log: {log_dir})")
     command = buildah.command(
         "bud",
@@ -395,6 +417,8 @@ def import_into_containerd(refs: Sequence[str], ctr: Sequence[str], crictl: Sequ
         )
         if present.returncode == 0 and present.stdout.strip().removeprefix("sha256:") == image_id:
             continue
+        room_gb = {image.ref: image.import_room_gb for image in PROJECT_IMAGES}.get(ref, 0)
+        require_room(cache_root(), room_gb, f"importing {name} into containerd")
         log(f"importing {name} into the node's containerd ({buildah.size(ref)})")
         with timed(f"{name} imported"):
             # Streamed: a multi-gigabyte image is never written out as an archive.
