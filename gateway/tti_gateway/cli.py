@@ -66,6 +66,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (OSError, ValueError) as exc:  # an unreadable tokens file, no cluster credentials
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         sys.exit(1)
+    # No proxy-headers rewriting: the gateway never looks at its client's address.
     uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        proxy_headers=False,
     )

@@ -8,19 +8,19 @@ sent) is marked not ready and the request goes once more, to another pod.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import aiohttp
 from starlette.types import Receive, Scope, Send
 
 from tti_gateway.endpoints import Endpoint, GatewayError, Model
-from tti_gateway.envelope import REQUEST_ID_HEADER, error_response, request_id
+from tti_gateway.envelope import error_response, request_id
 from tti_gateway.metrics import UNKNOWN
+from tti_gateway.upstream import Connection, Unreachable, UpstreamError
 
 if TYPE_CHECKING:
     from tti_gateway.app import Gateway
@@ -29,14 +29,18 @@ log = logging.getLogger(__name__)
 
 #: caikit's name for the model in gRPC metadata; also read here for bodies that are not JSON.
 MODEL_HEADER = "mm-model-id"
+_MODEL_HEADER = MODEL_HEADER.encode()
 #: Headers that belong to one hop, never forwarded (RFC 9110 §7.6.1), plus those we reset.
+#: As bytes: ASGI gives header names lowercased, as bytes.
 _REQUEST_DROP = frozenset(
-    {"connection", "keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer",
-     "transfer-encoding", "upgrade", "host", "content-length", "x-request-id", MODEL_HEADER}
+    {b"connection", b"keep-alive", b"proxy-authorization", b"proxy-connection", b"te",
+     b"trailer", b"transfer-encoding", b"upgrade", b"content-length", b"x-request-id",
+     b"expect", _MODEL_HEADER}
 )  # fmt: skip
+_REQUEST_DROP_AUTH = _REQUEST_DROP | {b"authorization"}
 _RESPONSE_DROP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "te", "trailer", "transfer-encoding",
-     "upgrade", "x-request-id"}
+    {b"connection", b"keep-alive", b"proxy-authenticate", b"te", b"trailer",
+     b"transfer-encoding", b"upgrade", b"x-request-id"}
 )  # fmt: skip
 
 
@@ -151,64 +155,54 @@ class ProxyRoute:
     ) -> int:
         """Send to the least-busy ready pod; once more elsewhere if it cannot be reached."""
         deadline = start + self.gateway.settings.hold_timeout
+        request = self.upstream_request(scope, body, rid, model.name)
         tried: list[str] = []
         for _attempt in range(2):
             async with self.gateway.table.acquire(model, deadline, tried) as endpoint:
-                response = await self._send(scope, endpoint, model, body, rid, tried)
-                if response is not None:
-                    async with response:
-                        return await stream_back(response, send, rid)
+                try:
+                    return await self._exchange(endpoint, model, request, send, rid)
+                except Unreachable as exc:
+                    log.warning(
+                        "pod %s of %s unreachable (%s); trying another",
+                        endpoint.url,
+                        model.label,
+                        exc,
+                    )
+                    self.gateway.table.set_ready(model.key, endpoint.url, False)
+                    self.gateway.metrics.retry(model.key)
+                    tried.append(endpoint.url)
         raise BadGateway(f"model: no pod of {model.label!r} could be reached (tried {len(tried)})")
 
-    async def _send(
-        self,
-        scope: Scope,
-        endpoint: Endpoint,
-        model: Model,
-        body: bytes,
-        rid: str,
-        tried: list[str],
-    ) -> aiohttp.ClientResponse | None:
-        """The pod's response, or None when it could not be reached (nothing was sent)."""
-        target = endpoint.url + scope["path"]
-        if scope.get("query_string"):
-            target += "?" + scope["query_string"].decode("latin-1")
+    async def _exchange(
+        self, endpoint: Endpoint, model: Model, request: bytes, send: Send, rid: str
+    ) -> int:
+        """The pod's answer streamed back; its status, or 502 when it broke off mid-way."""
         try:
-            return await self.gateway.session.post(
-                target,
-                data=body,
-                headers=self._headers(scope, rid, model.name),
-                skip_auto_headers=_NO_AUTO,
-            )
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            log.warning(
-                "pod %s of %s unreachable (%s); trying another", endpoint.url, model.label, exc
-            )
-            self.gateway.table.set_ready(model.key, endpoint.url, False)
-            self.gateway.metrics.retry(model.key)
-            tried.append(endpoint.url)
-            return None
+            async with asyncio.timeout(self.gateway.settings.upstream_timeout):
+                async with self.gateway.pool.exchange(endpoint.url, request) as answer:
+                    return await stream_back(answer, send, rid)
         except TimeoutError:
             raise GatewayTimeout(f"model: {model.label!r} did not answer in time") from None
-        except aiohttp.ClientError as exc:
+        except UpstreamError as exc:
             raise BadGateway(f"model: the pod of {model.label!r} failed: {exc}") from None
 
-    def _headers(self, scope: Scope, rid: str, model: str) -> list[tuple[str, str]]:
-        drop = _REQUEST_DROP | ({"authorization"} if self.gateway.auth else set())
-        headers = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in scope["headers"]
-            if name.decode("latin-1") not in drop
+    def upstream_request(self, scope: Scope, body: bytes, rid: str, model: str) -> bytes:
+        """The request as the pod gets it, head and body in one piece: the client's headers
+        less those of one hop (and its token), the model's bare name where a header named
+        it, the request id."""
+        drop = _REQUEST_DROP_AUTH if self.gateway.auth else _REQUEST_DROP
+        target = scope["raw_path"] or scope["path"].encode()
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        lines = [b"POST " + target + b" HTTP/1.1\r\n"]
+        lines += [
+            name + b": " + value + b"\r\n" for name, value in scope["headers"] if name not in drop
         ]
         if header(scope, MODEL_HEADER) is not None:
-            headers.append((MODEL_HEADER, model))
-        headers.append((REQUEST_ID_HEADER, rid))
-        return headers
-
-
-#: aiohttp would add Accept-Encoding (and the pod might then compress for a client that
-#: never asked) and its own User-Agent; the client's own headers are forwarded instead.
-_NO_AUTO: Collection[str] = ("Accept-Encoding", "User-Agent")
+            lines.append(b"%s: %s\r\n" % (_MODEL_HEADER, model.encode()))
+        lines.append(b"x-request-id: %s\r\ncontent-length: %d\r\n\r\n" % (rid.encode(), len(body)))
+        lines.append(body)
+        return b"".join(lines)
 
 
 #: A body over the limit is still read, and dropped, up to this many times the limit before
@@ -253,23 +247,22 @@ async def drain(receive: Receive, budget: int) -> None:
         more = message.get("more_body", False)
 
 
-async def stream_back(response: aiohttp.ClientResponse, send: Send, rid: str) -> int:
+async def stream_back(answer: Connection, send: Send, rid: str) -> int:
     headers = [
-        (name.lower(), value)
-        for name, value in response.raw_headers
-        if name.decode("latin-1").lower() not in _RESPONSE_DROP
+        (lowered, value)
+        for name, value in answer.headers
+        if (lowered := name.lower()) not in _RESPONSE_DROP
     ]
     headers.append((b"x-request-id", rid.encode()))
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     try:
-        async for chunk in response.content.iter_any():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        async for chunk, more in answer.body():
+            await send({"type": "http.response.body", "body": chunk, "more_body": more})
+    except UpstreamError as exc:
         # Too late for an error answer: end the response short, so the client sees it break.
-        log.warning("the pod's answer broke off (request %s): %r", rid, exc)
+        log.warning("the pod's answer broke off (request %s): %s", rid, exc)
         return 502
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
-    return response.status
+    return answer.status
 
 
 def _schema_error(spec: RouteSpec, details: str) -> GatewayError:
