@@ -179,8 +179,11 @@ class ProxyRoute:
         """The pod's answer streamed back; its status, or 502 when it broke off mid-way."""
         try:
             async with asyncio.timeout(self.gateway.settings.upstream_timeout):
-                async with self.gateway.pool.exchange(endpoint.url, request) as answer:
+                answer = await self.gateway.pool.send(endpoint.url, request)
+                try:
                     return await stream_back(answer, send, rid)
+                finally:
+                    self.gateway.pool.release(endpoint.url, answer)
         except TimeoutError:
             raise GatewayTimeout(f"model: {model.label!r} did not answer in time") from None
         except UpstreamError as exc:

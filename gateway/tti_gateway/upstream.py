@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -160,37 +159,32 @@ class Pool:
         self.connect_timeout = connect_timeout
         self._idle: dict[str, list[Connection]] = {}
 
-    @asynccontextmanager
-    async def exchange(self, url: str, request: bytes) -> AsyncIterator[Connection]:
-        """`request` sent to `url`; the connection once the answer's head is in.
+    async def send(self, url: str, request: bytes) -> Connection:
+        """`request` sent to `url`; the connection once the answer's head is in. Give it
+        back with `release` when its body has been read (or abandoned).
 
         Raises Unreachable when no connection could be made, UpstreamError when the pod
         broke off before its head; TimeoutError is the caller's.
         """
-        connection = await self._answered(url, request)
-        try:
-            yield connection
-        finally:
-            if connection.reusable:
-                self._idle.setdefault(url, []).append(connection)
-            else:
-                connection.close()
-
-    async def _answered(self, url: str, request: bytes) -> Connection:
         while idle := self._idle.get(url):
             connection = idle.pop()
             if connection.closed:
                 continue
-            connection.send(request)
             try:
-                await connection.head
-                return connection
+                return await self._answered(connection, request)
             except _Stale:
                 continue  # closed by the pod while idle; try the next, or a new one
-            except BaseException:
-                connection.close()
-                raise
-        connection = await self._connect(url)
+        return await self._answered(await self._connect(url), request)
+
+    def release(self, url: str, connection: Connection) -> None:
+        """Back to the idle ones when its answer was read whole and the pod keeps it open."""
+        if connection.reusable:
+            self._idle.setdefault(url, []).append(connection)
+        else:
+            connection.close()
+
+    @staticmethod
+    async def _answered(connection: Connection, request: bytes) -> Connection:
         connection.send(request)
         try:
             await connection.head

@@ -57,8 +57,11 @@ async def peer(behaviour: Peer) -> AsyncIterator[tuple[str, list[int]]]:
 
 
 async def body_of(pool: Pool, url: str) -> tuple[int, bytes]:
-    async with pool.exchange(url, REQUEST) as connection:
+    connection = await pool.send(url, REQUEST)
+    try:
         return connection.status, b"".join([chunk async for chunk, _more in connection.body()])
+    finally:
+        pool.release(url, connection)
 
 
 def test_connections_are_kept_alive_and_reused() -> None:
@@ -134,11 +137,12 @@ def test_a_large_answer_to_a_slow_reader_pauses_the_pod_instead_of_piling_up() -
         async with peer(large) as (url, _):
             pool = Pool(connect_timeout=2)
             received, most_held = [], 0
-            async with pool.exchange(url, REQUEST) as connection:
-                async for chunk, _more in connection.body():
-                    received.append(chunk)
-                    await asyncio.sleep(0.005)  # a slow client
-                    most_held = max(most_held, connection.buffered)
+            connection = await pool.send(url, REQUEST)
+            async for chunk, _more in connection.body():
+                received.append(chunk)
+                await asyncio.sleep(0.005)  # a slow client
+                most_held = max(most_held, connection.buffered)
+            pool.release(url, connection)
             assert b"".join(received) == image
             # Held at most the high-water mark plus what one read brings in.
             assert most_held < HIGH_WATER + 512 * 1024
