@@ -396,11 +396,20 @@ def pod_phase(kube: Kube, name: str) -> str:
     ).strip()
 
 
+def gateway_selector(release: str) -> str:
+    """The labels the chart puts on its gateway's Service and pods."""
+    return f"app.kubernetes.io/component=gateway,app.kubernetes.io/instance={release}"
+
+
+def name_and_port(service: Obj) -> tuple[str, int]:
+    return service["metadata"]["name"], int(service["spec"]["ports"][0]["port"])
+
+
 def gateway_service(kube: Kube) -> tuple[str, int]:
     """The chart's gateway Service: its name and port (one URL for every model)."""
-    selector = f"app.kubernetes.io/component=gateway,app.kubernetes.io/instance={RELEASE}"
+    selector = gateway_selector(RELEASE)
     [service] = kube.get_json("services", "-n", RELEASE_NAMESPACE, "-l", selector)["items"]
-    return service["metadata"]["name"], int(service["spec"]["ports"][0]["port"])
+    return name_and_port(service)
 
 
 def call_from_a_pod(kube: Kube, name: str, options: Options, out_dir: Path) -> Path:

@@ -93,7 +93,7 @@ def install(
 
 def gateway_pod(release: Release) -> Any:
     """The release's one gateway pod (not one on its way out)."""
-    selector = f"app.kubernetes.io/component=gateway,app.kubernetes.io/instance={release.name}"
+    selector = demo.gateway_selector(release.name)
     items = release.get("pods", "-n", release.namespace, "-l", selector)["items"]
     [pod] = [p for p in items if not p["metadata"].get("deletionTimestamp")]
     return pod
@@ -101,10 +101,10 @@ def gateway_pod(release: Release) -> Any:
 
 def gateway_url(release: Release) -> str:
     """The gateway's Service, as pods of the cluster call it."""
-    selector = f"app.kubernetes.io/component=gateway,app.kubernetes.io/instance={release.name}"
+    selector = demo.gateway_selector(release.name)
     [service] = release.get("services", "-n", release.namespace, "-l", selector)["items"]
-    port = service["spec"]["ports"][0]["port"]
-    return f"http://{service['metadata']['name']}.{release.namespace}.svc:{port}"
+    name, port = demo.name_and_port(service)
+    return f"http://{name}.{release.namespace}.svc:{port}"
 
 
 def ready_condition(resource: Any) -> dict[str, Any]:
