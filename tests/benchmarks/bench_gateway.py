@@ -19,17 +19,16 @@ added cost is noise. `--stub-latency-ms` makes the stub pretend to be slower.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import rawload
 from bench_stub_server import cpu_seconds, run_load, start
 from support.server import free_port, stop_process
 
@@ -42,54 +41,10 @@ TARGET_RATIO = 0.85
 TARGET_ADDED_P50_MS = 2.0
 
 
-async def _drive(url: str, duration: float, connections: int) -> dict[str, float]:
-    """Raw HTTP/1.1 on asyncio streams; every request's latency, in its own process."""
-    host, port = url.removeprefix("http://").split(":")
-    payload = BODY.encode()
-    request = (
-        f"POST {PATH} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(payload)}\r\n\r\n"
-    ).encode() + payload
-    latencies: list[float] = []
-    bad = 0
-    deadline = time.monotonic() + duration
-
-    async def one_connection() -> None:
-        nonlocal bad
-        reader, writer = await asyncio.open_connection(host, int(port))
-        while time.monotonic() < deadline:
-            sent = time.perf_counter()
-            writer.write(request)
-            status_line = await reader.readline()
-            length, chunked = 0, False
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                lowered = line.lower()
-                if lowered.startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-                chunked |= lowered.startswith(b"transfer-encoding:") and b"chunked" in lowered
-            if chunked:
-                while (size := int((await reader.readline()).strip(), 16)) > 0:
-                    await reader.readexactly(size + 2)
-                await reader.readline()
-            else:
-                await reader.readexactly(length)
-            latencies.append(time.perf_counter() - sent)
-            bad += b" 200 " not in status_line
-        writer.close()
-
-    started = time.monotonic()
-    await asyncio.gather(*(one_connection() for _ in range(connections)))
-    seconds = time.monotonic() - started
-    return {
-        "rate": len(latencies) / seconds,
-        "p50_ms": statistics.median(latencies) * 1e3,
-        "bad": bad,
-    }
-
-
 def load(url: str, duration: float, connections: int) -> dict[str, float]:
-    command = [sys.executable, __file__, "--_load", url, str(duration), str(connections)]
-    result: dict[str, float] = json.loads(run_load(command))
+    result: dict[str, float] = json.loads(
+        run_load(rawload.command(url, PATH, BODY, duration, connections))
+    )
     if result["bad"]:
         raise SystemExit(f"{url}: {result['bad']:.0f} failed responses; the comparison is void")
     return result
@@ -117,10 +72,6 @@ def start_both(args: argparse.Namespace) -> tuple[dict[str, str], list[object]]:
 
 
 def main() -> None:
-    if "--_load" in sys.argv:
-        url, duration, connections = sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
-        print(json.dumps(asyncio.run(_drive(url, duration, connections))))
-        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per path (alternating)")

@@ -49,8 +49,10 @@ from fastapi import FastAPI
 from PIL import Image
 from pydantic import BaseModel
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import rawload
 from support.server import free_port, stop_process
 
 PATH = "/api/v1/task/text-to-image"
@@ -208,38 +210,9 @@ def run_load(command: list[str]) -> str:
 
 
 def asyncio_load(url: str, duration: float, connections: int) -> tuple[float, int]:
-    """Fallback load generator: raw HTTP/1.1 on asyncio streams (httpx would be the bottleneck)."""
-    command = [sys.executable, __file__, "--_load", url, str(duration), str(connections)]
-    done, bad, seconds = json.loads(run_load(command))
-    return done / seconds, bad
-
-
-async def _drive(url: str, duration: float, connections: int) -> tuple[int, int, float]:
-    host, port = url.removeprefix("http://").split(":")
-    payload = BODY.encode()
-    request = (
-        f"POST {PATH} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(payload)}\r\n\r\n"
-    ).encode() + payload
-    counts = [0, 0]
-    deadline = time.monotonic() + duration
-
-    async def one_connection() -> None:
-        reader, writer = await asyncio.open_connection(host, int(port))
-        while time.monotonic() < deadline:
-            writer.write(request)
-            status_line = await reader.readline()
-            length = 0
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            await reader.readexactly(length)
-            counts[0 if b" 200 " in status_line else 1] += 1
-        writer.close()
-
-    started = time.monotonic()
-    await asyncio.gather(*(one_connection() for _ in range(connections)))
-    return counts[0], counts[1], time.monotonic() - started
+    """Without wrk: rawload.py, raw HTTP/1.1 on asyncio streams, in its own process."""
+    result = json.loads(run_load(rawload.command(url, PATH, BODY, duration, connections)))
+    return result["rate"], int(result["bad"])
 
 
 def measure(
@@ -270,10 +243,6 @@ def cpu_seconds(pid: int) -> float:
 
 
 def main() -> None:
-    if "--_load" in sys.argv:
-        url, duration, connections = sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
-        print(json.dumps(asyncio.run(_drive(url, duration, connections))))
-        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per server (alternating)")
