@@ -52,18 +52,6 @@ SMALL = {"requests": {"cpu": "100m", "memory": "256Mi"}}
 #: Scale to zero a few seconds after the last request, so the benchmark need not wait.
 TO_ZERO = {"minReplicas": 0, "maxReplicas": 1, "targetInFlight": 1, "scaleDownDelaySeconds": 3}
 #: One request, timed by the client's own clock (the same clock as the host's).
-COLD_CLIENT = """
-import json, sys, time, urllib.request
-url, model = sys.argv[1:3]
-body = json.dumps({"model": model, "prompt": "cold", "size": "64x64"}).encode()
-request = urllib.request.Request(url + "/v1/images/generations", body,
-                                 {"Content-Type": "application/json"})
-sent = time.time()
-with urllib.request.urlopen(request, timeout=600) as response:
-    status = response.status
-    response.read()
-print(json.dumps({"sent": sent, "answered": time.time(), "status": status}))
-"""
 LOG_TIME = re.compile(r"^(\S+) ")
 LOADED = re.compile(r"loaded in ([\d.]+) s, warmed up in ([\d.]+) s")
 
@@ -86,7 +74,8 @@ def gateway_vs_service(release: Release, rounds: int, seconds: float, concurrenc
     wait_ready(release, "direct")
     service, gateway = release.service_url("direct"), gateway_url(release)
     say(f"{rounds} rounds of {seconds:g} s at concurrency {concurrency}: {service} then {gateway}")
-    args = ["direct", str(concurrency), str(seconds), service, gateway, "--rounds", str(rounds)]
+    args = ["load", "direct", str(concurrency), str(seconds), service, gateway]
+    args += ["--rounds", str(rounds)]
     pod = start_python_pod(release, "gwbench", LOADGEN, *args)
     timeout = rounds * 2 * seconds + 240
     lines = pod_finished(release, pod, timeout_s=timeout).strip().splitlines()
@@ -124,8 +113,12 @@ def cold_start(release: Release, name: str, **spec: Any) -> dict[str, float]:
     release.kubectl(
         "patch", "ttimodel", name, "-n", release.models, "--type=merge", "-p", json.dumps(patch)
     )
-    pod = start_python_pod(release, f"cold-{name}", COLD_CLIENT, gateway_url(release), name)
-    client = json.loads(pod_finished(release, pod, timeout_s=900).strip().splitlines()[-1])
+    # One request, timed by the client pod's clock (the same clock as the host's).
+    one = json.dumps({"cold": {"model": name}})
+    pod = start_python_pod(release, f"cold-{name}", LOADGEN, "at-once", gateway_url(release), one)
+    client = json.loads(pod_finished(release, pod, timeout_s=900).strip().splitlines()[-1])["cold"]
+    if client["status"] != 200:
+        raise SystemExit(f"{name}: the cold request got {client['status']}: {client['details']}")
     [server] = [p for p in release.pods(name) if created(p) >= client["sent"] - 1]
     return breakdown(release, server, client)
 

@@ -21,6 +21,7 @@ from PIL import Image
 from support import loadgen
 from support.cluster import Cluster
 from support.realpods import (
+    TIMEOUT_S,
     Release,
     gateway_pod,
     gateway_url,
@@ -72,8 +73,17 @@ def ready_pods(release: Release, name: str) -> int:
 
 
 def start_load(release: Release, model: str, concurrency: int, seconds: float) -> str:
-    args = [model, str(concurrency), str(seconds), gateway_url(release), "--token", TOKEN]
+    args = ["load", model, str(concurrency), str(seconds), gateway_url(release), "--token", TOKEN]
     return start_python_pod(release, "load", LOADGEN, *args)
+
+
+def at_once(
+    release: Release, name: str, requests: dict[str, Any], timeout_s: float = TIMEOUT_S
+) -> Any:
+    """Named requests sent at once through the gateway from a client pod; their results."""
+    args = ["at-once", gateway_url(release), json.dumps(requests)]
+    pod = start_python_pod(release, name, LOADGEN, *args)
+    return json.loads(pod_finished(release, pod, timeout_s).strip().splitlines()[-1])
 
 
 def load_result(release: Release, pod: str) -> dict[str, Any]:
@@ -143,32 +153,12 @@ def test_a_request_at_zero_is_held_until_the_model_starts_and_gets_a_real_image(
     assert len(release.pods("sleepy")) == 1
 
 
-BURST = """
-import json, sys, threading, urllib.error, urllib.request
-url, model, token, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-statuses = []
-def one():
-    body = json.dumps({"model": model, "prompt": "burst", "size": "8x8"}).encode()
-    headers = {"Content-Type": "application/json", "Authorization": "Bearer " + token}
-    request = urllib.request.Request(url + "/v1/images/generations", body, headers)
-    try:
-        with urllib.request.urlopen(request, timeout=300) as response:
-            statuses.append(response.status)
-    except urllib.error.HTTPError as error:
-        statuses.append(error.code)
-threads = [threading.Thread(target=one) for _ in range(count)]
-[t.start() for t in threads]
-[t.join() for t in threads]
-print(json.dumps(statuses))
-"""
-
-
 def test_a_burst_at_zero_wakes_the_model_once(release: Release) -> None:
     release.apply_model("burst", replicas=0, autoscaling=autoscaling(0, 3, 100, 600), **SMALL)
     wait_for("no pod", lambda: at_zero(release, "burst"))
-    pod = start_python_pod(release, "burst", BURST, gateway_url(release), "burst", TOKEN, "12")
-    statuses = json.loads(pod_finished(release, pod).strip().splitlines()[-1])
-    assert statuses == [200] * 12
+    burst = {str(n): {"model": "burst", "token": TOKEN} for n in range(12)}
+    answers = at_once(release, "burst", burst)
+    assert [answer["status"] for answer in answers.values()] == [200] * 12, answers
     metrics = gateway_get(release, "/metrics")
     [cold] = [
         line
@@ -193,32 +183,6 @@ def test_steady_load_does_not_flap(release: Release) -> None:
     assert load_result(release, pod)["failures"] == {}
 
 
-ERRORS = """
-import json, sys, urllib.error, urllib.request
-url, token = sys.argv[1], sys.argv[2]
-def status(model, token, size=0):
-    body = {"model": model, "prompt": "x" * size or "x", "size": "8x8"}
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = "Bearer " + token
-    request = urllib.request.Request(url + "/v1/images/generations",
-                                     json.dumps(body).encode(), headers)
-    try:
-        with urllib.request.urlopen(request, timeout=300) as response:
-            return [response.status, "", ""]
-    except urllib.error.HTTPError as error:
-        envelope = json.loads(error.read() or b"{}")
-        return [error.code, envelope.get("details", ""), error.headers.get("Retry-After", "")]
-print(json.dumps({
-    "unknown": status("no-such-model", token),
-    "no token": status("sleepless", None),
-    "bad token": status("sleepless", "wrong"),
-    "too large": status("sleepless", token, 2 << 20),
-    "never starts": status("never", token),
-}))
-"""
-
-
 def test_the_gateway_answers_bad_requests_in_its_envelope(release: Release) -> None:
     release.apply_model("sleepless", **SMALL)
     release.apply_model(
@@ -229,14 +193,21 @@ def test_the_gateway_answers_bad_requests_in_its_envelope(release: Release) -> N
         **SMALL,
     )
     wait_ready(release, "sleepless")
-    pod = start_python_pod(release, "errors", ERRORS, gateway_url(release), TOKEN)
-    answers = json.loads(pod_finished(release, pod, timeout_s=HOLD_S + 120).splitlines()[-1])
-    code, details, _ = answers["unknown"]
-    assert code == 404 and "sleepless" in details, details  # lists the known ones
-    assert answers["no token"][0] == 401 and answers["bad token"][0] == 401
-    assert answers["too large"][0] == 413
-    code, details, retry_after = answers["never starts"]
-    assert code == 503 and "never" in details and int(retry_after) > 0, answers
+    requests = {
+        "unknown": {"model": "no-such-model", "token": TOKEN},
+        "no token": {"model": "sleepless"},
+        "bad token": {"model": "sleepless", "token": "wrong"},
+        "too large": {"model": "sleepless", "token": TOKEN, "prompt_bytes": 2 << 20},
+        "never starts": {"model": "never", "token": TOKEN},
+    }
+    answers = at_once(release, "errors", requests, HOLD_S + 120)
+    unknown = answers["unknown"]
+    assert unknown["status"] == 404 and "sleepless" in unknown["details"], unknown  # lists them
+    assert answers["no token"]["status"] == 401 and answers["bad token"]["status"] == 401
+    assert answers["too large"]["status"] == 413
+    never = answers["never starts"]
+    assert never["status"] == 503 and "never" in never["details"], answers
+    assert int(never["retry_after"]) > 0, never
     assert replicas(release, "never") == 1  # it was woken; its image just does not exist
 
 
