@@ -129,6 +129,8 @@ def run_demo(out: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.communicate()
+        assert process.stdout is not None
+        process.stdout.close()  # a demo that ended by itself leaves its pipe open
 
 
 def read_until(process: subprocess.Popen[str], marker: str) -> str:
