@@ -176,18 +176,22 @@ class ProxyRoute:
     async def _exchange(
         self, endpoint: Endpoint, model: Model, request: bytes, send: Send, rid: str
     ) -> int:
-        """The pod's answer streamed back; its status, or 502 when it broke off mid-way."""
+        """The pod's answer streamed back; its status, or 502 when it broke off mid-way.
+
+        --upstream-timeout bounds the whole answer: before its head arrives the client gets
+        a 504; after, the answer is cut short (its status is already on the wire)."""
+        deadline = asyncio.get_running_loop().time() + self.gateway.settings.upstream_timeout
         try:
-            async with asyncio.timeout(self.gateway.settings.upstream_timeout):
+            async with asyncio.timeout_at(deadline):
                 answer = await self.gateway.pool.send(endpoint.url, request)
-                try:
-                    return await stream_back(answer, send, rid)
-                finally:
-                    self.gateway.pool.release(endpoint.url, answer)
         except TimeoutError:
             raise GatewayTimeout(f"model: {model.label!r} did not answer in time") from None
         except UpstreamError as exc:
             raise BadGateway(f"model: the pod of {model.label!r} failed: {exc}") from None
+        try:
+            return await stream_back(answer, send, rid, deadline)
+        finally:
+            self.gateway.pool.release(endpoint.url, answer)
 
     def upstream_request(self, scope: Scope, body: bytes, rid: str, model: str) -> bytes:
         """The request as the pod gets it, head and body in one piece: the client's headers
@@ -250,7 +254,7 @@ async def drain(receive: Receive, budget: int) -> None:
         more = message.get("more_body", False)
 
 
-async def stream_back(answer: Connection, send: Send, rid: str) -> int:
+async def stream_back(answer: Connection, send: Send, rid: str, deadline: float) -> int:
     headers = [
         (lowered, value)
         for name, value in answer.headers
@@ -259,11 +263,13 @@ async def stream_back(answer: Connection, send: Send, rid: str) -> int:
     headers.append((b"x-request-id", rid.encode()))
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     try:
-        async for chunk, more in answer.body():
-            await send({"type": "http.response.body", "body": chunk, "more_body": more})
-    except UpstreamError as exc:
+        async with asyncio.timeout_at(deadline):
+            async for chunk, more in answer.body():
+                await send({"type": "http.response.body", "body": chunk, "more_body": more})
+    except (UpstreamError, TimeoutError) as exc:
         # Too late for an error answer: end the response short, so the client sees it break.
-        log.warning("the pod's answer broke off (request %s): %s", rid, exc)
+        why = exc if isinstance(exc, UpstreamError) else "not whole within --upstream-timeout"
+        log.warning("the pod's answer broke off (request %s): %s", rid, why)
         return 502
     return answer.status
 

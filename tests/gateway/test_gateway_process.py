@@ -12,8 +12,11 @@ import json
 import os
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -175,6 +178,62 @@ def test_a_vanished_pod_is_retried_once_on_another(
         assert httpx.post(gateway.url + CAIKIT, json=caikit_body("m")).status_code == 200
     assert metric(gateway.url, 'tti_gateway_retries_total{model="m",namespace=""}') == 1
     assert metric(pods[1].url, 'tti_requests_total{method="POST"') == 4
+
+
+class StallingPod(BaseHTTPRequestHandler):
+    """Ready, but stalls on every POST: before its answer's head, or half-way through the body
+    (a pod whose GPU hung, say). A tti-server cannot be made to do that on cue."""
+
+    protocol_version = "HTTP/1.1"
+    stall_in = "head"
+
+    def do_GET(self) -> None:  # /readyz, probed by the gateway
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if self.stall_in == "body":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"x" * 10)
+            self.wfile.flush()
+        time.sleep(3)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def stalling_pod(request: pytest.FixtureRequest) -> Iterator[str]:
+    handler = type("Stalling", (StallingPod,), {"stall_in": request.param})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("stalling_pod", ["head", "body"], indirect=True)
+def test_a_pod_that_stalls_past_the_upstream_timeout(
+    stalling_pod: str, start_gateway: StartGateway, request: pytest.FixtureRequest
+) -> None:
+    gateway = start_gateway("--models", f"hung={stalling_pod}", "--upstream-timeout", "1")
+    body = caikit_body("hung")
+    if request.node.callspec.params["stalling_pod"] == "head":
+        answer = httpx.post(gateway.url + CAIKIT, json=body, timeout=10)
+        assert answer.status_code == 504
+        assert "'hung' did not answer in time" in answer.json()["details"]
+    else:
+        # The status went out with the head: the body is cut short, and the client sees it.
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.post(gateway.url + CAIKIT, json=body, timeout=10)
+        assert "the pod's answer broke off" in gateway.output()
+    assert httpx.get(gateway.url + "/healthz").status_code == 200
+    assert "Traceback" not in gateway.output()
 
 
 def test_requests_at_zero_are_held_until_the_model_starts(
