@@ -717,6 +717,24 @@ def remove_cni_chains() -> None:
         sh("iptables", "-t", "nat", "-X", chain, check=False)
 
 
+def remove_pod_chains(network: str = CNI_NETWORK) -> None:
+    """Per-pod masquerade chains of this node's network that a CNI DEL cut short left behind
+    (a sandbox torn down while containerd was killed: the rule that jumped to its chain is
+    gone, the chain is not). With the network going away, every one of them is garbage."""
+    mark = f'name: \\"{network}\\"'  # as iptables -S quotes the plugin's comment
+    for chain in iptables_chains("nat"):
+        if not chain.startswith("CNI-") or chain.startswith("CNI-HOSTPORT-"):
+            continue
+        if mark not in sh("iptables", "-t", "nat", "-S", chain, check=False).stdout:
+            continue
+        for rule in sh("iptables-save", "-t", "nat", check=False).stdout.splitlines():
+            words = shlex.split(rule)
+            if words[:1] == ["-A"] and words[-2:] == ["-j", chain]:
+                sh("iptables", "-t", "nat", "-D", *words[1:], check=False)
+        for action in ("-F", "-X"):
+            sh("iptables", "-t", "nat", action, chain, check=False)
+
+
 def remove_kubelet_cgroups() -> None:
     """The kubelet's QoS cgroups (kubepods/...) in every hierarchy, innermost first."""
     for hierarchy in Path("/sys/fs/cgroup").iterdir():
@@ -756,6 +774,7 @@ def down(paths: NodePaths) -> None:
     unmount_under(paths.kubelet_root, RUN_DIR / "containerd", paths.containerd_root)
     remove_kube_chains()
     remove_cni_chains()
+    remove_pod_chains()
     if sh("ip", "link", "show", BRIDGE, check=False).returncode == 0:
         sh("ip", "link", "delete", BRIDGE, check=False)
     remove_kubelet_cgroups()

@@ -132,10 +132,12 @@ def test_down_after_a_crash_leaves_nothing_and_up_brings_the_node_back(
         os.kill(int((paths.pids / f"{name}.pid").read_text()), signal.SIGKILL)
     assert node.leftovers(paths), "a crashed node leaves shims, mounts, the bridge, chains"
 
-    node.down(paths)
-    assert node.leftovers(paths) == []
-
-    launcher.up(cluster.paths, ephemeral=True)
+    try:
+        node.down(paths)
+        assert node.leftovers(paths) == []
+    finally:
+        # Also when the check fails: every later test needs the node.
+        launcher.up(cluster.paths, ephemeral=True)
     assert get_json(cluster, "node", node.NODE_NAME)["status"]["conditions"]
     phase, log = run_pod(cluster, real_namespace, "after", "print('ok')")
     assert phase == "Succeeded", log
