@@ -406,6 +406,7 @@ def containerd_name(ref: str) -> str:
 def import_into_containerd(refs: Sequence[str], ctr: Sequence[str], crictl: Sequence[str]) -> None:
     """Each image into containerd's k8s.io namespace, unless the same image is there."""
     buildah = Buildah()
+    room_gb = {image.ref: image.import_room_gb for image in PROJECT_IMAGES}
     for ref in refs:
         name = containerd_name(ref)
         image_id = buildah.image_id(ref)
@@ -417,8 +418,7 @@ def import_into_containerd(refs: Sequence[str], ctr: Sequence[str], crictl: Sequ
         )
         if present.returncode == 0 and present.stdout.strip().removeprefix("sha256:") == image_id:
             continue
-        room_gb = {image.ref: image.import_room_gb for image in PROJECT_IMAGES}.get(ref, 0)
-        require_room(cache_root(), room_gb, f"importing {name} into containerd")
+        require_room(cache_root(), room_gb.get(ref, 0), f"importing {name} into containerd")
         log(f"importing {name} into the node's containerd ({buildah.size(ref)})")
         with timed(f"{name} imported"):
             # Streamed: a multi-gigabyte image is never written out as an archive.

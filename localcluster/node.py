@@ -721,17 +721,18 @@ def remove_pod_chains(network: str = CNI_NETWORK) -> None:
     """Per-pod masquerade chains of this node's network that a CNI DEL cut short left behind
     (a sandbox torn down while containerd was killed: the rule that jumped to its chain is
     gone, the chain is not). With the network going away, every one of them is garbage."""
-    mark = f'name: \\"{network}\\"'  # as iptables -S quotes the plugin's comment
-    for chain in iptables_chains("nat"):
-        if not chain.startswith("CNI-") or chain.startswith("CNI-HOSTPORT-"):
-            continue
-        if mark not in sh("iptables", "-t", "nat", "-S", chain, check=False).stdout:
-            continue
-        for rule in sh("iptables-save", "-t", "nat", check=False).stdout.splitlines():
-            words = shlex.split(rule)
-            if words[:1] == ["-A"] and words[-2:] == ["-j", chain]:
-                sh("iptables", "-t", "nat", "-D", *words[1:], check=False)
-        for action in ("-F", "-X"):
+    mark = f'name: \\"{network}\\"'  # as iptables-save quotes the plugin's comment
+    listing = sh("iptables-save", "-t", "nat", check=False).stdout.splitlines()
+    ours = {
+        line.split()[1]
+        for line in listing
+        if line.startswith("-A CNI-") and not line.startswith("-A CNI-HOSTPORT-") and mark in line
+    }
+    for words in map(shlex.split, listing):
+        if words[:1] == ["-A"] and words[-2:-1] == ["-j"] and words[-1] in ours:
+            sh("iptables", "-t", "nat", "-D", *words[1:], check=False)
+    for action in ("-F", "-X"):
+        for chain in ours:
             sh("iptables", "-t", "nat", action, chain, check=False)
 
 

@@ -51,7 +51,6 @@ LOADGEN = Path(loadgen.__file__).read_text()
 SMALL = {"requests": {"cpu": "100m", "memory": "256Mi"}}
 #: Scale to zero a few seconds after the last request, so the benchmark need not wait.
 TO_ZERO = {"minReplicas": 0, "maxReplicas": 1, "targetInFlight": 1, "scaleDownDelaySeconds": 3}
-#: One request, timed by the client's own clock (the same clock as the host's).
 LOG_TIME = re.compile(r"^(\S+) ")
 LOADED = re.compile(r"loaded in ([\d.]+) s, warmed up in ([\d.]+) s")
 

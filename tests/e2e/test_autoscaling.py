@@ -33,9 +33,10 @@ from support.realpods import (
     wait_ready,
 )
 
+from tti_server.backends.stub import STUB_COLOR
+
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.slow]
 
-STUB_RGB = (0, 100, 200)
 TOKEN = "e2e-token-7c1d"
 LOADGEN = Path(loadgen.__file__).read_text()
 HOLD_S = 40
@@ -148,7 +149,7 @@ def test_a_request_at_zero_is_held_until_the_model_starts_and_gets_a_real_image(
     image = run_client(release, gateway_url(release), "sleepy", tmp_path, api_key=TOKEN)
     with Image.open(image) as png:
         assert png.size == (64, 64)
-        assert png.convert("RGB").getpixel((5, 5)) == STUB_RGB
+        assert png.convert("RGB").getpixel((5, 5)) == STUB_COLOR
     assert replicas(release, "sleepy") == 1
     assert len(release.pods("sleepy")) == 1
 

@@ -29,10 +29,10 @@ from support.realpods import (
 )
 
 from localcluster import demo
+from tti_server.backends.stub import STUB_COLOR
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.slow]
 
-STUB_RGB = (0, 100, 200)
 IMAGES = "tti_images_generated_total"
 
 
@@ -72,7 +72,7 @@ def test_a_client_pod_gets_the_stub_image_through_dns_and_the_service(
     image = run_client(release, release.service_url("called"), "called", tmp_path)
     with Image.open(image) as png:
         assert png.size == (64, 64)
-        assert png.convert("RGB").getpixel((5, 5)) == STUB_RGB
+        assert png.convert("RGB").getpixel((5, 5)) == STUB_COLOR
 
 
 def test_scaled_to_two_replicas_requests_from_a_pod_reach_both(release: Release) -> None:

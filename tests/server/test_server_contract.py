@@ -15,9 +15,10 @@ import httpx
 import pytest
 from PIL import Image
 
+from tti_server.backends.stub import STUB_COLOR
+
 CAIKIT = "/api/v1/task/text-to-image"
 OPENAI = "/v1/images/generations"
-STUB_RGB = (0, 100, 200)
 
 
 @pytest.fixture(autouse=True)
@@ -155,7 +156,7 @@ def test_caikit_json_answer_has_the_stub_image(api: httpx.Client) -> None:
     assert data["producer_id"]["version"]
     image = decode(base64.b64decode(data["output"]["image_data"]))
     assert (image.format, image.size) == ("PNG", (96, 64))
-    assert image.getpixel((5, 5)) == STUB_RGB
+    assert image.getpixel((5, 5)) == STUB_COLOR
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])

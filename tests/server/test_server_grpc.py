@@ -30,13 +30,12 @@ from PIL import Image
 from support.grpc_client import metric, predict, vision_stub, wait_for_metric
 from support.server import ServerProcess, StartServer
 
-from tti_server.backends.stub import StubBackend
+from tti_server.backends.stub import STUB_COLOR, StubBackend
 from tti_server.grpc_api import PROTOS
 from tti_server.grpc_api.server import SERVICE_NAME, start_grpc_server
 from tti_server.service import Service
 from tti_server.settings import Settings
 
-STUB_RGB = (0, 100, 200)
 ROUTE = 'route="/ccv.ComputerVisionService/TextToImageTaskPredict"'
 GRPC_OK = f'tti_requests_total{{method="GRPC",{ROUTE},status="OK"}}'
 
@@ -66,7 +65,7 @@ def stub(server: ServerProcess) -> Iterator[Any]:
 def test_the_stub_image_as_caikit_answers(stub: Any, server: ServerProcess) -> None:
     answer = predict(stub, inputs="a blue square", height=60, width=100)
     image = decode(answer.output.image_data)
-    assert (image.format, image.size, image.getpixel((3, 3))) == ("PNG", (100, 60), STUB_RGB)
+    assert (image.format, image.size, image.getpixel((3, 3))) == ("PNG", (100, 60), STUB_COLOR)
     assert answer.caption == "a blue square"
     assert (answer.producer_id.name, answer.producer_id.version) == ("tti-server stub", "0.1.0")
     assert metric(server.url, GRPC_OK) >= 1
