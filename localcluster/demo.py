@@ -36,9 +36,11 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from localcluster import launcher
+from tti_contracts.api import API_VERSION, KIND
+from tti_contracts.catalogue import CATALOGUE, ModelName, entry
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "tti-operator"
@@ -50,7 +52,6 @@ STEPS = 6
 READY_TIMEOUT_S = 300.0
 
 Obj = dict[str, Any]
-ModelChoice = Literal["stub", "sdxl-turbo"]
 
 
 class DemoError(Exception):
@@ -59,7 +60,7 @@ class DemoError(Exception):
 
 @dataclass(frozen=True)
 class Options:
-    model: ModelChoice = "stub"
+    model: ModelName = "stub"
     prompt: str = "a lighthouse at dusk, watercolor"
     out_dir: Path = ROOT / "out" / "demo"
     size: int = 256
@@ -192,23 +193,27 @@ def service_account_kubeconfig(kube: Kube, namespace: str, account: str, dest: P
 # --- the demo -----------------------------------------------------------------------------
 
 
+def needs_weights(options: Options) -> bool:
+    """A model of the catalogue that loads weights runs here on a tiny offline pipeline."""
+    return entry(options.model).default_repo is not None
+
+
 def model_name(options: Options) -> str:
-    return "stub" if options.model == "stub" else "sdxl-turbo-tiny"
+    return f"{options.model}-tiny" if needs_weights(options) else options.model
 
 
 def model_manifest(options: Options, weights: Path | None) -> Obj:
     # No GPU asked: the real node has none (only kwok's simulated nodes do), so the model
     # runs on the CPU, in a pod small enough for a laptop.
     spec: Obj = {"model": options.model, "imageFormat": "png", "replicas": 1, "gpus": 0}
-    if options.model == "sdxl-turbo":
-        assert weights is not None
+    if weights is not None:
         # On a real cluster this would be a folder on the GPU node (or a PVC); here the node
         # is this machine, so the host path is the local folder itself.
         spec["source"] = {"hostPath": {"path": str(weights)}}
         spec["resources"] = {"requests": {"cpu": "500m", "memory": "1Gi"}}
     return {
-        "apiVersion": "tti.dev/v1alpha1",
-        "kind": "TextToImageModel",
+        "apiVersion": API_VERSION,
+        "kind": KIND,
         "metadata": {"name": model_name(options), "namespace": DEMO_NAMESPACE},
         "spec": spec,
     }
@@ -345,7 +350,7 @@ def install_chart(kube: Kube, stack: contextlib.ExitStack, model: str) -> None:
 def apply_model(kube: Kube, options: Options, out_dir: Path) -> str:
     step(3, f"Applying a TextToImageModel ({options.model})")
     weights = None
-    if options.model == "sdxl-turbo":
+    if needs_weights(options):
         weights = out_dir / "tiny-sdxl"
         say(f"writing the tiny offline SDXL pipeline to {weights} (random weights: noise)")
         subprocess.run([venv_script("tti-server"), "make-tiny-model", str(weights)], check=True)
@@ -519,7 +524,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     )
     parser.add_argument(
         "--model",
-        choices=["stub", "sdxl-turbo"],
+        choices=list(CATALOGUE),
         default="stub",
         help="stub (default), or sdxl-turbo on a tiny offline pipeline (random weights)",
     )
@@ -534,7 +539,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         help="after the image, keep everything up until Ctrl-C (to try kubectl and curl)",
     )
     args = parser.parse_args(argv)
-    size = args.size if args.size is not None else (256 if args.model == "stub" else 128)
+    size = args.size if args.size is not None else (128 if entry(args.model).default_repo else 256)
     if not 8 <= size <= 2048:
         parser.error(f"--size must be between 8 and 2048, got {size}")
     return Options(

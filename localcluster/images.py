@@ -7,8 +7,8 @@ binary each. Every image goes into buildah's store under the cache folder, then 
 containerd (namespace `k8s.io`, where the kubelet looks), so nothing is ever pulled.
 
 An image is rebuilt only when what it is made of changes: its Dockerfile, the files the build
-copies (pyproject.toml, README.md, operator/, server/, gateway/), its base or its build arguments. A
-label on the image records a hash of those inputs.
+copies (pyproject.toml, README.md, common/, operator/, server/, gateway/), its base or its
+build arguments. A label on the image records a hash of those inputs.
 
 Stdlib only, like the launcher that calls it.
 """
@@ -38,7 +38,7 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 BASE_IMAGE = f"localhost/tti-base:{DEBIAN_SUITE}"
 # What the build context holds (.dockerignore lets exactly these through).
-CONTEXT = ("pyproject.toml", "setup.py", "README.md", "operator", "server", "gateway")
+CONTEXT = ("pyproject.toml", "setup.py", "README.md", "common", "operator", "server", "gateway")
 # Host files pip needs inside a build to reach the package index (a trust store that knows
 # this network's TLS proxy, pip's own settings); mounted read-only, never baked in.
 PIP_HOST_FILES = ("/etc/pip.conf", "/etc/ssl/certs/ca-certificates.crt")

@@ -23,7 +23,7 @@ echo "==> installing tti-operator[server,gateway,dev] into $venv (torch is large
 # With several source roots setuptools' editable install uses an import hook that
 # mypy cannot follow; putting both roots on sys.path gives mypy the same view.
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-printf '%s\n' "$root/operator" "$root/server" "$root/gateway" > "$site/tti-src.pth"
+printf '%s\n' "$root/common" "$root/operator" "$root/server" "$root/gateway" > "$site/tti-src.pth"
 
 touch "$venv/.installed"
 echo "==> $venv is ready"

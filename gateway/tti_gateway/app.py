@@ -22,13 +22,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from tti_contracts.envelope import request_id
+from tti_contracts.routes import FORWARDED
 from tti_gateway.auth import BearerAuth, read_tokens
 from tti_gateway.cluster import FIELD_MANAGER, Client, ClusterSource, credentials
 from tti_gateway.endpoints import EndpointTable, GatewayError, HoldPolicy, Model, Waker
-from tti_gateway.envelope import error_response, request_id
+from tti_gateway.envelope import error_response
 from tti_gateway.metrics import GatewayMetrics
 from tti_gateway.playground import routes as playground_routes
-from tti_gateway.proxy import ROUTES, ProxyRoute, check_auth
+from tti_gateway.proxy import ProxyRoute, check_auth
 from tti_gateway.settings import GatewaySettings
 from tti_gateway.source import StaticSource
 from tti_gateway.upstream import Pool
@@ -159,7 +161,7 @@ class GatewayApp(Starlette):
 
 def create_app(settings: GatewaySettings, waker: Waker | None = None) -> Starlette:
     gateway = Gateway(settings, waker)
-    hot = {path: ProxyRoute(gateway, spec) for path, spec in ROUTES.items()}
+    hot = {path: ProxyRoute(gateway, spec) for path, spec in FORWARDED.items()}
     # Also in Starlette's router, so that another method on these paths still gets its 405.
     routes = [Route(path, route, methods=["POST"]) for path, route in hot.items()]
     routes += [

@@ -4,10 +4,10 @@ Every model the gateway serves is a `TextToImageModel` in a watched namespace (n
 all); its pods are the endpoints of the EndpointSlices of its Service (label
 `kubernetes.io/service-name=<model>`, port `http`), ready as the slice says. Nothing is
 kept anywhere else: a gateway restarted lists everything again and has the same table.
-The watches are the operator's (`tti_operator.informer.list_and_watch`: list, watch, list
-again after 410), over the operator's client, with kopf's login (service account or
-kubeconfig). A model at zero with `spec.autoscaling` is woken through its scale
-subresource, as `kubectl scale` would.
+The watches are the shared `tti_kube.watch.list_and_watch` (list, watch, list again after
+410) over the shared client, with kopf's login (service account or kubeconfig). A model at
+zero with `spec.autoscaling` is woken through its scale subresource, as `kubectl scale`
+would.
 """
 
 from __future__ import annotations
@@ -21,18 +21,17 @@ from typing import Any
 
 import kopf
 
+from tti_contracts.api import declared_replicas, models_path
+from tti_contracts.catalogue import CATALOGUE, entry
 from tti_gateway.endpoints import EndpointTable, Key, Model
-from tti_operator.catalogue import CATALOGUE, entry
-from tti_operator.informer import Sink, list_and_watch
-from tti_operator.kube import ApiError, KubeClient
+from tti_kube.client import ApiError, KubeClient
+from tti_kube.watch import Sink, list_and_watch
 
 Obj = dict[str, Any]
 Readiness = dict[str, bool]  # endpoint URL -> ready
 
 SERVICE_LABEL = "kubernetes.io/service-name"
 PORT_NAME = "http"
-MODELS = ("/apis/tti.dev/v1alpha1", "texttoimagemodels")
-SLICES = ("/apis/discovery.k8s.io/v1", "endpointslices")
 FIELD_MANAGER = "tti-gateway"
 
 log = logging.getLogger(__name__)
@@ -41,9 +40,9 @@ log = logging.getLogger(__name__)
 # -- pure readers of the watched objects ------------------------------------------------
 
 
-def collection_path(api: tuple[str, str], namespace: str | None) -> str:
-    prefix, plural = api
-    return f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
+def slices_path(namespace: str | None) -> str:
+    where = f"/namespaces/{namespace}" if namespace else ""
+    return f"/apis/discovery.k8s.io/v1{where}/endpointslices"
 
 
 def object_key(obj: Mapping[str, Any]) -> Key:
@@ -71,7 +70,7 @@ class Scale:
 def model_scale(model: Mapping[str, Any]) -> Scale:
     spec = model.get("spec") or {}
     return Scale(
-        replicas=int(spec.get("replicas", 1)),
+        replicas=declared_replicas(spec),
         autoscaling=bool(spec.get("autoscaling")),
         version=str((model.get("metadata") or {}).get("resourceVersion", "")),
         model=str(spec.get("model", "")),
@@ -137,7 +136,7 @@ def credentials() -> kopf.ConnectionInfo:
 
 
 class Client(KubeClient):
-    """The operator's client, logging in again when the API server says 401: a projected
+    """The shared client, logging in again when the API server says 401: a projected
     service-account token is rotated in the pod's file, and the credentials read at start
     expire. Every watch lists first after a failure, so the list is where it shows."""
 
@@ -168,9 +167,9 @@ class ClusterSource:
 
     def start(self) -> None:
         for namespace in self.namespaces:
-            self._watch(MODELS, namespace, ModelSink(self, namespace), {})
+            self._watch(models_path(namespace), ModelSink(self, namespace), {})
             selector = {"labelSelector": SERVICE_LABEL}
-            self._watch(SLICES, namespace, SliceSink(self, namespace), selector)
+            self._watch(slices_path(namespace), SliceSink(self, namespace), selector)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -179,10 +178,7 @@ class ClusterSource:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def _watch(
-        self, api: tuple[str, str], namespace: str | None, sink: Sink, params: dict[str, str]
-    ) -> None:
-        path = collection_path(api, namespace)
+    def _watch(self, path: str, sink: Sink, params: dict[str, str]) -> None:
         first = _once(self._listed)
         watch = list_and_watch(self.client, path, params, sink, first)
         self._tasks.append(asyncio.get_running_loop().create_task(watch, name=f"watch {path}"))

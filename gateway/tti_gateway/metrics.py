@@ -20,6 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from tti_contracts import metrics as names
 from tti_gateway.endpoints import EndpointTable, Key, ModelState
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -37,7 +38,7 @@ class TableCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         labels = LABELS
         held = GaugeMetricFamily(
-            "tti_gateway_held_requests", "Requests waiting for a ready pod", labels=labels
+            names.GATEWAY_HELD, "Requests waiting for a ready pod", labels=labels
         )
         in_flight = GaugeMetricFamily(
             "tti_gateway_in_flight", "Requests forwarded and not yet answered", labels=labels

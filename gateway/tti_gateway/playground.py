@@ -1,5 +1,5 @@
 """The playground page at the gateway's `/`: the same three files as tti-server's, with the
-same headers (`tti_server.playground`, plain data: no FastAPI comes with them).
+same headers (`tti_playground`, plain data: no FastAPI comes with them).
 
 Through the gateway the page lists every model (`GET /v1/models`, with each one's state)
 and offers a picker. The files need no token: the page asks for one when the API answers
@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tti_server.playground import ASSETS, HEADERS, read
+from tti_playground import ASSETS, HEADERS, read
 
 
 def _serve(name: str, media_type: str) -> Callable[[Request], Awaitable[Response]]:

@@ -12,23 +12,32 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from starlette.types import Receive, Scope, Send
 
-from tti_gateway.endpoints import Endpoint, GatewayError, Model
-from tti_gateway.envelope import error_response, request_id
-from tti_gateway.metrics import UNKNOWN
-from tti_gateway.upstream import Connection, Unreachable, UpstreamError
-
-if TYPE_CHECKING:
-    from tti_gateway.app import Gateway
+from tti_contracts.envelope import request_id
+from tti_contracts.routes import MODEL_HEADER, Route
+from tti_gateway.auth import BearerAuth
+from tti_gateway.endpoints import Endpoint, EndpointTable, GatewayError, Model
+from tti_gateway.envelope import error_response
+from tti_gateway.metrics import UNKNOWN, GatewayMetrics
+from tti_gateway.settings import GatewaySettings
+from tti_gateway.upstream import Connection, Pool, Unreachable, UpstreamError
 
 log = logging.getLogger(__name__)
 
-#: caikit's name for the model in gRPC metadata; also read here for bodies that are not JSON.
-MODEL_HEADER = "mm-model-id"
+
+class Gateway(Protocol):
+    """What forwarding needs of the gateway (`tti_gateway.app.Gateway`)."""
+
+    settings: GatewaySettings
+    table: EndpointTable
+    metrics: GatewayMetrics
+    pool: Pool
+    auth: BearerAuth | None
+
+
 _MODEL_HEADER = MODEL_HEADER.encode()
 #: Headers that belong to one hop, never forwarded (RFC 9110 §7.6.1), plus those we reset.
 #: As bytes: ASGI gives header names lowercased, as bytes.
@@ -42,19 +51,6 @@ _RESPONSE_DROP = frozenset(
     {b"connection", b"keep-alive", b"proxy-authenticate", b"te", b"trailer",
      b"transfer-encoding", b"upgrade", b"x-request-id"}
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class RouteSpec:
-    field: str  # the body field that names the model
-    schema_error_status: int  # what the server answers for a malformed body on this route
-
-
-#: The routes the gateway forwards, and how each names its model.
-ROUTES = {
-    "/api/v1/task/text-to-image": RouteSpec(field="model_id", schema_error_status=422),
-    "/v1/images/generations": RouteSpec(field="model", schema_error_status=400),
-}
 
 
 class BodyTooLarge(GatewayError):
@@ -96,7 +92,7 @@ def check_auth(gateway: Gateway, scope: Scope) -> None:
 class ProxyRoute:
     """The ASGI endpoint of one forwarded route."""
 
-    def __init__(self, gateway: Gateway, spec: RouteSpec) -> None:
+    def __init__(self, gateway: Gateway, spec: Route) -> None:
         self.gateway = gateway
         self.spec = spec
 
@@ -121,7 +117,7 @@ class ProxyRoute:
 
     def model_name(self, scope: Scope, body: bytes) -> str:
         """The model named in a JSON body, else in the `mm-model-id` header."""
-        field = self.spec.field
+        field = self.spec.model_field
         content_type = header(scope, "content-type") or "application/json"
         if content_type.startswith("application/json"):
             try:
@@ -146,8 +142,8 @@ class ProxyRoute:
         if not (header(scope, "content-type") or "application/json").startswith("application/json"):
             return body
         document = json.loads(body)
-        if isinstance(document, dict) and self.spec.field in document:
-            document[self.spec.field] = name
+        if isinstance(document, dict) and self.spec.model_field in document:
+            document[self.spec.model_field] = name
         return json.dumps(document).encode()
 
     async def forward(
@@ -274,7 +270,7 @@ async def stream_back(answer: Connection, send: Send, rid: str, deadline: float)
     return answer.status
 
 
-def _schema_error(spec: RouteSpec, details: str) -> GatewayError:
+def _schema_error(spec: Route, details: str) -> GatewayError:
     error = GatewayError(details)
     error.status = spec.schema_error_status
     return error

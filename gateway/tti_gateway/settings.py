@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from tti_operator.settings import comma_list
+from tti_contracts.settings import comma_list
 
 ModelTable = dict[str, list[str]]
 

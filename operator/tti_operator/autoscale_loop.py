@@ -25,18 +25,20 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from tti_contracts import metrics as names
+from tti_contracts.api import declared_replicas
+from tti_kube.client import ApiError, KubeClient
 from tti_operator.autoscaler import Decision, History, Load, decide
 from tti_operator.informer import ChildCache, Key
 from tti_operator.kinds import POD
-from tti_operator.kube import ApiError, KubeClient
 from tti_operator.reconciler import EventSink, ModelRecord, ModelStore
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import Autoscaling, InvalidSpec, parse_spec
 from tti_operator.status import PodState
 
-LOAD_METRIC = "tti_request_load_seconds_total"
-IN_FLIGHT_METRIC = "tti_in_flight"
-HELD_METRIC = "tti_gateway_held_requests"
+LOAD_METRIC = names.sample_name(names.REQUEST_LOAD)
+IN_FLIGHT_METRIC = names.IN_FLIGHT
+HELD_METRIC = names.GATEWAY_HELD
 #: Seconds the autoscaler trusts its own scale write over a watch that has not shown it yet.
 ECHO_WAIT_S = 30.0
 #: A status that says the same decision with another load is published at most this often
@@ -259,8 +261,7 @@ def _policy(record: ModelRecord) -> Autoscaling | None:
 
 
 def _spec_replicas(record: ModelRecord) -> int:
-    replicas = record.spec.get("replicas", 1)
-    return replicas if isinstance(replicas, int) else 1
+    return declared_replicas(record.spec)
 
 
 def _samples_of(text: str) -> Iterable[tuple[str, Mapping[str, str], float]]:

@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tti_operator.catalogue import entry
+from tti_contracts.api import API_VERSION, KIND
+from tti_contracts.catalogue import entry
 from tti_operator.settings import OperatorSettings
-from tti_operator.spec import API_VERSION, KIND, ModelSpec, Source
+from tti_operator.spec import ModelSpec, Source
 
 Obj = dict[str, Any]
 

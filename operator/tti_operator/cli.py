@@ -10,9 +10,9 @@ from collections.abc import Sequence
 import kopf
 from pydantic import ValidationError
 
+from tti_kube.client import KubeClient
 from tti_operator import handlers
 from tti_operator.controller import Controller
-from tti_operator.kube import KubeClient
 from tti_operator.settings import OperatorSettings
 
 LOG_FORMATS = {

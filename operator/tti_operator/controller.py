@@ -14,11 +14,11 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tti_kube.client import ApiError, KubeClient
 from tti_operator.autoscale_loop import Autoscaler, MetricsUrl
 from tti_operator.builders import desired_children
 from tti_operator.informer import ChildCache, Informer, Key
 from tti_operator.kinds import CHILD_KINDS, ChildKind
-from tti_operator.kube import ApiError, KubeClient
 from tti_operator.reconciler import Build, EventSink, ModelRecord, ModelStore, Reconciler
 from tti_operator.settings import OperatorSettings
 from tti_operator.workqueue import Backoff, WorkQueue, work

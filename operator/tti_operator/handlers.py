@@ -22,10 +22,10 @@ from typing import Any, cast
 
 import kopf
 
+from tti_contracts.api import GROUP, PLURAL, VERSION
+from tti_kube.client import KubeClient
 from tti_operator.controller import Controller
-from tti_operator.kube import KubeClient
 from tti_operator.settings import OperatorSettings
-from tti_operator.spec import GROUP, PLURAL, VERSION
 
 MODELS = (GROUP, VERSION, PLURAL)
 

@@ -20,11 +20,12 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from tti_kube.client import KubeClient
+from tti_kube.watch import list_and_watch, list_into
 from tti_operator.builders import MANAGED_BY, MODEL_LABEL, labels
 from tti_operator.kinds import CHILD_KINDS, ChildKind
-from tti_operator.kube import ApiError, KubeClient
 
 Obj = dict[str, Any]
 #: A model by (namespace, name).
@@ -33,8 +34,6 @@ Key = tuple[str, str]
 OnChange = Callable[[Key], None]
 
 CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},{MODEL_LABEL}"
-#: Seconds before a watch that failed is listed again (doubling up to the last).
-RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 15.0)
 
 logger = logging.getLogger(__name__)
 
@@ -228,67 +227,3 @@ class _ChildSink:
 
     def event(self, event_type: str, obj: Obj) -> None:
         self.cache.observe(self.kind, event_type, obj)
-
-
-# client-go's reflector for any collection: also the gateway's watch of models and slices.
-
-
-class Sink(Protocol):
-    """What a list+watch feeds: each complete listing (it replaces what came before), then
-    one event at a time (ADDED, MODIFIED, DELETED)."""
-
-    def listed(self, items: list[Obj]) -> None: ...
-
-    def event(self, event_type: str, obj: Obj) -> None: ...
-
-
-async def list_and_watch(
-    client: KubeClient,
-    path: str,
-    params: Mapping[str, str],
-    sink: Sink,
-    on_listed: Callable[[], None] = lambda: None,
-) -> None:
-    """List, then watch from the list's version, resuming after each server-side timeout;
-    list again after "410 Gone" or any failure (backing off). Runs until cancelled."""
-    failures = 0
-    while True:
-        try:
-            version = await list_into(client, path, params, sink)
-            on_listed()
-            failures = 0
-            while version:  # resumed after each server-side timeout; "" means relist
-                version = await _follow(client, path, params, version, sink)
-        except Exception as error:  # a watch must outlive anything one response does
-            delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)]
-            failures += 1
-            logger.warning(
-                "watching %s: %s; listing again in %.0f s",
-                path,
-                error if isinstance(error, ApiError) else repr(error),
-                delay,
-            )
-            await asyncio.sleep(delay)
-
-
-async def list_into(client: KubeClient, path: str, params: Mapping[str, str], sink: Sink) -> str:
-    """List the collection into `sink`; returns the version to watch from."""
-    listing = await client.list(path, dict(params))
-    sink.listed(listing.get("items") or [])
-    return str(listing.get("metadata", {}).get("resourceVersion", ""))
-
-
-async def _follow(
-    client: KubeClient, path: str, params: Mapping[str, str], version: str, sink: Sink
-) -> str:
-    """Watch from `version`; returns where to resume, or "" when a relist is needed."""
-    async for event in client.watch(path, {**params, "resourceVersion": version}):
-        event_type, obj = event.get("type"), event.get("object") or {}
-        if event_type == "ERROR":
-            if obj.get("code") == 410:  # too old: the history is gone, list again
-                return ""
-            raise ApiError(int(obj.get("code") or 500), str(obj.get("message", obj)))
-        version = str(obj.get("metadata", {}).get("resourceVersion") or version)
-        if event_type != "BOOKMARK":
-            sink.event(str(event_type), obj)
-    return version

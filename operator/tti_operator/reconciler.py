@@ -28,12 +28,13 @@ from typing import Any, cast
 
 import kopf
 
+from tti_contracts.api import API_VERSION, KIND
+from tti_kube.client import ApiError, KubeClient
 from tti_operator.builders import Owner, build_event, desired_children
 from tti_operator.informer import Child, ChildCache, Key
 from tti_operator.kinds import CHILD_KINDS, DEPLOYMENT, POD, ChildKind, Drift, kind_of
-from tti_operator.kube import ApiError, KubeClient
 from tti_operator.settings import OperatorSettings
-from tti_operator.spec import API_VERSION, KIND, InvalidSpec, ModelSpec, parse_spec
+from tti_operator.spec import InvalidSpec, ModelSpec, parse_spec
 from tti_operator.status import DeploymentState, PodState, Problem, compute_status
 
 Obj = dict[str, Any]

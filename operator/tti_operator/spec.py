@@ -12,15 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tti_operator.catalogue import ModelName, entry
-
-GROUP = "tti.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "TextToImageModel"
-PLURAL = "texttoimagemodels"
-
-ImageFormat = Literal["png", "jpeg", "webp"]
+from tti_contracts.api import DEFAULT_REPLICAS, ImageFormat
+from tti_contracts.catalogue import ModelName, entry
 
 
 class InvalidSpec(ValueError):
@@ -100,7 +93,7 @@ class ModelSpec(_Strict):
     model: ModelName
     gpus_field: int | None = Field(None, alias="gpus", ge=0)
     image_format: ImageFormat = Field("png", alias="imageFormat")
-    replicas: int = Field(1, ge=0)
+    replicas: int = Field(DEFAULT_REPLICAS, ge=0)
     autoscaling: Autoscaling | None = None
     source: Source | None = None
     image: str | None = Field(None, min_length=1)

@@ -6,7 +6,7 @@ import io
 
 from PIL import Image
 
-from tti_server.settings import ImageFormat
+from tti_contracts.api import ImageFormat
 
 MEDIA_TYPES: dict[ImageFormat, str] = {
     "png": "image/png",

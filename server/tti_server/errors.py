@@ -1,4 +1,4 @@
-"""One error envelope, `{"code", "details", "id"}`, for every error the server returns.
+"""One error envelope (`tti_contracts.envelope`) for every error the server returns.
 
 Handlers here turn the service's transport-neutral errors (through `HTTP_STATUS`,
 the one table of their HTTP statuses), FastAPI's validation errors, Starlette's
@@ -8,7 +8,6 @@ traceback; the log does.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from tti_contracts.envelope import REQUEST_ID_HEADER, error_body
 from tti_server.engine import (
     EngineStopped,
     GenerationFailed,
@@ -29,7 +29,6 @@ from tti_server.failures import InvalidInput, NotReady, ServiceError, UnknownMod
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "X-Request-Id"
 #: Seconds a client is told to wait after a 503 (loading, queue full, out of memory).
 RETRY_AFTER_S = 1
 _MAX_LISTED_ERRORS = 3
@@ -66,7 +65,7 @@ def error_response(
     request: Request, status: int, details: str, headers: Mapping[str, str] | None = None
 ) -> Response:
     rid = request_id(request)
-    body = json.dumps({"code": status, "details": details, "id": rid}).encode()
+    body = error_body(status, details, rid)
     all_headers = {REQUEST_ID_HEADER: rid, **(headers or {})}
     return Response(body, status, all_headers, media_type="application/json")
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tti_contracts.api import ImageFormat
 from tti_server.backends.base import BatchKey, GenerationRequest
 from tti_server.failures import InvalidInput, UnknownModel
 from tti_server.protocol import CaikitParameters, CaikitTextToImageRequest, OpenAIImageRequest
-from tti_server.settings import ImageFormat, Settings
+from tti_server.settings import Settings
 
 
 @dataclass(frozen=True)

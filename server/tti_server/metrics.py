@@ -6,8 +6,6 @@ request). It also gives every request its id and every response `X-Request-Id`.
 
 from __future__ import annotations
 
-import random
-import re
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
@@ -24,12 +22,13 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tti_contracts import metrics as names
+from tti_contracts.envelope import request_id
 from tti_server.engine import Engine
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 REQUEST_LABELS = ["route", "method", "status"]
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class EngineCollector(Collector):
@@ -48,10 +47,10 @@ class EngineCollector(Collector):
         ready = GaugeMetricFamily("tti_ready", "1 once the model is loaded and warmed up")
         running = GaugeMetricFamily("tti_running", "Requests in a pipeline call now")
         in_flight = GaugeMetricFamily(
-            "tti_in_flight", "Requests in flight or queued now (HTTP and gRPC)"
+            names.IN_FLIGHT, "Requests in flight or queued now (HTTP and gRPC)"
         )
         load = CounterMetricFamily(
-            "tti_request_load_seconds",
+            names.REQUEST_LOAD,
             "Integral over time of the requests in flight or queued: its rate is the mean "
             "concurrency (what the operator's autoscaler scales on)",
         )
@@ -172,10 +171,5 @@ class RequestContextMiddleware:
 
 def _request_id(scope: Scope) -> str:
     """The client's X-Request-Id when it is a sane token, else a fresh one."""
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            candidate: str = value.decode("latin-1")
-            if _CLIENT_ID.match(candidate):
-                return candidate
-    # 128 random bits like uuid4, but without a getrandom() syscall per request.
-    return f"{random.getrandbits(128):032x}"
+    sent = next((value for name, value in scope["headers"] if name == b"x-request-id"), None)
+    return request_id(None if sent is None else sent.decode("latin-1"))

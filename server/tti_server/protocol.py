@@ -15,7 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from tti_server.settings import ImageFormat, normalise_format
+from tti_contracts.api import ImageFormat
+from tti_server.settings import normalise_format
 
 AnyCaseFormat = Annotated[ImageFormat, BeforeValidator(normalise_format)]
 

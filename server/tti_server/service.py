@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from tti_contracts.api import ImageFormat
 from tti_server import __version__
 from tti_server.backends.base import Backend, BatchKey, GenerationRequest
 from tti_server.backends.loading import ModelLoadError, load_backends
@@ -26,7 +27,7 @@ from tti_server.failures import NotReady
 from tti_server.generation import caikit_job, openai_job
 from tti_server.metrics import ServerMetrics
 from tti_server.protocol import CaikitTextToImageRequest, OpenAIImageRequest
-from tti_server.settings import ImageFormat, Settings
+from tti_server.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tti_operator.catalogue import CATALOGUE, ModelEntry, ModelName, entry
+from tti_contracts.api import ImageFormat
+from tti_contracts.catalogue import CATALOGUE, ModelEntry, ModelName, entry
 
-ImageFormat = Literal["png", "jpeg", "webp"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 
 

@@ -30,7 +30,7 @@ from support.server import ServerProcess, StartServer
 
 from tti_gateway.cluster import Client, ClusterSource
 from tti_gateway.endpoints import EndpointTable, HoldPolicy, Model
-from tti_operator.kube import ApiError
+from tti_kube.client import ApiError
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

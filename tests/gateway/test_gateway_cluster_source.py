@@ -14,7 +14,7 @@ from tti_gateway.cluster import (
     slice_endpoints,
 )
 from tti_gateway.endpoints import EndpointTable, HoldPolicy
-from tti_operator.kube import KubeClient
+from tti_kube.client import KubeClient
 
 
 def model(namespace: str, name: str, **spec: Any) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from playwright.sync_api import Page, expect
 from support.gateway import StartGateway, launch_gateway
 from support.server import ServerProcess, launch_server
 
+from tti_playground import ASSETS, HEADERS, read
 from tti_server.backends.stub import STUB_COLOR
-from tti_server.playground import ASSETS, HEADERS, read
 
 pytestmark = pytest.mark.slow
 

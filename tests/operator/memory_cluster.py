@@ -14,11 +14,11 @@ import itertools
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
+from tti_kube.client import ApiError, KubeClient
 from tti_operator.builders import labels, owner_reference
 from tti_operator.controller import Controller
 from tti_operator.informer import ChildCache
 from tti_operator.kinds import CHILD_KINDS, POD, ChildKind
-from tti_operator.kube import ApiError, KubeClient
 from tti_operator.reconciler import Build, ModelRecord
 from tti_operator.settings import OperatorSettings
 from tti_operator.workqueue import Backoff

@@ -11,11 +11,11 @@ import httpx
 import pytest
 from support.server import StartServer, free_port
 
+from tti_kube.client import KubeClient
 from tti_operator.autoscale_loop import Autoscaler
 from tti_operator.builders import MANAGED_BY, MODEL_LABEL
 from tti_operator.informer import ChildCache
 from tti_operator.kinds import POD
-from tti_operator.kube import KubeClient
 from tti_operator.reconciler import ModelStore
 from tti_operator.settings import OperatorSettings
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import ast
 import json
 from pathlib import Path
 from typing import Any, get_args
 
 import yaml
 
+from tti_contracts.catalogue import CATALOGUE, ModelName
 from tti_operator.builders import default_resources
-from tti_operator.catalogue import CATALOGUE, ModelName
 from tti_operator.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,18 +67,3 @@ def test_the_operator_takes_its_defaults_from_the_catalogue() -> None:
         resources = default_resources(spec)
         assert resources["requests"] == model.resources(spec.gpus).requests
         assert resources["limits"] == model.resources(spec.gpus).limits
-
-
-def imported(module: str) -> set[str]:
-    tree = ast.parse((ROOT / "operator" / "tti_operator" / module).read_text())
-    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-             for alias in node.names}  # fmt: skip
-    return names | {
-        node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-    }
-
-
-def test_the_catalogue_imports_nothing_beyond_the_standard_library() -> None:
-    """The server imports it too: it must pull in neither kopf nor, for the operator, torch."""
-    assert imported("catalogue.py") <= {"__future__", "dataclasses", "typing"}
-    assert imported("__init__.py") == set()

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tti_operator.spec import GROUP, KIND, PLURAL, VERSION, Autoscaling, parse_spec
+from tti_contracts.api import GROUP, KIND, PLURAL, VERSION
+from tti_operator.spec import Autoscaling, parse_spec
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 

@@ -13,10 +13,10 @@ import kopf
 import pytest
 from support.cluster import Cluster
 
+from tti_kube.client import KubeClient
 from tti_operator.builders import MANAGED_BY, MODEL_LABEL
 from tti_operator.informer import ChildCache, Informer, Key
 from tti_operator.kinds import DEPLOYMENT, POD
-from tti_operator.kube import KubeClient
 
 pytestmark = [pytest.mark.cluster]
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from tti_kube.client import KubeClient
 from tti_operator.builders import Owner, desired_children, labels, owner_reference
 from tti_operator.informer import ChildCache, Informer, Key
 from tti_operator.kinds import CHILD_KINDS, DEPLOYMENT, POD, SERVICE, Drift, kind_of
-from tti_operator.kube import KubeClient
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import parse_spec
 

@@ -18,9 +18,9 @@ import pytest
 from aiohttp import web
 from memory_cluster import Harness, MemoryApi, body, owned_by, pod, refuse_name
 
+from tti_kube.client import ApiError, KubeClient
 from tti_operator.builders import Owner, desired_children, labels
 from tti_operator.kinds import CHILD_KINDS, DEPLOYMENT, POD, SERVICE, ChildKind, Drift
-from tti_operator.kube import ApiError, KubeClient
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import ModelSpec
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tti_operator.catalogue import CATALOGUE
+from tti_contracts.catalogue import CATALOGUE
 from tti_server.generation import caikit_job
 from tti_server.protocol import CaikitTextToImageRequest
 from tti_server.settings import Settings

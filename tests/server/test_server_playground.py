@@ -11,12 +11,12 @@ from pathlib import Path
 import httpx
 from fastapi.testclient import TestClient
 
-from tti_server.api.playground import ASSETS
+from tti_playground import ASSETS
 from tti_server.app import create_app
 from tti_server.cli import load_settings
 from tti_server.settings import Settings
 
-PLAYGROUND = files("tti_server") / "playground"
+PLAYGROUND = files("tti_playground")
 #: Small on purpose: the page is three hand-written files (total stated in docs/server.md).
 MAX_TOTAL_BYTES = 32 * 1024
 

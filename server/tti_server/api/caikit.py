@@ -7,6 +7,7 @@ import base64
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE
 from tti_server.api.deps import service_of
 from tti_server.api.errors_doc import CAIKIT_ERRORS
 from tti_server.api.json_route import CaikitRoute, json_response
@@ -19,7 +20,7 @@ _RAW_IMAGES: dict[str, dict[str, object]] = {media: {} for media in MEDIA_TYPES.
 
 
 @router.post(
-    "/api/v1/task/text-to-image",
+    CAIKIT_TEXT_TO_IMAGE,
     response_model=CaikitTextToImageResponse,
     responses={**CAIKIT_ERRORS, 200: {"content": _RAW_IMAGES}},
     summary="Generate one image (caikit TextToImageTask)",

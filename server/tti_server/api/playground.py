@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from tti_server.playground import ASSETS, HEADERS, read
+from tti_playground import ASSETS, HEADERS, read
 
 router = APIRouter(include_in_schema=False)
 

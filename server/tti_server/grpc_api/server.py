@@ -28,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
+from tti_contracts.routes import MODEL_HEADER
 from tti_server.engine import (
     EngineStopped,
     GenerationFailed,
@@ -42,8 +43,6 @@ from tti_server.service import Service
 
 log = logging.getLogger(__name__)
 
-#: The request metadata naming the model, as the caikit runtime (and ModelMesh) has it.
-MODEL_ID_KEY = "mm-model-id"
 SERVICE_NAME: str = computervisionservice_pb2.DESCRIPTOR.services_by_name[
     "ComputerVisionService"
 ].full_name
@@ -76,7 +75,7 @@ class ComputerVisionServicer(computervisionservice_pb2_grpc.ComputerVisionServic
         code = grpc.StatusCode.CANCELLED  # unless it ends another way
         try:
             body = caikit_request(request, context.invocation_metadata())
-            result = await self._service.text_to_image(body, model_field=MODEL_ID_KEY)
+            result = await self._service.text_to_image(body, model_field=MODEL_HEADER)
             code = grpc.StatusCode.OK
             return captioned_image(result.image, result.caption, result.producer)
         except ServiceError as exc:
@@ -93,9 +92,9 @@ class ComputerVisionServicer(computervisionservice_pb2_grpc.ComputerVisionServic
 
 def caikit_request(request: Any, metadata: Any) -> CaikitTextToImageRequest:
     """The gRPC request as caikit's HTTP body: `mm-model-id`, `inputs`, the set parameters."""
-    model_id = dict(metadata or ()).get(MODEL_ID_KEY)
+    model_id = dict(metadata or ()).get(MODEL_HEADER)
     if not model_id:
-        raise InvalidInput(f"{MODEL_ID_KEY}: missing; name the served model in this metadata")
+        raise InvalidInput(f"{MODEL_HEADER}: missing; name the served model in this metadata")
     parameters = {name: getattr(request, name) for name in PARAMETERS if request.HasField(name)}
     body = {"model_id": model_id, "inputs": request.inputs, "parameters": parameters}
     try:

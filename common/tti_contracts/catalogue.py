@@ -1,9 +1,9 @@
-"""The model catalogue: every model the project serves, once, for the operator and the server.
+"""The model catalogue: every model the project serves, once, for all three programs.
 
-Standard library only, and `tti_operator/__init__.py` imports nothing: the server imports
-this module without pulling in kopf, and the operator never imports torch. Adding a
-backend is a row here, its backend module in the server, and the name in the CRD's
-`spec.model` enum (a test compares the enum with this table).
+The operator reads its resource defaults, the server its request defaults and rules, the
+gateway how a model fits a requested size. Adding a backend is a row here, its backend
+module in the server, and the name in the CRD's `spec.model` enum (a test compares the
+enum with this table).
 """
 
 from __future__ import annotations

@@ -1,30 +1,48 @@
-"""A minimal async Kubernetes client for what the operator does besides kopf's model watch.
+"""A minimal async Kubernetes client, for the operator and the gateway alike.
 
-kopf already holds the credentials (see `handlers.login`); this client reuses them over
-aiohttp, so nothing blocks a thread. Children are written with server-side apply: one
-idempotent request creates or updates, and a reapply of the same object is a no-op on the
-server. The paths of the children come from their row in `kinds`.
+Whoever logs in (kopf, in both programs) hands over the credentials (`Credentials`); this
+client reuses them over aiohttp, so nothing blocks a thread. Objects are written with
+server-side apply: one idempotent request creates or updates, and a reapply of the same
+object is a no-op on the server. Where an object lives comes from its kind (`Located`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
 
 import aiohttp
-import kopf
 
-from tti_operator.kinds import ChildKind
+from tti_contracts.api import model_path
 
 Obj = dict[str, Any]
 
 _EVENTS_PATH = "/api/v1/namespaces/{ns}/events"
-_STATUS_PATH = "/apis/tti.dev/v1alpha1/namespaces/{ns}/texttoimagemodels/{name}/status"
-_SCALE_PATH = "/apis/tti.dev/v1alpha1/namespaces/{ns}/texttoimagemodels/{name}/scale"
 #: The API server ends a watch after this long; it is then resumed where it stopped.
 WATCH_TIMEOUT_S = 300
+
+
+class Credentials(Protocol):
+    """How to reach and authenticate to the API server (kopf's `ConnectionInfo` is one)."""
+
+    @property
+    def server(self) -> str: ...
+
+    @property
+    def trust_env(self) -> bool: ...
+
+    def as_ssl_context(self) -> ssl.SSLContext: ...
+
+    def as_http_headers(self) -> Mapping[str, str]: ...
+
+
+class Located(Protocol):
+    """A kind of object, as far as the client needs it: where one of them lives."""
+
+    def object_path(self, namespace: str, name: str) -> str: ...
 
 
 class ApiError(Exception):
@@ -42,8 +60,7 @@ class ApiError(Exception):
 
 
 class KubeClient:
-    """Server-side apply, deletes, status patches, Events, lists and watches with the
-    operator's credentials."""
+    """Server-side apply, deletes, status patches, scaling, Events, lists and watches."""
 
     def __init__(
         self, field_manager: str, timeout_s: float = 30.0, max_in_flight: int = 16
@@ -57,8 +74,8 @@ class KubeClient:
         self._session: aiohttp.ClientSession | None = None
         self._server = ""
 
-    async def connect(self, info: kopf.ConnectionInfo) -> None:
-        """(Re)connect with fresh credentials; kopf calls login again after a 401."""
+    async def connect(self, info: Credentials) -> None:
+        """(Re)connect with fresh credentials (kopf logs in again after a 401)."""
         await self.close()
         self._server = info.server.rstrip("/")
         self._session = aiohttp.ClientSession(
@@ -102,7 +119,7 @@ class KubeClient:
             except (aiohttp.ClientError, TimeoutError) as error:
                 raise ApiError(503, f"API server unreachable: {error!r}") from error
 
-    async def apply(self, kind: ChildKind, obj: Obj) -> tuple[bool, Obj]:
+    async def apply(self, kind: Located, obj: Obj) -> tuple[bool, Obj]:
         """Server-side apply `obj` (of `kind`); returns (created, the object as stored)."""
         meta = obj["metadata"]
         path = kind.object_path(meta["namespace"], meta["name"])
@@ -113,7 +130,7 @@ class KubeClient:
         )
         return status == 201, stored
 
-    async def delete(self, kind: ChildKind, namespace: str, name: str, uid: str) -> None:
+    async def delete(self, kind: Located, namespace: str, name: str, uid: str) -> None:
         """Delete the object `name` if it is still the one with `uid`: one already gone
         (404), or replaced by a namesake since (409: the uid precondition failed), is left."""
         body = {
@@ -131,12 +148,12 @@ class KubeClient:
                 raise
 
     async def create_event(self, event: Obj) -> None:
-        """POST a core/v1 Event (see `builders.build_event`)."""
+        """POST a core/v1 Event."""
         path = _EVENTS_PATH.format(ns=event["metadata"]["namespace"])
         await self._request("POST", path, event, "application/json", {})
 
     async def patch_status(self, namespace: str, name: str, status: Obj) -> None:
-        path = _STATUS_PATH.format(ns=namespace, name=name)
+        path = model_path(namespace, name, "status")
         params = {"fieldManager": self.field_manager}
         body = {"status": status}
         await self._request("PATCH", path, body, "application/merge-patch+json", params)
@@ -146,7 +163,7 @@ class KubeClient:
     ) -> None:
         """Set a model's replicas through its scale subresource (what `kubectl scale` does);
         with `resource_version`, only if the model is still that version (else 409)."""
-        path = _SCALE_PATH.format(ns=namespace, name=name)
+        path = model_path(namespace, name, "scale")
         params = {"fieldManager": self.field_manager}
         body: Obj = {"spec": {"replicas": replicas}}
         if resource_version:

@@ -1,0 +1,1 @@
+"""The Kubernetes client and the list+watch that the operator and the gateway share."""
