@@ -18,8 +18,8 @@ from functools import partial
 from pathlib import Path
 
 from tti_server import __version__
-from tti_server.backends.base import Backend, BatchKey, GenerationRequest
-from tti_server.backends.loading import ModelLoadError, load_backends
+from tti_server.backends.base import Backend, BatchKey, GenerationRequest, ModelLoadError
+from tti_server.backends.loading import load_backends
 from tti_server.encoding import encode_images
 from tti_server.engine import Engine
 from tti_server.failures import NotReady

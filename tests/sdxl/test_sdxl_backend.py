@@ -16,8 +16,12 @@ import torch
 from PIL import Image
 from support.tiny_model import pixel_difference
 
-from tti_server.backends.base import BackendOutOfMemory, BatchKey, GenerationRequest
-from tti_server.backends.loading import ModelLoadError
+from tti_server.backends.base import (
+    BackendOutOfMemory,
+    BatchKey,
+    GenerationRequest,
+    ModelLoadError,
+)
 from tti_server.backends.sdxl import SDXLBackend, SDXLOptions, load_sdxl
 from tti_server.tiny_model import write_tiny_model
 
