@@ -23,7 +23,7 @@ demo: venv node-deps ## The main job: local cluster with a real node, chart, ope
 
 .PHONY: demo-server
 demo-server: venv ## The server alone with the stub model: one image, then the playground's URL
-	@$(PY) -m tti_server.demo
+	@$(PY) -m tti_server.tools.demo
 
 .PHONY: lint
 lint: venv ## ruff (lint + format check) and mypy --strict

@@ -145,7 +145,7 @@ async def _serve_both(server: Any, service: Any) -> None:
 
 def make_tiny_model(argv: Sequence[str]) -> int:
     args = build_tiny_model_parser().parse_args(argv)
-    from tti_server.tiny_model import write_tiny_model
+    from tti_server.tools.tiny_model import write_tiny_model
 
     try:
         write_tiny_model(args.directory)

@@ -16,7 +16,7 @@ request: measured with tests/benchmarks/bench_stub_server.py).
 
 A batch that raises fails only its own requests; the worker releases device
 memory and keeps serving. Nothing here knows about HTTP or gRPC: its errors are
-`failures.ServiceError`s, which each transport maps to its own codes.
+`failures.EngineError`s, which each transport maps to its own codes.
 """
 
 from __future__ import annotations
@@ -34,7 +34,14 @@ from typing import Any, TypeVar, cast
 from PIL import Image
 
 from tti_server.backends.base import Backend, BackendOutOfMemory, GenerationRequest
-from tti_server.failures import ServiceError
+from tti_server.failures import (
+    EngineError,
+    EngineStopped,
+    GenerationFailed,
+    GenerationTimeout,
+    OutOfMemory,
+    QueueFull,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,30 +49,6 @@ T = TypeVar("T")
 Images = list[Image.Image]
 #: Per request: what its finish step returned, or the error to raise instead.
 Outcomes = list[tuple["_Job", Any, "EngineError | None"]]
-
-
-class EngineError(ServiceError):
-    """A request the engine could not serve; the message is safe to show to clients."""
-
-
-class QueueFull(EngineError):
-    """Too many requests are waiting; try again shortly."""
-
-
-class GenerationTimeout(EngineError):
-    """The request did not finish within the request timeout."""
-
-
-class OutOfMemory(EngineError):
-    """The device ran out of memory for the batch this request was in."""
-
-
-class GenerationFailed(EngineError):
-    """The backend raised while generating the batch this request was in."""
-
-
-class EngineStopped(EngineError):
-    """The engine is shutting down."""
 
 
 @dataclass

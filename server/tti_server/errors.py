@@ -18,14 +18,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from tti_contracts.envelope import REQUEST_ID_HEADER, error_body
-from tti_server.engine import (
+from tti_server.failures import (
     EngineStopped,
     GenerationFailed,
     GenerationTimeout,
+    InvalidInput,
+    NotReady,
     OutOfMemory,
     QueueFull,
+    ServiceError,
+    UnknownModel,
+    lookup,
 )
-from tti_server.failures import InvalidInput, NotReady, ServiceError, UnknownModel, lookup
 
 log = logging.getLogger(__name__)
 

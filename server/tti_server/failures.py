@@ -1,8 +1,12 @@
-"""Transport-neutral errors: what went wrong with a request, never how a transport says it.
+"""Every error the service tells a client: what went wrong, never how a transport says it.
 
-The service, the request checks and the engine raise these; each transport maps
-them to its own codes in one table (`errors.HTTP_STATUS`, `grpc_api.server.GRPC_CODE`).
-Every message is safe to show to clients and names the field at fault.
+The request checks, the service and the engine raise these; each transport maps
+them to its own codes in one table (`errors.HTTP_STATUS`, `grpc_api.server.GRPC_CODE`),
+where an error's nearest listed class wins. Every message is safe to show to
+clients and names the field at fault.
+
+A backend's own errors (`backends.base.BackendOutOfMemory`, `ModelLoadError`) are
+not here: they are what a backend tells the server, which turns them into these.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ class ServiceError(Exception):
     """A request the server refuses or cannot serve."""
 
 
+# The request itself
+
+
 class InvalidInput(ServiceError):
     """A value the server does not accept (too large, malformed, missing)."""
 
@@ -24,8 +31,38 @@ class UnknownModel(ServiceError):
     """The request names a model this server does not serve."""
 
 
+# The server's state
+
+
 class NotReady(ServiceError):
     """The model is still loading and warming up, or failed to load."""
+
+
+# Serving an accepted request (the engine)
+
+
+class EngineError(ServiceError):
+    """A request the engine could not serve."""
+
+
+class QueueFull(EngineError):
+    """Too many requests are waiting; try again shortly."""
+
+
+class GenerationTimeout(EngineError):
+    """The request did not finish within the request timeout."""
+
+
+class OutOfMemory(EngineError):
+    """The device ran out of memory for the batch this request was in."""
+
+
+class GenerationFailed(EngineError):
+    """The backend raised while generating the batch this request was in."""
+
+
+class EngineStopped(EngineError):
+    """The engine is shutting down."""
 
 
 def lookup(table: dict[type[ServiceError], V], error: ServiceError) -> V:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from tti_contracts.api import ImageFormat
 from tti_server import __version__
-from tti_server.backends.base import Backend, BatchKey, GenerationRequest
-from tti_server.backends.loading import ModelLoadError, load_backends
+from tti_server.backends.base import Backend, BatchKey, GenerationRequest, ModelLoadError
+from tti_server.backends.loading import load_backends
 from tti_server.encoding import encode_images
 from tti_server.engine import Engine
 from tti_server.failures import NotReady
@@ -109,17 +109,13 @@ class Service:
         return self.engine
 
     async def text_to_image(
-        self,
-        body: CaikitTextToImageRequest,
-        raw_format: ImageFormat | None = None,
-        model_field: str = "model_id",
+        self, body: CaikitTextToImageRequest, model_field: str = "model_id"
     ) -> CaptionedImage:
-        """caikit's TextToImageTask; `raw_format` overrides the requested image format."""
+        """caikit's TextToImageTask, in the format the request asks for (else the default)."""
         engine = self.ready_engine()
         job = caikit_job(body, self.settings, model_field)
-        image_format = raw_format or job.image_format
-        (image,) = await self.generate(engine, job.request, image_format)
-        return CaptionedImage(image, image_format, body.inputs, self.producer)
+        (image,) = await self.generate(engine, job.request, job.image_format)
+        return CaptionedImage(image, job.image_format, body.inputs, self.producer)
 
     async def images(self, body: OpenAIImageRequest) -> Images:
         """OpenAI's image generation: `n` images in one pipeline call."""

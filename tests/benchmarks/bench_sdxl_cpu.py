@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from support.server import ServerProcess, launch_server  # noqa: E402
 
 from tti_server.backends.sdxl import load_sdxl  # noqa: E402
-from tti_server.tiny_model import write_tiny_model  # noqa: E402
+from tti_server.tools.tiny_model import write_tiny_model  # noqa: E402
 
 PATH = "/api/v1/task/text-to-image"
 SIZE = 64

@@ -57,7 +57,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from support.server import ServerExited, ServerProcess, free_port, wait_until_ready  # noqa: E402
 
-from tti_server import tiny_model  # noqa: E402
+from tti_server.tools import tiny_model  # noqa: E402
 
 PATH = "/api/v1/task/text-to-image"
 BATCHES = (1, 4, 8)

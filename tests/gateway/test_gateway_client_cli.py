@@ -26,7 +26,9 @@ REFUSED = (
 def tti(*args: str, api_key: str | None = None) -> subprocess.CompletedProcess[str]:
     """The installed `tti`, with `TTI_API_KEY` set to `api_key` (None: unset)."""
     script = Path(sys.executable).with_name("tti")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "tti_server.client"]
+    command = (
+        [str(script)] if script.exists() else [sys.executable, "-m", "tti_server.tools.client"]
+    )
     env = {k: v for k, v in os.environ.items() if k != "TTI_API_KEY"}
     if api_key is not None:
         env["TTI_API_KEY"] = api_key

@@ -16,10 +16,14 @@ import torch
 from PIL import Image
 from support.tiny_model import pixel_difference
 
-from tti_server.backends.base import BackendOutOfMemory, BatchKey, GenerationRequest
-from tti_server.backends.loading import ModelLoadError
+from tti_server.backends.base import (
+    BackendOutOfMemory,
+    BatchKey,
+    GenerationRequest,
+    ModelLoadError,
+)
 from tti_server.backends.sdxl import SDXLBackend, SDXLOptions, load_sdxl
-from tti_server.tiny_model import write_tiny_model
+from tti_server.tools.tiny_model import write_tiny_model
 
 BATCH_TOLERANCE = 2
 SMALL = BatchKey(height=64, width=64, num_steps=1, guidance_scale=0.0, negative_prompt=None)

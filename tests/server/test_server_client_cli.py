@@ -12,7 +12,9 @@ from support.server import ServerProcess, free_port
 
 def tti(*args: str) -> subprocess.CompletedProcess[str]:
     script = Path(sys.executable).with_name("tti")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "tti_server.client"]
+    command = (
+        [str(script)] if script.exists() else [sys.executable, "-m", "tti_server.tools.client"]
+    )
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=60)
 
 

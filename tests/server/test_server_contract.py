@@ -182,6 +182,13 @@ def test_caikit_image_star_accept_uses_the_requested_format(api: httpx.Client) -
     assert answer.headers["content-type"] == "image/webp"
 
 
+def test_caikit_accept_naming_a_format_wins_over_image_format(api: httpx.Client) -> None:
+    body = {"inputs": "wins", "parameters": {"image_format": "webp", "height": 16, "width": 16}}
+    answer = caikit(api, body, headers={"Accept": "text/html, image/jpeg"})
+    assert answer.headers["content-type"] == "image/jpeg"
+    assert decode(answer.content).format == "JPEG"
+
+
 @pytest.mark.parametrize(("height", "width"), [(60, 100), (3, 4), (1, 1), (1024, 7)])
 def test_the_stub_draws_the_size_asked_for_as_caikits_stub(
     api: httpx.Client, height: int, width: int

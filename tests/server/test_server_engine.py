@@ -17,8 +17,8 @@ from PIL import Image
 
 from tti_server.backends.base import BackendOutOfMemory, BatchKey, GenerationRequest
 from tti_server.backends.stub import StubBackend
-from tti_server.engine import (
-    Engine,
+from tti_server.engine import Engine
+from tti_server.failures import (
     EngineStopped,
     GenerationFailed,
     GenerationTimeout,

@@ -56,7 +56,7 @@ def test_playground_false_leaves_the_page_out_but_not_the_api() -> None:
 def test_demo_server_prints_the_playgrounds_address(tmp_path: Path) -> None:
     """Without a terminal it stops after the image; from one it would serve until Ctrl-C."""
     demo = subprocess.run(
-        [sys.executable, "-m", "tti_server.demo"],
+        [sys.executable, "-m", "tti_server.tools.demo"],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from tti_server.backends.sdxl import SDXLBackend, load_sdxl
-from tti_server.tiny_model import write_tiny_caikit_model, write_tiny_model
+from tti_server.tools.tiny_model import write_tiny_caikit_model, write_tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,9 @@
 
 The engine owns queueing, batching and one worker thread per device; a backend
 only turns a batch of compatible requests into images on its own device. The
-HTTP layer never imports a backend module, so it never touches torch.
+HTTP layer never imports a backend module, so it never touches torch. A backend
+reports trouble with the two errors below, which the server turns into what a
+client is told (`failures.py`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ class GenerationRequest:
 
 class BackendOutOfMemory(RuntimeError):
     """The device ran out of memory for this batch; the caller may retry later (503)."""
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message is the one line the operator sees."""
 
 
 class Backend(Protocol):

@@ -6,13 +6,9 @@ for `sdxl-turbo`, so the stub server (and the HTTP layer) never pays for it.
 
 from __future__ import annotations
 
-from tti_server.backends.base import Backend
+from tti_server.backends.base import Backend, ModelLoadError
 from tti_server.backends.stub import StubBackend
 from tti_server.settings import Settings
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be loaded; the message is the one line the operator sees."""
 
 
 def cuda_device_count() -> int:

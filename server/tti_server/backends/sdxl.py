@@ -31,8 +31,7 @@ import torch
 import yaml
 from PIL import Image
 
-from tti_server.backends.base import BackendOutOfMemory, GenerationRequest
-from tti_server.backends.loading import ModelLoadError
+from tti_server.backends.base import BackendOutOfMemory, GenerationRequest, ModelLoadError
 
 #: The key under which the seed's caikit module records the pipeline sub-folder.
 CAIKIT_PIPELINE_KEY = "sdxl_model"

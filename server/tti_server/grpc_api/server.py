@@ -29,15 +29,19 @@ from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
 from tti_contracts.routes import MODEL_HEADER
-from tti_server.engine import (
+from tti_server.errors import describe_validation_errors
+from tti_server.failures import (
     EngineStopped,
     GenerationFailed,
     GenerationTimeout,
+    InvalidInput,
+    NotReady,
     OutOfMemory,
     QueueFull,
+    ServiceError,
+    UnknownModel,
+    lookup,
 )
-from tti_server.errors import describe_validation_errors
-from tti_server.failures import InvalidInput, NotReady, ServiceError, UnknownModel, lookup
 from tti_server.protocol import CaikitTextToImageRequest
 from tti_server.service import Service
 

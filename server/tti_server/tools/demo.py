@@ -13,7 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tti_server.client import ClientError, GenerateOptions, generate
+from tti_server.tools.client import ClientError, GenerateOptions, generate
 
 OUTPUT = Path("out/demo.png")
 READY_TIMEOUT_S = 60.0
