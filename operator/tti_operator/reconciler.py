@@ -28,7 +28,7 @@ from typing import Any, cast
 
 import kopf
 
-from tti_contracts.api import API_VERSION, KIND
+from tti_contracts.api import API_VERSION, KIND, declared_replicas
 from tti_kube.client import ApiError, KubeClient
 from tti_operator.builders import Owner, build_event, desired_children
 from tti_operator.informer import Child, ChildCache, Key
@@ -483,8 +483,8 @@ def _desired(spec: ModelSpec | InvalidSpec, raw_spec: Mapping[str, Any]) -> tupl
     """Replicas and GPUs, also for a spec that does not parse (status still has to say so)."""
     if isinstance(spec, ModelSpec):
         return spec.replicas, spec.gpus
-    replicas, gpus = raw_spec.get("replicas", 1), raw_spec.get("gpus", 0)
-    return (replicas if isinstance(replicas, int) else 0, gpus if isinstance(gpus, int) else 0)
+    gpus = raw_spec.get("gpus", 0)
+    return declared_replicas(raw_spec), gpus if isinstance(gpus, int) else 0
 
 
 def _now() -> str:
