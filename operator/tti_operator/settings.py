@@ -55,6 +55,34 @@ class OperatorSettings(BaseSettings):
         "0 means no limit (kopf's default)",
     )
 
+    cache_enabled: bool = Field(
+        True,
+        description="fetch Hugging Face weights once per namespace into a cache claim "
+        "(spec.cache.enabled overrides); false: each model pod downloads its own",
+    )
+    cache_storage_class: str = Field(
+        "", description="storage class of cache claims; empty: the cluster's default class"
+    )
+    cache_size: str = Field(
+        "", description="size of a cache claim; empty: the catalogue's size for the model"
+    )
+    cache_access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = Field(
+        "ReadWriteOnce",
+        description="access mode of cache claims: ReadWriteMany lets pods on several nodes "
+        "share one; with ReadWriteOnce every pod using it runs on the node that holds it",
+    )
+    cache_retention_s: int = Field(
+        7 * 24 * 3600,
+        ge=0,
+        description="seconds a cache entry no model uses is kept before it is deleted "
+        "(0: kept until deleted by hand)",
+    )
+    hub_endpoint: str = Field(
+        "",
+        description="Hugging Face endpoint the fetch Jobs use (HF_ENDPOINT: a mirror or a "
+        "proxy); empty: huggingface.co",
+    )
+
     gateway_url: str = Field(
         "",
         description="the gateway's base URL; its /metrics says how many requests it holds "

@@ -24,8 +24,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class SecretKeyRef(_Strict):
+    name: str = Field(min_length=1)
+    key: str = Field("token", min_length=1)
+
+
 class HuggingFaceSource(_Strict):
     repo: str = Field(min_length=1)
+    #: A branch, tag or commit; the fetch resolves it to a commit once, and the model keeps
+    #: that commit until the entry is fetched again.
+    revision: str = Field("main", min_length=1)
+    #: A Secret holding a hub token (gated repositories); read only by the fetch Job.
+    token_secret: SecretKeyRef | None = Field(None, alias="tokenSecret")
 
 
 class PvcSource(_Strict):
@@ -47,6 +57,18 @@ class Source(_Strict):
         if sum(x is not None for x in (self.hugging_face, self.pvc, self.host_path)) != 1:
             raise ValueError("set exactly one of huggingFace, persistentVolumeClaim, hostPath")
         return self
+
+
+AccessMode = Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]
+
+
+class ModelCache(_Strict):
+    """`spec.cache`: where hub weights are kept; each unset field takes the operator's default."""
+
+    enabled: bool | None = None
+    storage_class_name: str | None = Field(None, alias="storageClassName")
+    size: str | None = Field(None, min_length=1)
+    access_mode: AccessMode | None = Field(None, alias="accessMode")
 
 
 class Toleration(_Strict):
@@ -96,6 +118,7 @@ class ModelSpec(_Strict):
     replicas: int = Field(DEFAULT_REPLICAS, ge=0)
     autoscaling: Autoscaling | None = None
     source: Source | None = None
+    cache: ModelCache = Field(default_factory=lambda: ModelCache.model_validate({}))
     image: str | None = Field(None, min_length=1)
     max_batch_size: int | None = Field(None, alias="maxBatchSize", ge=1, le=64)
     batch_wait_ms: int | None = Field(None, alias="batchWaitMs", ge=0, le=1000)
