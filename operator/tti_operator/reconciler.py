@@ -7,8 +7,10 @@ events) and its children from the informer's `ChildCache`, then
 1. builds the desired children with the pure builders and server-side applies those that
    need it: all of them for a generation this process has not applied, else only a child
    deleted or edited by someone else (see `judge`);
-2. deletes owned children that are no longer desired, of the kinds that allow it;
-3. computes the status from the children and patches it if it changed.
+2. computes the status from the children and patches it if it changed.
+
+It deletes nothing: every child is wanted while its model exists, and goes with it by
+owner-reference garbage collection.
 
 A model that is gone, being deleted or replaced by a namesake needs no special case: its
 latest record says so, and the uid tells a namesake apart. What is remembered per model
@@ -278,7 +280,6 @@ class Reconciler:
             state.generation = record.generation  # nothing to apply until the spec changes
         else:
             again_s = await self._converge(record, state, spec, fresh)
-            await self._prune(record, state)
         await self._publish(record, state, fresh)
         return again_s
 
@@ -381,30 +382,7 @@ class Reconciler:
             message = f"updated {what} to generation {record.generation}"
             self._emit(record.ref, "Normal", "Updated", message)
 
-    # 2. Pruning.
-
-    async def _prune(self, record: ModelRecord, state: ModelState) -> None:
-        """Delete the model's own children that are no longer desired, where the kind allows.
-
-        Owned means its controlling owner reference names this model's uid: a child that
-        merely carries the model's labels (someone else's) is never touched.
-        """
-        if state.refused:
-            return  # what is desired was not applied: keep what serves now
-        for kind in self.kinds:
-            if not kind.prunable:
-                continue
-            for name, child in list(self.cache.children(kind, record.key).items()):
-                if child.deleted or (kind.kind, name) in state.desired:
-                    continue
-                if child.controller_uid != record.owner.uid:
-                    continue
-                await self.client.delete(kind, record.owner.namespace, name, child.uid)
-                state.written.pop((kind.kind, name), None)
-                message = f"deleted {kind.kind} {name}: no longer wanted"
-                self._emit(record.ref, "Normal", "Deleted", message)
-
-    # 3. The status.
+    # 2. The status.
 
     async def _publish(
         self, record: ModelRecord, state: ModelState, fresh: Mapping[str, object]

@@ -35,7 +35,6 @@ class MemoryApi(KubeClient):
         super().__init__("test")
         self.objects: dict[tuple[str, str], Obj] = {}  # (kind, name) -> object
         self.applies: list[tuple[str, str]] = []
-        self.deletes: list[tuple[str, str]] = []
         self.statuses: list[Obj] = []
         self.status_of: dict[str, list[Obj]] = {}
         #: Raised by apply / patch_status; a callable decides per object name.
@@ -78,13 +77,6 @@ class MemoryApi(KubeClient):
             return False, copy.deepcopy(stored)
         self._store(kind, stored, "ADDED" if old is None else "MODIFIED")
         return old is None, copy.deepcopy(stored)
-
-    async def delete(self, kind: ChildKind, namespace: str, name: str, uid: str) -> None:
-        obj = self.objects.get((kind.kind, name))
-        if obj is None or obj["metadata"]["uid"] != uid:
-            return
-        self.deletes.append((kind.kind, name))
-        self.remove(kind, name)
 
     async def patch_status(self, namespace: str, name: str, status: Obj) -> None:
         if self.refuse_status is not None:
