@@ -87,7 +87,8 @@ class ModelRecord:
 
 
 class ModelStore:
-    """The latest record of every served model, as kopf's events show it."""
+    """The latest record of every served model, as kopf's events show it, and its spec parsed
+    once per generation for the reconciler and the autoscaler alike."""
 
     #: How many uids of deleted models are remembered, to ignore their late events.
     GONE_LIMIT = 10_000
@@ -95,6 +96,8 @@ class ModelStore:
     def __init__(self) -> None:
         self._models: dict[Key, ModelRecord] = {}
         self._gone: dict[str, None] = {}  # insertion-ordered: the oldest is dropped first
+        #: Per model, (uid, generation) and its spec parsed (or why it does not parse).
+        self._specs: dict[Key, tuple[tuple[str, int], ModelSpec | InvalidSpec]] = {}
 
     def __len__(self) -> int:
         return len(self._models)
@@ -104,6 +107,22 @@ class ModelStore:
 
     def records(self) -> list[ModelRecord]:
         return list(self._models.values())
+
+    def spec(self, record: ModelRecord) -> ModelSpec | InvalidSpec:
+        """The record's spec, parsed once per model and generation: the spec of a generation
+        never changes (the API server bumps it with every spec write, the scale included)."""
+        version = (record.owner.uid, record.generation)
+        cached = self._specs.get(record.key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        try:
+            parsed: ModelSpec | InvalidSpec = parse_spec(record.spec)
+        except InvalidSpec as error:
+            parsed = error
+        held = self._models.get(record.key)
+        if held is not None and (held.owner.uid, held.generation) == version:
+            self._specs[record.key] = (version, parsed)  # kept only while the model is served
+        return parsed
 
     def observe(self, event_type: str | None, record: ModelRecord) -> bool:
         """Keep the latest record of a model; returns whether it needs a reconcile.
@@ -122,7 +141,7 @@ class ModelStore:
             self._bury(uid)
             if held is None or held.owner.uid != uid:
                 return False
-            del self._models[record.key]
+            self._drop(record.key)
             return True
         if held is not None and held.owner.uid != uid:
             self._bury(held.owner.uid)
@@ -139,7 +158,11 @@ class ModelStore:
         self._bury(record.owner.uid)
         held = self._models.get(record.key)
         if held is not None and held.owner.uid == record.owner.uid:
-            del self._models[record.key]
+            self._drop(record.key)
+
+    def _drop(self, key: Key) -> None:
+        del self._models[key]
+        self._specs.pop(key, None)
 
     def _bury(self, uid: str) -> None:
         self._gone[uid] = None
@@ -174,17 +197,6 @@ class ModelState:
     failure_generation: int = 0
     #: The status last patched, so an unchanged one is not patched again.
     posted: dict[str, Any] | None = None
-    _parsed: tuple[int, ModelSpec | InvalidSpec] | None = None
-
-    def spec(self, record: ModelRecord) -> ModelSpec | InvalidSpec:
-        """The record's spec, parsed once per generation."""
-        if self._parsed is None or self._parsed[0] != record.generation:
-            try:
-                parsed: ModelSpec | InvalidSpec = parse_spec(record.spec)
-            except InvalidSpec as error:
-                parsed = error
-            self._parsed = (record.generation, parsed)
-        return self._parsed[1]
 
 
 class Verdict(enum.Enum):
@@ -246,7 +258,7 @@ class Reconciler:
         client: KubeClient,
         store: ModelStore,
         cache: ChildCache,
-        event: EventSink | None = None,
+        event: EventSink,
         kinds: Iterable[ChildKind] = CHILD_KINDS,
         build: Build = desired_children,
         autoscaling: AutoscalingStatus = lambda key: None,
@@ -255,7 +267,7 @@ class Reconciler:
         self.client = client
         self.store = store
         self.cache = cache
-        self.event: EventSink = event or EventPoster(client, settings.field_manager)
+        self.event = event
         self.kinds = tuple(kinds)
         self.build = build
         self.autoscaling = autoscaling
@@ -272,7 +284,7 @@ class Reconciler:
             self._forget(key)  # garbage collection takes the children
             return None
         state = self._state(record)
-        spec = state.spec(record)
+        spec = self.store.spec(record)
         again_s: float | None = None
         fresh: dict[str, object] = {}
         if isinstance(spec, InvalidSpec):
@@ -389,7 +401,7 @@ class Reconciler:
     ) -> None:
         """Compute the status from the children and patch it if it changed."""
         previous = state.posted or dict(record.status)
-        replicas, gpus = _desired(state.spec(record), record.spec)
+        replicas, gpus = _desired(self.store.spec(record), record.spec)
         status = compute_status(
             owner=record.owner,
             desired=replicas,
