@@ -318,8 +318,7 @@ def build_deployment(
 
 def desired_children(owner: Owner, spec: ModelSpec, settings: OperatorSettings) -> list[Obj]:
     """Every child the model should have now, in the order they are applied (the
-    Deployment, which the rollout waits on, first); an owned child missing here is pruned
-    where its kind allows (see `kinds`)."""
+    Deployment, which the rollout waits on, first)."""
     deployment = build_deployment(
         owner, spec, settings.server_image, playground=settings.playground
     )

@@ -1,4 +1,9 @@
-"""The `tti-operator` command: run the operator against the cluster in KUBECONFIG or in-cluster."""
+"""The `tti-operator` command: run the operator against the cluster in KUBECONFIG or in-cluster.
+
+The operator's one start-up path (the image's entry point, the chart's pod, the tests'
+`python -m tti_operator.cli`): settings from flags and environment, kopf configured, the
+`Controller` built and handed to kopf's handlers in its memo, then `kopf.run`.
+"""
 
 from __future__ import annotations
 

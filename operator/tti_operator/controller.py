@@ -1,5 +1,7 @@
 """The operator's core, wired: a store of models, the children's informer, one keyed work
-queue and its workers running the `Reconciler` (controller-runtime's Controller, for asyncio).
+queue and its workers running the `Reconciler` (controller-runtime's Controller, for asyncio),
+and the `AutoscaleLoop` beside them, which shares the store and the cache and leaves its
+decisions for the reconciler to publish.
 
 Every trigger only enqueues the model's key: a model event from kopf (when it says more
 than the echo of a status patch), a child event from the informer (after a short delay, so
@@ -15,11 +17,18 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tti_kube.client import ApiError, KubeClient
-from tti_operator.autoscale_loop import Autoscaler, MetricsUrl
+from tti_operator.autoscale_loop import AutoscaleLoop, MetricsUrl
 from tti_operator.builders import desired_children
 from tti_operator.informer import ChildCache, Informer, Key
 from tti_operator.kinds import CHILD_KINDS, ChildKind
-from tti_operator.reconciler import Build, EventSink, ModelRecord, ModelStore, Reconciler
+from tti_operator.reconciler import (
+    Build,
+    EventPoster,
+    EventSink,
+    ModelRecord,
+    ModelStore,
+    Reconciler,
+)
 from tti_operator.settings import OperatorSettings
 from tti_operator.workqueue import Backoff, WorkQueue, work
 
@@ -43,25 +52,21 @@ class Controller:
         self.settings = settings
         self.client = client
         self.kinds = tuple(kinds)
+        # Each part is built from those above it: nothing refers to one not built yet.
         self.store = ModelStore()
         self.queue: WorkQueue[Key] = WorkQueue(backoff)
         self.cache = ChildCache(self.child_changed, self.kinds)
         self.informer = Informer(client, settings.namespaces, self.cache, self.kinds)
-        self.autoscaler = Autoscaler(
-            settings,
-            client,
-            self.store,
-            self.cache,
-            lambda *args: self.reconciler.event(*args),
-            self.queue.add,
-            metrics_url,
+        self.event: EventSink = event or EventPoster(client, settings.field_manager)
+        self.autoscaler = AutoscaleLoop(
+            settings, client, self.store, self.cache, self.event, self.queue.add, metrics_url
         )
         self.reconciler = Reconciler(
             settings,
             client,
             self.store,
             self.cache,
-            event,
+            self.event,
             self.kinds,
             build,
             self.autoscaler.status,

@@ -1,9 +1,15 @@
-"""kopf registrations: the operator's process (login, liveness, logging) and the models' watch.
+"""kopf registrations: login, liveness, the models' event handler, and kopf's settings.
 
-kopf runs the operator and watches the models; each model event only reaches the
-`Controller`, which enqueues the model when the event says more than the echo of a status
-patch. Everything else (the children's watches, the work queue, the reconcile) is the
-controller's.
+kopf's whole part in the operator is here: it logs in (and hands the credentials to our
+client), serves the liveness endpoint, and delivers each model event to `model_event`,
+which only passes it to the `Controller` (it enqueues the model when the event says more
+than the echo of a status patch). Everything else (the children's watches, the work queue,
+the reconcile, the autoscaler) is the controller's. kopf's diff-base storage is patched
+for speed (`LeanDiffBaseStorage`).
+
+The one way to start the operator is the `tti-operator` command (`cli.main`): it configures
+kopf (`configure`) and builds the `Controller` into kopf's memo before `kopf.run`; a plain
+`kopf run` of this module stops at start-up, saying so.
 
 The models take a plain event handler, not kopf's create/update/resume handlers: the
 reconcile is level-based and idempotent, so the generation is all the change detection it
@@ -23,7 +29,6 @@ from typing import Any, cast
 import kopf
 
 from tti_contracts.api import GROUP, PLURAL, VERSION
-from tti_kube.client import KubeClient
 from tti_operator.controller import Controller
 from tti_operator.settings import OperatorSettings
 
@@ -113,12 +118,9 @@ def controller(memo: kopf.Memo) -> Controller:
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    # Under plain `kopf run` there is no CLI to set things up: do it here.
-    if "controller" not in memo:
-        ours = OperatorSettings.model_validate({})
-        configure(settings, ours)
-        memo["controller"] = Controller(ours, KubeClient(ours.field_manager))
+async def startup(memo: kopf.Memo, **_: Any) -> None:
+    if "controller" not in memo:  # kopf's own settings would be left unconfigured too
+        raise kopf.PermanentError("start the operator with `tti-operator`, not `kopf run`")
     controller(memo).start()
 
 

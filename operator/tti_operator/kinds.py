@@ -1,9 +1,9 @@
 """The kinds of a model's children, as data: one row per kind, read by everything else.
 
 The client takes its API paths from a row, the informer what to watch and what to keep of
-each object, the reconciler how to tell a hand edit from its own write and whether it may
-delete a child it no longer wants, the status which summaries to read; a test checks the
-chart's RBAC grants each row exactly the verbs it implies. Adding a kind is one row here
+each object, the reconciler how to tell a hand edit from its own write, the status which
+summaries to read; a test checks the chart's RBAC grants each row exactly the verbs it
+implies. Adding a kind is one row here
 plus its builder in `builders.desired_children`.
 """
 
@@ -36,8 +36,6 @@ class ChildKind:
     #: What the informer keeps of each object besides its identity (None: nothing).
     summarise: Callable[[Mapping[str, Any]], object] | None
     drift: Drift
-    #: May the operator delete an owned child of this kind that is no longer desired?
-    prunable: bool
 
     @property
     def applied(self) -> bool:
@@ -59,23 +57,19 @@ class ChildKind:
     @property
     def verbs(self) -> frozenset[str]:
         """What the operator's RBAC must grant on this kind: watched always (list, watch),
-        server-side applied (`patch`, and `create` for an apply that creates), pruned."""
+        server-side applied (`patch`, and `create` for an apply that creates)."""
         verbs = {"list", "watch"}
         if self.applied:
             verbs |= {"create", "patch"}
-        if self.prunable:
-            verbs.add("delete")
         return frozenset(verbs)
 
 
-# The Deployment and the Service are always desired, so nothing of theirs is ever pruned:
-# they go with their model by garbage collection, and the operator needs no `delete`.
-DEPLOYMENT = ChildKind(
-    "Deployment", "apps/v1", "deployments", deployment_state, Drift.GENERATION, prunable=False
-)
-SERVICE = ChildKind("Service", "v1", "services", None, Drift.VERSION, prunable=False)
+# Every child is desired for as long as its model exists: the children go with their model
+# by owner-reference garbage collection, and the operator deletes nothing (no `delete` verb).
+DEPLOYMENT = ChildKind("Deployment", "apps/v1", "deployments", deployment_state, Drift.GENERATION)
+SERVICE = ChildKind("Service", "v1", "services", None, Drift.VERSION)
 #: The pods are the Deployment's: watched for the status (scheduling, crash loops, pulls).
-POD = ChildKind("Pod", "v1", "pods", pod_state, Drift.NONE, prunable=False)
+POD = ChildKind("Pod", "v1", "pods", pod_state, Drift.NONE)
 
 CHILD_KINDS: tuple[ChildKind, ...] = (DEPLOYMENT, SERVICE, POD)
 

@@ -7,8 +7,10 @@ events) and its children from the informer's `ChildCache`, then
 1. builds the desired children with the pure builders and server-side applies those that
    need it: all of them for a generation this process has not applied, else only a child
    deleted or edited by someone else (see `judge`);
-2. deletes owned children that are no longer desired, of the kinds that allow it;
-3. computes the status from the children and patches it if it changed.
+2. computes the status from the children and patches it if it changed.
+
+It deletes nothing: every child is wanted while its model exists, and goes with it by
+owner-reference garbage collection.
 
 A model that is gone, being deleted or replaced by a namesake needs no special case: its
 latest record says so, and the uid tells a namesake apart. What is remembered per model
@@ -86,7 +88,8 @@ class ModelRecord:
 
 
 class ModelStore:
-    """The latest record of every served model, as kopf's events show it."""
+    """The latest record of every served model, as kopf's events show it, and its spec parsed
+    once per generation for the reconciler and the autoscaler alike."""
 
     #: How many uids of deleted models are remembered, to ignore their late events.
     GONE_LIMIT = 10_000
@@ -94,6 +97,8 @@ class ModelStore:
     def __init__(self) -> None:
         self._models: dict[Key, ModelRecord] = {}
         self._gone: dict[str, None] = {}  # insertion-ordered: the oldest is dropped first
+        #: Per model, (uid, generation) and its spec parsed (or why it does not parse).
+        self._specs: dict[Key, tuple[tuple[str, int], ModelSpec | InvalidSpec]] = {}
 
     def __len__(self) -> int:
         return len(self._models)
@@ -103,6 +108,22 @@ class ModelStore:
 
     def records(self) -> list[ModelRecord]:
         return list(self._models.values())
+
+    def spec(self, record: ModelRecord) -> ModelSpec | InvalidSpec:
+        """The record's spec, parsed once per model and generation: the spec of a generation
+        never changes (the API server bumps it with every spec write, the scale included)."""
+        version = (record.owner.uid, record.generation)
+        cached = self._specs.get(record.key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        try:
+            parsed: ModelSpec | InvalidSpec = parse_spec(record.spec)
+        except InvalidSpec as error:
+            parsed = error
+        held = self._models.get(record.key)
+        if held is not None and (held.owner.uid, held.generation) == version:
+            self._specs[record.key] = (version, parsed)  # kept only while the model is served
+        return parsed
 
     def observe(self, event_type: str | None, record: ModelRecord) -> bool:
         """Keep the latest record of a model; returns whether it needs a reconcile.
@@ -121,7 +142,7 @@ class ModelStore:
             self._bury(uid)
             if held is None or held.owner.uid != uid:
                 return False
-            del self._models[record.key]
+            self._drop(record.key)
             return True
         if held is not None and held.owner.uid != uid:
             self._bury(held.owner.uid)
@@ -138,7 +159,11 @@ class ModelStore:
         self._bury(record.owner.uid)
         held = self._models.get(record.key)
         if held is not None and held.owner.uid == record.owner.uid:
-            del self._models[record.key]
+            self._drop(record.key)
+
+    def _drop(self, key: Key) -> None:
+        del self._models[key]
+        self._specs.pop(key, None)
 
     def _bury(self, uid: str) -> None:
         self._gone[uid] = None
@@ -173,17 +198,6 @@ class ModelState:
     failure_generation: int = 0
     #: The status last patched, so an unchanged one is not patched again.
     posted: dict[str, Any] | None = None
-    _parsed: tuple[int, ModelSpec | InvalidSpec] | None = None
-
-    def spec(self, record: ModelRecord) -> ModelSpec | InvalidSpec:
-        """The record's spec, parsed once per generation."""
-        if self._parsed is None or self._parsed[0] != record.generation:
-            try:
-                parsed: ModelSpec | InvalidSpec = parse_spec(record.spec)
-            except InvalidSpec as error:
-                parsed = error
-            self._parsed = (record.generation, parsed)
-        return self._parsed[1]
 
 
 class Verdict(enum.Enum):
@@ -245,7 +259,7 @@ class Reconciler:
         client: KubeClient,
         store: ModelStore,
         cache: ChildCache,
-        event: EventSink | None = None,
+        event: EventSink,
         kinds: Iterable[ChildKind] = CHILD_KINDS,
         build: Build = desired_children,
         autoscaling: AutoscalingStatus = lambda key: None,
@@ -254,7 +268,7 @@ class Reconciler:
         self.client = client
         self.store = store
         self.cache = cache
-        self.event: EventSink = event or EventPoster(client, settings.field_manager)
+        self.event = event
         self.kinds = tuple(kinds)
         self.build = build
         self.autoscaling = autoscaling
@@ -271,7 +285,7 @@ class Reconciler:
             self._forget(key)  # garbage collection takes the children
             return None
         state = self._state(record)
-        spec = state.spec(record)
+        spec = self.store.spec(record)
         again_s: float | None = None
         fresh: dict[str, object] = {}
         if isinstance(spec, InvalidSpec):
@@ -279,7 +293,6 @@ class Reconciler:
             state.generation = record.generation  # nothing to apply until the spec changes
         else:
             again_s = await self._converge(record, state, spec, fresh)
-            await self._prune(record, state)
         await self._publish(record, state, fresh)
         return again_s
 
@@ -382,37 +395,14 @@ class Reconciler:
             message = f"updated {what} to generation {record.generation}"
             self._emit(record.ref, "Normal", "Updated", message)
 
-    # 2. Pruning.
-
-    async def _prune(self, record: ModelRecord, state: ModelState) -> None:
-        """Delete the model's own children that are no longer desired, where the kind allows.
-
-        Owned means its controlling owner reference names this model's uid: a child that
-        merely carries the model's labels (someone else's) is never touched.
-        """
-        if state.refused:
-            return  # what is desired was not applied: keep what serves now
-        for kind in self.kinds:
-            if not kind.prunable:
-                continue
-            for name, child in list(self.cache.children(kind, record.key).items()):
-                if child.deleted or (kind.kind, name) in state.desired:
-                    continue
-                if child.controller_uid != record.owner.uid:
-                    continue
-                await self.client.delete(kind, record.owner.namespace, name, child.uid)
-                state.written.pop((kind.kind, name), None)
-                message = f"deleted {kind.kind} {name}: no longer wanted"
-                self._emit(record.ref, "Normal", "Deleted", message)
-
-    # 3. The status.
+    # 2. The status.
 
     async def _publish(
         self, record: ModelRecord, state: ModelState, fresh: Mapping[str, object]
     ) -> None:
         """Compute the status from the children and patch it if it changed."""
         previous = state.posted or dict(record.status)
-        replicas, gpus = _desired(state.spec(record), record.spec)
+        replicas, gpus = _desired(self.store.spec(record), record.spec)
         status = compute_status(
             owner=record.owner,
             desired=replicas,

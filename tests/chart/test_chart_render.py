@@ -381,8 +381,8 @@ def test_rbac_is_exactly_what_the_operator_docs_list(helm: Helm) -> None:
 
 
 def test_rbac_grants_each_child_kind_exactly_what_its_row_implies(helm: Helm) -> None:
-    """The kinds table drives the watches, the applies and the pruning; the chart must grant
-    each kind just that (`list`/`watch`; `create`/`patch` if applied; `delete` if pruned)."""
+    """The kinds table drives the watches and the applies; the chart must grant each kind
+    just that (`list`/`watch`; `create`/`patch` if applied)."""
     for objects in (helm.template(), helm.template("watchNamespaces={team-a}")):
         for role in objects_of(operator_part(objects), "ClusterRole") + objects_of(
             operator_part(objects), "Role"

@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from tti_kube.client import ApiError, KubeClient
 from tti_operator.builders import labels, owner_reference
 from tti_operator.controller import Controller
 from tti_operator.informer import ChildCache
-from tti_operator.kinds import CHILD_KINDS, POD, ChildKind
-from tti_operator.reconciler import Build, ModelRecord
+from tti_operator.kinds import POD, ChildKind
+from tti_operator.reconciler import ModelRecord
 from tti_operator.settings import OperatorSettings
 from tti_operator.workqueue import Backoff
 
@@ -28,6 +28,8 @@ T = TypeVar("T")
 
 #: Retries in the tests: fast, still doubling.
 FAST_BACKOFF = Backoff(base_s=0.01, max_s=0.08)
+#: Longer than any test: a model's second decision never comes of time passing.
+AUTOSCALE_INTERVAL_S = 300.0
 
 
 class MemoryApi(KubeClient):
@@ -35,12 +37,14 @@ class MemoryApi(KubeClient):
         super().__init__("test")
         self.objects: dict[tuple[str, str], Obj] = {}  # (kind, name) -> object
         self.applies: list[tuple[str, str]] = []
-        self.deletes: list[tuple[str, str]] = []
         self.statuses: list[Obj] = []
         self.status_of: dict[str, list[Obj]] = {}
+        #: The scale writes, as (name, replicas).
+        self.scales: list[tuple[str, int]] = []
         #: Raised by apply / patch_status; a callable decides per object name.
         self.refuse: Exception | Callable[[str], Exception | None] | None = None
         self.refuse_status: Exception | None = None
+        self.refuse_scale: Exception | None = None
         #: While set, an apply waits for it (a request in flight).
         self.gate: asyncio.Event | None = None
         self.cache: ChildCache | None = None
@@ -79,18 +83,18 @@ class MemoryApi(KubeClient):
         self._store(kind, stored, "ADDED" if old is None else "MODIFIED")
         return old is None, copy.deepcopy(stored)
 
-    async def delete(self, kind: ChildKind, namespace: str, name: str, uid: str) -> None:
-        obj = self.objects.get((kind.kind, name))
-        if obj is None or obj["metadata"]["uid"] != uid:
-            return
-        self.deletes.append((kind.kind, name))
-        self.remove(kind, name)
-
     async def patch_status(self, namespace: str, name: str, status: Obj) -> None:
         if self.refuse_status is not None:
             raise self.refuse_status
         self.statuses.append(status)
         self.status_of.setdefault(name, []).append(status)
+
+    async def scale(
+        self, namespace: str, name: str, replicas: int, resource_version: str = ""
+    ) -> None:
+        if self.refuse_scale is not None:
+            raise self.refuse_scale
+        self.scales.append((name, replicas))
 
     async def create_event(self, event: Obj) -> None:
         raise AssertionError("the tests collect Events with a sink")
@@ -187,27 +191,24 @@ def pod(model: str, name: str, reason: str | None = None, message: str = "") -> 
 class Harness:
     """A `Controller` on its own event loop, with the in-memory API and an Event sink."""
 
-    def __init__(
-        self,
-        kinds: Iterable[ChildKind] = CHILD_KINDS,
-        build: Build | None = None,
-        status_delay_s: float = 0,
-        api: MemoryApi | None = None,
-    ) -> None:
+    def __init__(self, status_delay_s: float = 0, api: MemoryApi | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.api = api or MemoryApi()
         self.events: list[tuple[str, str]] = []
         settings = OperatorSettings.model_validate(
-            {"status_delay_s": status_delay_s, "concurrent_reconciles": 4}
+            {
+                "status_delay_s": status_delay_s,
+                "concurrent_reconciles": 4,
+                # The autoscaler's own loop ticks once at the start, on no models: the tests
+                # tick it themselves (`tick`), one decision per model and state.
+                "autoscale_interval_s": AUTOSCALE_INTERVAL_S,
+            }
         )
-        extra = {} if build is None else {"build": build}
         self.controller = Controller(
             settings,
             self.api,
             event=lambda _res, kind, reason, _msg: self.events.append((kind, reason)),
-            kinds=kinds,
             backoff=FAST_BACKOFF,
-            **extra,
         )
         self.api.cache, self.api.loop = self.controller.cache, self.loop
         self.reconciles: list[tuple[str, str]] = []
@@ -236,6 +237,11 @@ class Harness:
         self.loop.call_soon(self.controller.model_changed, event_type, model)
         if settle:
             self.settle()
+
+    def tick(self) -> None:
+        """One look of the autoscaler at every model, then the controller settling."""
+        self.run(self.controller.autoscaler.tick())
+        self.settle()
 
     def enqueue(self, name: str = "m", settle: bool = True) -> None:
         self.loop.call_soon(self.controller.queue.add, ("ns", name))

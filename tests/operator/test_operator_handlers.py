@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import inspect
 import itertools
@@ -136,3 +137,10 @@ def test_models_take_only_event_handlers_so_kopf_writes_nothing_on_them() -> Non
 def test_every_per_event_callback_is_async(callback: object) -> None:
     """kopf hands a plain function to a thread pool on every call."""
     assert inspect.iscoroutinefunction(callback)
+
+
+def test_plain_kopf_run_stops_at_start_up_naming_the_command() -> None:
+    """`tti-operator` is the one start-up path: it configures kopf and builds the controller,
+    which `kopf run` would not."""
+    with pytest.raises(kopf.PermanentError, match="tti-operator"):
+        asyncio.run(handlers.startup(memo=kopf.Memo()))

@@ -19,10 +19,8 @@ from aiohttp import web
 from memory_cluster import Harness, MemoryApi, body, owned_by, pod, refuse_name
 
 from tti_kube.client import ApiError, KubeClient
-from tti_operator.builders import Owner, desired_children, labels
-from tti_operator.kinds import CHILD_KINDS, DEPLOYMENT, POD, SERVICE, ChildKind, Drift
-from tti_operator.settings import OperatorSettings
-from tti_operator.spec import ModelSpec
+from tti_operator.builders import labels
+from tti_operator.kinds import DEPLOYMENT, POD, SERVICE
 
 Obj = dict[str, Any]
 
@@ -405,59 +403,20 @@ def test_a_write_not_yet_shown_by_the_watch_is_not_written_again(h: Harness) -> 
     assert len(h.api.applies) == 2
 
 
-# Pruning, with a kind of child that is optional: a ConfigMap wanted at 2 replicas or more.
-
-CONFIG_MAPS = ChildKind("ConfigMap", "v1", "configmaps", None, Drift.VERSION, prunable=True)
+# Deleting.
 
 
-def with_config_map(owner: Owner, spec: ModelSpec, settings: OperatorSettings) -> list[Obj]:
-    children = desired_children(owner, spec, settings)
-    if spec.replicas >= 2:
-        meta = {**children[1]["metadata"], "name": f"{owner.name}-scaled"}
-        children.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta})
-    return children
-
-
-@pytest.fixture
-def pruning() -> Iterator[Harness]:
-    harness = Harness(kinds=(*CHILD_KINDS, CONFIG_MAPS), build=with_config_map)
-    yield harness
-    harness.close()
-
-
-def test_an_owned_child_no_longer_desired_is_pruned(pruning: Harness) -> None:
-    h = pruning
-    h.model(body({"model": "stub", "replicas": 2}))
-    assert ("ConfigMap", "m-scaled") in h.api.objects
-    h.model(body({"model": "stub", "replicas": 1}, generation=2), "MODIFIED")
-    assert h.api.deletes == [("ConfigMap", "m-scaled")]
-    assert ("ConfigMap", "m-scaled") not in h.api.objects
-    assert ("Normal", "Deleted") in h.events
-    h.enqueue()
-    assert len(h.api.deletes) == 1
-
-
-def test_a_child_the_model_does_not_own_is_never_pruned(pruning: Harness) -> None:
-    h = pruning
-    h.model(body())
-    stray = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "theirs"}}
-    h.api.put(CONFIG_MAPS, owned_by(stray, uid="someone-else"))  # our labels, not our owner
-    unowned = {**stray, "metadata": {"name": "unowned", "labels": labels("m")}}
-    h.api.put(CONFIG_MAPS, unowned)
-    h.model(body({"model": "stub", "replicas": 3}, generation=2), "MODIFIED")
-    assert h.api.deletes == []
-    assert {("ConfigMap", "theirs"), ("ConfigMap", "unowned")} <= set(h.api.objects)
-
-
-def test_kinds_that_may_not_be_pruned_are_left_alone(h: Harness) -> None:
-    """The Deployment and Service are always wanted; an owned extra one stays (no RBAC)."""
+def test_the_operator_deletes_nothing_not_even_an_owned_child_it_did_not_build(
+    h: Harness,
+) -> None:
+    """Children go with their model by garbage collection; the RBAC has no `delete`."""
     h.model(body())
     extra = owned_by(h.stored("Service"), uid="u")
     extra["metadata"] = {**extra["metadata"], "name": "m-extra"}
     del extra["metadata"]["uid"]
     h.api.put(SERVICE, extra)
     h.enqueue()
-    assert h.api.deletes == []
+    assert ("Service", "m-extra") in h.api.objects
 
 
 # A restart: a new process with nothing in memory, and the cluster as the old one left it.

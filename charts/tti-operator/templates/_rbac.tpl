@@ -2,12 +2,12 @@
 What the operator does in a namespace it serves, and nothing more (docs/operator.md
 lists the calls; tests/chart checks this grants nothing that list lacks, and that each
 child kind gets exactly the verbs its row in tti_operator/kinds.py implies: list and
-watch; create and patch when applied; delete when pruned). kopf lists and watches the
+watch; create and patch when applied). kopf lists and watches the
 models; the operator watches the children and writes them with server-side
 apply (PATCH, which needs `create` when the object is new) and the status with a
 merge patch, and the replicas of autoscaled models with a merge patch of the scale
-subresource. It never reads a single object by name, never deletes (no child kind
-is pruned: owner references let the garbage collector remove them) and never
+subresource. It never reads a single object by name, never deletes (owner
+references let the garbage collector remove the children) and never
 touches anything cluster-scoped: kopf's CRD and namespace scanning is off.
 The cluster tests run the real operator with exactly these rules.
 */}}

@@ -1,4 +1,5 @@
-"""The autoscaler's decision: pure, one call per model per interval, no I/O.
+"""The autoscaler's policy: what replicas a model's load asks for. Pure: one call per model
+per interval, no I/O, no clock (the time is an argument).
 
 desired = ceil(load / targetInFlight), bounded by minReplicas and maxReplicas. Scaling up
 is immediate and may jump several replicas; scaling down goes only to the highest
@@ -8,7 +9,7 @@ autoscaler did not set itself (the gateway waking a model at zero, `kubectl scal
 first look after a start) counts as a recommendation made now: it is kept for the delay.
 A model at zero with a request waiting goes to at least one replica at once.
 
-The loop that feeds it (scrapes, patches, Events) is `autoscale_loop.py`.
+The loop that feeds it (scrapes, scale patches, Events) is `autoscale_loop.AutoscaleLoop`.
 """
 
 from __future__ import annotations

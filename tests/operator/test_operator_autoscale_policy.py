@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tti_operator.autoscaler import Decision, History, Load, decide, recommend
+from tti_operator.autoscale_policy import Decision, History, Load, decide, recommend
 from tti_operator.spec import Autoscaling
 
 INTERVAL = 2.0
