@@ -1,4 +1,6 @@
 # tti-operator: every entry point a newcomer needs. `make help` lists them.
+# The set-up steps print one line each; their whole output goes to build/logs/, and a step
+# that fails names its log (scripts/step.sh).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -38,9 +40,11 @@ format: venv ## Apply ruff's fixes and formatting
 
 .PHONY: test
 test: venv node-deps browser cluster-build ## Run every test (lint, unit, server, browser, cluster, real pods); sets up what it needs
-	@$(MAKE) --no-print-directory lint
+	@bash scripts/step.sh lint "lint: ruff, ruff format --check, mypy --strict" \
+		$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory images
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	@echo "==> the tests: pytest $(PYTEST_ARGS)"
+	@$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 .PHONY: browser
 browser: ## Install Debian's chromium for the playground's browser tests (apt-get; quick when present)

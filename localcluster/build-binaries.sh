@@ -7,7 +7,8 @@
 # and the real node's: kubelet, kube-proxy (go/kubernetes), coredns and crictl (go install), the
 # pause binary of the pod sandbox image (gcc, from the kubernetes module's own pause.c).
 # They land in ${TTI_CACHE_DIR:-~/.cache/tti-operator}/bin/<versions>/, which is reused until a
-# pin (versions.env, go/*/go.mod, go/*/go.sum) changes.
+# pin (versions.env, go/*/go.mod, go/*/go.sum) changes. One line per step (and, on a terminal,
+# a progress line updated in place); Go's output goes to build/logs/cluster-build.log.
 #
 # Usage: build-binaries.sh [--print-dir]
 set -euo pipefail
@@ -69,21 +70,31 @@ export CGO_ENABLED=0
 mkdir -p "$bin_dir"
 work=$(mktemp -d "$bin_dir/.build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-log="$work/build.log"
+# shellcheck source=../scripts/step.sh
+source "$here/../scripts/step.sh"
+mkdir -p "$step_log_dir"
+# Absolute: the builds run in other folders. Shown as step_log names it.
+log="$(cd "$step_log_dir" && pwd)/cluster-build.log"
+shown_log=$(step_log cluster-build)
+part="$work/part.log"
+: >"$log"
+die_see_log() { die "$1; full log: $shown_log"; }
 
-# go build -v names each package as it compiles: count them against the total for progress.
-# On a terminal one line is updated in place; elsewhere (CI) a line every 10%.
+# go build -v names each package as it compiles: count them against the total for progress,
+# on one line updated in place on a terminal (and cleared when done); elsewhere (CI) nothing.
+# (Asked here: inside a command substitution stdout is never the terminal.)
+if [[ -t 1 ]]; then tty=1; else tty=0; fi
 progress() {
   local total=$1 label=$2
-  awk -v total="$total" -v label="$label" -v tty="$([[ -t 1 ]] && echo 1 || echo 0)" -v logfile="$log" '
+  awk -v total="$total" -v label="$label" -v tty="$tty" -v logfile="$part" '
     { print >> logfile; n++; pct = int(100 * n / total); if (pct > 100) pct = 100
-      if (tty) { printf "\r    %s: %d/%d packages compiled (%d%%)", label, n, total, pct; fflush() }
-      else if (pct >= next_pct) { printf "    %s: %d%% (%d/%d packages)\n", label, pct, n, total; fflush(); next_pct = pct + 10 } }
-    END { if (tty) printf "\n" }'
+      if (tty) { printf "\r    %s: %d/%d packages compiled (%d%%)", label, n, total, pct; fflush() } }
+    END { if (tty) printf "\r\033[K" }'
 }
 
 # run_go LABEL LIST-DIR LIST-PKGS GO-ARGS...: run `go GO-ARGS -v` with progress (the total is
-# `go list -deps LIST-PKGS` in LIST-DIR); on failure show the errors from its log.
+# `go list -deps LIST-PKGS` in LIST-DIR), its output appended to the log; on failure show the
+# errors from it.
 run_go() {
   local label=$1 list_dir=$2 list_pkgs=$3 total start rc
   shift 3
@@ -91,21 +102,24 @@ run_go() {
   # shellcheck disable=SC2086  # LIST-PKGS is a space-separated list
   total=$(cd "$list_dir" && go list -deps $list_pkgs 2>/dev/null | wc -l) || total=0
   (( total > 0 )) || total=1000
-  : >"$log"
+  : >"$part"
   set +e
   nice go "$1" -v "${@:2}" 2>&1 | progress "$total" "$label"
   rc=${PIPESTATUS[0]}
   set -e
+  { printf '### %s (go %s)\n' "$label" "$*"; cat "$part"; } >>"$log"
   if (( rc != 0 )); then
     # -v lines are bare package paths; anything else is a diagnostic.
-    grep -v '^[a-zA-Z0-9_./~-]*$' "$log" | tail -n 40 >&2 || true
-    die "building $label failed (errors above)"
+    grep -v '^[a-zA-Z0-9_./~-]*$' "$part" | tail -n 40 >&2 || true
+    die_see_log "building $label failed (errors above)"
   fi
-  say "$label built in $((SECONDS - start)) s"
+  printf '### %s built in %d s\n' "$label" "$((SECONDS - start))" >>"$log"
 }
 
 # module_dir MODULE@VERSION: where Go keeps that module's source (downloading it if needed).
-module_dir() { go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p'; }
+module_dir() {
+  go mod download -json "$1" 2>>"$log" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p'
+}
 
 
 kube_ldflags="-s -w
@@ -123,12 +137,12 @@ if (( only_kubectl )); then
     run_go "kubectl" . k8s.io/kubernetes/cmd/kubectl build -trimpath -ldflags "$kube_ldflags" \
       -o "$work/kubectl" k8s.io/kubernetes/cmd/kubectl)
   mv -f "$work/kubectl" "$bin_dir/kubectl"
-  say "kubectl ready: $("$bin_dir/kubectl" version --client | head -n1)"
+  "$bin_dir/kubectl" version --client >>"$log" 2>&1
   exit 0
 fi
 
 t0=$SECONDS
-say "building the cluster binaries into $bin_dir (the first build takes many minutes; later runs reuse Go's caches)"
+say "building the cluster binaries into $bin_dir (the first build takes many minutes; later runs reuse Go's caches; log: $shown_log)"
 kube_pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler
   k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
 if (( need_kubectl )); then
@@ -170,14 +184,16 @@ GOBIN="$work" run_go "crictl" "$(module_dir "sigs.k8s.io/cri-tools@$CRICTL_VERSI
   -trimpath -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" \
   "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
 kube_src=$(cd "$here/go/kubernetes" && module_dir "k8s.io/kubernetes@$KUBERNETES_VERSION")
-gcc -Os -static -Wall -Werror -DVERSION="$PAUSE_VERSION" -o "$work/pause" "$kube_src/build/pause/linux/pause.c"
-strip "$work/pause"
+{ gcc -Os -static -Wall -Werror -DVERSION="$PAUSE_VERSION" -o "$work/pause" "$kube_src/build/pause/linux/pause.c" &&
+  strip "$work/pause"; } >>"$log" 2>&1 || die_see_log "building pause failed"
 
-rm -f "$work/build.log" "$bin_dir"/.built-*
+rm -f "$part" "$bin_dir"/.built-*
 mv -f "$work"/* "$bin_dir/"
 touch "$stamp"
-say "cluster binaries ready in $bin_dir ($((SECONDS - t0)) s)"
-for b in kube-apiserver kubelet etcd kwokctl coredns; do
-  printf '    %-15s %s\n' "$b" "$("$bin_dir/$b" --version 2>&1 | head -n1)"
-done
-printf '    %-15s %s\n' helm "$("$bin_dir/helm" version --short)"
+{
+  for b in kube-apiserver kubelet etcd kwokctl coredns; do
+    printf '%-15s %s\n' "$b" "$("$bin_dir/$b" --version 2>&1 | head -n1)"
+  done
+  printf '%-15s %s\n' helm "$("$bin_dir/helm" version --short)"
+} >>"$log"
+say "cluster binaries ready in $bin_dir ($((SECONDS - t0)) s; their versions: $shown_log)"

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from localcluster import launcher
+from localcluster import images, launcher, node_config
 from tti_contracts.api import API_VERSION, KIND
 from tti_contracts.catalogue import CATALOGUE, ModelName, entry
 
@@ -259,7 +259,7 @@ def client_pod(namespace: str, url: str, model: str, size: int, prompt: str) -> 
             "containers": [
                 {
                     "name": "client",
-                    "image": launcher.images.PROJECT_IMAGES[0].ref,
+                    "image": images.PROJECT_IMAGES[0].ref,
                     "imagePullPolicy": "IfNotPresent",
                     "command": ["sh", "-c", f"{generate} >&2 && base64 -w0 /tmp/image.png"],
                     "securityContext": security,
@@ -304,7 +304,7 @@ def start_cluster(stack: contextlib.ExitStack) -> Kube:
         say("a cluster was already up: using it, and leaving it to whoever started it")
     kube = Kube(paths)
     indented(kube.kubectl("get", "nodes", "-o", "wide"))
-    say(f"{launcher.node.NODE_NAME} runs pods for real; the kwok-gpu nodes are simulated")
+    say(f"{node_config.NODE_NAME} runs pods for real; the kwok-gpu nodes are simulated")
     return kube
 
 
@@ -369,7 +369,7 @@ def wait_ready(kube: Kube, name: str) -> None:
     seen = ""
     while True:
         status = kube.get_json("ttimodel", name, "-n", DEMO_NAMESPACE).get("status", {})
-        ready = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
+        ready: Obj = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
         now = (
             f"{status.get('phase', 'Pending')} {status.get('ready', '')} {ready.get('reason', '')}"
         )

@@ -30,6 +30,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from localcluster.util import log
+
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 INPUTS_LABEL = "dev.tti.inputs"
@@ -47,10 +49,6 @@ GB = 1024**3
 
 class ImageError(Exception):
     """A failure the user can act on; printed as one line."""
-
-
-def log(message: str) -> None:
-    print(f"==> {message}", file=sys.stderr, flush=True)
 
 
 def cache_root() -> Path:

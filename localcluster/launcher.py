@@ -5,10 +5,10 @@ that runs pods, and simulated GPU nodes.
 kube-scheduler and the kwok controller as local processes, from the binaries that
 `build-binaries.sh` built from Go modules (nothing is downloaded here). They listen on
 127.0.0.1, except the API server, which pods must reach, as on any cluster. The real node
-(`node.py`: containerd, the kubelet, kube-proxy, CoreDNS) runs the project's images, built by
-`images.py`. The GPU nodes are kwok's: Node objects with GPU capacity whose pods kwok marks
-Running; no container runs there. `--no-real-node` (or TTI_REAL_NODE=0) leaves the real node
-out: kwok's nodes only, nothing needing root.
+(`node.py`: containerd, the kubelet, kube-proxy, CoreDNS, configured by `node_config.py`) runs
+the project's images, built by `images.py`. The GPU nodes are kwok's: Node objects with GPU
+capacity whose pods kwok marks Running; no container runs there. `--no-real-node` (or
+TTI_REAL_NODE=0) leaves the real node out: kwok's nodes only, nothing needing root.
 
 State lives in `.cluster/` of the checkout: `kubeconfig` (for kubectl/helm/the operator) and
 `kwok/` (kwokctl's work dir: certificates, etcd data, logs, pid files).
@@ -30,17 +30,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from localcluster import images, node, processes
+from localcluster import images, node, node_config, processes
+from localcluster.util import free_ports, log, wait_for
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
@@ -128,8 +128,8 @@ class ClusterPaths:
         return self.bin_dir / "helm"
 
     @property
-    def node(self) -> node.NodePaths:
-        return node.NodePaths(state_dir=self.state_dir, bin_dir=self.bin_dir)
+    def node(self) -> node_config.NodePaths:
+        return node_config.NodePaths(state_dir=self.state_dir, bin_dir=self.bin_dir)
 
     @property
     def kwok_pki(self) -> Path:
@@ -157,10 +157,6 @@ def default_paths(state_dir: Path | None = None) -> ClusterPaths:
     if state_dir is None:
         state_dir = Path(os.environ.get("TTI_CLUSTER_STATE_DIR") or REPO_ROOT / ".cluster")
     return ClusterPaths(bin_dir=default_bin_dir(), state_dir=state_dir)
-
-
-def log(message: str) -> None:
-    print(f"==> {message}", file=sys.stderr, flush=True)
 
 
 # --- pure builders -------------------------------------------------------------------------
@@ -199,8 +195,8 @@ def kwokctl_configuration(paths: ClusterPaths, real_node: bool = False) -> dict[
         ],
     }
     if real_node:
-        config["options"]["kubeApiserverCertSANs"] = node.apiserver_cert_sans()
-        for patch in node.component_patches(paths.kwok_pki):
+        config["options"]["kubeApiserverCertSANs"] = node_config.apiserver_cert_sans()
+        for patch in node_config.component_patches(paths.kwok_pki):
             merge_patch(config["componentsPatches"], patch)
     return config
 
@@ -279,15 +275,6 @@ def node_list(count: int) -> dict[str, Any]:
 
 
 # --- processes ----------------------------------------------------------------------------
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel reports free on 127.0.0.1 (all held open at once, so distinct)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 def run(
@@ -388,14 +375,6 @@ def is_ready(paths: ClusterPaths) -> bool:
     return result.returncode == 0 and result.stdout.strip() == "ok"
 
 
-def wait_for(what: str, probe: Callable[[], bool], timeout_s: float = READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not probe():
-        if time.monotonic() > deadline:
-            raise ClusterError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.2)
-
-
 def ensure_nodes(paths: ClusterPaths, count: int) -> None:
     """Exactly `count` simulated GPU nodes, all Ready, and the `default` service account."""
     kubectl(
@@ -418,7 +397,7 @@ def ensure_nodes(paths: ClusterPaths, count: int) -> None:
     def has_service_account() -> bool:
         return kubectl(paths, "get", "serviceaccount", "default", check=False).returncode == 0
 
-    wait_for("the default service account", has_service_account)
+    wait_for("the default service account", has_service_account, READY_TIMEOUT_S, ClusterError)
 
 
 def create(paths: ClusterPaths, real_node: bool) -> None:
@@ -473,15 +452,17 @@ def start_real_node(paths: ClusterPaths, refs: list[str]) -> None:
 
     try:
         node.up(paths.node, paths.kubeconfig, paths.kwok_pki, refs, cluster_kubectl)
-    except (node.NodeError, images.ImageError) as error:
+    except (node_config.NodeError, images.ImageError) as error:
         raise ClusterError(str(error)) from None
 
 
 def build_images(paths: ClusterPaths) -> list[str]:
     try:
         node.preflight(paths.node)
-        return images.build_all(paths.bin_dir, node.node_images(), paths.state_dir / "image-logs")
-    except (node.NodeError, images.ImageError) as error:
+        return images.build_all(
+            paths.bin_dir, node_config.node_images(), paths.state_dir / "image-logs"
+        )
+    except (node_config.NodeError, images.ImageError) as error:
         raise ClusterError(str(error)) from None
 
 
@@ -490,7 +471,7 @@ def delete(paths: ClusterPaths) -> None:
     if made_for_a_real_node(paths):
         try:
             node.down(paths.node)
-        except node.NodeError as error:
+        except node_config.NodeError as error:
             log(f"real node: {error}")
     pids = component_pids(paths) | cluster_processes(paths)
     if paths.cluster_dir.exists():
@@ -548,7 +529,7 @@ def up(
                 keep_logs(paths)
                 delete(paths)
                 raise
-            real = f"the real node {node.NODE_NAME} and " if real_node else ""
+            real = f"the real node {node_config.NODE_NAME} and " if real_node else ""
             log(
                 f"cluster up in {time.monotonic() - start:.1f} s with {real}"
                 f"{nodes} simulated GPU node(s)"

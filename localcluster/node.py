@@ -10,7 +10,9 @@ What exists only while the node is up, and `down` removes, also after a crash: t
 plugins' iptables chains, the pods' mounts and network namespaces, the kubelet's cgroups.
 Images stay in containerd's store under the cache folder, so a second `up` starts fast.
 
-Needs root (containerd, iptables, mounts), as on any Kubernetes node.
+Needs root (containerd, iptables, mounts), as on any Kubernetes node. What the components are
+configured with (addresses, paths, their configuration files) is `node_config.py`'s, as data;
+this module writes it out, runs the processes and takes them down.
 """
 
 from __future__ import annotations
@@ -21,377 +23,41 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from localcluster import images, processes
+from localcluster.node_config import (
+    BRIDGE,
+    CNI_NETWORK,
+    DNS_IP,
+    NODE_IP,
+    NODE_LABEL,
+    NODE_NAME,
+    POD_CIDR,
+    RUN_DIR,
+    NodeError,
+    NodePaths,
+    cni_conflist,
+    containerd_config,
+    coredns_objects,
+    kube_proxy_config,
+    kubelet_config,
+)
+from localcluster.util import free_ports, log, wait_for
 
-HERE = Path(__file__).resolve().parent
-
-NODE_NAME = "tti-node"
-BRIDGE = "tti0"
-NODE_IP = "10.244.0.1"
-POD_CIDR = "10.244.0.0/16"
-# The API server's default Service range (kwokctl sets none): `kubernetes` is its first address.
-SERVICE_CIDR = "10.0.0.0/24"
-SERVICE_IP = "10.0.0.1"
-DNS_IP = "10.0.0.10"
-CLUSTER_DOMAIN = "cluster.local"
-NODE_LABEL = "tti.dev/real-node"
-# Sockets and runtime state: short paths (a unix socket path has 108 bytes), gone at reboot.
-RUN_DIR = Path("/run/tti-operator")
-CNI_BIN_DIR = Path("/usr/lib/cni")
-CNI_NETWORK = "tti-pods"
 REQUIRED_COMMANDS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "ip")
 NODE_BINARIES = ("kubelet", "kube-proxy", "coredns", "crictl", "pause")
 READY_TIMEOUT_S = 120.0
 
 
-class NodeError(Exception):
-    """A failure the user can act on; printed as one line."""
+class Kubectl(Protocol):
+    """Runs kubectl against this cluster (the launcher's)."""
 
-
-def log(message: str) -> None:
-    print(f"==> {message}", file=sys.stderr, flush=True)
-
-
-def pinned(name: str) -> str:
-    for line in (HERE / "versions.env").read_text().splitlines():
-        if line.startswith(f"{name}="):
-            return line.split("=", 1)[1].strip()
-    raise NodeError(f"versions.env has no {name}")
-
-
-def node_images() -> tuple[images.BinaryImage, ...]:
-    return (
-        images.BinaryImage(f"localhost/pause:{pinned('PAUSE_VERSION')}", "pause", ("/pause",)),
-        images.BinaryImage(
-            f"localhost/coredns:{pinned('COREDNS_VERSION')}", "coredns", ("/coredns",)
-        ),
-    )
-
-
-@dataclass(frozen=True)
-class NodePaths:
-    """Where the node keeps its configuration, state and logs."""
-
-    state_dir: Path  # the cluster's state folder
-    bin_dir: Path
-
-    @property
-    def dir(self) -> Path:
-        return self.state_dir / "node"
-
-    @property
-    def logs(self) -> Path:
-        return self.dir / "logs"
-
-    @property
-    def pids(self) -> Path:
-        return self.dir / "pids"
-
-    @property
-    def kubelet_root(self) -> Path:
-        return self.dir / "kubelet"
-
-    @property
-    def cni_conf_dir(self) -> Path:
-        return self.dir / "cni"
-
-    @property
-    def cni_ipam_dir(self) -> Path:
-        return self.dir / "ipam"
-
-    @property
-    def containerd_root(self) -> Path:
-        return images.cache_root() / "containerd"
-
-    @property
-    def socket(self) -> Path:
-        return RUN_DIR / "containerd.sock"
-
-    @property
-    def owner(self) -> Path:
-        """Which cluster's node runs now: there is one containerd store per machine."""
-        return RUN_DIR / "owner"
-
-    def config(self, name: str) -> Path:
-        return self.dir / name
-
-    def ctr(self) -> list[str]:
-        return ["ctr", "--address", str(self.socket), "--namespace", "k8s.io"]
-
-    def crictl(self) -> list[str]:
-        return [str(self.bin_dir / "crictl"), "--runtime-endpoint", f"unix://{self.socket}"]
-
-
-# --- pure builders ------------------------------------------------------------------------
-
-
-def containerd_config(paths: NodePaths) -> str:
-    """containerd 1.6's configuration (TOML, version 2), as the kubelet's CRI runtime."""
-    pause = node_images()[0].ref
-    return f"""version = 2
-root = "{paths.containerd_root}"
-state = "{RUN_DIR / "containerd"}"
-disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
-[grpc]
-  address = "{paths.socket}"
-[ttrpc]
-  address = "{paths.socket}.ttrpc"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  # This host refuses writes to oom_score_adj (no CAP_SYS_RESOURCE): without this every
-  # sandbox fails with runc's "can't get final child's PID from pipe".
-  restrict_oom_score_adj = true
-  stream_server_address = "127.0.0.1"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{CNI_BIN_DIR}"
-    conf_dir = "{paths.cni_conf_dir}"
-"""
-
-
-def cni_conflist(paths: NodePaths) -> dict[str, Any]:
-    """One bridge network for the node's pods, with host ports and hairpin traffic."""
-    return {
-        "cniVersion": "0.4.0",
-        "name": CNI_NETWORK,
-        "plugins": [
-            {
-                "type": "bridge",
-                "bridge": BRIDGE,
-                "isGateway": True,
-                "ipMasq": True,
-                "hairpinMode": True,
-                "ipam": {
-                    "type": "host-local",
-                    "dataDir": str(paths.cni_ipam_dir),
-                    "ranges": [[{"subnet": POD_CIDR, "gateway": NODE_IP}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                },
-            },
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-            {"type": "loopback"},
-        ],
-    }
-
-
-def kubelet_config(
-    paths: NodePaths, kwok_pki: Path, port: int, healthz_port: int
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "kubelet.config.k8s.io/v1beta1",
-        "kind": "KubeletConfiguration",
-        "address": NODE_IP,
-        "port": port,
-        "readOnlyPort": 0,
-        "healthzBindAddress": "127.0.0.1",
-        "healthzPort": healthz_port,
-        # The API server presents the cluster's admin certificate (logs, exec, port-forward).
-        "authentication": {
-            "anonymous": {"enabled": False},
-            "webhook": {"enabled": False},
-            "x509": {"clientCAFile": str(kwok_pki / "ca.crt")},
-        },
-        "authorization": {"mode": "AlwaysAllow"},
-        "containerRuntimeEndpoint": f"unix://{paths.socket}",
-        "cgroupDriver": "cgroupfs",
-        "failSwapOn": False,
-        "clusterDNS": [DNS_IP],
-        "clusterDomain": CLUSTER_DOMAIN,
-        "resolvConf": "/etc/resolv.conf",
-        "serializeImagePulls": False,
-        # Images here cannot be pulled again: never collect them, never evict for disk.
-        "imageGCHighThresholdPercent": 100,
-        "imageGCLowThresholdPercent": 99,
-        "evictionHard": {
-            "memory.available": "100Mi",
-            "nodefs.available": "1%",
-            "imagefs.available": "1%",
-        },
-        "maxPods": 110,
-        "nodeStatusReportFrequency": "10s",
-    }
-
-
-def kube_proxy_config(kubeconfig: Path, healthz_port: int, metrics_port: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
-        "kind": "KubeProxyConfiguration",
-        "clientConnection": {"kubeconfig": str(kubeconfig)},
-        "hostnameOverride": NODE_NAME,
-        "mode": "iptables",
-        "clusterCIDR": POD_CIDR,
-        "healthzBindAddress": f"127.0.0.1:{healthz_port}",
-        "metricsBindAddress": f"127.0.0.1:{metrics_port}",
-        # NodePorts on the node's bridge address only, not on this machine's other interfaces.
-        "nodePortAddresses": [f"{NODE_IP}/32"],
-        "iptables": {"localhostNodePorts": False},
-        # The host's conntrack sysctls are not ours to change.
-        "conntrack": {"maxPerCore": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
-    }
-
-
-def coredns_objects() -> list[dict[str, Any]]:
-    """CoreDNS as a Deployment behind the kube-dns Service, as clusters run it."""
-    name, namespace = "coredns", "kube-system"
-    labels = {"k8s-app": "kube-dns"}
-    corefile = f""".:1053 {{
-    errors
-    health :8080
-    ready :8181
-    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
-        pods insecure
-        fallthrough in-addr.arpa ip6.arpa
-    }}
-    forward . /etc/resolv.conf
-    cache 30
-    loop
-    loadbalance
-}}
-"""
-    rules = [
-        {
-            "apiGroups": [""],
-            "resources": ["endpoints", "services", "pods", "namespaces"],
-            "verbs": ["list", "watch"],
-        },
-        {
-            "apiGroups": ["discovery.k8s.io"],
-            "resources": ["endpointslices"],
-            "verbs": ["list", "watch"],
-        },
-    ]
-    meta = {"name": name, "namespace": namespace, "labels": labels}
-    container = {
-        "name": "coredns",
-        "image": node_images()[1].ref,
-        "imagePullPolicy": "Never",
-        "args": ["-conf", "/etc/coredns/Corefile"],
-        "ports": [
-            {"name": "dns", "containerPort": 1053, "protocol": "UDP"},
-            {"name": "dns-tcp", "containerPort": 1053, "protocol": "TCP"},
-        ],
-        "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
-        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 2},
-        "livenessProbe": {"httpGet": {"path": "/health", "port": 8080}, "periodSeconds": 10},
-        "securityContext": {
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-        "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns", "readOnly": True}],
-    }
-    return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": "system:coredns"},
-            "rules": rules,
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": "system:coredns"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "system:coredns",
-            },
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
-        },
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"Corefile": corefile}},
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": meta,
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "serviceAccountName": name,
-                        "dnsPolicy": "Default",
-                        "priorityClassName": "system-cluster-critical",
-                        "nodeSelector": {NODE_LABEL: "true"},
-                        "containers": [container],
-                        "volumes": [{"name": "config", "configMap": {"name": name}}],
-                    },
-                },
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "kube-dns", "namespace": namespace, "labels": labels},
-            "spec": {
-                "clusterIP": DNS_IP,
-                "selector": labels,
-                "ports": [
-                    {"name": "dns", "port": 53, "targetPort": 1053, "protocol": "UDP"},
-                    {"name": "dns-tcp", "port": 53, "targetPort": 1053, "protocol": "TCP"},
-                ],
-            },
-        },
-    ]
-
-
-def component_patches(kwok_pki: Path) -> list[dict[str, Any]]:
-    """kwokctl component patches: the API server where pods reach it, and able to reach the
-    kubelet (logs, exec) with a client certificate."""
-
-    def arg(key: str, value: str, override: bool = False) -> dict[str, Any]:
-        return {"key": key, "value": value, "override": override}
-
-    return [
-        {
-            "name": "kube-apiserver",
-            "extraArgs": [
-                # Every address, as kubeadm's API servers listen: loopback for the control
-                # plane (kwokctl's kubeconfigs), the node's bridge address for pods.
-                arg("bind-address", "0.0.0.0", override=True),
-                arg("advertise-address", NODE_IP),
-                arg("service-cluster-ip-range", SERVICE_CIDR),
-                arg("kubelet-client-certificate", str(kwok_pki / "admin.crt")),
-                arg("kubelet-client-key", str(kwok_pki / "admin.key")),
-                arg("kubelet-preferred-address-types", "InternalIP"),
-            ],
-        },
-        {
-            "name": "kwok-controller",
-            "extraArgs": [
-                arg("manage-all-nodes", "false", override=True),
-                arg("manage-nodes-with-annotation-selector", "kwok.x-k8s.io/node=fake"),
-            ],
-        },
-    ]
-
-
-def apiserver_cert_sans() -> list[str]:
-    return [
-        SERVICE_IP,
-        NODE_IP,
-        "kubernetes",
-        "kubernetes.default",
-        "kubernetes.default.svc",
-        f"kubernetes.default.svc.{CLUSTER_DOMAIN}",
-    ]
+    def __call__(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]: ...
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -406,16 +72,6 @@ def sh(
         detail = " | ".join((result.stderr or result.stdout).strip().splitlines()[-3:])
         raise NodeError(f"{Path(command[0]).name} {' '.join(command[1:3])} failed: {detail}")
     return result
-
-
-def free_ports(count: int) -> list[int]:
-    import socket
-
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 def start_process(paths: NodePaths, name: str, argv: Sequence[str | Path]) -> int:
@@ -453,22 +109,18 @@ def stop_component(paths: NodePaths, name: str) -> None:
     pid_file.unlink(missing_ok=True)
 
 
-def wait_for(
-    what: str, probe: Any, timeout_s: float = READY_TIMEOUT_S, log_file: Path | None = None
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not probe():
-        if time.monotonic() > deadline:
-            where = f"; see {log_file}" if log_file else ""
-            raise NodeError(f"timed out after {timeout_s:.0f} s waiting for {what}{where}")
-        time.sleep(0.3)
-
-
 def containerd_answers(paths: NodePaths) -> bool:
     return (
         paths.socket.exists()
         and sh(*paths.ctr(), "version", check=False, timeout=10).returncode == 0
     )
+
+
+def run_containerd(paths: NodePaths) -> None:
+    """containerd on the configuration written in its folder, once it answers."""
+    start_process(paths, "containerd", ["containerd", "--config", paths.config("containerd.toml")])
+    log_file = paths.logs / "containerd.log"
+    wait_for("containerd", lambda: containerd_answers(paths), 30, NodeError, log_file)
 
 
 # --- preflight ----------------------------------------------------------------------------
@@ -520,10 +172,8 @@ def start_containerd(paths: NodePaths) -> None:
     paths.dir.mkdir(parents=True, exist_ok=True)
     paths.cni_conf_dir.mkdir(parents=True, exist_ok=True)
     (paths.cni_conf_dir / "10-tti.conflist").write_text(json.dumps(cni_conflist(paths), indent=2))
-    config = paths.config("containerd.toml")
-    config.write_text(containerd_config(paths))
-    start_process(paths, "containerd", ["containerd", "--config", config])
-    wait_for("containerd", lambda: containerd_answers(paths), 30, paths.logs / "containerd.log")
+    paths.config("containerd.toml").write_text(containerd_config(paths))
+    run_containerd(paths)
 
 
 def load_images(paths: NodePaths, refs: Sequence[str]) -> None:
@@ -568,7 +218,7 @@ def remember_ip_forward(paths: NodePaths) -> None:
         saved.write_text(Path("/proc/sys/net/ipv4/ip_forward").read_text())
 
 
-def node_ready(kubectl: Any) -> bool:
+def node_ready(kubectl: Kubectl) -> bool:
     result = kubectl(
         "get",
         "node",
@@ -581,12 +231,9 @@ def node_ready(kubectl: Any) -> bool:
 
 
 def up(
-    paths: NodePaths, kubeconfig: Path, kwok_pki: Path, refs: Sequence[str], kubectl: Any
+    paths: NodePaths, kubeconfig: Path, kwok_pki: Path, refs: Sequence[str], kubectl: Kubectl
 ) -> None:
-    """containerd with the images, the kubelet registered and Ready, kube-proxy, CoreDNS.
-
-    `kubectl(*args, input=None, check=True)` runs kubectl against this cluster.
-    """
+    """containerd with the images, the kubelet registered and Ready, kube-proxy, CoreDNS."""
     preflight(paths)
     create_bridge()
     remember_ip_forward(paths)
@@ -598,6 +245,7 @@ def up(
         f"node {NODE_NAME} to be Ready",
         lambda: node_ready(kubectl),
         READY_TIMEOUT_S,
+        NodeError,
         paths.logs / "kubelet.log",
     )
     if not processes_naming(str(paths.config("kube-proxy.json"))):
@@ -624,10 +272,7 @@ def remove_pods(paths: NodePaths) -> None:
         if not (paths.containerd_root.exists() and paths.config("containerd.toml").exists()):
             return
         # After a crash: containerd knows what it ran; start it to clean up after itself.
-        start_process(
-            paths, "containerd", ["containerd", "--config", paths.config("containerd.toml")]
-        )
-        wait_for("containerd", lambda: containerd_answers(paths), 30, paths.logs / "containerd.log")
+        run_containerd(paths)
     sh(*paths.crictl(), "rmp", "--all", "--force", check=False, timeout=180)
     tasks = sh(*paths.ctr(), "tasks", "list", "--quiet", check=False).stdout.split()
     for task in tasks:

@@ -5,7 +5,10 @@
 #            conntrack for kube-proxy; buildah and debootstrap to build the images
 #   browser  the playground's browser tests: chromium, a font so pages render text, curl
 # Usage: debian-packages.sh GROUP...
+# One line when something is installed; apt's output goes to build/logs/ (scripts/step.sh).
 set -euo pipefail
+# shellcheck source=step.sh
+source "$(dirname "$0")/step.sh"
 
 declare -A groups=(
   [node]="containerd runc containernetworking-plugins iptables conntrack buildah debootstrap"
@@ -31,10 +34,8 @@ if (( EUID != 0 )); then
     { echo "debian-packages: run as root (or install sudo) to install ${missing[*]}" >&2; exit 1; }
   sudo=(sudo)
 fi
-echo "==> installing Debian packages ($*): ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 # Another install may hold dpkg's lock for a while: wait for it.
 apt=("${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600)
-"${apt[@]}" update -qq
-"${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-echo "==> installed ${missing[*]}"
+apt_install() { "${apt[@]}" update && "${apt[@]}" install -y --no-install-recommends "${missing[@]}"; }
+step "debian-packages-$(IFS=-; echo "$*")" "installing Debian packages ($*): ${missing[*]}" apt_install

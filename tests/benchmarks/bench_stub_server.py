@@ -55,6 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rawload
 from support.server import free_port, stop_process
 
+from tti_server.backends.stub import STUB_COLOR
+
 PATH = "/api/v1/task/text-to-image"
 BODY = json.dumps({"inputs": "a blue square", "parameters": {"height": 64, "width": 64}})
 #: Where the servers and the load generator run: one core each.
@@ -69,7 +71,7 @@ class MinimalRequest(BaseModel):
 
 def stub_png(size: tuple[int, int]) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", size, (0, 100, 200)).save(buffer, format="PNG")
+    Image.new("RGB", size, STUB_COLOR).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -16,8 +16,9 @@ from localcluster import launcher
 
 pytestmark = pytest.mark.cluster
 
-# The module the launcher itself imported (tests/cluster is also on sys.path).
+# The modules the launcher itself imported (tests/cluster is also on sys.path).
 node = launcher.node
+node_config = launcher.node_config
 
 
 def get_json(cluster: Cluster, *args: str) -> Any:
@@ -53,12 +54,12 @@ def run_pod(cluster: Cluster, namespace: str, name: str, script: str) -> tuple[s
 
 
 def test_the_real_node_is_a_kubelet_that_kwok_leaves_alone(cluster: Cluster) -> None:
-    real = get_json(cluster, "node", node.NODE_NAME)
+    real = get_json(cluster, "node", node_config.NODE_NAME)
     assert real["status"]["nodeInfo"]["kubeletVersion"].startswith("v1.33.")
     assert real["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
     assert "kwok.x-k8s.io/node" not in real["metadata"].get("annotations", {})
     addresses = {a["type"]: a["address"] for a in real["status"]["addresses"]}
-    assert addresses["InternalIP"] == node.NODE_IP
+    assert addresses["InternalIP"] == node_config.NODE_IP
     # The simulated GPU nodes are still kwok's.
     gpu = get_json(cluster, "node", f"{launcher.NODE_PREFIX}0")
     assert gpu["metadata"]["annotations"]["kwok.x-k8s.io/node"] == "fake"
@@ -80,7 +81,7 @@ def test_a_pod_resolves_names_and_reaches_the_api_server(
     phase, log = run_pod(cluster, real_namespace, "dns", script)
     assert phase == "Succeeded", log
     first, *rest = log.splitlines()
-    assert first == node.SERVICE_IP
+    assert first == node_config.SERVICE_IP
     assert json.loads("".join(rest))["gitVersion"].startswith("v1.33.")
 
 
@@ -138,6 +139,6 @@ def test_down_after_a_crash_leaves_nothing_and_up_brings_the_node_back(
     finally:
         # Also when the check fails: every later test needs the node.
         launcher.up(cluster.paths, ephemeral=True)
-    assert get_json(cluster, "node", node.NODE_NAME)["status"]["conditions"]
+    assert get_json(cluster, "node", node_config.NODE_NAME)["status"]["conditions"]
     phase, log = run_pod(cluster, real_namespace, "after", "print('ok')")
     assert phase == "Succeeded", log

@@ -24,11 +24,11 @@ from PIL import Image
 from support.cluster import Cluster
 
 from localcluster import demo
+from tti_server.backends.stub import STUB_COLOR
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.slow]
 
 ROOT = Path(demo.__file__).parents[1]
-STUB_RGB = (0, 100, 200)  # the stub model's solid colour
 
 
 def leftovers(cluster: Cluster) -> list[str]:
@@ -68,12 +68,12 @@ def test_demo_flow(cluster: Cluster, tmp_path: Path) -> None:
             "pods", "-n", demo.RELEASE_NAMESPACE, "-l", "app.kubernetes.io/component=operator"
         )["items"]
         assert operator["status"]["phase"] == "Running"
-        assert operator["spec"]["nodeName"] == demo.launcher.node.NODE_NAME
+        assert operator["spec"]["nodeName"] == demo.node_config.NODE_NAME
 
         # Step 5's image, from the client pod: the stub's solid colour at the size asked for.
         with Image.open(result.image) as image:
             assert image.format == "PNG" and image.size == (64, 64)
-            assert image.convert("RGB").getpixel((10, 10)) == STUB_RGB
+            assert image.convert("RGB").getpixel((10, 10)) == STUB_COLOR
 
         # The OpenAI client of the docs, unchanged, through the model's Service.
         url = service_url(result.kube, result.model)
@@ -163,7 +163,7 @@ def test_demo_command_runs_every_step_then_tears_down_on_ctrl_c(
         image = out / "stub.png"
         assert f"Image saved: {image}" in output
         with Image.open(image) as png:
-            assert png.convert("RGB").getpixel((0, 0)) == STUB_RGB
+            assert png.convert("RGB").getpixel((0, 0)) == STUB_COLOR
         assert demo_pods(cluster), "the model's pod should be running now"
 
         process.send_signal(signal.SIGINT)

@@ -46,7 +46,7 @@ def test_the_charts_operator_runs_in_a_pod_and_reconciles_a_model(release: Relea
     [operator] = release.get(
         "pods", "-n", release.namespace, "-l", "app.kubernetes.io/component=operator"
     )["items"]
-    assert operator["spec"]["nodeName"] == demo.launcher.node.NODE_NAME
+    assert operator["spec"]["nodeName"] == demo.node_config.NODE_NAME
     assert operator["status"]["phase"] == "Running"
     assert operator["spec"]["serviceAccountName"].startswith(release.name)
     # The operator's image runs as uid 10001 on a read-only root filesystem too.

@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 from support.server import ServerProcess
 
+from tti_server.backends.stub import STUB_COLOR
+
 
 @pytest.fixture
 def client(contract_server: ServerProcess) -> openai.OpenAI:
@@ -25,7 +27,7 @@ def test_images_generate(client: openai.OpenAI) -> None:
         assert item.b64_json is not None
         image = Image.open(io.BytesIO(base64.b64decode(item.b64_json)))
         assert (image.format, image.size) == ("PNG", (64, 48))
-        assert image.convert("RGB").getpixel((0, 0)) == (0, 100, 200)
+        assert image.convert("RGB").getpixel((0, 0)) == STUB_COLOR
 
 
 def test_images_generate_with_output_format_and_extensions(client: openai.OpenAI) -> None:

@@ -1,8 +1,11 @@
-"""pytest plugin: `cluster`, a real Kubernetes control plane with simulated GPU nodes.
+"""pytest plugin: `cluster`, a real Kubernetes control plane, a real node and simulated GPU
+nodes.
 
 The API server, etcd, controller manager and scheduler are the real binaries (built by
-`make cluster-build`); the nodes are kwok's, so pods get scheduled and marked Running but no
-container runs. See docs/testing.md.
+`make cluster-build`). Pods of a `real_namespace` run on the real node: containerd and the
+kubelet run their containers from the project's images. Pods of a `kube_namespace` go to
+kwok's simulated nodes (the GPU nodes among them): they get scheduled and marked Running, but
+no container runs. See docs/testing.md.
 
     @pytest.mark.cluster
     def test_something(cluster: Cluster, kube_namespace: str) -> None:

@@ -1,0 +1,369 @@
+"""The real node's configuration, as data: its addresses and names, where it keeps its files,
+and what containerd, the CNI plugins, the kubelet, kube-proxy, CoreDNS and kwokctl's control
+plane are configured with. Pure builders, no process and no root: `node.py` writes these out
+and runs the components; the tests read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from localcluster import images
+
+HERE = Path(__file__).resolve().parent
+
+NODE_NAME = "tti-node"
+BRIDGE = "tti0"
+NODE_IP = "10.244.0.1"
+POD_CIDR = "10.244.0.0/16"
+# The API server's default Service range (kwokctl sets none): `kubernetes` is its first address.
+SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_IP = "10.0.0.1"
+DNS_IP = "10.0.0.10"
+CLUSTER_DOMAIN = "cluster.local"
+NODE_LABEL = "tti.dev/real-node"
+# Sockets and runtime state: short paths (a unix socket path has 108 bytes), gone at reboot.
+RUN_DIR = Path("/run/tti-operator")
+CNI_BIN_DIR = Path("/usr/lib/cni")
+CNI_NETWORK = "tti-pods"
+
+
+class NodeError(Exception):
+    """A failure the user can act on; printed as one line."""
+
+
+def pinned(name: str) -> str:
+    for line in (HERE / "versions.env").read_text().splitlines():
+        if line.startswith(f"{name}="):
+            return line.split("=", 1)[1].strip()
+    raise NodeError(f"versions.env has no {name}")
+
+
+def node_images() -> tuple[images.BinaryImage, ...]:
+    return (
+        images.BinaryImage(f"localhost/pause:{pinned('PAUSE_VERSION')}", "pause", ("/pause",)),
+        images.BinaryImage(
+            f"localhost/coredns:{pinned('COREDNS_VERSION')}", "coredns", ("/coredns",)
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class NodePaths:
+    """Where the node keeps its configuration, state and logs."""
+
+    state_dir: Path  # the cluster's state folder
+    bin_dir: Path
+
+    @property
+    def dir(self) -> Path:
+        return self.state_dir / "node"
+
+    @property
+    def logs(self) -> Path:
+        return self.dir / "logs"
+
+    @property
+    def pids(self) -> Path:
+        return self.dir / "pids"
+
+    @property
+    def kubelet_root(self) -> Path:
+        return self.dir / "kubelet"
+
+    @property
+    def cni_conf_dir(self) -> Path:
+        return self.dir / "cni"
+
+    @property
+    def cni_ipam_dir(self) -> Path:
+        return self.dir / "ipam"
+
+    @property
+    def containerd_root(self) -> Path:
+        return images.cache_root() / "containerd"
+
+    @property
+    def socket(self) -> Path:
+        return RUN_DIR / "containerd.sock"
+
+    @property
+    def owner(self) -> Path:
+        """Which cluster's node runs now: there is one containerd store per machine."""
+        return RUN_DIR / "owner"
+
+    def config(self, name: str) -> Path:
+        return self.dir / name
+
+    def ctr(self) -> list[str]:
+        return ["ctr", "--address", str(self.socket), "--namespace", "k8s.io"]
+
+    def crictl(self) -> list[str]:
+        return [str(self.bin_dir / "crictl"), "--runtime-endpoint", f"unix://{self.socket}"]
+
+
+# --- pure builders ------------------------------------------------------------------------
+
+
+def containerd_config(paths: NodePaths) -> str:
+    """containerd 1.6's configuration (TOML, version 2), as the kubelet's CRI runtime."""
+    pause = node_images()[0].ref
+    return f"""version = 2
+root = "{paths.containerd_root}"
+state = "{RUN_DIR / "containerd"}"
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+[grpc]
+  address = "{paths.socket}"
+[ttrpc]
+  address = "{paths.socket}.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  # This host refuses writes to oom_score_adj (no CAP_SYS_RESOURCE): without this every
+  # sandbox fails with runc's "can't get final child's PID from pipe".
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_BIN_DIR}"
+    conf_dir = "{paths.cni_conf_dir}"
+"""
+
+
+def cni_conflist(paths: NodePaths) -> dict[str, Any]:
+    """One bridge network for the node's pods, with host ports and hairpin traffic."""
+    return {
+        "cniVersion": "0.4.0",
+        "name": CNI_NETWORK,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": BRIDGE,
+                "isGateway": True,
+                "ipMasq": True,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "dataDir": str(paths.cni_ipam_dir),
+                    "ranges": [[{"subnet": POD_CIDR, "gateway": NODE_IP}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+            {"type": "loopback"},
+        ],
+    }
+
+
+def kubelet_config(
+    paths: NodePaths, kwok_pki: Path, port: int, healthz_port: int
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "address": NODE_IP,
+        "port": port,
+        "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1",
+        "healthzPort": healthz_port,
+        # The API server presents the cluster's admin certificate (logs, exec, port-forward).
+        "authentication": {
+            "anonymous": {"enabled": False},
+            "webhook": {"enabled": False},
+            "x509": {"clientCAFile": str(kwok_pki / "ca.crt")},
+        },
+        "authorization": {"mode": "AlwaysAllow"},
+        "containerRuntimeEndpoint": f"unix://{paths.socket}",
+        "cgroupDriver": "cgroupfs",
+        "failSwapOn": False,
+        "clusterDNS": [DNS_IP],
+        "clusterDomain": CLUSTER_DOMAIN,
+        "resolvConf": "/etc/resolv.conf",
+        "serializeImagePulls": False,
+        # Images here cannot be pulled again: never collect them, never evict for disk.
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
+        "evictionHard": {
+            "memory.available": "100Mi",
+            "nodefs.available": "1%",
+            "imagefs.available": "1%",
+        },
+        "maxPods": 110,
+        "nodeStatusReportFrequency": "10s",
+    }
+
+
+def kube_proxy_config(kubeconfig: Path, healthz_port: int, metrics_port: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": str(kubeconfig)},
+        "hostnameOverride": NODE_NAME,
+        "mode": "iptables",
+        "clusterCIDR": POD_CIDR,
+        "healthzBindAddress": f"127.0.0.1:{healthz_port}",
+        "metricsBindAddress": f"127.0.0.1:{metrics_port}",
+        # NodePorts on the node's bridge address only, not on this machine's other interfaces.
+        "nodePortAddresses": [f"{NODE_IP}/32"],
+        "iptables": {"localhostNodePorts": False},
+        # The host's conntrack sysctls are not ours to change.
+        "conntrack": {"maxPerCore": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+    }
+
+
+def coredns_objects() -> list[dict[str, Any]]:
+    """CoreDNS as a Deployment behind the kube-dns Service, as clusters run it."""
+    name, namespace = "coredns", "kube-system"
+    labels = {"k8s-app": "kube-dns"}
+    corefile = f""".:1053 {{
+    errors
+    health :8080
+    ready :8181
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    forward . /etc/resolv.conf
+    cache 30
+    loop
+    loadbalance
+}}
+"""
+    rules = [
+        {
+            "apiGroups": [""],
+            "resources": ["endpoints", "services", "pods", "namespaces"],
+            "verbs": ["list", "watch"],
+        },
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["list", "watch"],
+        },
+    ]
+    meta = {"name": name, "namespace": namespace, "labels": labels}
+    container = {
+        "name": "coredns",
+        "image": node_images()[1].ref,
+        "imagePullPolicy": "Never",
+        "args": ["-conf", "/etc/coredns/Corefile"],
+        "ports": [
+            {"name": "dns", "containerPort": 1053, "protocol": "UDP"},
+            {"name": "dns-tcp", "containerPort": 1053, "protocol": "TCP"},
+        ],
+        "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 2},
+        "livenessProbe": {"httpGet": {"path": "/health", "port": 8080}, "periodSeconds": 10},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns", "readOnly": True}],
+    }
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "system:coredns"},
+            "rules": rules,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "system:coredns"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:coredns",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"Corefile": corefile}},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": meta,
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "serviceAccountName": name,
+                        "dnsPolicy": "Default",
+                        "priorityClassName": "system-cluster-critical",
+                        "nodeSelector": {NODE_LABEL: "true"},
+                        "containers": [container],
+                        "volumes": [{"name": "config", "configMap": {"name": name}}],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": namespace, "labels": labels},
+            "spec": {
+                "clusterIP": DNS_IP,
+                "selector": labels,
+                "ports": [
+                    {"name": "dns", "port": 53, "targetPort": 1053, "protocol": "UDP"},
+                    {"name": "dns-tcp", "port": 53, "targetPort": 1053, "protocol": "TCP"},
+                ],
+            },
+        },
+    ]
+
+
+def component_patches(kwok_pki: Path) -> list[dict[str, Any]]:
+    """kwokctl component patches: the API server where pods reach it, and able to reach the
+    kubelet (logs, exec) with a client certificate."""
+
+    def arg(key: str, value: str, override: bool = False) -> dict[str, Any]:
+        return {"key": key, "value": value, "override": override}
+
+    return [
+        {
+            "name": "kube-apiserver",
+            "extraArgs": [
+                # Every address, as kubeadm's API servers listen: loopback for the control
+                # plane (kwokctl's kubeconfigs), the node's bridge address for pods.
+                arg("bind-address", "0.0.0.0", override=True),
+                arg("advertise-address", NODE_IP),
+                arg("service-cluster-ip-range", SERVICE_CIDR),
+                arg("kubelet-client-certificate", str(kwok_pki / "admin.crt")),
+                arg("kubelet-client-key", str(kwok_pki / "admin.key")),
+                arg("kubelet-preferred-address-types", "InternalIP"),
+            ],
+        },
+        {
+            "name": "kwok-controller",
+            "extraArgs": [
+                arg("manage-all-nodes", "false", override=True),
+                arg("manage-nodes-with-annotation-selector", "kwok.x-k8s.io/node=fake"),
+            ],
+        },
+    ]
+
+
+def apiserver_cert_sans() -> list[str]:
+    return [
+        SERVICE_IP,
+        NODE_IP,
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        f"kubernetes.default.svc.{CLUSTER_DOMAIN}",
+    ]
