@@ -1,15 +1,16 @@
 """`tti-server download`: fetch a diffusers pipeline from a Hugging Face hub, once, into a cache.
 
 The operator runs this in a Job of its own; model pods then mount the cache read-only and load
-the snapshot directory offline (`--model-path <cache>/models--ORG--NAME/snapshots/<commit>`,
+the snapshot directory offline (`--model-path <cache>/hub/models--ORG--NAME/snapshots/<commit>`,
 `HF_HUB_OFFLINE=1`). It uses the real `huggingface_hub` client against `HF_ENDPOINT`.
 
-The cache is huggingface_hub's own layout under `--cache-dir` (so `HF_HUB_CACHE=<cache>` and the
-`hf cache` tools see it as theirs), plus a `tti/` tree of this project's own:
+Under `--cache-dir` lies huggingface_hub's own cache in `hub/` (as under HF_HOME: so
+`HF_HOME=<cache>` or `HF_HUB_CACHE=<cache>/hub` and the `hf cache` tools see it as theirs) and,
+beside it, a `tti/` tree of this project's own:
 
-    models--ORG--NAME/blobs/<etag>                     file contents, shared by every revision
-    models--ORG--NAME/refs/<branch or tag>             the commit that name had when fetched
-    models--ORG--NAME/snapshots/<commit>/<path>        links into blobs/: the directory to load
+    hub/models--ORG--NAME/blobs/<etag>                 file contents, shared by every revision
+    hub/models--ORG--NAME/refs/<branch or tag>         the commit that name had when fetched
+    hub/models--ORG--NAME/snapshots/<commit>/<path>    links into blobs/: the directory to load
     tti/models--ORG--NAME/<commit>/fetched.json        written last by a complete fetch
                                                        (fetched.<variant>.json for a variant)
     tti/models--ORG--NAME/<commit>/artefacts/          compile and optimisation artefacts made
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 PROG = "tti-server download"
 MODEL_INDEX = "model_index.json"
 TOKEN_ENV = "HF_TOKEN"
+HUB_DIR = "hub"  # as under HF_HOME: HF_HOME=<cache> makes HF_HUB_CACHE=<cache>/hub
 TTI_DIR = "tti"
 ARTEFACTS_DIR = "artefacts"
 
@@ -337,8 +339,13 @@ class CacheEntry:
     commit: str
 
     @property
+    def hub_cache(self) -> Path:
+        """huggingface_hub's cache (HF_HUB_CACHE); nothing of ours inside it."""
+        return self.cache_dir / HUB_DIR
+
+    @property
     def repo_dir(self) -> Path:
-        return self.cache_dir / repo_folder(self.repo_id)
+        return self.hub_cache / repo_folder(self.repo_id)
 
     @property
     def snapshot(self) -> Path:
@@ -551,7 +558,7 @@ def fetch(request: FetchRequest, emit: Emit) -> FetchResult:
             request.repo_id,
             path,
             revision=entry.commit,
-            cache_dir=request.cache_dir,
+            cache_dir=entry.hub_cache,
             token=token,
             etag_timeout=request.timeout,
             tqdm_class=counter,
@@ -568,7 +575,7 @@ def fetch(request: FetchRequest, emit: Emit) -> FetchResult:
         for path in files
         if path not in present and not entry.has_blob(sibling_etag(siblings[path]))
     )
-    check_free_space(request.cache_dir, to_fetch)
+    check_free_space(entry.hub_cache, to_fetch)
     total = sum(sizes.values())
     emit(
         {
@@ -720,11 +727,15 @@ def build_download_parser() -> argparse.ArgumentParser:
         "($HF_ENDPOINT, default https://huggingface.co) into a cache that model pods read "
         "offline. Prints one JSON object a line; the last one says what happened.",
         epilog="exit status: 0 fetched; 2 bad arguments; "
-        + "; ".join(f"{c.exit_code} {c.summary}" for c in CAUSES.values()),
+        + "; ".join(f"{c.exit_code} {c.summary}" for c in CAUSES.values() if c.reason != "Other")
+        + "; 1 anything else",
     )
     parser.add_argument("repo_id", metavar="REPO", help="the repository, ORG/NAME")
     parser.add_argument(
-        "--cache-dir", type=Path, required=True, help="the cache (huggingface_hub's layout)"
+        "--cache-dir",
+        type=Path,
+        required=True,
+        help="the cache: huggingface_hub's in DIR/hub, this project's in DIR/tti",
     )
     parser.add_argument("--revision", default="main", help="branch, tag or commit (default: main)")
     parser.add_argument(

@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
+from huggingface_hub import scan_cache_dir
 from support.hf_endpoint import HubEndpoint
 from support.server import StartServer, server_command
 
@@ -224,7 +225,7 @@ def test_fetch_resolves_the_commit_and_takes_only_the_pipeline(
 ) -> None:
     repo = hub_server.repos[REPO]
     done = fetched.run.last
-    snapshot = fetched.cache / f"models--tti-test--tiny-sdxl/snapshots/{repo.commit}"
+    snapshot = fetched.cache / f"hub/models--tti-test--tiny-sdxl/snapshots/{repo.commit}"
     assert done["event"] == "done"
     assert (done["commit"], done["revision"], done["snapshot"]) == (
         repo.commit,
@@ -240,6 +241,9 @@ def test_fetch_resolves_the_commit_and_takes_only_the_pipeline(
     assert sum(fetched.sent.values()) == done["bytes_fetched"]
     assert done["bytes_total"] == sum(repo.files[path].size for path in expected)
     assert (snapshot.parent.parent / "refs" / "main").read_text() == repo.commit
+    # huggingface_hub's own tools read hub/ as a cache of theirs, with nothing foreign in it.
+    info = scan_cache_dir(fetched.cache / "hub")
+    assert info.warnings == [] and [r.repo_id for r in info.repos] == [REPO]
     artefacts = fetched.cache / f"tti/models--tti-test--tiny-sdxl/{repo.commit}/artefacts"
     assert done["artefacts"] == str(artefacts) and artefacts.is_dir()
     record = json.loads((artefacts.parent / "fetched.json").read_text())
@@ -565,7 +569,7 @@ def test_a_disk_too_small_for_the_files(hub: HubEndpoint, tmp_path: Path) -> Non
         run = download(tmp_path, hub.url, REPO, "--cache-dir", str(cache))
         assert run.returncode == exit_code("DiskFull"), run.stderr
         assert run.stderr.startswith(
-            f"tti-server download: error: disk full {cache}: 11.2 MB to fetch, "
+            f"tti-server download: error: disk full {cache}/hub: 11.2 MB to fetch, "
         )
         assert run.stderr.rstrip().endswith("free")
     # It stopped before the weights: only model_index.json, read to choose them, came.
