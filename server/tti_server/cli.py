@@ -1,4 +1,4 @@
-"""`tti-server`: serve a model, or `tti-server make-tiny-model DIR`.
+"""`tti-server`: serve a model, `tti-server make-tiny-model DIR` or `tti-server download REPO`.
 
 Every flag is a `Settings` field, so flags, `TTI_*` variables and `--help` never drift.
 """
@@ -25,8 +25,9 @@ _EPILOG = """\
 Every flag can also be set as an environment variable: --max-queue is TTI_MAX_QUEUE.
 Flags win over variables, variables over defaults.
 
-other command:
+other commands:
   tti-server make-tiny-model DIR   write a tiny random-weight SDXL pipeline (offline; for tests)
+  tti-server download REPO ...     fetch a pipeline from a Hugging Face hub into a cache (--help)
 """
 
 
@@ -69,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["make-tiny-model"]:
         sys.exit(make_tiny_model(args[1:]))
+    if args[:1] == ["download"]:
+        from tti_server.weights import run_download
+
+        sys.exit(run_download(args[1:]))
     sys.exit(serve(args))
 
 
