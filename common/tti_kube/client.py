@@ -147,6 +147,28 @@ class KubeClient:
             if error.status not in (404, 409):
                 raise
 
+    async def merge_patch(self, kind: Located, namespace: str, name: str, body: Obj) -> Obj:
+        """A JSON merge patch of one object (a key set to None is removed); returns it as stored."""
+        params = {"fieldManager": self.field_manager}
+        path = kind.object_path(namespace, name)
+        return (await self._request("PATCH", path, body, "application/merge-patch+json", params))[1]
+
+    async def log(self, namespace: str, pod: str, container: str, tail_lines: int) -> str:
+        """The last lines a pod's container wrote."""
+        path = f"/api/v1/namespaces/{namespace}/pods/{pod}/log"
+        params = {"container": container, "tailLines": str(tail_lines)}
+        async with self._slots:
+            session = self._session
+            if session is None:
+                raise ApiError(503, "not connected to the API server")
+            try:
+                async with session.get(self._server + path, params=params) as response:
+                    if response.status >= 400:
+                        raise ApiError(response.status, _message(await _payload(response)))
+                    return await response.text(errors="replace")
+            except (aiohttp.ClientError, TimeoutError) as error:
+                raise ApiError(503, f"API server unreachable: {error!r}") from error
+
     async def create_event(self, event: Obj) -> None:
         """POST a core/v1 Event."""
         path = _EVENTS_PATH.format(ns=event["metadata"]["namespace"])

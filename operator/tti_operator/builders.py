@@ -15,6 +15,7 @@ from tti_contracts.api import API_VERSION, KIND
 from tti_contracts.catalogue import entry
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import ModelSpec, Source
+from tti_operator.weights import MOUNT_PATH, Weights, snapshot_path
 
 Obj = dict[str, Any]
 
@@ -136,11 +137,13 @@ def model_path(source: Source | None) -> str | None:
     return WEIGHTS_DIR
 
 
-def server_args(owner: Owner, spec: ModelSpec) -> list[str]:
+def server_args(owner: Owner, spec: ModelSpec, weights: Weights | None = None) -> list[str]:
     # Clients address the model by the resource's name (as KServe and vLLM do), not by
     # the backend: `model` / `model_id` in a request and `GET /v1/models` use it.
     args = ["--model", spec.model, "--model-id", owner.name, "--image-format", spec.image_format]
     path = model_path(spec.effective_source)
+    if weights is not None and weights.state.ready:
+        path = snapshot_path(weights.entry, weights.state.commit)
     if path is not None:
         args += ["--model-path", path]
     args += ["--host", "0.0.0.0", "--port", str(PORT), "--grpc-port", str(GRPC_PORT)]
@@ -151,13 +154,16 @@ def server_args(owner: Owner, spec: ModelSpec) -> list[str]:
     return args
 
 
-def env(spec: ModelSpec, *, playground: bool = True) -> list[Obj]:
+def env(spec: ModelSpec, weights: Weights | None = None, *, playground: bool = True) -> list[Obj]:
     # The cache variables point every writer at the writable volume: the root fs is read-only.
     fixed: list[Obj] = [
         {"name": "HF_HOME", "value": HF_HOME},
         {"name": "XDG_CACHE_HOME", "value": CACHE_DIR},
         {"name": "HOME", "value": CACHE_DIR},
     ]
+    if weights is not None:
+        # The weights are in the cache: a pod never asks the hub for anything.
+        fixed.append({"name": "HF_HUB_OFFLINE", "value": "1"})
     if not playground:
         # Set only to turn it off, so the default leaves every existing pod template as it was.
         fixed.append({"name": "TTI_PLAYGROUND", "value": "false"})
@@ -166,11 +172,12 @@ def env(spec: ModelSpec, *, playground: bool = True) -> list[Obj]:
     return [item for item in fixed if item["name"] not in overridden] + user
 
 
-def volumes(spec: ModelSpec) -> tuple[list[Obj], list[Obj]]:
+def volumes(spec: ModelSpec, weights: Weights | None = None) -> tuple[list[Obj], list[Obj]]:
     """The pod's volumes and the container's mounts: caches always, weights when mounted."""
     source = spec.effective_source
-    # A Hugging Face download lands in the cache, so it needs room for the weights.
-    cache_size = "32Gi" if source is not None and source.hugging_face is not None else "2Gi"
+    # A pod's own Hugging Face download lands in its cache, so it needs room for the weights.
+    own_download = weights is None and source is not None and source.hugging_face is not None
+    cache_size = "32Gi" if own_download else "2Gi"
     vols: list[Obj] = [
         {"name": "cache", "emptyDir": {"sizeLimit": cache_size}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
@@ -179,7 +186,11 @@ def volumes(spec: ModelSpec) -> tuple[list[Obj], list[Obj]]:
         {"name": "cache", "mountPath": CACHE_DIR},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
-    if source is not None and source.pvc is not None:
+    if weights is not None:
+        claim = {"claimName": weights.entry.name, "readOnly": True}
+        vols.append({"name": "weights", "persistentVolumeClaim": claim})
+        mounts.append({"name": "weights", "mountPath": MOUNT_PATH, "readOnly": True})
+    elif source is not None and source.pvc is not None:
         vols.append(
             {
                 "name": "weights",
@@ -246,15 +257,20 @@ def rollout_strategy(spec: ModelSpec) -> Obj:
 
 
 def pod_template(
-    owner: Owner, spec: ModelSpec, default_image: str, *, playground: bool = True
+    owner: Owner,
+    spec: ModelSpec,
+    default_image: str,
+    weights: Weights | None = None,
+    *,
+    playground: bool = True,
 ) -> Obj:
-    vols, mounts = volumes(spec)
+    vols, mounts = volumes(spec, weights)
     container: Obj = {
         "name": "server",
         "image": spec.image or default_image,
         "imagePullPolicy": "IfNotPresent",
-        "args": server_args(owner, spec),
-        "env": env(spec, playground=playground),
+        "args": server_args(owner, spec, weights),
+        "env": env(spec, weights, playground=playground),
         "ports": [
             {"name": "http", "containerPort": PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
@@ -298,29 +314,38 @@ def pod_template(
 
 
 def build_deployment(
-    owner: Owner, spec: ModelSpec, default_image: str, *, playground: bool = True
+    owner: Owner,
+    spec: ModelSpec,
+    default_image: str,
+    weights: Weights | None = None,
+    *,
+    playground: bool = True,
 ) -> Obj:
+    # No pod holds a GPU while its weights are still on their way to the cache.
+    waiting = weights is not None and not weights.state.ready
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _metadata(owner),
         "spec": {
-            "replicas": spec.replicas,
+            "replicas": 0 if waiting else spec.replicas,
             "selector": {"matchLabels": selector_labels(owner.name)},
             "strategy": rollout_strategy(spec),
             # Beyond the startup probe's budget, so a slow download is not called stuck.
             "progressDeadlineSeconds": STARTUP_PERIOD_S * STARTUP_FAILURES + 600,
             "revisionHistoryLimit": 3,
-            "template": pod_template(owner, spec, default_image, playground=playground),
+            "template": pod_template(owner, spec, default_image, weights, playground=playground),
         },
     }
 
 
-def desired_children(owner: Owner, spec: ModelSpec, settings: OperatorSettings) -> list[Obj]:
+def desired_children(
+    owner: Owner, spec: ModelSpec, settings: OperatorSettings, weights: Weights | None = None
+) -> list[Obj]:
     """Every child the model should have now, in the order they are applied (the
-    Deployment, which the rollout waits on, first)."""
+    Deployment, which the rollout waits on, first); `weights` is its cache entry, if any."""
     deployment = build_deployment(
-        owner, spec, settings.server_image, playground=settings.playground
+        owner, spec, settings.server_image, weights, playground=settings.playground
     )
     return [deployment, build_service(owner)]
 

@@ -19,6 +19,7 @@ from typing import Any
 from tti_kube.client import ApiError, KubeClient
 from tti_operator.autoscale_loop import AutoscaleLoop, MetricsUrl
 from tti_operator.builders import desired_children
+from tti_operator.cache import WeightsCache
 from tti_operator.informer import ChildCache, Informer, Key
 from tti_operator.kinds import CHILD_KINDS, ChildKind
 from tti_operator.reconciler import (
@@ -58,6 +59,7 @@ class Controller:
         self.cache = ChildCache(self.child_changed, self.kinds)
         self.informer = Informer(client, settings.namespaces, self.cache, self.kinds)
         self.event: EventSink = event or EventPoster(client, settings.field_manager)
+        self.weights = WeightsCache(client, settings, self.child_changed)
         self.autoscaler = AutoscaleLoop(
             settings, client, self.store, self.cache, self.event, self.queue.add, metrics_url
         )
@@ -70,6 +72,7 @@ class Controller:
             self.kinds,
             build,
             self.autoscaler.status,
+            self.weights,
         )
         self._workers: list[asyncio.Task[None]] = []
 
@@ -86,7 +89,13 @@ class Controller:
         # burst instead of one per event keeps the API server unloaded.
         self.queue.add_after(key, self.settings.status_delay_s)
 
-    # The workers.
+    # The watches and the workers.
+
+    def watch(self) -> None:
+        """Start the watches of the children and of the model cache (idempotent: kopf logs
+        in again after a 401, and each login calls this)."""
+        self.informer.start()
+        self.weights.start(self.settings.namespaces)
 
     def start(self) -> None:
         """Start the workers (idempotent); the informer starts apart, once connected."""
@@ -116,4 +125,5 @@ class Controller:
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
         await self.informer.close()
+        await self.weights.close()
         await self.client.close()

@@ -132,7 +132,7 @@ async def login(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> k
     if info is None:
         raise kopf.LoginError("no credentials: neither a service account nor a kubeconfig")
     await controller(memo).client.connect(info)
-    controller(memo).informer.start()  # idempotent: kopf logs in again after a 401
+    controller(memo).watch()  # idempotent: kopf logs in again after a 401
     return info
 
 

@@ -1,10 +1,11 @@
-"""The kinds of a model's children, as data: one row per kind, read by everything else.
+"""The kinds the operator watches and writes, as data: one row per kind, read by everything else.
 
 The client takes its API paths from a row, the informer what to watch and what to keep of
 each object, the reconciler how to tell a hand edit from its own write, the status which
 summaries to read; a test checks the chart's RBAC grants each row exactly the verbs it
-implies. Adding a kind is one row here
-plus its builder in `builders.desired_children`.
+implies. A model's own children are `CHILD_KINDS` (adding one is a row here plus its
+builder in `builders.desired_children`); the model cache's objects, shared by the models
+that name an entry and owned by none of them, are `CACHE_KINDS` (see `weights`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tti_operator.status import deployment_state, pod_state
+from tti_operator.weights import claim_state, fetch_pod_state, job_state
 
 
 class Drift(enum.Enum):
@@ -36,6 +38,8 @@ class ChildKind:
     #: What the informer keeps of each object besides its identity (None: nothing).
     summarise: Callable[[Mapping[str, Any]], object] | None
     drift: Drift
+    #: Deleted by the operator (the model cache's fetch Jobs once read, its expired claims).
+    deleted: bool = False
 
     @property
     def applied(self) -> bool:
@@ -61,17 +65,33 @@ class ChildKind:
         verbs = {"list", "watch"}
         if self.applied:
             verbs |= {"create", "patch"}
+        if self.deleted:
+            verbs.add("delete")
         return frozenset(verbs)
 
 
 # Every child is desired for as long as its model exists: the children go with their model
-# by owner-reference garbage collection, and the operator deletes nothing (no `delete` verb).
+# by owner-reference garbage collection, and the operator deletes none of them.
 DEPLOYMENT = ChildKind("Deployment", "apps/v1", "deployments", deployment_state, Drift.GENERATION)
 SERVICE = ChildKind("Service", "v1", "services", None, Drift.VERSION)
 #: The pods are the Deployment's: watched for the status (scheduling, crash loops, pulls).
 POD = ChildKind("Pod", "v1", "pods", pod_state, Drift.NONE)
 
 CHILD_KINDS: tuple[ChildKind, ...] = (DEPLOYMENT, SERVICE, POD)
+
+#: A cache entry's claim (annotated with what its fetch found, deleted once unused for the
+#: retention), its fetch Job (deleted once its result is on the claim) and the Job's pods.
+CLAIM = ChildKind(
+    "PersistentVolumeClaim",
+    "v1",
+    "persistentvolumeclaims",
+    claim_state,
+    Drift.VERSION,
+    deleted=True,
+)
+FETCH_JOB = ChildKind("Job", "batch/v1", "jobs", job_state, Drift.GENERATION, deleted=True)
+FETCH_POD = ChildKind("Pod", "v1", "pods", fetch_pod_state, Drift.NONE)
+CACHE_KINDS: tuple[ChildKind, ...] = (CLAIM, FETCH_JOB, FETCH_POD)
 
 
 def kind_of(obj: Mapping[str, Any], kinds: tuple[ChildKind, ...] = CHILD_KINDS) -> ChildKind:

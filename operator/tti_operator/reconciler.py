@@ -33,11 +33,13 @@ import kopf
 from tti_contracts.api import API_VERSION, KIND, declared_replicas
 from tti_kube.client import ApiError, KubeClient
 from tti_operator.builders import Owner, build_event, desired_children
+from tti_operator.cache import WeightsCache
 from tti_operator.informer import Child, ChildCache, Key
 from tti_operator.kinds import CHILD_KINDS, DEPLOYMENT, POD, ChildKind, Drift, kind_of
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import InvalidSpec, ModelSpec, parse_spec
 from tti_operator.status import DeploymentState, PodState, Problem, compute_status
+from tti_operator.weights import Weights, entry_for
 
 Obj = dict[str, Any]
 #: Posts a Kubernetes Event about a resource: (resource, type, reason, message).
@@ -45,7 +47,7 @@ EventSink = Callable[[kopf.Body, str, str, str], None]
 #: The autoscaler's latest decision about a model, for `status.autoscaling` (None: none).
 AutoscalingStatus = Callable[[Key], Mapping[str, Any] | None]
 #: Builds the children a model should have (see `builders.desired_children`).
-Build = Callable[[Owner, ModelSpec, OperatorSettings], list[Obj]]
+Build = Callable[[Owner, ModelSpec, OperatorSettings, Weights | None], list[Obj]]
 #: Seconds a child this process wrote may go unseen by the watches before it is written
 #: again (a watch that was down while it was created and deleted shows nothing at all).
 UNSEEN_WRITE_S = 30.0
@@ -198,6 +200,8 @@ class ModelState:
     failure_generation: int = 0
     #: The status last patched, so an unchanged one is not patched again.
     posted: dict[str, Any] | None = None
+    #: The cache entry and commit the applied children were built with (None: no entry).
+    weights: tuple[str, str] | None = None
 
 
 class Verdict(enum.Enum):
@@ -263,6 +267,7 @@ class Reconciler:
         kinds: Iterable[ChildKind] = CHILD_KINDS,
         build: Build = desired_children,
         autoscaling: AutoscalingStatus = lambda key: None,
+        weights: WeightsCache | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -272,6 +277,8 @@ class Reconciler:
         self.kinds = tuple(kinds)
         self.build = build
         self.autoscaling = autoscaling
+        #: The model cache (None: every pod fetches its own weights, as with the cache off).
+        self.weights = weights
         self.states: dict[Key, ModelState] = {}
 
     async def reconcile(self, key: Key) -> float | None:
@@ -288,12 +295,15 @@ class Reconciler:
         spec = self.store.spec(record)
         again_s: float | None = None
         fresh: dict[str, object] = {}
+        weights: Weights | None = None
         if isinstance(spec, InvalidSpec):
             self._fail(record, state, Problem("InvalidSpec", str(spec)))
             state.generation = record.generation  # nothing to apply until the spec changes
         else:
-            again_s = await self._converge(record, state, spec, fresh)
-        await self._publish(record, state, fresh)
+            weights, again_s = await self._weights(record, spec)
+            converged_s = await self._converge(record, state, spec, fresh, weights)
+            again_s = min((t for t in (again_s, converged_s) if t is not None), default=None)
+        await self._publish(record, state, fresh, weights)
         return again_s
 
     def _state(self, record: ModelRecord) -> ModelState:
@@ -305,20 +315,42 @@ class Reconciler:
     def _forget(self, key: Key) -> None:
         self.states.pop(key, None)
         self.cache.forget_deleted(key)
+        if self.weights is not None:
+            self.weights.forget(key)
+
+    # 0. The weights.
+
+    async def _weights(
+        self, record: ModelRecord, spec: ModelSpec
+    ) -> tuple[Weights | None, float | None]:
+        """The model's cache entry, made sure of, and when to look at it again."""
+        if self.weights is None:
+            return None, None
+        entry = entry_for(record.owner.namespace, spec, self.settings)
+        state = await self.weights.ensure(record.key, entry)
+        if entry is None or state is None:
+            return None, None
+        return Weights(entry, state), self.weights.again_in(state, entry)
 
     # 1. The children.
 
     async def _converge(
-        self, record: ModelRecord, state: ModelState, spec: ModelSpec, fresh: dict[str, object]
+        self,
+        record: ModelRecord,
+        state: ModelState,
+        spec: ModelSpec,
+        fresh: dict[str, object],
+        weights: Weights | None,
     ) -> float | None:
         """Write what needs writing; returns when to look again for a write not seen yet."""
-        new_generation = state.generation != record.generation
+        built_with = weights.applied_as if weights is not None else None
+        new_generation = state.generation != record.generation or state.weights != built_with
         if not new_generation and state.refused:
             return None
         verdicts = {} if new_generation else self._judge_all(record, state)
         stale = {name for name, verdict in verdicts.items() if verdict is Verdict.STALE}
         if new_generation or stale:
-            objs = self.build(record.owner, spec, self.settings)
+            objs = self.build(record.owner, spec, self.settings, weights)
             wanted = {(obj["kind"], obj["metadata"]["name"]): obj for obj in objs}
             todo = list(wanted.values()) if new_generation else [wanted[n] for n in stale]
             try:
@@ -326,12 +358,14 @@ class Reconciler:
             except ApiError as error:
                 self._fail(record, state, Problem("ApplyFailed", error.message))
                 if not error.permanent:
-                    await self._publish(record, state, fresh)  # say so, if the server listens
+                    # Say so, if the server listens.
+                    await self._publish(record, state, fresh, weights)
                     raise
                 state.refused = True
             else:
                 state.refused, state.failure = False, None
             state.generation, state.desired = record.generation, frozenset(wanted)
+            state.weights = built_with
         return UNSEEN_WRITE_S if Verdict.UNSEEN in verdicts.values() else None
 
     def _judge_all(self, record: ModelRecord, state: ModelState) -> dict[tuple[str, str], Verdict]:
@@ -398,7 +432,11 @@ class Reconciler:
     # 2. The status.
 
     async def _publish(
-        self, record: ModelRecord, state: ModelState, fresh: Mapping[str, object]
+        self,
+        record: ModelRecord,
+        state: ModelState,
+        fresh: Mapping[str, object],
+        weights: Weights | None = None,
     ) -> None:
         """Compute the status from the children and patch it if it changed."""
         previous = state.posted or dict(record.status)
@@ -414,6 +452,7 @@ class Reconciler:
             previous=previous,
             now=_now(),
             autoscaling=self.autoscaling(record.key),
+            weights=weights,
         )
         if status == previous:
             return

@@ -77,6 +77,9 @@ class OperatorSettings(BaseSettings):
         description="seconds a cache entry no model uses is kept before it is deleted "
         "(0: kept until deleted by hand)",
     )
+    cache_fetch_deadline_s: int = Field(
+        6 * 3600, ge=60, description="seconds a fetch Job may run before it counts as failed"
+    )
     hub_endpoint: str = Field(
         "",
         description="Hugging Face endpoint the fetch Jobs use (HF_ENDPOINT: a mirror or a "

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tti_operator.builders import Owner, endpoint, selector_string
+from tti_operator.weights import Weights
 
 #: Container waiting reasons that mean "this will not start by itself", mapped to the
 #: reason the resource reports.
@@ -36,7 +37,9 @@ PROBLEM_ORDER = (
     "CrashLoopBackOff",
 )
 #: Reasons shown as is in the one-word phase; any other problem shows as Degraded.
-PHASE_REASONS = {"Unschedulable", "CrashLoopBackOff", "ImagePullBackOff"}
+PHASE_REASONS = {"Unschedulable", "CrashLoopBackOff", "ImagePullBackOff", "DownloadFailed"}
+#: The phase of a model whose weights are on their way to the cache, by the entry's reason.
+WAITING_PHASES = {"Downloading": "Downloading", "Pending": "WaitingForWeights"}
 
 
 @dataclass(frozen=True)
@@ -163,8 +166,10 @@ def conditions_for(
     problem: Problem | None,
     generation: int,
     autoscaled: bool = False,
+    weights: Weights | None = None,
 ) -> tuple[str, list[dict[str, Any]]]:
-    """The phase and the Ready, Progressing and Degraded conditions (without times)."""
+    """The phase and the Ready, Progressing and Degraded conditions (without times), and
+    WeightsReady for a model whose weights come from the model cache."""
     ready = deployment.ready_replicas if deployment else 0
     counts = f"{ready}/{desired} replicas ready"
     available = deployment is not None and _rolled_out(deployment, desired) and ready >= desired
@@ -173,6 +178,11 @@ def conditions_for(
         phase = "Invalid" if problem.reason == "InvalidSpec" else phase
         ready_c = _condition("Ready", False, problem.reason, problem.message, generation)
         progressing = _condition("Progressing", False, problem.reason, problem.message, generation)
+    elif weights is not None and not weights.state.ready:
+        reason, message = weights.state.reason, weights.state.message
+        phase = WAITING_PHASES.get(reason, reason)
+        ready_c = _condition("Ready", False, reason, message, generation)
+        progressing = _condition("Progressing", True, reason, message, generation)
     elif desired == 0 and autoscaled:
         phase = "ScaledToZero"
         ready_c = _condition("Ready", False, "ScaledToZero", SCALED_TO_ZERO, generation)
@@ -197,7 +207,13 @@ def conditions_for(
         if problem is not None
         else _condition("Degraded", False, "AsExpected", "", generation)
     )
-    return phase, [ready_c, progressing, degraded]
+    conditions = [ready_c, progressing, degraded]
+    if weights is not None:
+        state = weights.state
+        conditions.append(
+            _condition("WeightsReady", state.ready, state.reason, state.message, generation)
+        )
+    return phase, conditions
 
 
 def with_transition_times(
@@ -228,6 +244,7 @@ def compute_status(
     previous: Mapping[str, Any],
     now: str,
     autoscaling: Mapping[str, Any] | None = None,
+    weights: Weights | None = None,
 ) -> dict[str, Any]:
     """The whole `status` of a TextToImageModel.
 
@@ -237,8 +254,12 @@ def compute_status(
     `autoscaling` is the autoscaler's last decision, for models it scales.
     """
     problem = failure or find_problem(deployment, pods)
+    if problem is None and weights is not None and weights.state.reason == "DownloadFailed":
+        problem = Problem("DownloadFailed", weights.state.message)
     autoscaled = autoscaling is not None
-    phase, conditions = conditions_for(desired, deployment, problem, generation, autoscaled)
+    phase, conditions = conditions_for(
+        desired, deployment, problem, generation, autoscaled, weights
+    )
     ready = deployment.ready_replicas if deployment else 0
     status = {
         "observedGeneration": generation,
@@ -251,6 +272,16 @@ def compute_status(
         "selector": selector_string(owner.name),
         "conditions": with_transition_times(conditions, previous.get("conditions") or [], now),
     }
+    if weights is not None:
+        entry = weights.entry
+        status["weights"] = {
+            "claim": entry.name,
+            "repo": entry.repo,
+            "revision": entry.revision,
+            "commit": weights.state.commit,
+        }
+    elif "weights" in previous:
+        status["weights"] = None
     if autoscaling is not None:
         status["autoscaling"] = dict(autoscaling)
     elif "autoscaling" in previous:

@@ -36,8 +36,10 @@ REVISION = "tti.dev/revision"
 VARIANT = "tti.dev/variant"
 COMMIT = "tti.dev/commit"
 BYTES = "tti.dev/bytes"
-#: Fetches that failed since the last success, and when the next may start (RFC 3339).
+#: Fetches that failed since the last success, the last one's error, and when the next may
+#: start (RFC 3339).
 FAILURES = "tti.dev/failures"
+LAST_ERROR = "tti.dev/last-error"
 RETRY_AT = "tti.dev/retry-at"
 #: Since when no model of the namespace has named the entry (RFC 3339); see `expired`.
 UNUSED_SINCE = "tti.dev/unused-since"
@@ -119,7 +121,7 @@ def entry_for(namespace: str, spec: ModelSpec, settings: OperatorSettings) -> En
 
 def snapshot_path(entry: Entry, commit: str) -> str:
     """The pipeline's folder in a model pod: huggingface_hub's cache layout, as fetched."""
-    return f"{MOUNT_PATH}/models--{entry.repo.replace('/', '--')}/snapshots/{commit}"
+    return f"{MOUNT_PATH}/hub/models--{entry.repo.replace('/', '--')}/snapshots/{commit}"
 
 
 # -- what is applied ---------------------------------------------------------------------
@@ -162,7 +164,9 @@ def fetch_args(entry: Entry) -> list[str]:
     return [*args, "--status-file", "/dev/termination-log"]
 
 
-def build_fetch_job(entry: Entry, claim_uid: str, image: str, hub_endpoint: str) -> Obj:
+def build_fetch_job(
+    entry: Entry, claim_uid: str, image: str, hub_endpoint: str, deadline_s: int
+) -> Obj:
     """The Job that fills the claim once; owned by the claim, so it goes with it."""
     metadata = _metadata(entry)
     metadata["ownerReferences"] = [
@@ -191,7 +195,12 @@ def build_fetch_job(entry: Entry, claim_uid: str, image: str, hub_endpoint: str)
         }
         volumes.append({"name": "hf-token", "secret": {**secret, "defaultMode": 0o400}})
         mounts.append({"name": "hf-token", "mountPath": TOKEN_PATH, "readOnly": True})
-    env = [{"name": "HOME", "value": "/tmp"}, {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"}]
+    # The hub client keeps its own scratch (a chunk cache, locks) under HF_HOME: not the claim.
+    env = [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": "/tmp/hf"},
+        {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+    ]
     if hub_endpoint:
         env.append({"name": "HF_ENDPOINT", "value": hub_endpoint})
     container: Obj = {
@@ -232,7 +241,8 @@ def build_fetch_job(entry: Entry, claim_uid: str, image: str, hub_endpoint: str)
         "kind": "Job",
         "metadata": metadata,
         # One pod at a time; the operator retries a failed Job with its own, longer backoff.
-        "spec": {"backoffLimit": 1, "template": pod},
+        # A download that stalls part-way is ended here; the client's own retries are long.
+        "spec": {"backoffLimit": 1, "activeDeadlineSeconds": deadline_s, "template": pod},
     }
 
 
@@ -344,6 +354,19 @@ class WeightsState:
         return self.reason == "Cached"
 
 
+@dataclass(frozen=True)
+class Weights:
+    """A model's cache entry and where it stands: what its pods are built from."""
+
+    entry: Entry
+    state: WeightsState
+
+    @property
+    def applied_as(self) -> tuple[str, str]:
+        """What the model's pods depend on: a new commit (or the first) rolls them out."""
+        return (self.entry.name, self.state.commit)
+
+
 def weights_state(
     entry: Entry,
     claim: ClaimState | None,
@@ -352,18 +375,24 @@ def weights_state(
     progress: Mapping[str, Any] | None,
 ) -> WeightsState:
     """What the entry's objects say, in the words a model's status uses."""
-    where = f"{entry.repo}@{entry.revision} in claim {entry.name}"
+    where = f"{entry.repo}@{entry.revision} (claim {entry.name})"
     if claim is not None and claim.commit:
         return WeightsState("Cached", f"{where} at commit {claim.commit}", claim.commit)
-    failed = next((p.result for p in pods if p.result and p.result.get("event") == "failed"), None)
-    if (job is not None and job.failed) or (job is None and claim is not None and claim.failures):
+    if job is not None and job.failed:
+        failed = next(
+            (p.result for p in pods if p.result and p.result.get("event") == "failed"), None
+        )
         said = str(failed.get("message")) if failed else "the fetch Job failed"
         return WeightsState("DownloadFailed", f"{where}: {said}")
     waiting = next((p.waiting for p in pods if p.waiting), "")
-    if waiting:
-        return WeightsState("Pending", f"{where}: fetch pod waiting: {waiting}")
-    if job is not None and job.active and progress is not None:
-        return WeightsState("Downloading", f"{where}: {progress.get('message', '')}".rstrip(": "))
+    if job is not None and waiting:
+        return WeightsState("Pending", f"{where}: the fetch pod waits: {waiting}")
+    attempt = f" (attempt {claim.failures + 1})" if claim is not None and claim.failures else ""
     if job is not None and job.active:
-        return WeightsState("Downloading", f"{where}: starting")
-    return WeightsState("Pending", f"{where}: waiting for the fetch Job")
+        done = str(progress.get("message", "")) if progress else "starting"
+        return WeightsState("Downloading", f"{where}: {done}{attempt}")
+    if claim is not None and claim.failures:
+        error = claim.annotations.get(LAST_ERROR, "the fetch failed")
+        retry = claim.annotations.get(RETRY_AT, "")
+        return WeightsState("DownloadFailed", f"{where}: {error}; trying again at {retry}")
+    return WeightsState("Pending", f"{where}: waiting for the fetch Job{attempt}")

@@ -16,7 +16,7 @@ import yaml
 from support.helm import CHART, Helm, objects_of, one
 
 from tti_operator.builders import Owner, pod_template
-from tti_operator.kinds import CHILD_KINDS
+from tti_operator.kinds import CACHE_KINDS, CHILD_KINDS
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import parse_spec
 
@@ -177,13 +177,18 @@ def granted(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
     }
 
 
-def test_rbac_grants_no_wildcards_no_secrets_and_no_deletes(helm: Helm) -> None:
+#: The only deletes: the model cache's own fetch Jobs (once read) and expired claims.
+CACHE_DELETES = {("", "persistentvolumeclaims", "delete"), ("batch", "jobs", "delete")}
+
+
+def test_rbac_grants_no_wildcards_no_secrets_and_deletes_only_the_caches_own(helm: Helm) -> None:
     for objects in (helm.template(), helm.template("watchNamespaces={team-a}")):
         for role in objects_of(objects, "ClusterRole") + objects_of(objects, "Role"):
             triples = granted(role["rules"])
             assert not [t for t in triples if "*" in t], "wildcards are not least privilege"
             assert not [t for t in triples if t[1] in {"secrets", "configmaps"}]
-            assert not [t for t in triples if t[2] in {"delete", "deletecollection", "escalate"}]
+            deletes = {t for t in triples if t[2] in {"delete", "deletecollection", "escalate"}}
+            assert deletes <= CACHE_DELETES
 
 
 def test_rbac_lets_the_autoscaler_patch_the_scale_subresource_only(helm: Helm) -> None:
@@ -388,6 +393,6 @@ def test_rbac_grants_each_child_kind_exactly_what_its_row_implies(helm: Helm) ->
             operator_part(objects), "Role"
         ):
             triples = granted(role["rules"])
-            for kind in CHILD_KINDS:
+            for kind in CHILD_KINDS + CACHE_KINDS:
                 verbs = {v for g, r, v in triples if (g, r) == (kind.group, kind.plural)}
                 assert verbs == kind.verbs, (role["kind"], kind.kind)

@@ -78,7 +78,12 @@ def operator(
     process = OperatorProcess(
         cluster,
         tmp_path_factory.mktemp("operator") / "operator.log",
-        extra_env={"TTI_OPERATOR_NAMESPACES": ",".join(operator_namespaces)},
+        extra_env={
+            "TTI_OPERATOR_NAMESPACES": ",".join(operator_namespaces),
+            # No container runs on the kwok nodes, so a fetch Job never ends there: the
+            # model cache is on only for the models that ask (spec.cache.enabled).
+            "TTI_OPERATOR_CACHE_ENABLED": "false",
+        },
     )
     process.start()
     yield process

@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 
 from tti_kube.client import ApiError, KubeClient
 from tti_operator.builders import labels, owner_reference
+from tti_operator.cache import WeightsCache
 from tti_operator.controller import Controller
 from tti_operator.informer import ChildCache
-from tti_operator.kinds import POD, ChildKind
+from tti_operator.kinds import CACHE_KINDS, POD, ChildKind
 from tti_operator.reconciler import ModelRecord
 from tti_operator.settings import OperatorSettings
 from tti_operator.workqueue import Backoff
@@ -48,6 +49,11 @@ class MemoryApi(KubeClient):
         #: While set, an apply waits for it (a request in flight).
         self.gate: asyncio.Event | None = None
         self.cache: ChildCache | None = None
+        #: Where the model cache's objects are reported (set by `Harness`).
+        self.weights: WeightsCache | None = None
+        #: The log of each pod, by name (the model cache reads a fetch's progress there).
+        self.logs: dict[str, str] = {}
+        self.deletes: list[tuple[str, str]] = []
         #: Where the watch events are delivered (the controller's loop, set by `Harness`).
         self.loop: asyncio.AbstractEventLoop | None = None
         self.lagging = False
@@ -96,6 +102,25 @@ class MemoryApi(KubeClient):
             raise self.refuse_scale
         self.scales.append((name, replicas))
 
+    async def merge_patch(self, kind: ChildKind, namespace: str, name: str, body: Obj) -> Obj:
+        obj = copy.deepcopy(self.objects[kind.kind, name])
+        annotations = obj["metadata"].setdefault("annotations", {})
+        for key, value in body["metadata"]["annotations"].items():
+            if value is None:
+                annotations.pop(key, None)
+            else:
+                annotations[key] = value
+        return copy.deepcopy(self._store(kind, obj, "MODIFIED"))
+
+    async def delete(self, kind: ChildKind, namespace: str, name: str, uid: str) -> None:
+        obj = self.objects.get((kind.kind, name))
+        if obj is not None and obj["metadata"]["uid"] == uid:
+            self.deletes.append((kind.kind, name))
+            self.remove(kind, name)
+
+    async def log(self, namespace: str, pod: str, container: str, tail_lines: int) -> str:
+        return self.logs.get(pod, "")
+
     async def create_event(self, event: Obj) -> None:
         raise AssertionError("the tests collect Events with a sink")
 
@@ -142,7 +167,9 @@ class MemoryApi(KubeClient):
 
     def _observe(self, kind: ChildKind, event_type: str, obj: Obj) -> None:
         # Delivered on the loop's next turn, as a watch stream would.
-        if self.cache is not None and self.loop is not None:
+        if kind in CACHE_KINDS and self.weights is not None and self.loop is not None:
+            self.loop.call_soon(self.weights.observe, kind, event_type, obj)
+        elif self.cache is not None and self.loop is not None:
             self.loop.call_soon(self.cache.observe, kind, event_type, obj)
 
     def _refusal(self, name: str) -> Exception | None:
@@ -211,6 +238,7 @@ class Harness:
             backoff=FAST_BACKOFF,
         )
         self.api.cache, self.api.loop = self.controller.cache, self.loop
+        self.api.weights = self.controller.weights
         self.reconciles: list[tuple[str, str]] = []
         reconcile = self.controller.reconciler.reconcile
 

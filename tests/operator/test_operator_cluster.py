@@ -295,6 +295,30 @@ def test_more_gpus_than_any_node_is_unschedulable_with_the_schedulers_message(
     assert resource["status"]["phase"] == "Unschedulable"
 
 
+def test_a_model_from_the_hub_waits_for_the_model_cache_with_no_pod(kube: Kube) -> None:
+    """The claim and the fetch Job as the real API server takes them (the fetch itself runs
+    on the real node: tests/e2e/test_model_cache.py); deleting the model leaves the claim."""
+    hub = {"huggingFace": {"repo": "org/never-fetched", "tokenSecret": {"name": "hf"}}}
+    kube.apply(model("cached", model="sdxl-turbo", gpus=0, source=hub, cache={"enabled": True}))
+    resource = kube.wait(
+        "ttimodel",
+        "cached",
+        lambda r: r and r.get("status", {}).get("weights") and condition(r, "WeightsReady"),
+        "status.weights and WeightsReady",
+    )
+    assert condition(resource, "WeightsReady")["status"] == "False"
+    assert resource["status"]["phase"] in {"WaitingForWeights", "Downloading"}
+    name = resource["status"]["weights"]["claim"]
+    claim = kube.must_get("persistentvolumeclaim", name)
+    job = kube.must_get("job", name)
+    assert job["metadata"]["ownerReferences"][0]["uid"] == claim["metadata"]["uid"]
+    assert kube.must_get("deployment", "cached")["spec"]["replicas"] == 0
+    kube.run("delete", "ttimodel", "cached")
+    kube.wait("deployment", "cached", lambda d: d is None, "the Deployment collected")
+    assert kube.get("persistentvolumeclaim", name) is not None  # kept for the next model
+    kube.run("delete", "persistentvolumeclaim", name, "--wait=false")
+
+
 def test_a_missing_volume_claim_is_reported(kube: Kube) -> None:
     kube.apply(
         model(

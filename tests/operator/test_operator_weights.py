@@ -105,7 +105,7 @@ def test_the_fetch_job_reads_the_token_from_a_file_and_is_owned_by_the_claim() -
         }
     )
     assert gated is not None
-    job = build_fetch_job(gated, "claim-uid", "tti-server:1", "http://hub.local")
+    job = build_fetch_job(gated, "claim-uid", "tti-server:1", "http://hub.local", 3600)
     assert job["metadata"]["ownerReferences"][0]["uid"] == "claim-uid"
     pod = job["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -122,7 +122,7 @@ def test_a_model_pod_loads_the_commit_the_fetch_resolved() -> None:
     cached = entry({"model": "sdxl-turbo"})
     assert cached is not None
     path = snapshot_path(cached, "abc123")
-    assert path == "/weights/models--stabilityai--sdxl-turbo/snapshots/abc123"
+    assert path == "/weights/hub/models--stabilityai--sdxl-turbo/snapshots/abc123"
 
 
 def test_what_the_watched_objects_say() -> None:

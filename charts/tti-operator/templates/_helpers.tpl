@@ -133,6 +133,20 @@ The operator's settings, passed as the environment variables it reads.
   value: {{ .Values.playground | quote }}
 - name: TTI_OPERATOR_AUTOSCALE_INTERVAL_S
   value: {{ .Values.operator.autoscaleIntervalSeconds | quote }}
+- name: TTI_OPERATOR_CACHE_ENABLED
+  value: {{ .Values.modelCache.enabled | quote }}
+- name: TTI_OPERATOR_CACHE_STORAGE_CLASS
+  value: {{ .Values.modelCache.storageClassName | quote }}
+- name: TTI_OPERATOR_CACHE_SIZE
+  value: {{ .Values.modelCache.size | quote }}
+- name: TTI_OPERATOR_CACHE_ACCESS_MODE
+  value: {{ .Values.modelCache.accessMode | quote }}
+- name: TTI_OPERATOR_CACHE_RETENTION_S
+  value: {{ .Values.modelCache.retentionSeconds | quote }}
+- name: TTI_OPERATOR_CACHE_FETCH_DEADLINE_S
+  value: {{ .Values.modelCache.fetchDeadlineSeconds | quote }}
+- name: TTI_OPERATOR_HUB_ENDPOINT
+  value: {{ .Values.modelCache.hubEndpoint | quote }}
 {{- if .Values.gateway.enabled }}
 - name: TTI_OPERATOR_GATEWAY_URL
   value: {{ include "tti-operator.gatewayUrl" . | quote }}

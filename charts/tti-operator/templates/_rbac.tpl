@@ -1,14 +1,15 @@
 {{/*
 What the operator does in a namespace it serves, and nothing more (docs/operator.md
 lists the calls; tests/chart checks this grants nothing that list lacks, and that each
-child kind gets exactly the verbs its row in tti_operator/kinds.py implies: list and
-watch; create and patch when applied). kopf lists and watches the
-models; the operator watches the children and writes them with server-side
+kind gets exactly the verbs its row in tti_operator/kinds.py implies: list and watch;
+create and patch when applied; delete when the operator deletes it). kopf lists and
+watches the models; the operator watches the children and writes them with server-side
 apply (PATCH, which needs `create` when the object is new) and the status with a
 merge patch, and the replicas of autoscaled models with a merge patch of the scale
-subresource. It never reads a single object by name, never deletes (owner
-references let the garbage collector remove the children) and never
-touches anything cluster-scoped: kopf's CRD and namespace scanning is off.
+subresource. It reads no single object by name but a fetch pod's log, deletes only the
+model cache's fetch Jobs and expired claims (owner references let the garbage collector
+remove a model's children) and never touches anything cluster-scoped: kopf's CRD and
+namespace scanning is off.
 The cluster tests run the real operator with exactly these rules.
 */}}
 {{- define "tti-operator.rules" -}}
@@ -41,6 +42,18 @@ The cluster tests run the real operator with exactly these rules.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
+# The model cache: a claim per entry, annotated with what its fetch found and deleted
+# once unused for the retention; the fetch Job, deleted once read; the Job's pods, whose
+# last log lines say how far a fetch has got.
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
 # Kubernetes Events on the models (created, updated, failed).
 - apiGroups: [""]
   resources: ["events"]
