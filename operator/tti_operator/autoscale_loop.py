@@ -33,12 +33,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tti_contracts import metrics as names
 from tti_contracts.api import declared_replicas
-from tti_kube.client import ApiError, KubeClient
+from tti_kube.client import ApiError
 from tti_operator.autoscale_policy import Decision, History, Load, decide
-from tti_operator.informer import ChildCache, Key
+from tti_operator.informer import Key
 from tti_operator.kinds import POD
-from tti_operator.reconciler import EventSink, ModelRecord, ModelStore
-from tti_operator.settings import OperatorSettings
+from tti_operator.reconciler import ModelRecord, Shared
 from tti_operator.spec import Autoscaling, ModelSpec
 from tti_operator.status import PodState
 
@@ -131,19 +130,13 @@ class AutoscaleLoop:
 
     def __init__(
         self,
-        settings: OperatorSettings,
-        client: KubeClient,
-        store: ModelStore,
-        cache: ChildCache,
-        event: EventSink,
+        shared: Shared,
         enqueue: Callable[[Key], None],
         metrics_url: MetricsUrl | None = None,
     ) -> None:
-        self.settings = settings
-        self.client = client
-        self.store = store
-        self.cache = cache
-        self.event = event
+        settings = self.settings = shared.settings
+        self.client, self.store, self.cache = shared.client, shared.store, shared.cache
+        self.event = shared.event
         self.enqueue = enqueue
         self.metrics_url = metrics_url or (lambda pod: settings.pod_metrics_url.format(ip=pod.ip))
         self.models: dict[Key, ModelScaling] = {}

@@ -13,6 +13,7 @@ from typing import Any
 
 from tti_contracts.api import API_VERSION, KIND
 from tti_contracts.catalogue import entry
+from tti_operator.podsecurity import container_security_context, pod_security_context
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import ModelSpec, Source
 from tti_operator.weights import MOUNT_PATH, Weights, snapshot_path
@@ -25,8 +26,6 @@ GRPC_PORT = 8085
 CACHE_DIR = "/cache"
 WEIGHTS_DIR = "/models"
 HF_HOME = f"{CACHE_DIR}/huggingface"
-#: The server image's fixed non-root user (Dockerfile.server).
-SERVER_UID = 10001
 GPU_RESOURCE = "nvidia.com/gpu"
 MANAGED_BY = "tti-operator"
 MODEL_LABEL = "tti.dev/model"
@@ -227,18 +226,6 @@ def probes() -> Obj:
     }
 
 
-def container_security_context() -> Obj:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": SERVER_UID,
-        "runAsGroup": SERVER_UID,
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
 def tolerations(spec: ModelSpec) -> list[Obj]:
     gpu: list[Obj] = (
         [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
@@ -257,20 +244,15 @@ def rollout_strategy(spec: ModelSpec) -> Obj:
 
 
 def pod_template(
-    owner: Owner,
-    spec: ModelSpec,
-    default_image: str,
-    weights: Weights | None = None,
-    *,
-    playground: bool = True,
+    owner: Owner, spec: ModelSpec, settings: OperatorSettings, weights: Weights | None = None
 ) -> Obj:
     vols, mounts = volumes(spec, weights)
     container: Obj = {
         "name": "server",
-        "image": spec.image or default_image,
+        "image": spec.image or settings.server_image,
         "imagePullPolicy": "IfNotPresent",
         "args": server_args(owner, spec, weights),
-        "env": env(spec, weights, playground=playground),
+        "env": env(spec, weights, playground=settings.playground),
         "ports": [
             {"name": "http", "containerPort": PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
@@ -283,13 +265,7 @@ def pod_template(
     pod_spec: Obj = {
         "containers": [container],
         "volumes": vols,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": SERVER_UID,
-            "runAsGroup": SERVER_UID,
-            "fsGroup": SERVER_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),
         # The server never calls the API, and a namespace with many models would
         # otherwise inject every Service's variables into every pod.
         "automountServiceAccountToken": False,
@@ -314,12 +290,7 @@ def pod_template(
 
 
 def build_deployment(
-    owner: Owner,
-    spec: ModelSpec,
-    default_image: str,
-    weights: Weights | None = None,
-    *,
-    playground: bool = True,
+    owner: Owner, spec: ModelSpec, settings: OperatorSettings, weights: Weights | None = None
 ) -> Obj:
     # No pod holds a GPU while its weights are still on their way to the cache.
     waiting = weights is not None and not weights.state.ready
@@ -334,7 +305,7 @@ def build_deployment(
             # Beyond the startup probe's budget, so a slow download is not called stuck.
             "progressDeadlineSeconds": STARTUP_PERIOD_S * STARTUP_FAILURES + 600,
             "revisionHistoryLimit": 3,
-            "template": pod_template(owner, spec, default_image, weights, playground=playground),
+            "template": pod_template(owner, spec, settings, weights),
         },
     }
 
@@ -344,10 +315,7 @@ def desired_children(
 ) -> list[Obj]:
     """Every child the model should have now, in the order they are applied (the
     Deployment, which the rollout waits on, first); `weights` is its cache entry, if any."""
-    deployment = build_deployment(
-        owner, spec, settings.server_image, weights, playground=settings.playground
-    )
-    return [deployment, build_service(owner)]
+    return [build_deployment(owner, spec, settings, weights), build_service(owner)]
 
 
 def build_event(

@@ -29,6 +29,7 @@ from tti_operator.reconciler import (
     ModelRecord,
     ModelStore,
     Reconciler,
+    Shared,
 )
 from tti_operator.settings import OperatorSettings
 from tti_operator.workqueue import Backoff, WorkQueue, work
@@ -60,19 +61,10 @@ class Controller:
         self.informer = Informer(client, settings.namespaces, self.cache, self.kinds)
         self.event: EventSink = event or EventPoster(client, settings.field_manager)
         self.weights = WeightsCache(client, settings, self.child_changed)
-        self.autoscaler = AutoscaleLoop(
-            settings, client, self.store, self.cache, self.event, self.queue.add, metrics_url
-        )
+        shared = Shared(settings, client, self.store, self.cache, self.event)
+        self.autoscaler = AutoscaleLoop(shared, self.queue.add, metrics_url)
         self.reconciler = Reconciler(
-            settings,
-            client,
-            self.store,
-            self.cache,
-            self.event,
-            self.kinds,
-            build,
-            self.autoscaler.status,
-            self.weights,
+            shared, self.kinds, build, self.autoscaler.status, self.weights
         )
         self._workers: list[asyncio.Task[None]] = []
 

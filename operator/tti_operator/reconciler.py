@@ -256,24 +256,29 @@ class EventPoster:
             logger.warning("could not post Event %s: %s", event["reason"], error)
 
 
+@dataclass(frozen=True)
+class Shared:
+    """What the reconciler and the autoscaler both work with (the controller wires it)."""
+
+    settings: OperatorSettings
+    client: KubeClient
+    store: ModelStore
+    cache: ChildCache
+    #: Where Events about the models go.
+    event: EventSink
+
+
 class Reconciler:
     def __init__(
         self,
-        settings: OperatorSettings,
-        client: KubeClient,
-        store: ModelStore,
-        cache: ChildCache,
-        event: EventSink,
+        shared: Shared,
         kinds: Iterable[ChildKind] = CHILD_KINDS,
         build: Build = desired_children,
         autoscaling: AutoscalingStatus = lambda key: None,
         weights: WeightsCache | None = None,
     ) -> None:
-        self.settings = settings
-        self.client = client
-        self.store = store
-        self.cache = cache
-        self.event = event
+        self.settings, self.client = shared.settings, shared.client
+        self.store, self.cache, self.event = shared.store, shared.cache, shared.event
         self.kinds = tuple(kinds)
         self.build = build
         self.autoscaling = autoscaling

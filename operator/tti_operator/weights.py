@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tti_contracts.catalogue import entry as catalogue_entry
+from tti_operator.podsecurity import container_security_context, pod_security_context
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import ModelSpec, SecretKeyRef
 
@@ -47,8 +48,6 @@ UNUSED_SINCE = "tti.dev/unused-since"
 #: Where the claim is mounted, in the fetch Job (read-write) and in model pods (read-only).
 MOUNT_PATH = "/weights"
 TOKEN_PATH = "/var/run/secrets/tti/hf-token"
-#: The server image's fixed non-root user (Dockerfile.server).
-UID = 10001
 #: Seconds before a failed fetch runs again: doubling from the first, up to the last.
 RETRY_DELAYS_S = (30, 60, 120, 300, 600, 1800)
 
@@ -213,15 +212,7 @@ def build_fetch_job(
             "requests": {"cpu": "250m", "memory": "512Mi"},
             "limits": {"memory": "2Gi"},
         },
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": UID,
-            "runAsGroup": UID,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
     }
@@ -231,7 +222,7 @@ def build_fetch_job(
             "restartPolicy": "Never",
             "containers": [container],
             "volumes": volumes,
-            "securityContext": {"runAsNonRoot": True, "fsGroup": UID},
+            "securityContext": pod_security_context(),
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
         },

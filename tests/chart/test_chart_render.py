@@ -333,7 +333,9 @@ def test_values_schema_describes_every_key_of_values_yaml() -> None:
 
 
 def test_operator_pod_is_hardened_exactly_like_model_pods(helm: Helm) -> None:
-    model_pod = pod_template(Owner("m", "ns", "uid"), parse_spec({"model": "stub"}), "img")
+    model_pod = pod_template(
+        Owner("m", "ns", "uid"), parse_spec({"model": "stub"}), OperatorSettings()
+    )
     objects = operator_part(helm.template())
     operator_pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     assert operator_pod["securityContext"] == model_pod["spec"]["securityContext"]

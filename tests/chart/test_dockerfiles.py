@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tti_operator import builders
+from tti_operator import builders, podsecurity
 from tti_operator.settings import OperatorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -219,7 +219,7 @@ def test_server_image_matches_what_the_operators_pods_expect() -> None:
     """Port, uid, cache volume and HF_HOME are set in two places: keep them equal."""
     instructions = parse(ROOT / "Dockerfile.server")
     assert args_of(instructions, "EXPOSE") == [f"{builders.PORT} {builders.GRPC_PORT}"]
-    assert args_of(instructions, "USER")[-1] == f"{builders.SERVER_UID}:{builders.SERVER_UID}"
+    assert args_of(instructions, "USER")[-1] == f"{podsecurity.SERVER_UID}:{podsecurity.SERVER_UID}"
     volumes = [v.strip('[]" ') for v in args_of(instructions, "VOLUME")]
     assert volumes == [builders.CACHE_DIR]
     env = " ".join(args_of(instructions, "ENV"))

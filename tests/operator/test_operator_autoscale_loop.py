@@ -21,7 +21,7 @@ from tti_operator.autoscale_loop import STATUS_REFRESH_S, AutoscaleLoop, ModelSc
 from tti_operator.builders import MANAGED_BY, MODEL_LABEL
 from tti_operator.informer import ChildCache
 from tti_operator.kinds import POD
-from tti_operator.reconciler import ModelStore
+from tti_operator.reconciler import ModelStore, Shared
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import ModelSpec
 
@@ -48,15 +48,10 @@ def test_load_is_the_mean_in_flight_and_a_silent_pod_makes_it_incomplete(
     silent = f"http://127.0.0.1:{free_port()}/metrics"  # nothing listens there
     urls = {"10.0.0.1": server.url + "/metrics", "10.0.0.2": silent, "10.0.0.3": silent}
     cache = ChildCache(lambda key: None)
-    scaler = AutoscaleLoop(
-        OperatorSettings(),
-        cast(KubeClient, None),  # reading the load writes nothing
-        ModelStore(),
-        cache,
-        lambda *event: None,
-        lambda key: None,
-        lambda p: urls[p.ip],
-    )
+    # Reading the load writes nothing: no client.
+    no_events = lambda *event: None  # noqa: E731
+    shared = Shared(OperatorSettings(), cast(KubeClient, None), ModelStore(), cache, no_events)
+    scaler = AutoscaleLoop(shared, lambda key: None, lambda p: urls[p.ip])
 
     async def scenario() -> None:
         cache.observe(POD, None, pod("a", "10.0.0.1"))

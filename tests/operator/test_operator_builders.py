@@ -12,15 +12,18 @@ from tti_operator.builders import (
     selector_labels,
     selector_string,
 )
+from tti_operator.settings import OperatorSettings
 from tti_operator.spec import parse_spec
 from tti_server.cli import load_settings
 
 OWNER = Owner(name="turbo", namespace="ml", uid="1234-abcd")
 IMAGE = "registry.example/tti-server:1.0"
+SETTINGS = OperatorSettings(server_image=IMAGE)
+NO_PLAYGROUND = OperatorSettings(server_image=IMAGE, playground=False)
 
 
 def deployment(**spec: Any) -> dict[str, Any]:
-    return build_deployment(OWNER, parse_spec(spec), IMAGE)
+    return build_deployment(OWNER, parse_spec(spec), SETTINGS)
 
 
 def container(dep: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +104,7 @@ def test_the_real_server_cli_accepts_the_args_and_serves_the_resource_name() -> 
     dep = build_deployment(
         Owner(name="turbo-a", namespace="ml", uid="u"),
         parse_spec({"model": "sdxl-turbo", "imageFormat": "webp", "maxBatchSize": 2}),
-        IMAGE,
+        SETTINGS,
     )
     settings = load_settings(container(dep)["args"])
     assert settings.served_model_id == "turbo-a"
@@ -220,12 +223,12 @@ def test_user_env_is_appended_and_can_override_the_cache_variables() -> None:
 
 def test_playground_off_reaches_every_model_pod_unless_its_spec_sets_it_back() -> None:
     spec = parse_spec({"model": "stub"})
-    names = [e["name"] for e in container(build_deployment(OWNER, spec, IMAGE))["env"]]
+    names = [e["name"] for e in container(build_deployment(OWNER, spec, SETTINGS))["env"]]
     assert "TTI_PLAYGROUND" not in names  # on: existing pod templates stay as they were
-    off = container(build_deployment(OWNER, spec, IMAGE, playground=False))["env"]
+    off = container(build_deployment(OWNER, spec, NO_PLAYGROUND))["env"]
     assert {"name": "TTI_PLAYGROUND", "value": "false"} in off
     back = parse_spec({"model": "stub", "env": [{"name": "TTI_PLAYGROUND", "value": "true"}]})
-    env = container(build_deployment(OWNER, back, IMAGE, playground=False))["env"]
+    env = container(build_deployment(OWNER, back, NO_PLAYGROUND))["env"]
     assert [e for e in env if e["name"] == "TTI_PLAYGROUND"] == [
         {"name": "TTI_PLAYGROUND", "value": "true"}
     ]
