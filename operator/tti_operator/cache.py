@@ -140,14 +140,7 @@ class WeightsCache:
         if job is None:
             retry_at = _parse_time(claim.annotations.get(RETRY_AT, ""))
             if retry_at is None or retry_at <= self.clock():
-                settings = self.settings
-                fetch = build_fetch_job(
-                    entry,
-                    claim.uid,
-                    settings.server_image,
-                    settings.hub_endpoint,
-                    settings.cache_fetch_deadline_s,
-                )
+                fetch = build_fetch_job(entry, claim.uid, self.settings)
                 _, stored = await self.client.apply(FETCH_JOB, fetch)
                 view.job = job_state(stored)
         elif job.succeeded:

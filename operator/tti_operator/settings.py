@@ -80,6 +80,9 @@ class OperatorSettings(BaseSettings):
     cache_fetch_deadline_s: int = Field(
         6 * 3600, ge=60, description="seconds a fetch Job may run before it counts as failed"
     )
+    hub_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="seconds a fetch waits for each answer of the hub"
+    )
     hub_endpoint: str = Field(
         "",
         description="Hugging Face endpoint the fetch Jobs use (HF_ENDPOINT: a mirror or a "

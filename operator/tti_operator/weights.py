@@ -153,8 +153,21 @@ def build_claim(entry: Entry) -> Obj:
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata, "spec": spec}
 
 
-def fetch_args(entry: Entry) -> list[str]:
+#: Kubernetes quantity suffixes, as multiples of a byte.
+_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}  # fmt: skip
+
+
+def quantity_bytes(quantity: str) -> int:
+    """`24Gi` as bytes (the CRD's pattern admits only these forms)."""
+    number = quantity.rstrip("kMGTPi")
+    return int(float(number) * _UNITS[quantity[len(number) :]])
+
+
+def fetch_args(entry: Entry, timeout_s: float) -> list[str]:
     args = ["download", entry.repo, "--revision", entry.revision, "--cache-dir", MOUNT_PATH]
+    # The claim's size: a volume that does not enforce it (a host path) still refuses more.
+    args += ["--room", str(quantity_bytes(entry.storage.size)), "--timeout", f"{timeout_s:g}"]
     if entry.variant:
         args += ["--variant", entry.variant]
     if entry.token is not None:
@@ -163,9 +176,7 @@ def fetch_args(entry: Entry) -> list[str]:
     return [*args, "--status-file", "/dev/termination-log"]
 
 
-def build_fetch_job(
-    entry: Entry, claim_uid: str, image: str, hub_endpoint: str, deadline_s: int
-) -> Obj:
+def build_fetch_job(entry: Entry, claim_uid: str, settings: OperatorSettings) -> Obj:
     """The Job that fills the claim once; owned by the claim, so it goes with it."""
     metadata = _metadata(entry)
     metadata["ownerReferences"] = [
@@ -200,13 +211,13 @@ def build_fetch_job(
         {"name": "HF_HOME", "value": "/tmp/hf"},
         {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
     ]
-    if hub_endpoint:
-        env.append({"name": "HF_ENDPOINT", "value": hub_endpoint})
+    if settings.hub_endpoint:
+        env.append({"name": "HF_ENDPOINT", "value": settings.hub_endpoint})
     container: Obj = {
         "name": "fetch",
-        "image": image,
+        "image": settings.server_image,
         "imagePullPolicy": "IfNotPresent",
-        "args": fetch_args(entry),
+        "args": fetch_args(entry, settings.hub_timeout_s),
         "env": env,
         "resources": {
             "requests": {"cpu": "250m", "memory": "512Mi"},
@@ -233,7 +244,11 @@ def build_fetch_job(
         "metadata": metadata,
         # One pod at a time; the operator retries a failed Job with its own, longer backoff.
         # A download that stalls part-way is ended here; the client's own retries are long.
-        "spec": {"backoffLimit": 1, "activeDeadlineSeconds": deadline_s, "template": pod},
+        "spec": {
+            "backoffLimit": 1,
+            "activeDeadlineSeconds": settings.cache_fetch_deadline_s,
+            "template": pod,
+        },
     }
 
 

@@ -509,6 +509,8 @@ class FetchRequest:
     timeout: float = 30.0
     workers: int = 4
     progress_interval: float = 5.0
+    #: The most the cache may hold, in bytes (None: what the disk has free).
+    room: int | None = None
 
 
 @dataclass(frozen=True)
@@ -575,8 +577,8 @@ def fetch(request: FetchRequest, emit: Emit) -> FetchResult:
         for path in files
         if path not in present and not entry.has_blob(sibling_etag(siblings[path]))
     )
-    check_free_space(entry.hub_cache, to_fetch)
     total = sum(sizes.values())
+    check_room(entry.hub_cache, to_fetch, total, request.room)
     emit(
         {
             "event": "resolved",
@@ -633,12 +635,17 @@ def read_model_index(entry: CacheEntry) -> dict[str, Any]:
     return index
 
 
-def check_free_space(directory: Path, needed: int) -> None:
-    """Fail before fetching anything when the files cannot fit (the hub client only warns)."""
+def check_room(directory: Path, to_fetch: int, total: int, room: int | None) -> None:
+    """Fail before fetching anything when the files cannot fit (the hub client only warns):
+    in the disk's free space, and in `room` (a claim's size, which many volumes, host
+    paths among them, do not enforce)."""
     directory.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(directory).free
-    if needed > free:
-        detail = f"{format_bytes(needed)} to fetch, {format_bytes(free)} free"
+    if to_fetch > free:
+        detail = f"{format_bytes(to_fetch)} to fetch, {format_bytes(free)} free"
+        raise FetchError("DiskFull", detail, str(directory))
+    if room is not None and total > room:
+        detail = f"the files need {format_bytes(total)}, the cache holds {format_bytes(room)}"
         raise FetchError("DiskFull", detail, str(directory))
 
 
@@ -763,6 +770,12 @@ def build_download_parser() -> argparse.ArgumentParser:
         "--workers", type=_positive_int, default=4, help="files fetched at once (default: 4)"
     )
     parser.add_argument(
+        "--room",
+        type=_positive_int,
+        default=None,
+        help="bytes the cache may hold (a claim's size); more is refused as a full disk",
+    )
+    parser.add_argument(
         "--status-file",
         type=Path,
         default=None,
@@ -790,6 +803,7 @@ def run_download(argv: list[str]) -> int:
         timeout=args.timeout,
         workers=args.workers,
         progress_interval=args.progress_interval,
+        room=args.room,
     )
     out = LineWriter(sys.stdout)
     try:
@@ -841,7 +855,7 @@ def _quiet_hub_client(timeout: float) -> str:
     # HF_HUB_DISABLE_TELEMETRY: without it the client's first request is a look-up of AI
     # agent names on the hub (its own 3 s timeout, a file written in HF_HOME), before ours.
     constants.HF_HUB_DISABLE_TELEMETRY = True
-    # check_free_space fails before the first byte; the client's per-file warning adds nothing.
+    # check_room fails before the first byte; the client's per-file warning adds nothing.
     warnings.filterwarnings("ignore", message="Not enough free disk space")
     return str(constants.ENDPOINT)
 

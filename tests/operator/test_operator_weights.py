@@ -20,11 +20,13 @@ from tti_operator.weights import (
     entry_for,
     fetch_pod_state,
     job_state,
+    quantity_bytes,
     snapshot_path,
     weights_state,
 )
 
 SETTINGS = OperatorSettings()
+HUB_SETTINGS = OperatorSettings(server_image="tti-server:1", hub_endpoint="http://hub.local")
 
 
 def entry(
@@ -105,7 +107,7 @@ def test_the_fetch_job_reads_the_token_from_a_file_and_is_owned_by_the_claim() -
         }
     )
     assert gated is not None
-    job = build_fetch_job(gated, "claim-uid", "tti-server:1", "http://hub.local", 3600)
+    job = build_fetch_job(gated, "claim-uid", HUB_SETTINGS)
     assert job["metadata"]["ownerReferences"][0]["uid"] == "claim-uid"
     pod = job["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -186,3 +188,15 @@ def test_the_weights_state_names_the_cause() -> None:
     assert failed.reason == "DownloadFailed" and "no token was given" in failed.message
     cached = weights_state(e, ClaimState("u", "Bound", {COMMIT: "abc"}), None, [], None)
     assert cached.ready and cached.commit == "abc"
+
+
+def test_the_claims_size_bounds_what_a_fetch_may_write() -> None:
+    assert quantity_bytes("24Gi") == 24 * 2**30
+    assert quantity_bytes("1.5G") == 1_500_000_000
+    assert quantity_bytes("1048576") == 2**20
+    small = entry({"model": "sdxl-turbo", "cache": {"size": "10Mi"}})
+    assert small is not None
+    args = build_fetch_job(small, "uid", HUB_SETTINGS)["spec"]["template"]["spec"]["containers"][0][
+        "args"
+    ]
+    assert args[args.index("--room") + 1] == str(10 * 2**20)

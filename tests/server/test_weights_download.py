@@ -576,6 +576,16 @@ def test_a_disk_too_small_for_the_files(hub: HubEndpoint, tmp_path: Path) -> Non
     assert set(hub.bytes_sent(REPO)) == {"model_index.json"}
 
 
+def test_a_cache_claim_too_small_for_the_files(hub: HubEndpoint, tmp_path: Path) -> None:
+    """`--room`: the claim's size, which a host-path volume does not enforce by itself."""
+    cache = tmp_path / "claim"
+    run = download(tmp_path, hub.url, REPO, "--cache-dir", str(cache), "--room", "1048576")
+    assert_failed(
+        run, "DiskFull", f"disk full {cache}/hub: the files need 11.2 MB, the cache holds 1.0 MB"
+    )
+    assert set(hub.bytes_sent(REPO)) == {"model_index.json"}
+
+
 def test_a_disk_that_fills_up_while_fetching(hub: HubEndpoint, tmp_path: Path) -> None:
     """Room enough by bytes, but too few inodes: the writes themselves fail (ENOSPC)."""
     with tmpfs(tmp_path / "few-inodes", "size=64m,nr_inodes=16") as cache:
