@@ -1,0 +1,154 @@
+"""The model cache on the real node, every part real but the hub.
+
+The chart's operator runs in a pod; each entry's claim is bound by a real provisioner
+(Rancher's local-path-provisioner beside the kubelet); the fetch Job is a real pod running
+`tti-server download` (the real `huggingface_hub` client); the model pods load the weights
+from the claim, read-only, with the hub switched off. The hub cannot be reached from here:
+`support.hf_endpoint` serves the tiny model as repositories, on this machine, with the
+headers the client checks, and counts every byte it sends.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from support.cluster import Cluster
+from support.hf_endpoint import HubEndpoint
+from support.realpods import Release, exec_in, install, run_client, wait_for, wait_ready
+
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.slow]
+
+REPO = "org/tiny-sdxl"
+GATED = "org/gated-sdxl"
+#: Repositories fetched only while the hub fails (500, no answer), then healthy again.
+FLAKY = "org/flaky-sdxl"
+SILENT = "org/silent-sdxl"
+TOKEN = "hf_let_me_in"
+#: Small enough for the real node: the tiny model on its CPU.
+SMALL = {"requests": {"cpu": "250m", "memory": "1Gi"}}
+
+
+@pytest.fixture(scope="module")
+def hub(tiny_model_dir: Path) -> Iterator[HubEndpoint]:
+    endpoint = HubEndpoint(host="0.0.0.0")
+    for repo in (REPO, FLAKY, SILENT):
+        endpoint.add_repo(repo, tiny_model_dir)
+    endpoint.add_repo(GATED, tiny_model_dir, {TOKEN})
+    with endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def release(cluster: Cluster, hub: HubEndpoint) -> Iterator[Release]:
+    port = hub.url.rsplit(":", 1)[1]
+    values = (
+        f"modelCache.hubEndpoint=http://{cluster.host_address}:{port}",
+        "modelCache.hubTimeoutSeconds=3",
+    )
+    with install(cluster, "mc", *values) as release:
+        yield release
+
+
+def from_hub(release: Release, name: str, repo: str, **spec: Any) -> None:
+    source = {"huggingFace": {"repo": repo, **spec.pop("huggingFace", {})}}
+    release.apply_model(name, model="sdxl-turbo", source=source, resources=SMALL, **spec)
+
+
+def weights_condition(resource: Any) -> dict[str, Any]:
+    conditions = resource.get("status", {}).get("conditions", [])
+    return next((c for c in conditions if c["type"] == "WeightsReady"), {})
+
+
+def wait_failed(release: Release, name: str) -> str:
+    """The model's WeightsReady message once its fetch has failed."""
+
+    def failed() -> str:
+        condition = weights_condition(release.model(name))
+        return str(condition["message"]) if condition.get("reason") == "DownloadFailed" else ""
+
+    return str(wait_for(f"ttimodel/{name} DownloadFailed", failed))
+
+
+def test_weights_are_fetched_once_for_two_models_and_a_wake_from_zero(
+    release: Release, hub: HubEndpoint, tmp_path: Path
+) -> None:
+    from_hub(release, "first", REPO)
+    first = wait_ready(release, "first")
+    commit = hub.repos[REPO].commit
+    assert first["status"]["weights"]["commit"] == commit
+    assert weights_condition(first)["reason"] == "Cached"
+    fetched = hub.total_bytes_sent(REPO)
+    assert fetched > 1_000_000  # the tiny pipeline's weights, once
+
+    image = run_client(release, release.service_url("first"), "first", tmp_path)
+    with Image.open(image) as png:
+        assert png.size == (64, 64)
+
+    # The pod reads the claim and nothing else: read-only, and the hub switched off.
+    [pod] = release.pods("first")
+    name = pod["metadata"]["name"]
+    written = exec_in(release, release.models, name, "touch /weights/x")
+    assert written.returncode != 0 and "Read-only file system" in written.stderr
+    assert exec_in(release, release.models, name, "echo $HF_HUB_OFFLINE").stdout.strip() == "1"
+
+    from_hub(release, "second", REPO)
+    assert wait_ready(release, "second")["status"]["weights"]["commit"] == commit
+    assert hub.total_bytes_sent(REPO) == fetched
+
+    release.kubectl("scale", "ttimodel", "first", "-n", release.models, "--replicas=0")
+    wait_for("first at zero", lambda: not release.pods("first"))
+    release.kubectl("scale", "ttimodel", "first", "-n", release.models, "--replicas=1")
+    wait_ready(release, "first")
+    assert hub.total_bytes_sent(REPO) == fetched  # the wake read the cache
+
+
+def test_each_failure_names_its_cause_and_the_other_models_keep_serving(
+    release: Release, hub: HubEndpoint
+) -> None:
+    from_hub(release, "serving", REPO)
+    wait_ready(release, "serving")
+    from_hub(release, "unknown", "org/no-such-model")
+    from_hub(release, "gated", GATED)
+    from_hub(
+        release, "cramped", REPO, huggingFace={"revision": commit_of(hub)}, cache={"size": "1Mi"}
+    )
+    assert "unknown repository org/no-such-model" in wait_failed(release, "unknown")
+    assert "gated repository org/gated-sdxl: no token was given" in wait_failed(release, "gated")
+    assert "disk full" in wait_failed(release, "cramped")
+    assert "the cache holds 1.0 MB" in wait_failed(release, "cramped")
+
+    # No pod burns a GPU (or a CPU) for a model without its weights.
+    for name in ("unknown", "gated", "cramped"):
+        assert release.pods(name) == []
+        assert release.model(name)["status"]["phase"] == "DownloadFailed"
+
+    # The token in a Secret, named in the resource: read by the fetch pod alone.
+    release.kubectl(
+        "create", "secret", "generic", "hf", "-n", release.models, f"--from-literal=token={TOKEN}"
+    )
+    from_hub(release, "allowed", GATED, huggingFace={"tokenSecret": {"name": "hf"}})
+    wait_ready(release, "allowed")
+    job_pods = release.get("pods", "-n", release.models, "-l", "tti.dev/weights")["items"]
+    assert TOKEN not in json.dumps([p["spec"] for p in job_pods])
+
+    hub.failure = "500"
+    from_hub(release, "flaky", FLAKY)
+    assert "hub error" in wait_failed(release, "flaky")
+    hub.failure = "hang"
+    from_hub(release, "silent", SILENT)
+    assert "unreachable hub" in wait_failed(release, "silent")
+    hub.reset()
+    # Tried again with backoff: healthy again, the hub is asked again, and they recover.
+    wait_ready(release, "flaky")
+    wait_ready(release, "silent")
+    assert wait_ready(release, "serving")["status"]["phase"] == "Ready"
+
+
+def commit_of(hub: HubEndpoint) -> str:
+    """A revision of its own, so that this entry is not the one the other models share."""
+    return hub.repos[REPO].commit
