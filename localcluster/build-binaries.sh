@@ -5,10 +5,13 @@
 #   kwok, kwokctl, helm                                       (go install pkg@version)
 #   kubectl, only when the one on PATH is more than one minor away from the cluster.
 # and the real node's: kubelet, kube-proxy (go/kubernetes), coredns and crictl (go install), the
-# pause binary of the pod sandbox image (gcc, from the kubernetes module's own pause.c).
+# pause binary of the pod sandbox image (gcc, from the kubernetes module's own pause.c), and
+# local-path-provisioner (go install), which provisions its PersistentVolumes.
 # They land in ${TTI_CACHE_DIR:-~/.cache/tti-operator}/bin/<versions>/, which is reused until a
-# pin (versions.env, go/*/go.mod, go/*/go.sum) changes. One line per step (and, on a terminal,
-# a progress line updated in place); Go's output goes to build/logs/cluster-build.log.
+# pin (versions.env, go/*/go.mod, go/*/go.sum) changes. The pins at the end of versions.env
+# (local-path-provisioner's) have stamps of their own: changing one rebuilds that binary alone.
+# One line per step (and, on a terminal, a progress line updated in place); Go's output goes to
+# build/logs/cluster-build.log.
 #
 # Usage: build-binaries.sh [--print-dir]
 set -euo pipefail
@@ -40,9 +43,12 @@ pinned() { sed -n "s|^require $1 \(v[^ ]*\).*|\1|p; s|^[[:space:]]$1 \(v[^ ]*\).
 [[ $(pinned go.etcd.io/etcd/server/v3 "$here/go/etcd/go.mod") == "$ETCD_VERSION" ]] ||
   die "go/etcd/go.mod does not require go.etcd.io/etcd/server/v3 $ETCD_VERSION (versions.env)"
 
-inputs_hash=$(cat "$here/versions.env" "$here"/go/*/go.mod "$here"/go/*/go.sum |
-  sha256sum | cut -c1-16)
+# versions.env up to the pins that have stamps of their own.
+own_stamps='^# Built with stamps of their own'
+inputs_hash=$(sed "/$own_stamps/,\$d" "$here/versions.env" |
+  cat - "$here"/go/*/go.mod "$here"/go/*/go.sum | sha256sum | cut -c1-16)
 stamp="$bin_dir/.built-$inputs_hash"
+provisioner_stamp="$bin_dir/.local-path-provisioner-$LOCAL_PATH_PROVISIONER_VERSION"
 
 # kubectl from PATH is fine within one minor version of the cluster (Kubernetes' skew policy).
 kube_minor=$(cut -d. -f2 <<<"$KUBERNETES_VERSION")
@@ -56,13 +62,16 @@ path_kubectl_ok() {
 
 need_kubectl=0
 if ! path_kubectl_ok; then need_kubectl=1; fi
-only_kubectl=0
+# What is missing: everything (build_all) or kubectl alone; local-path-provisioner.
+build_all=1 only_kubectl=0 build_provisioner=1
 if [[ -f $stamp ]]; then
-  if (( need_kubectl == 0 )) || [[ -x $bin_dir/kubectl ]]; then
-    say "cluster binaries up to date in $bin_dir"
-    exit 0
-  fi
-  only_kubectl=1
+  build_all=0
+  if (( need_kubectl )) && [[ ! -x $bin_dir/kubectl ]]; then only_kubectl=1; fi
+fi
+if [[ -f $provisioner_stamp && -x $bin_dir/local-path-provisioner ]]; then build_provisioner=0; fi
+if (( build_all == 0 && only_kubectl == 0 && build_provisioner == 0 )); then
+  say "cluster binaries up to date in $bin_dir"
+  exit 0
 fi
 
 export CGO_ENABLED=0
@@ -131,13 +140,32 @@ kube_ldflags="-s -w
   -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION
   -X k8s.io/client-go/pkg/version.gitMajor=$(cut -d. -f1 <<<"${KUBERNETES_VERSION#v}")
   -X k8s.io/client-go/pkg/version.gitMinor=$kube_minor"
-if (( only_kubectl )); then
-  say "kubectl on PATH is missing or more than one minor away from $KUBERNETES_VERSION: building kubectl"
-  (cd "$here/go/kubernetes" &&
-    run_go "kubectl" . k8s.io/kubernetes/cmd/kubectl build -trimpath -ldflags "$kube_ldflags" \
-      -o "$work/kubectl" k8s.io/kubernetes/cmd/kubectl)
-  mv -f "$work/kubectl" "$bin_dir/kubectl"
-  "$bin_dir/kubectl" version --client >>"$log" 2>&1
+# No replace directives: `go install` at the pin, with the version string upstream's
+# scripts/build sets.
+build_local_path_provisioner() {
+  local version=$LOCAL_PATH_PROVISIONER_VERSION
+  GOBIN="$work" run_go "local-path-provisioner" \
+    "$(module_dir "github.com/rancher/local-path-provisioner@$version")" . install -trimpath \
+    -ldflags "-s -w -X main.VERSION=$version" "github.com/rancher/local-path-provisioner@$version"
+  rm -f "$bin_dir"/.local-path-provisioner-*
+  mv -f "$work/local-path-provisioner" "$bin_dir/"
+  touch "$provisioner_stamp"
+  "$bin_dir/local-path-provisioner" --version >>"$log" 2>&1
+}
+
+if (( build_all == 0 )); then
+  if (( only_kubectl )); then
+    say "kubectl on PATH is missing or more than one minor away from $KUBERNETES_VERSION: building kubectl"
+    (cd "$here/go/kubernetes" &&
+      run_go "kubectl" . k8s.io/kubernetes/cmd/kubectl build -trimpath -ldflags "$kube_ldflags" \
+        -o "$work/kubectl" k8s.io/kubernetes/cmd/kubectl)
+    mv -f "$work/kubectl" "$bin_dir/kubectl"
+    "$bin_dir/kubectl" version --client >>"$log" 2>&1
+  fi
+  if (( build_provisioner )); then
+    say "building local-path-provisioner $LOCAL_PATH_PROVISIONER_VERSION into $bin_dir (log: $shown_log)"
+    build_local_path_provisioner
+  fi
   exit 0
 fi
 
@@ -149,22 +177,22 @@ if (( need_kubectl )); then
   say "kubectl on PATH is missing or more than one minor away from $KUBERNETES_VERSION: building kubectl too"
   kube_pkgs+=(k8s.io/kubernetes/cmd/kubectl)
 fi
-say "[1/5] kubernetes $KUBERNETES_VERSION: ${kube_pkgs[*]##*/}"
+say "[1/6] kubernetes $KUBERNETES_VERSION: ${kube_pkgs[*]##*/}"
 (cd "$here/go/kubernetes" &&
   run_go "kubernetes" . "${kube_pkgs[*]}" build -trimpath -ldflags "$kube_ldflags" -o "$work/" "${kube_pkgs[@]}")
 
-say "[2/5] etcd $ETCD_VERSION"
+say "[2/6] etcd $ETCD_VERSION"
 (cd "$here/go/etcd" &&
   run_go "etcd" . go.etcd.io/etcd/server/v3 build -trimpath -ldflags "-s -w" -o "$work/etcd" go.etcd.io/etcd/server/v3)
 
-say "[3/5] kwok, kwokctl $KWOK_VERSION"
+say "[3/6] kwok, kwokctl $KWOK_VERSION"
 kwok_ldflags="-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}
   -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${KUBERNETES_VERSION#v}"
 kwok_src=$(module_dir "sigs.k8s.io/kwok@$KWOK_VERSION")
 GOBIN="$work" run_go "kwok" "$kwok_src" "./cmd/kwok ./cmd/kwokctl" install -trimpath -ldflags "$kwok_ldflags" \
   "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
 
-say "[4/5] helm $HELM_VERSION"
+say "[4/6] helm $HELM_VERSION"
 helm_src=$(module_dir "helm.sh/helm/v3@$HELM_VERSION")
 # helm's default .Capabilities.KubeVersion is the client-go it was built with: 0.N -> 1.N,
 # as helm's Makefile derives it.
@@ -175,7 +203,7 @@ helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION
   -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$helm_kube_minor"
 GOBIN="$work" run_go "helm" "$helm_src" ./cmd/helm install -trimpath -ldflags "$helm_ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 
-say "[5/5] coredns $COREDNS_VERSION, crictl $CRICTL_VERSION, pause $PAUSE_VERSION (the pod sandbox)"
+say "[5/6] coredns $COREDNS_VERSION, crictl $CRICTL_VERSION, pause $PAUSE_VERSION (the pod sandbox)"
 coredns_src=$(module_dir "github.com/coredns/coredns@$COREDNS_VERSION")
 GOBIN="$work" run_go "coredns" "$coredns_src" . install -trimpath \
   -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
@@ -190,6 +218,12 @@ kube_src=$(cd "$here/go/kubernetes" && module_dir "k8s.io/kubernetes@$KUBERNETES
 rm -f "$part" "$bin_dir"/.built-*
 mv -f "$work"/* "$bin_dir/"
 touch "$stamp"
+if (( build_provisioner )); then
+  say "[6/6] local-path-provisioner $LOCAL_PATH_PROVISIONER_VERSION (the real node's PersistentVolumes)"
+  build_local_path_provisioner
+else
+  say "[6/6] local-path-provisioner $LOCAL_PATH_PROVISIONER_VERSION: up to date"
+fi
 {
   for b in kube-apiserver kubelet etcd kwokctl coredns; do
     printf '%-15s %s\n' "$b" "$("$bin_dir/$b" --version 2>&1 | head -n1)"

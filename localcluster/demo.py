@@ -453,7 +453,8 @@ def run_helm_test(kube: Kube) -> None:
 
 def real_and_simulated() -> None:
     say("Real: API server, etcd, controller manager, scheduler, kubelet, containerd, runc,")
-    say("      kube-proxy, CoreDNS, the images, probes, the Service, the operator's pod.")
+    say("      kube-proxy, CoreDNS, the local-path provisioner's volumes, the images, probes,")
+    say("      the Service, the operator's pod.")
     say("Simulated: GPUs only (kwok's GPU nodes); this model asked for none and ran on the CPU.")
 
 

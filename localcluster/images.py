@@ -3,8 +3,9 @@
 buildah builds `Dockerfile.server` and `Dockerfile.operator` as they are; only their base is
 swapped (a build argument) for a Debian bookworm image with Python that debootstrap makes from
 Debian's packages. The node's own images (the pod sandbox's pause, CoreDNS) are one static
-binary each. Every image goes into buildah's store under the cache folder, then into the node's
-containerd (namespace `k8s.io`, where the kubelet looks), so nothing is ever pulled.
+binary each. The base goes to the node as well: the local-path provisioner's helper pods run it
+(a shell, mkdir and rm). Every image goes into buildah's store under the cache folder, then into
+the node's containerd (namespace `k8s.io`, where the kubelet looks), so nothing is ever pulled.
 
 An image is rebuilt only when what it is made of changes: its Dockerfile, the files the build
 copies (pyproject.toml, README.md, common/, operator/, server/, gateway/), its base or its
@@ -387,7 +388,8 @@ def build_locked(bin_dir: Path, node_images: Sequence[BinaryImage], log_dir: Pat
         ensure_project_image(buildah, project_image, base_id, log_dir)
     # A build stopped half-way leaves its working containers (gigabytes each) behind.
     buildah.run("rm", "--all")
-    return [image.ref for image in node_images] + [image.ref for image in PROJECT_IMAGES]
+    refs = [image.ref for image in node_images] + [BASE_IMAGE]
+    return refs + [image.ref for image in PROJECT_IMAGES]
 
 
 # --- into containerd ----------------------------------------------------------------------

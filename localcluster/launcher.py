@@ -623,7 +623,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     commands.add_parser("down", help="stop every cluster process and delete its state")
     commands.add_parser(
         "images",
-        help="build the images the real node runs (tti-server, tti-operator, pause, CoreDNS) "
+        help="build the images the real node runs (tti-server, tti-operator, pause, CoreDNS, "
+        "the Debian base for the local-path helper pods) "
         "when missing or stale; `up` does it too",
     )
     commands.add_parser("status", help="say whether the cluster is up; list its nodes")

@@ -2,12 +2,15 @@
 
 Pods scheduled to it run for real: images from containerd's own store (built and imported by
 `images.py`; nothing is pulled), networking by the CNI bridge plugin on a bridge of its own,
-Services by kube-proxy in iptables mode, names by CoreDNS running as a pod. The kwok nodes stay
-for what needs GPUs; kwok's controller is told to leave this node alone.
+Services by kube-proxy in iptables mode, names by CoreDNS running as a pod, PersistentVolumes
+by Rancher's local-path-provisioner (a process beside the kubelet, its volumes directories under
+the node's folder). The kwok nodes stay for what needs GPUs; kwok's controller is told to leave
+this node alone.
 
 What exists only while the node is up, and `down` removes, also after a crash: the processes
-(containerd and its shims, the kubelet, kube-proxy), the bridge, kube-proxy's and the CNI
-plugins' iptables chains, the pods' mounts and network namespaces, the kubelet's cgroups.
+(containerd and its shims, the kubelet, kube-proxy, the provisioner), the volumes, the bridge,
+kube-proxy's and the CNI plugins' iptables chains, the pods' mounts and network namespaces, the
+kubelet's cgroups.
 Images stay in containerd's store under the cache folder, so a second `up` starts fast.
 
 Needs root (containerd, iptables, mounts), as on any Kubernetes node. What the components are
@@ -37,6 +40,7 @@ from localcluster.node_config import (
     NODE_NAME,
     POD_CIDR,
     RUN_DIR,
+    STORAGE_CLASS,
     NodeError,
     NodePaths,
     cni_conflist,
@@ -44,11 +48,18 @@ from localcluster.node_config import (
     coredns_objects,
     kube_proxy_config,
     kubelet_config,
+    local_path_config,
+    local_path_helper_pod,
+    local_path_objects,
+    local_path_provisioner_args,
 )
 from localcluster.util import free_ports, log, wait_for
 
 REQUIRED_COMMANDS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "ip")
-NODE_BINARIES = ("kubelet", "kube-proxy", "coredns", "crictl", "pause")
+PROVISIONER = "local-path-provisioner"
+NODE_BINARIES = ("kubelet", "kube-proxy", "coredns", "crictl", "pause", PROVISIONER)
+# What its controller logs once its informers have synced: from then on it serves claims.
+PROVISIONER_STARTED = "Started provisioner controller"
 READY_TIMEOUT_S = 120.0
 
 
@@ -210,6 +221,40 @@ def start_kube_proxy(paths: NodePaths, kubeconfig: Path) -> None:
     )
 
 
+def provisioner_running(paths: NodePaths) -> bool:
+    return bool(processes_naming(str(paths.provisioner_config)))
+
+
+def start_local_path_provisioner(paths: NodePaths, kubeconfig: Path, kubectl: Kubectl) -> None:
+    """Its objects in the cluster (namespace, helper scripts, storage classes), its files, the
+    process; returns once its controller serves claims."""
+    kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": local_path_objects()}),
+    )
+    if provisioner_running(paths):
+        return
+    paths.volumes.mkdir(parents=True, exist_ok=True)
+    paths.provisioner_config.write_text(json.dumps(local_path_config(paths), indent=2))
+    paths.helper_pod_template.write_text(json.dumps(local_path_helper_pod(), indent=2))
+    log_file = paths.logs / f"{PROVISIONER}.log"
+    seen = log_file.stat().st_size if log_file.exists() else 0
+
+    def started() -> bool:
+        if not provisioner_running(paths):
+            raise NodeError(f"{PROVISIONER} exited at start; see {log_file}")
+        with log_file.open("rb") as out:
+            out.seek(seen)
+            return PROVISIONER_STARTED.encode() in out.read()
+
+    start_process(paths, PROVISIONER, local_path_provisioner_args(paths, kubeconfig))
+    wait_for(PROVISIONER, started, 60, NodeError, log_file)
+
+
 def remember_ip_forward(paths: NodePaths) -> None:
     """The bridge plugin turns IP forwarding on; `down` puts back what was there."""
     paths.dir.mkdir(parents=True, exist_ok=True)
@@ -259,7 +304,11 @@ def up(
         input=json.dumps({"apiVersion": "v1", "kind": "List", "items": coredns_objects()}),
     )
     kubectl("rollout", "status", "-n", "kube-system", "deployment/coredns", "--timeout=120s")
-    log(f"real node {NODE_NAME} Ready: containerd, kubelet, kube-proxy, CoreDNS at {DNS_IP}")
+    start_local_path_provisioner(paths, kubeconfig, kubectl)
+    log(
+        f"real node {NODE_NAME} Ready: containerd, kubelet, kube-proxy, CoreDNS at {DNS_IP}, "
+        f"storage class {STORAGE_CLASS} (the default)"
+    )
 
 
 # --- down ---------------------------------------------------------------------------------
@@ -409,6 +458,9 @@ def down(paths: NodePaths) -> None:
         # containerd are not ours to remove.
         shutil.rmtree(paths.dir, ignore_errors=True)
         return
+    # First, so that it starts no helper pod while the node goes.
+    stop_component(paths, PROVISIONER)
+    stop_pids(processes_naming(str(paths.provisioner_config)))
     stop_component(paths, "kubelet")
     remove_pods(paths)
     stop_component(paths, "kube-proxy")
@@ -438,9 +490,15 @@ def leftovers(paths: NodePaths) -> list[str]:
     found = [f"process {pid}" for pid in processes_naming(str(paths.socket))]
     found += [
         f"process {name}"
-        for name in ("kubelet", "kube-proxy")
-        for _ in processes_naming(str(paths.config(f"{name}.json")))
+        for name, marker in (
+            ("kubelet", paths.config("kubelet.json")),
+            ("kube-proxy", paths.config("kube-proxy.json")),
+            (PROVISIONER, paths.provisioner_config),
+        )
+        for _ in processes_naming(str(marker))
     ]
+    if paths.volumes.exists():
+        found.append(f"volumes {paths.volumes}")
     found += [f"mount {m}" for m in mounts_under(paths.dir, RUN_DIR / "containerd")]
     if sh("ip", "link", "show", BRIDGE, check=False).returncode == 0:
         found.append(f"bridge {BRIDGE}")

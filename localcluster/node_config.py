@@ -1,7 +1,7 @@
 """The real node's configuration, as data: its addresses and names, where it keeps its files,
-and what containerd, the CNI plugins, the kubelet, kube-proxy, CoreDNS and kwokctl's control
-plane are configured with. Pure builders, no process and no root: `node.py` writes these out
-and runs the components; the tests read them.
+and what containerd, the CNI plugins, the kubelet, kube-proxy, CoreDNS, the local-path
+provisioner and kwokctl's control plane are configured with. Pure builders, no process and no
+root: `node.py` writes these out and runs the components; the tests read them.
 """
 
 from __future__ import annotations
@@ -28,6 +28,29 @@ NODE_LABEL = "tti.dev/real-node"
 RUN_DIR = Path("/run/tti-operator")
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CNI_NETWORK = "tti-pods"
+# Where pods on the node reach a process on this machine: the bridge's own address, their
+# gateway. A process serving them listens there (the bridge exists while the node is up) or on
+# 0.0.0.0.
+HOST_ADDRESS = NODE_IP
+
+# Dynamic PersistentVolumes: Rancher's local-path-provisioner, a process beside the kubelet.
+# Its default name, so that its documentation applies as written.
+PROVISIONER_NAME = "rancher.io/local-path"
+PROVISIONER_NAMESPACE = "local-path-storage"
+# Holds the helper pods' setup and teardown scripts (the provisioner mounts it into them).
+PROVISIONER_CONFIGMAP = "local-path-config"
+HELPER_SERVICE_ACCOUNT = "local-path-helper"
+# The helper pods need a shell, mkdir and rm, and no registry is reachable: the Debian base the
+# project's images are built on has them, and does not change with the project's code.
+HELPER_IMAGE = images.BASE_IMAGE
+# The cluster's default class: a directory on the node, bound where the first pod using the
+# claim is scheduled (ReadWriteOnce, as a local disk).
+STORAGE_CLASS = "local-path"
+# A directory every node of this one-machine cluster shares, standing in for a network
+# filesystem: bound at once, no node affinity, ReadWriteMany allowed, so pods on kwok's GPU
+# nodes can claim it too (they mount nothing; pods on the real node mount the directory).
+SHARED_STORAGE_CLASS = "local-path-shared"
+DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
 
 
 class NodeError(Exception):
@@ -93,6 +116,28 @@ class NodePaths:
     def owner(self) -> Path:
         """Which cluster's node runs now: there is one containerd store per machine."""
         return RUN_DIR / "owner"
+
+    @property
+    def volumes(self) -> Path:
+        """The PersistentVolumes' directories: the node's state, removed by `down`."""
+        return self.dir / "volumes"
+
+    @property
+    def node_volumes(self) -> Path:
+        return self.volumes / "node"
+
+    @property
+    def shared_volumes(self) -> Path:
+        return self.volumes / "shared"
+
+    @property
+    def provisioner_config(self) -> Path:
+        """The local-path provisioner's config.json (its name also marks its process)."""
+        return self.dir / "local-path-config.json"
+
+    @property
+    def helper_pod_template(self) -> Path:
+        return self.dir / "local-path-helper-pod.json"
 
     def config(self, name: str) -> Path:
         return self.dir / name
@@ -366,4 +411,120 @@ def apiserver_cert_sans() -> list[str]:
         "kubernetes.default",
         "kubernetes.default.svc",
         f"kubernetes.default.svc.{CLUSTER_DOMAIN}",
+    ]
+
+
+# --- the local-path provisioner -----------------------------------------------------------
+
+# As upstream's deployment has them; VOL_DIR is the volume's directory as the helper pod sees
+# it (the provisioner mounts its parent at the same path). 0777: pods write as any user.
+HELPER_SCRIPTS = {
+    "setup": '#!/bin/sh\nset -eu\nmkdir -m 0777 -p "$VOL_DIR"\n',
+    "teardown": '#!/bin/sh\nset -eu\nrm -rf "$VOL_DIR"\n',
+}
+
+
+def local_path_config(paths: NodePaths) -> dict[str, Any]:
+    """The provisioner's config.json: where each class puts its volumes. The default class has
+    a directory on the real node only; a claim whose first pod lands on one of kwok's nodes
+    fails to provision, naming the node (no container could use the directory there)."""
+    return {
+        "storageClassConfigs": {
+            STORAGE_CLASS: {
+                "nodePathMap": [{"node": NODE_NAME, "paths": [str(paths.node_volumes)]}]
+            },
+            SHARED_STORAGE_CLASS: {"sharedFileSystemPath": str(paths.shared_volumes)},
+        },
+        "cmdTimeoutSeconds": 120,
+    }
+
+
+def local_path_helper_pod() -> dict[str, Any]:
+    """The template of the pods that create and remove a volume's directory. The provisioner
+    adds the command, the hostPath of the directory's parent, the scripts, the node."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "helper-pod"},
+        "spec": {
+            "priorityClassName": "system-node-critical",
+            # The shared class's helpers are scheduled (they name no node): the real node's.
+            "nodeSelector": {NODE_LABEL: "true"},
+            "automountServiceAccountToken": False,
+            "tolerations": [
+                {
+                    "key": "node.kubernetes.io/disk-pressure",
+                    "operator": "Exists",
+                    "effect": "NoSchedule",
+                }
+            ],
+            "containers": [
+                {
+                    # The provisioner asks the logs of a container of this name.
+                    "name": "helper-pod",
+                    "image": HELPER_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "resources": {
+                        "requests": {"cpu": "10m", "memory": "16Mi"},
+                        "limits": {"memory": "64Mi"},
+                    },
+                }
+            ],
+        },
+    }
+
+
+def storage_class(name: str, binding_mode: str, *, default: bool = False) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name}
+    if default:
+        metadata["annotations"] = {DEFAULT_CLASS_ANNOTATION: "true"}
+    return {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": metadata,
+        "provisioner": PROVISIONER_NAME,
+        "volumeBindingMode": binding_mode,
+        "reclaimPolicy": "Delete",
+    }
+
+
+def local_path_objects() -> list[dict[str, Any]]:
+    """What the provisioner needs in the cluster: its namespace, where the helper pods run
+    with their scripts and service account, and the storage classes it serves."""
+    namespace = PROVISIONER_NAMESPACE
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": HELPER_SERVICE_ACCOUNT, "namespace": namespace},
+            "automountServiceAccountToken": False,
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": PROVISIONER_CONFIGMAP, "namespace": namespace},
+            "data": HELPER_SCRIPTS,
+        },
+        storage_class(STORAGE_CLASS, "WaitForFirstConsumer", default=True),
+        storage_class(SHARED_STORAGE_CLASS, "Immediate"),
+    ]
+
+
+def local_path_provisioner_args(paths: NodePaths, kubeconfig: Path) -> list[str]:
+    """Out of the cluster, with the cluster's kubeconfig (as the kubelet runs); its config and
+    helper pod template from files (written from the builders above), its scripts from the
+    ConfigMap. No leader election: one provisioner per cluster."""
+    return [
+        str(paths.bin_dir / "local-path-provisioner"),
+        "start",
+        f"--kubeconfig={kubeconfig}",
+        f"--config={paths.provisioner_config}",
+        f"--helper-pod-file={paths.helper_pod_template}",
+        f"--provisioner-name={PROVISIONER_NAME}",
+        f"--namespace={PROVISIONER_NAMESPACE}",
+        f"--configmap-name={PROVISIONER_CONFIGMAP}",
+        f"--service-account-name={HELPER_SERVICE_ACCOUNT}",
+        # Unused by v0.0.30 (the template names the image) but required.
+        f"--helper-image={HELPER_IMAGE}",
     ]

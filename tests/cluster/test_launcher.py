@@ -89,6 +89,12 @@ def test_binaries_report_their_pinned_versions(cluster: Cluster) -> None:
     assert f"etcd Version: {etcd}" in version_of("etcd", "--version")
     assert versions["KWOK_VERSION"].lstrip("v") in version_of("kwokctl", "--version")
     assert version_of("helm", "version", "--short").startswith(versions["HELM_VERSION"])
+    provisioner = versions["LOCAL_PATH_PROVISIONER_VERSION"]
+    assert version_of("local-path-provisioner", "--version").split() == [
+        "local-path-provisioner",
+        "version",
+        provisioner,
+    ]
     server = cluster.kubectl("version", "-o", "json").stdout
     assert f'"gitVersion": "{kubernetes}"' in server
 

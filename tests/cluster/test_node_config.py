@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import stat
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -129,3 +131,106 @@ def test_wait_for_returns_once_the_probe_holds() -> None:
     util.wait_for("the third answer", lambda: next(answers), 60, Refused)
 
     assert next(answers, None) is None
+
+
+# --- the local-path provisioner ------------------------------------------------------------
+
+
+def storage_classes() -> dict[str, dict[str, Any]]:
+    return {
+        o["metadata"]["name"]: o
+        for o in node_config.local_path_objects()
+        if o["kind"] == "StorageClass"
+    }
+
+
+def flags(paths: NodePaths) -> dict[str, str]:
+    args = node_config.local_path_provisioner_args(paths, Path("/kubeconfig"))
+    return dict(arg.removeprefix("--").split("=", 1) for arg in args if arg.startswith("--"))
+
+
+def test_the_default_class_binds_where_the_first_pod_runs_and_deletes_its_volume() -> None:
+    default = storage_classes()[node_config.STORAGE_CLASS]
+
+    assert default["metadata"]["annotations"] == {
+        "storageclass.kubernetes.io/is-default-class": "true"
+    }
+    assert default["volumeBindingMode"] == "WaitForFirstConsumer"
+    assert default["reclaimPolicy"] == "Delete"
+    others = [c for name, c in storage_classes().items() if name != node_config.STORAGE_CLASS]
+    assert others and all("annotations" not in c["metadata"] for c in others), "one default"
+
+
+def test_every_class_is_the_provisioners_and_configured_in_it(paths: NodePaths) -> None:
+    configured = node_config.local_path_config(paths)["storageClassConfigs"]
+
+    assert {c["provisioner"] for c in storage_classes().values()} == {
+        flags(paths)["provisioner-name"]
+    }
+    # With per-class configs, the provisioner refuses a class it has none for.
+    assert set(configured) == set(storage_classes())
+
+
+def test_volumes_live_in_the_node_folder_that_down_removes(paths: NodePaths) -> None:
+    configured = node_config.local_path_config(paths)["storageClassConfigs"]
+    [node_paths] = configured[node_config.STORAGE_CLASS]["nodePathMap"]
+    shared = configured[node_config.SHARED_STORAGE_CLASS]["sharedFileSystemPath"]
+
+    # Only the real node: no container could use a directory made for one of kwok's.
+    assert node_paths == {"node": node_config.NODE_NAME, "paths": [str(paths.node_volumes)]}
+    for path in (Path(node_paths["paths"][0]), Path(shared)):
+        assert path.is_absolute() and path.is_relative_to(paths.dir)
+    assert storage_classes()[node_config.SHARED_STORAGE_CLASS]["volumeBindingMode"] == ("Immediate")
+
+
+def test_the_provisioner_reads_the_files_and_objects_the_node_writes(paths: NodePaths) -> None:
+    given = flags(paths)
+    objects = {(o["kind"], o["metadata"]["name"]) for o in node_config.local_path_objects()}
+
+    assert given["kubeconfig"] == "/kubeconfig"
+    assert given["config"] == str(paths.provisioner_config)
+    # Read as a file only when the name ends in .json (else as the config's text).
+    assert given["config"].endswith(".json")
+    assert given["helper-pod-file"] == str(paths.helper_pod_template)
+    assert ("Namespace", given["namespace"]) in objects
+    assert ("ConfigMap", given["configmap-name"]) in objects
+    assert ("ServiceAccount", given["service-account-name"]) in objects
+    configmap = next(o for o in node_config.local_path_objects() if o["kind"] == "ConfigMap")
+    assert configmap["metadata"]["namespace"] == given["namespace"]
+    assert set(configmap["data"]) == {"setup", "teardown"}
+
+
+def test_helper_pods_run_the_local_base_image_on_the_real_node() -> None:
+    spec = node_config.local_path_helper_pod()["spec"]
+    [container] = spec["containers"]
+
+    assert container["name"] == "helper-pod"
+    assert container["image"] == node_config.HELPER_IMAGE == node_config.images.BASE_IMAGE
+    assert container["imagePullPolicy"] == "Never"
+    assert spec["nodeSelector"] == {node_config.NODE_LABEL: "true"}
+    assert spec["automountServiceAccountToken"] is False
+
+
+def test_the_helper_scripts_make_a_directory_anyone_writes_and_remove_it(tmp_path: Path) -> None:
+    volume = tmp_path / "pvc-1_ns_claim"
+
+    def run(script: str) -> None:
+        source = tmp_path / script
+        source.write_text(node_config.HELPER_SCRIPTS[script])
+        subprocess.run(["sh", str(source)], env={"VOL_DIR": str(volume)}, check=True)
+
+    run("setup")
+    assert volume.is_dir() and stat.S_IMODE(volume.stat().st_mode) == 0o777
+    (volume / "model").mkdir()
+    (volume / "model" / "weights.safetensors").write_bytes(b"\0" * 16)
+
+    run("teardown")
+    assert not volume.exists()
+    assert tmp_path.is_dir()
+
+
+def test_pods_reach_this_machine_at_their_gateway(paths: NodePaths) -> None:
+    [bridge, *_] = node_config.cni_conflist(paths)["plugins"]
+    [[pod_range]] = bridge["ipam"]["ranges"]
+
+    assert pod_range["gateway"] == node_config.HOST_ADDRESS

@@ -105,11 +105,18 @@ def test_a_simulated_namespace_keeps_its_pods_off_the_real_node(
 def test_down_after_a_crash_leaves_nothing_and_up_brings_the_node_back(
     cluster: Cluster, real_namespace: str
 ) -> None:
-    """containerd, the kubelet and kube-proxy killed with pods running, as a crash or a
-    SIGKILLed `up` leaves them; `down` must still remove everything, and `up` restore it."""
+    """containerd, the kubelet, kube-proxy and the provisioner killed with pods running (one
+    with a volume), as a crash or a SIGKILLed `up` leaves them; `down` must still remove
+    everything, the volumes included, and `up` restore it."""
     paths = cluster.paths.node
     phase, log = run_pod(cluster, real_namespace, "before", "print('ok')")
     assert phase == "Succeeded", log
+    scratch = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "scratch", "namespace": real_namespace},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}},
+    }
     sleeper = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -121,15 +128,19 @@ def test_down_after_a_crash_leaves_nothing_and_up_brings_the_node_back(
                     "image": launcher.images.PROJECT_IMAGES[0].ref,
                     "imagePullPolicy": "Never",
                     "command": ["sleep", "3600"],
+                    "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
                 }
-            ]
+            ],
+            "volumes": [{"name": "scratch", "persistentVolumeClaim": {"claimName": "scratch"}}],
         },
     }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(scratch))
     cluster.kubectl("apply", "-f", "-", input=json.dumps(sleeper))
     cluster.kubectl(
         "wait", "pod/sleeper", "-n", real_namespace, "--for=condition=Ready", "--timeout=120s"
     )
-    for name in ("containerd", "kubelet", "kube-proxy"):
+    assert any(paths.node_volumes.iterdir()), "the claim's directory"
+    for name in ("containerd", "kubelet", "kube-proxy", node.PROVISIONER):
         os.kill(int((paths.pids / f"{name}.pid").read_text()), signal.SIGKILL)
     assert node.leftovers(paths), "a crashed node leaves shims, mounts, the bridge, chains"
 

@@ -77,6 +77,15 @@ class Cluster:
         """Environment for a subprocess that talks to the cluster (KUBECONFIG, PATH)."""
         return self.paths.env()
 
+    @property
+    def host_address(self) -> str:
+        """Where pods on the real node reach a process on this machine: the node's bridge
+        address, their gateway. Serve them on it (it exists while the node is up), e.g.
+        `python -m support.hf_endpoint ORG/NAME=DIR --host <it>`, or on 0.0.0.0."""
+        if not launcher.made_for_a_real_node(self.paths):
+            raise RuntimeError("this cluster has no real node: no pod runs to reach this machine")
+        return launcher.node_config.HOST_ADDRESS
+
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120.0
     ) -> subprocess.CompletedProcess[str]:
