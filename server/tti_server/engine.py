@@ -56,6 +56,10 @@ class GenerationTimeout(EngineError):
     """The request did not finish within the request timeout."""
 
 
+class QueueTimeout(GenerationTimeout):
+    """The request timed out still waiting for a worker: a retry may find one free."""
+
+
 class OutOfMemory(EngineError):
     """The device ran out of memory for the batch this request was in."""
 
@@ -239,8 +243,11 @@ class Engine:
 
     def _expire(self, job: _Job) -> None:
         if not job.future.done():
-            timeout = GenerationTimeout(
-                f"the request did not finish within {self.request_timeout:g} s"
+            message = f"the request did not finish within {self.request_timeout:g} s"
+            timeout = (
+                QueueTimeout(f"{message}: it waited all that time for a free worker; retry later")
+                if job in self._pending
+                else GenerationTimeout(message)
             )
             job.future.set_exception(timeout)
             self._withdraw(job)
