@@ -163,6 +163,8 @@ class ProxyRoute:
             dropped |= {b"authorization"}  # the gateway's token, not the pod's business
         self._drop_from_trusted = dropped
         self._drop = dropped | FORWARDING
+        proxies = gateway.trusted_proxies
+        self._trusted = proxies if proxies.networks else None  # None: no lookup per request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.monotonic()
@@ -264,7 +266,7 @@ class ProxyRoute:
         it, the client's address appended to X-Forwarded-For, the request id."""
         client = scope.get("client")
         peer = client[0] if client else None
-        trusted = peer is not None and peer in self.gateway.trusted_proxies
+        trusted = self._trusted is not None and peer is not None and peer in self._trusted
         drop = self._drop_from_trusted if trusted else self._drop
         kept: list[tuple[bytes, bytes]] = []
         named: set[bytes] = set()

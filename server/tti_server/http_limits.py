@@ -1,5 +1,5 @@
 """Bounds on what an HTTP client may send, and how slowly: uvicorn's httptools protocol with a
-limit on the request head and timeouts for the head, an idle body and an idle kept-alive
+limit on the request head and timeouts for the head, the body and an idle kept-alive
 connection. tti-server and tti-gateway both serve with it (`limited_protocol`).
 
 uvicorn bounds none of this by itself. httptools' parser (llhttp) hands each header to Python
@@ -23,7 +23,8 @@ arrived, so a client can tell):
 - `keepalive_timeout`: how long a connection may sit idle between requests (uvicorn's own
   keep-alive timer, set from here).
 
-None of these runs while the application works on a request: its own timeouts bound that.
+None of these runs once a request is read while the application answers it: its own
+timeouts bound that.
 Nothing here costs a timer on a request that arrives in one piece on a kept-alive connection.
 """
 
@@ -98,8 +99,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._feed_up_to_the_limit(memoryview(data))
                 return
             self._head_left -= len(data)
-        self._feed(data)
-        self._arm_timer()
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._parser_stopped(exc)
+        if self._head_started or not self._in_head:  # not after a whole request: no timer
+            self._arm_timer()
 
     # -- httptools callbacks --------------------------------------------------------------
 
@@ -110,7 +115,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer = None
         if len(self.headers) > self.limits.max_headers:
             raise Refused(431, f"headers: more than {self.limits.max_headers}")
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
 
     def on_message_complete(self) -> None:
         self._in_head = True
@@ -119,22 +124,26 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
-        super().on_message_complete()
+        HttpToolsProtocol.on_message_complete(self)
 
     # -- feeding the parser ---------------------------------------------------------------
 
     def _feed(self, data: bytes | memoryview) -> None:
-        """uvicorn's data_received, less the keep-alive timer, with `Refused` answered."""
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._parser_stopped(exc)
+
+    def _parser_stopped(self, exc: Exception) -> None:
+        """As uvicorn's data_received has it, with `Refused` answered."""
+        if isinstance(exc, httptools.HttpParserError):
             if isinstance(exc.__context__, Refused):
                 self.refuse(exc.__context__.status, exc.__context__.details)
             else:
                 message = "Invalid HTTP request received."
                 self.logger.warning(message)
                 self.send_400_response(message)
-        except httptools.HttpParserUpgrade:
+        else:  # HttpParserUpgrade
             if self._should_upgrade():
                 self._upgraded = True
                 self._cancel_timers()

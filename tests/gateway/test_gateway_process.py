@@ -225,7 +225,7 @@ def test_a_pod_that_stalls_past_the_upstream_timeout(
     body = caikit_body("hung")
     if request.node.callspec.params["stalling_pod"] == "head":
         answer = httpx.post(gateway.url + CAIKIT, json=body, timeout=10)
-        assert answer.status_code == 504
+        assert answer.status_code == 504 and answer.headers["retry-after"] == "5"
         assert "'hung' did not answer in time" in answer.json()["details"]
     else:
         # The status went out with the head: the body is cut short, and the client sees it.
