@@ -1,9 +1,15 @@
-"""The gateway's ASGI app: the forwarded routes, `GET /v1/models`, health, metrics and the
-playground page at `/` (unless `--playground false`).
+"""The gateway's ASGI apps: for clients, the forwarded routes, `GET /v1/models`, health and
+the playground page at `/` (unless `--playground false`); on the metrics port, `/metrics`.
 
-`create_app(settings, waker=...)` builds it; the lifespan opens the pool of keep-alive
-connections to the pods (and an aiohttp session for the static source's probes) and starts
-the endpoint source.
+`create_app(settings, waker=...)` builds the clients' app; the lifespan opens the pool of
+keep-alive connections to the pods (and an aiohttp session for the static source's probes)
+and starts the endpoint source. `create_metrics_app(gateway)` builds the other, which
+`tti-gateway` serves on `--metrics-port` only, so a client never reads the list of models,
+namespaces and request counts that `/metrics` holds.
+
+No route answers with a redirect: Starlette's redirect to the path with or without a trailing
+slash builds its `Location` from the client's `Host` header (an open redirect). The forwarded
+routes are served with a trailing slash too; anything else is a 404.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from tti_gateway.endpoints import EndpointTable, GatewayError, HoldPolicy, Model
 from tti_gateway.envelope import error_response
 from tti_gateway.metrics import GatewayMetrics
 from tti_gateway.playground import routes as playground_routes
-from tti_gateway.proxy import ProxyRoute, check_auth
+from tti_gateway.proxy import ProxyRoute, TrustedProxies, check_auth
 from tti_gateway.settings import GatewaySettings
 from tti_gateway.source import StaticSource
 from tti_gateway.upstream import Pool
@@ -52,6 +58,7 @@ class Gateway:
         tokens = settings.auth_tokens_file
         self.auth = BearerAuth(read_tokens(tokens)) if tokens else None
         self.pool = Pool(settings.connect_timeout)
+        self.trusted_proxies = TrustedProxies(settings.trusted_proxies)
 
     async def _wake(self, model: Model) -> None:
         self.metrics.cold_start(model.key)
@@ -113,7 +120,8 @@ class Gateway:
     async def readyz(self, request: Request) -> Response:
         if not self.table.synced:
             rid = request_id(request.headers.get("x-request-id"))
-            return error_response(503, "the endpoint table is not filled yet", rid)
+            retry = {"Retry-After": str(self.settings.retry_after)}
+            return error_response(503, "the endpoint table is not filled yet", rid, retry)
         return JSONResponse({"status": "ready"})
 
     async def metrics_route(self, _request: Request) -> Response:
@@ -160,21 +168,32 @@ class GatewayApp(Starlette):
 
 
 def create_app(settings: GatewaySettings, waker: Waker | None = None) -> Starlette:
+    """The clients' app."""
     gateway = Gateway(settings, waker)
-    hot = {path: ProxyRoute(gateway, spec) for path, spec in FORWARDED.items()}
+    canonical = {path: ProxyRoute(gateway, spec, path) for path, spec in FORWARDED.items()}
     # Also in Starlette's router, so that another method on these paths still gets its 405.
-    routes = [Route(path, route, methods=["POST"]) for path, route in hot.items()]
+    routes = [Route(path, route, methods=["POST"]) for path, route in canonical.items()]
     routes += [
         Route("/v1/models", gateway.list_models, methods=["GET"]),
         Route("/healthz", gateway.healthz, methods=["GET"]),
         Route("/readyz", gateway.readyz, methods=["GET"]),
-        Route("/metrics", gateway.metrics_route, methods=["GET"]),
     ]
     if settings.playground:
         routes += playground_routes()
+    # With a trailing slash: the same route, which forwards to the path without it.
+    hot = canonical | {path + "/": route for path, route in canonical.items()}
     app = GatewayApp(hot, routes=routes, lifespan=gateway.lifespan)
+    app.router.redirect_slashes = False
     app.state.gateway = gateway
     app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    return app
+
+
+def create_metrics_app(gateway: Gateway) -> Starlette:
+    """The metrics port's app: `GET /metrics` and nothing else."""
+    app = Starlette(routes=[Route("/metrics", gateway.metrics_route, methods=["GET"])])
+    app.router.redirect_slashes = False
     app.add_exception_handler(HTTPException, _http_error)
     return app
 

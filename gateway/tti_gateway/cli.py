@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -55,7 +56,8 @@ def load_settings(argv: Sequence[str]) -> GatewaySettings:
 def main(argv: Sequence[str] | None = None) -> None:
     import uvicorn
 
-    from tti_gateway.app import create_app
+    from tti_gateway.app import create_app, create_metrics_app
+    from tti_http.limits import ClientLimits, limited_protocol
 
     settings = load_settings(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
@@ -63,15 +65,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     try:
         app = create_app(settings)
-    except (OSError, ValueError) as exc:  # an unreadable tokens file, no cluster credentials
+        clients = listen(settings.host, settings.port)
+        metrics = listen(settings.host, settings.metrics_port)
+    except (OSError, ValueError) as exc:  # a tokens file, no credentials, a port in use
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         sys.exit(1)
-    # No proxy-headers rewriting: the gateway never looks at its client's address.
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        proxy_headers=False,
+    limits = ClientLimits(
+        max_header_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        keepalive_timeout=settings.keepalive_timeout,
     )
+    # One server on two sockets: a connection to the metrics port gets the metrics app.
+    metrics_port = metrics.getsockname()[1]
+    protocol = limited_protocol(limits, {metrics_port: create_metrics_app(app.state.gateway)})
+    # No proxy-headers rewriting: the gateway passes its client's address on as it sees it.
+    config = uvicorn.Config(
+        app, log_level=settings.log_level, access_log=False, proxy_headers=False, http=protocol
+    )
+    logging.getLogger(PROG).info(
+        "clients on %s:%d, /metrics on port %d",
+        settings.host,
+        clients.getsockname()[1],
+        metrics_port,
+    )
+    uvicorn.Server(config).run(sockets=[clients, metrics])
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: any free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

@@ -4,14 +4,21 @@ The body is read once (it is small: a prompt and parameters) to learn the model 
 then sent unchanged; the answer (an image, possibly megabytes) is streamed to the client
 chunk by chunk as it arrives, never held whole. A pod that cannot be reached (nothing was
 sent) is marked not ready and the request goes once more, to another pod.
+
+Headers of one hop (RFC 9110 §7.6.1: those listed below and every one the `Connection`
+header names) are dropped both ways. The pod gets `X-Forwarded-For` with the client's
+address appended; the client's own forwarding headers reach it only from a peer in
+`--trusted-proxies` (anyone else could write any address there).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import time
+from collections.abc import Iterable
 from typing import Protocol
 
 from starlette.types import Receive, Scope, Send
@@ -36,21 +43,24 @@ class Gateway(Protocol):
     metrics: GatewayMetrics
     pool: Pool
     auth: BearerAuth | None
+    trusted_proxies: TrustedProxies
 
 
 _MODEL_HEADER = MODEL_HEADER.encode()
-#: Headers that belong to one hop, never forwarded (RFC 9110 §7.6.1), plus those we reset.
-#: As bytes: ASGI gives header names lowercased, as bytes.
-_REQUEST_DROP = frozenset(
-    {b"connection", b"keep-alive", b"proxy-authorization", b"proxy-connection", b"te",
-     b"trailer", b"transfer-encoding", b"upgrade", b"content-length", b"x-request-id",
-     b"expect", _MODEL_HEADER}
+#: Headers that belong to one hop, never forwarded (RFC 9110 §7.6.1, and Proxy-Connection,
+#: its old spelling), besides every header that `Connection` names. As bytes: ASGI gives
+#: header names lowercased, as bytes.
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
+     b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )  # fmt: skip
-_REQUEST_DROP_AUTH = _REQUEST_DROP | {b"authorization"}
-_RESPONSE_DROP = frozenset(
-    {b"connection", b"keep-alive", b"proxy-authenticate", b"te", b"trailer",
-     b"transfer-encoding", b"upgrade", b"x-request-id"}
-)  # fmt: skip
+#: A client's claims about the hops before it: passed on only from a trusted proxy.
+FORWARDING = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
+)
+#: Dropped from the request besides: those the gateway sets itself.
+_REQUEST_RESET = frozenset({b"content-length", b"x-request-id", b"expect", _MODEL_HEADER})
+_RESPONSE_DROP = HOP_BY_HOP | {b"x-request-id"}
 
 
 class BodyTooLarge(GatewayError):
@@ -81,20 +91,77 @@ def header(scope: Scope, name: str) -> str | None:
     return None
 
 
+def authorization(scope: Scope) -> str | None:
+    """The one `Authorization` header; two are refused, since proxies and servers disagree on
+    which of them counts."""
+    found: list[bytes] = [value for name, value in scope["headers"] if name == b"authorization"]
+    if len(found) > 1:
+        raise BadRequest(f"authorization: {len(found)} Authorization headers; send one")
+    return found[0].decode("latin-1") if found else None
+
+
 def check_auth(gateway: Gateway, scope: Scope) -> None:
-    if gateway.auth is not None and not gateway.auth.allows(header(scope, "authorization")):
+    given = authorization(scope)
+    if gateway.auth is not None and not gateway.auth.allows(given):
         raise Unauthorized(
             "authorization: a valid bearer token is required (Authorization: Bearer TOKEN)",
             {"WWW-Authenticate": "Bearer"},
         )
 
 
+def connection_names(value: bytes) -> frozenset[bytes]:
+    """The header names a `Connection` header lists (hop-by-hop by that listing)."""
+    return frozenset(filter(None, (token.strip().lower() for token in value.split(b","))))
+
+
+def without_named(
+    headers: list[tuple[bytes, bytes]], named: Iterable[bytes]
+) -> list[tuple[bytes, bytes]]:
+    names = frozenset(named)
+    return [(name, value) for name, value in headers if name not in names]
+
+
+class TrustedProxies:
+    """The peers whose forwarding headers the gateway passes on: `--trusted-proxies`."""
+
+    def __init__(self, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+        self.networks = tuple(networks)
+        self._seen: dict[str, bool] = {}  # peer address: trusted (bounded below)
+
+    def __contains__(self, host: str) -> bool:
+        if not self.networks:
+            return False
+        trusted = self._seen.get(host)
+        if trusted is None:
+            if len(self._seen) >= 4096:
+                self._seen.clear()
+            trusted = self._seen[host] = self._match(host)
+        return trusted
+
+    def _match(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)
+
+
 class ProxyRoute:
     """The ASGI endpoint of one forwarded route."""
 
-    def __init__(self, gateway: Gateway, spec: Route) -> None:
+    def __init__(self, gateway: Gateway, spec: Route, path: str) -> None:
         self.gateway = gateway
         self.spec = spec
+        self.target = path.encode()  # what the pod gets, whichever spelling the client used
+        dropped = HOP_BY_HOP | _REQUEST_RESET
+        if gateway.auth is not None:
+            dropped |= {b"authorization"}  # the gateway's token, not the pod's business
+        self._drop_from_trusted = dropped
+        self._drop = dropped | FORWARDING
+        proxies = gateway.trusted_proxies
+        self._trusted = proxies if proxies.networks else None  # None: no lookup per request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.monotonic()
@@ -181,7 +248,8 @@ class ProxyRoute:
             async with asyncio.timeout_at(deadline):
                 answer = await self.gateway.pool.send(endpoint.url, request)
         except TimeoutError:
-            raise GatewayTimeout(f"model: {model.label!r} did not answer in time") from None
+            retry = {"Retry-After": str(self.gateway.settings.retry_after)}
+            raise GatewayTimeout(f"model: {model.label!r} did not answer in time", retry) from None
         except UpstreamError as exc:
             raise BadGateway(f"model: the pod of {model.label!r} failed: {exc}") from None
         try:
@@ -192,15 +260,33 @@ class ProxyRoute:
     def upstream_request(self, scope: Scope, body: bytes, rid: str, model: str) -> bytes:
         """The request as the pod gets it, head and body in one piece: the client's headers
         less those of one hop (and its token), the model's bare name where a header named
-        it, the request id."""
-        drop = _REQUEST_DROP_AUTH if self.gateway.auth else _REQUEST_DROP
-        target = scope["raw_path"] or scope["path"].encode()
+        it, the client's address appended to X-Forwarded-For, the request id."""
+        client = scope.get("client")
+        peer = client[0] if client else None
+        trusted = self._trusted is not None and peer is not None and peer in self._trusted
+        drop = self._drop_from_trusted if trusted else self._drop
+        kept: list[tuple[bytes, bytes]] = []
+        named: set[bytes] = set()
+        forwarded_for: list[bytes] = []  # the hops before, as a trusted proxy says
+        for name, value in scope["headers"]:
+            if name not in drop:
+                kept.append((name, value))
+            elif name == b"connection":
+                named |= connection_names(value) - drop  # mostly keep-alive or close
+        named.discard(b"close")
+        if named:
+            kept = without_named(kept, named)
+        if trusted:
+            forwarded_for = [value for name, value in kept if name == b"x-forwarded-for"]
+            kept = without_named(kept, (b"x-forwarded-for",))
+        target = self.target
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
         lines = [b"POST " + target + b" HTTP/1.1\r\n"]
-        lines += [
-            name + b": " + value + b"\r\n" for name, value in scope["headers"] if name not in drop
-        ]
+        lines += [name + b": " + value + b"\r\n" for name, value in kept]
+        if peer is not None:
+            forwarded_for.append(peer.encode())
+            lines.append(b"x-forwarded-for: " + b", ".join(forwarded_for) + b"\r\n")
         if header(scope, MODEL_HEADER) is not None:
             lines.append(b"%s: %s\r\n" % (_MODEL_HEADER, model.encode()))
         lines.append(b"x-request-id: %s\r\ncontent-length: %d\r\n\r\n" % (rid.encode(), len(body)))
@@ -250,13 +336,24 @@ async def drain(receive: Receive, budget: int) -> None:
         more = message.get("more_body", False)
 
 
-async def stream_back(answer: Connection, send: Send, rid: str, deadline: float) -> int:
-    headers = [
-        (lowered, value)
-        for name, value in answer.headers
-        if (lowered := name.lower()) not in _RESPONSE_DROP
-    ]
+def response_headers(raw: list[tuple[bytes, bytes]], rid: str) -> list[tuple[bytes, bytes]]:
+    """The pod's headers as the client gets them: less those of one hop, with the request id."""
+    headers: list[tuple[bytes, bytes]] = []
+    named: frozenset[bytes] = frozenset()
+    for name, value in raw:
+        lowered = name.lower()
+        if lowered not in _RESPONSE_DROP:
+            headers.append((lowered, value))
+        elif lowered == b"connection":
+            named |= connection_names(value)
+    if named:
+        headers = without_named(headers, named)
     headers.append((b"x-request-id", rid.encode()))
+    return headers
+
+
+async def stream_back(answer: Connection, send: Send, rid: str, deadline: float) -> int:
+    headers = response_headers(answer.headers, rid)
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     try:
         async with asyncio.timeout_at(deadline):

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, IPvAnyNetwork, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tti_contracts.settings import comma_list
@@ -41,7 +41,15 @@ class GatewaySettings(BaseSettings):
     )
 
     host: str = Field(default="0.0.0.0", description="address to listen on")
-    port: int = Field(default=8080, ge=0, le=65535, description="HTTP port to listen on")
+    port: int = Field(
+        default=8080, ge=0, le=65535, description="HTTP port to listen on, for the clients"
+    )
+    metrics_port: int = Field(
+        default=9090,
+        ge=0,
+        le=65535,
+        description="port of /metrics (Prometheus, the autoscaler), apart from the clients'",
+    )
     source: Literal["static", "cluster"] = Field(
         default="static",
         description="where the models come from: the --models table, or the cluster's "
@@ -81,6 +89,32 @@ class GatewaySettings(BaseSettings):
     retry_after: int = Field(
         default=5, ge=1, description="Retry-After, in seconds, on a 503 for a model that starts"
     )
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        description="largest request head (request line and headers), in bytes (431)",
+    )
+    max_headers: int = Field(default=100, ge=8, description="most request headers (431)")
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds from a connection's opening (or a request's first byte) until "
+        "the request's head is whole (408)",
+    )
+    body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds from a request's head until its body is whole (408)",
+    )
+    keepalive_timeout: float = Field(
+        default=5.0, gt=0, description="seconds an idle kept-alive connection is kept open"
+    )
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        default_factory=list,
+        description="addresses or networks (comma-separated) whose X-Forwarded-For, "
+        "X-Forwarded-Proto, X-Forwarded-Host and Forwarded are passed on; from any other "
+        "client they are dropped",
+    )
     auth_tokens_file: Path | None = Field(
         default=None,
         description="file with one bearer token per line (a mounted Secret); none: no auth",
@@ -99,7 +133,19 @@ class GatewaySettings(BaseSettings):
     def _split(cls, value: object) -> object:
         return comma_list(value)
 
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        return comma_list(value)
+
     @field_validator("models", mode="before")
     @classmethod
     def _parse_models(cls, value: object) -> object:
         return parse_models(value)
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _apart_from_the_clients(cls, value: int, info: ValidationInfo) -> int:
+        if value != 0 and value == info.data.get("port"):
+            raise ValueError(f"must differ from --port ({value}): /metrics is not for clients")
+        return value

@@ -66,6 +66,9 @@ def create_app(
         summary="Text-to-image inference: caikit- and OpenAI-compatible",
         lifespan=lifespan,
         telemetry=None if settings.opentelemetry else _NO_TELEMETRY,
+        # Its redirect to the path with or without a trailing slash builds the Location
+        # from the client's Host header: an open redirect. Such paths are 404s.
+        redirect_slashes=False,
     )
     app.state.service = service
     app.state.metrics = service.metrics

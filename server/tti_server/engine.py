@@ -41,6 +41,7 @@ from tti_server.failures import (
     GenerationTimeout,
     OutOfMemory,
     QueueFull,
+    QueueTimeout,
 )
 
 log = logging.getLogger(__name__)
@@ -222,8 +223,11 @@ class Engine:
 
     def _expire(self, job: _Job) -> None:
         if not job.future.done():
-            timeout = GenerationTimeout(
-                f"the request did not finish within {self.request_timeout:g} s"
+            message = f"the request did not finish within {self.request_timeout:g} s"
+            timeout = (
+                QueueTimeout(f"{message}: it waited all that time for a free worker; retry later")
+                if job in self._pending
+                else GenerationTimeout(message)
             )
             job.future.set_exception(timeout)
             self._withdraw(job)

@@ -26,6 +26,7 @@ from tti_server.failures import (
     NotReady,
     OutOfMemory,
     QueueFull,
+    QueueTimeout,
     ServiceError,
     UnknownModel,
     lookup,
@@ -33,7 +34,7 @@ from tti_server.failures import (
 
 log = logging.getLogger(__name__)
 
-#: Seconds a client is told to wait after a 503 (loading, queue full, out of memory).
+#: Seconds a client is told to wait before retrying an error a retry may cure (`RETRY_CURES`).
 RETRY_AFTER_S = 1
 _MAX_LISTED_ERRORS = 3
 
@@ -49,6 +50,18 @@ HTTP_STATUS: dict[type[ServiceError], int] = {
     GenerationTimeout: 504,
     GenerationFailed: 500,
     ServiceError: 500,
+}
+
+#: Whether a retry may cure the error (the nearest listed class wins): the answer then says
+#: when to retry, as `Retry-After` on HTTP and `grpc-retry-pushback-ms` on gRPC. A request
+#: that timed out while generating, or that is wrong, would fail the same way again.
+RETRY_CURES: dict[type[ServiceError], bool] = {
+    NotReady: True,
+    QueueFull: True,
+    OutOfMemory: True,
+    EngineStopped: True,  # another replica, or this one restarted
+    QueueTimeout: True,
+    ServiceError: False,
 }
 
 
@@ -75,9 +88,10 @@ def error_response(
 
 
 def service_error_status(error: ServiceError) -> tuple[int, dict[str, str]]:
-    """The status (and headers) a client sees for a service error; 503s say when to retry."""
-    status = lookup(HTTP_STATUS, error)
-    return status, ({"Retry-After": str(RETRY_AFTER_S)} if status == 503 else {})
+    """The status (and headers) a client sees for a service error; those a retry may cure
+    say when to retry."""
+    retry = lookup(RETRY_CURES, error)
+    return lookup(HTTP_STATUS, error), ({"Retry-After": str(RETRY_AFTER_S)} if retry else {})
 
 
 def describe_validation_errors(errors: Sequence[Any]) -> str:

@@ -53,6 +53,10 @@ class GenerationTimeout(EngineError):
     """The request did not finish within the request timeout."""
 
 
+class QueueTimeout(GenerationTimeout):
+    """The request timed out still waiting for a worker: a retry may find one free."""
+
+
 class OutOfMemory(EngineError):
     """The device ran out of memory for the batch this request was in."""
 

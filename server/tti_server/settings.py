@@ -51,6 +51,29 @@ class Settings(BaseSettings):
     request_timeout: float = Field(
         default=60.0, gt=0, description="seconds a request may wait and run before it gets 504"
     )
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        description="largest request head (request line and headers; gRPC: metadata), in "
+        "bytes (HTTP 431; gRPC RESOURCE_EXHAUSTED)",
+    )
+    max_headers: int = Field(default=100, ge=8, description="most HTTP request headers (431)")
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds from a connection's opening (or a request's first byte) until "
+        "the request's head is whole (HTTP 408; gRPC: its connection handshake)",
+    )
+    body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds from an HTTP request's head until its body is whole (408)",
+    )
+    keepalive_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="seconds an idle kept-alive HTTP connection is kept open",
+    )
     device: DeviceChoice = Field(
         default="auto",
         description="auto: every visible CUDA device, else CPU; cpu or cuda to insist",

@@ -60,6 +60,7 @@ def start_both(args: argparse.Namespace) -> tuple[dict[str, str], list[object]]:
     )  # fmt: skip
     gateway = start(
         [sys.executable, "-m", "tti_gateway", "--host", "127.0.0.1", "--port", str(gateway_port),
+         "--metrics-port", str(free_port()),
          "--models", f"{MODEL}=http://127.0.0.1:{server_port}", "--log-level", "warning"],
         gateway_port,
         role="load",

@@ -67,14 +67,56 @@ def test_disabled_gateway_renders_nothing_and_the_operator_gets_no_url(helm: Hel
     assert "TTI_OPERATOR_GATEWAY_URL" not in env_of(operator_container(objects))
 
 
-def test_the_operator_is_told_the_gateway_services_url(helm: Helm) -> None:
-    objects = helm.template("gateway.service.port=8000")
+def test_the_operator_is_told_the_gateway_services_metrics_url(helm: Helm) -> None:
+    """The autoscaler reads /metrics, which is on the metrics port only."""
+    objects = helm.template("gateway.service.port=8000", "gateway.metricsPort=9100")
     service = one(gateway_part(objects), "Service")
     assert service["spec"]["ports"] == [
-        {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}
+        {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"},
+        {"name": "metrics", "port": 9100, "targetPort": "metrics", "protocol": "TCP"},
     ]
     url = env_of(operator_container(objects))["TTI_OPERATOR_GATEWAY_URL"]
-    assert url == f"http://{service['metadata']['name']}.tti-system.svc:8000"
+    assert url == f"http://{service['metadata']['name']}.tti-system.svc:9100"
+
+
+def test_metrics_have_their_own_port_and_the_scrape_annotations_name_it(
+    helm: Helm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = helm.template("gateway.metricsPort=9100")
+    container = gateway_container(objects)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8080, "metrics": 9100}
+    template = one(gateway_part(objects), "Deployment")["spec"]["template"]["metadata"]
+    assert template["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9100",
+        "prometheus.io/path": "/metrics",
+    }
+    for name, value in env_of(container).items():
+        monkeypatch.setenv(name, value)
+    settings = GatewaySettings()
+    assert (settings.port, settings.metrics_port) == (ports["http"], ports["metrics"])
+
+
+def test_trusted_proxies_and_client_limits_reach_the_gateway(
+    helm: Helm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = helm.template(
+        "gateway.trustedProxies={10.0.0.0/8,192.168.1.7}",
+        "gateway.clientLimits.maxHeaderBytes=16384",
+        "gateway.clientLimits.headerTimeoutSeconds=4",
+    )
+    for name, value in env_of(gateway_container(objects)).items():
+        monkeypatch.setenv(name, value)
+    settings = GatewaySettings()
+    assert [str(n) for n in settings.trusted_proxies] == ["10.0.0.0/8", "192.168.1.7/32"]
+    assert (settings.max_header_bytes, settings.header_timeout) == (16384, 4.0)
+    assert (settings.max_headers, settings.body_timeout, settings.keepalive_timeout) == (
+        100,
+        30.0,
+        5.0,
+    )
+    assert "TTI_GATEWAY_TRUSTED_PROXIES" not in env_of(gateway_container(helm.template()))
 
 
 def test_the_services_selector_picks_the_gateway_pods_and_not_the_operators(helm: Helm) -> None:
@@ -126,7 +168,7 @@ def test_gateway_pod_is_probed_and_hardened_like_the_operator(helm: Helm) -> Non
     assert container["command"] == ["tti-gateway"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"][0] == {"name": "http", "containerPort": 8080, "protocol": "TCP"}
 
 
 def test_gateway_env_is_what_its_settings_read(helm: Helm, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -358,7 +358,7 @@ def test_operator_env_is_what_its_settings_read(
     assert settings.server_image == "tti-server:0.1.0"
     assert settings.liveness_port == container["ports"][0]["containerPort"]
     assert settings.autoscale_interval_s == 2
-    assert settings.gateway_url == "http://tti-tti-operator-gateway.tti-system.svc:80"
+    assert settings.gateway_url == "http://tti-tti-operator-gateway.tti-system.svc:9090"
 
 
 def documented_rbac() -> set[tuple[str, str, str]]:

@@ -17,16 +17,18 @@ PACKAGES = {
     "tti_contracts": ROOT / "common" / "tti_contracts",
     "tti_kube": ROOT / "common" / "tti_kube",
     "tti_playground": ROOT / "common" / "tti_playground",
+    "tti_http": ROOT / "common" / "tti_http",
     "tti_operator": ROOT / "operator" / "tti_operator",
     "tti_server": ROOT / "server" / "tti_server",
     "tti_gateway": ROOT / "gateway" / "tti_gateway",
 }
-SHARED = {"tti_contracts", "tti_kube", "tti_playground"}
+SHARED = {"tti_contracts", "tti_kube", "tti_playground", "tti_http"}
 #: What each package may import of ours besides itself.
 ALLOWED = {
     "tti_contracts": set(),
     "tti_kube": {"tti_contracts"},
     "tti_playground": set(),
+    "tti_http": {"tti_contracts"},
     "tti_operator": SHARED,
     "tti_server": SHARED,
     "tti_gateway": SHARED,

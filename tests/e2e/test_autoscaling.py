@@ -105,9 +105,11 @@ def at_zero(release: Release, name: str) -> bool:
 
 
 def gateway_get(release: Release, path: str, token: str | None = TOKEN) -> Any:
-    """GET on the gateway pod, from the host (which reaches pod IPs over the node's bridge)."""
+    """GET on the gateway pod, from the host (which reaches pod IPs over the node's bridge);
+    /metrics is on the pod's metrics port (the chart's default)."""
     ip = gateway_pod(release)["status"]["podIP"]
-    request = urllib.request.Request(f"http://{ip}:8080{path}")
+    port = 9090 if path == "/metrics" else 8080
+    request = urllib.request.Request(f"http://{ip}:{port}{path}")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(request, timeout=10) as response:

@@ -282,7 +282,7 @@ def test_a_burst_at_zero_scales_the_model_once_and_is_answered_when_it_starts(
     for thread in burst:
         thread.start()
     held = f'tti_gateway_held_requests{{model="cold",namespace="{ns.name}"}}'
-    eventually(lambda: metric(gateway.url, held), (5.0).__eq__, "held requests")
+    eventually(lambda: metric(gateway.metrics_url, held), (5.0).__eq__, "held requests")
     assert eventually(lambda: ns.replicas("cold"), (1).__eq__, "spec.replicas") == 1
     # What the operator and the EndpointSlice controller would do next: a ready pod.
     ns.endpoints("cold", [stub(start_server, "cold")])
@@ -290,8 +290,8 @@ def test_a_burst_at_zero_scales_the_model_once_and_is_answered_when_it_starts(
         thread.join()
     assert answers == [200] * 5
     cold_starts = f'tti_gateway_cold_starts_total{{model="cold",namespace="{ns.name}"}}'
-    assert metric(gateway.url, cold_starts) == 1  # one wake, one scale patch, for the burst
-    assert metric(gateway.url, held) == 0
+    assert metric(gateway.metrics_url, cold_starts) == 1  # one wake, one scale patch, for the burst
+    assert metric(gateway.metrics_url, held) == 0
 
 
 def test_a_model_scaled_to_zero_by_hand_gets_503_at_once_and_stays_at_zero(

@@ -178,7 +178,7 @@ def test_a_vanished_pod_is_retried_once_on_another(
     pods[0].process.wait()
     for _ in range(4):
         assert httpx.post(gateway.url + CAIKIT, json=caikit_body("m")).status_code == 200
-    assert metric(gateway.url, 'tti_gateway_retries_total{model="m",namespace=""}') == 1
+    assert metric(gateway.metrics_url, 'tti_gateway_retries_total{model="m",namespace=""}') == 1
     assert metric(pods[1].url, 'tti_requests_total{method="POST"') == 4
 
 
@@ -227,7 +227,7 @@ def test_a_pod_that_stalls_past_the_upstream_timeout(
     body = caikit_body("hung")
     if request.node.callspec.params["stalling_pod"] == "head":
         answer = httpx.post(gateway.url + CAIKIT, json=body, timeout=10)
-        assert answer.status_code == 504
+        assert answer.status_code == 504 and answer.headers["retry-after"] == "5"
         assert "'hung' did not answer in time" in answer.json()["details"]
     else:
         # The status went out with the head: the body is cut short, and the client sees it.
@@ -257,7 +257,8 @@ def test_requests_at_zero_are_held_until_the_model_starts(
     for thread in burst:
         thread.join()
     assert [a.status_code for a in answers] == [200, 200, 200]
-    assert metric(gateway.url, 'tti_gateway_cold_starts_total{model="late",namespace=""}') == 1
+    cold_starts = 'tti_gateway_cold_starts_total{model="late",namespace=""}'
+    assert metric(gateway.metrics_url, cold_starts) == 1
 
 
 def test_a_model_that_does_not_start_in_time_gets_503_with_retry_after(
@@ -316,8 +317,9 @@ def test_bearer_tokens_from_a_file(
         assert answer.status_code == 401 and answer.headers["www-authenticate"] == "Bearer"
         assert answer.json()["details"].startswith("authorization: a valid bearer token")
     assert httpx.get(gateway.url + "/v1/models").status_code == 401
-    for path in ("/healthz", "/readyz", "/metrics"):
+    for path in ("/healthz", "/readyz"):
         assert httpx.get(gateway.url + path).status_code == 200
+    assert httpx.get(gateway.metrics_url + "/metrics").status_code == 200
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="second-token", max_retries=0)
     assert client.images.generate(model="m", prompt="x", size="64x64").data
     assert [m.id for m in client.models.list().data] == ["m"]
@@ -329,7 +331,7 @@ def test_health_metrics_and_unknown_routes(start_gateway: StartGateway) -> None:
     gateway = start_gateway("--models", "idle=")
     assert httpx.get(gateway.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(gateway.url + "/readyz").json() == {"status": "ready"}
-    text = httpx.get(gateway.url + "/metrics").text
+    text = httpx.get(gateway.metrics_url + "/metrics").text
     assert 'tti_gateway_model_state{model="idle",namespace="",state="ScaledToZero"} 1.0' in text
     missing = httpx.get(gateway.url + "/nope")
     assert missing.status_code == 404 and missing.json()["details"] == "path: no route for /nope"

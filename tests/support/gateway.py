@@ -4,8 +4,9 @@
         server = start_server("--model", "stub")
         gateway = start_gateway("--models", f"stub={server.url}")
 
-`start_gateway(*args, env=None)` adds `--host 127.0.0.1` and a free `--port`, waits for
-`/readyz` (the endpoint table probed once) and stops the gateway after the test.
+`start_gateway(*args, env=None)` adds `--host 127.0.0.1`, a free `--port` and a free
+`--metrics-port` (unless given: its `/metrics` is at `gateway.metrics_url + "/metrics"`),
+waits for `/readyz` (the endpoint table probed once) and stops the gateway after the test.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def launch_gateway(
     args: tuple[str, ...], log_dir: Path, env: Mapping[str, str] | None = None
 ) -> ServerProcess:
     port = free_port()
+    if "--metrics-port" not in args:
+        args = (*args, "--metrics-port", str(free_port()))
+    metrics_port = args[args.index("--metrics-port") + 1]
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("TTI_")}
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"tti-gateway-{port}.log"
@@ -43,7 +47,12 @@ def launch_gateway(
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env={**base_env, **(env or {})}
         )
-    gateway = ServerProcess(f"http://127.0.0.1:{port}", process, log_path)
+    gateway = ServerProcess(
+        f"http://127.0.0.1:{port}",
+        process,
+        log_path,
+        metrics_url=f"http://127.0.0.1:{metrics_port}",
+    )
     try:
         wait_until_ready(gateway, timeout=30)
     except BaseException:

@@ -49,6 +49,7 @@ class ServerProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
     grpc_target: str = ""  # host:port of its gRPC API ("" with --grpc-port 0)
+    metrics_url: str = ""  # a gateway's /metrics is on a port of its own
 
     def output(self) -> str:
         """Everything the server wrote to stdout and stderr so far."""

@@ -151,7 +151,7 @@ The operator's settings, passed as the environment variables it reads.
   value: {{ .Values.modelCache.hubEndpoint | quote }}
 {{- if .Values.gateway.enabled }}
 - name: TTI_OPERATOR_GATEWAY_URL
-  value: {{ include "tti-operator.gatewayUrl" . | quote }}
+  value: {{ include "tti-operator.gatewayMetricsUrl" . | quote }}
 {{- end }}
 {{- end }}
 
@@ -223,6 +223,14 @@ The gateway's in-cluster URL: one base URL for every model.
 {{- end }}
 
 {{/*
+The gateway's metrics port, in the cluster: where the operator's autoscaler reads how many
+requests the gateway holds (its /metrics is not on the clients' port).
+*/}}
+{{- define "tti-operator.gatewayMetricsUrl" -}}
+{{- printf "http://%s.%s.svc:%d" (include "tti-operator.gatewayName" .) .Release.Namespace (int .Values.gateway.metricsPort) }}
+{{- end }}
+
+{{/*
 Where the gateway reads its bearer tokens, when gateway.auth.secretName is set.
 */}}
 {{- define "tti-operator.gatewayTokensDir" -}}
@@ -239,6 +247,22 @@ The gateway's settings, passed as the environment variables it reads.
   value: {{ include "tti-operator.watchNamespaces" . | quote }}
 - name: TTI_GATEWAY_PORT
   value: "8080"
+- name: TTI_GATEWAY_METRICS_PORT
+  value: {{ .Values.gateway.metricsPort | int | quote }}
+{{- with .Values.gateway.trustedProxies }}
+- name: TTI_GATEWAY_TRUSTED_PROXIES
+  value: {{ join "," . | quote }}
+{{- end }}
+- name: TTI_GATEWAY_MAX_HEADER_BYTES
+  value: {{ .Values.gateway.clientLimits.maxHeaderBytes | int | quote }}
+- name: TTI_GATEWAY_MAX_HEADERS
+  value: {{ .Values.gateway.clientLimits.maxHeaders | int | quote }}
+- name: TTI_GATEWAY_HEADER_TIMEOUT
+  value: {{ .Values.gateway.clientLimits.headerTimeoutSeconds | quote }}
+- name: TTI_GATEWAY_BODY_TIMEOUT
+  value: {{ .Values.gateway.clientLimits.bodyTimeoutSeconds | quote }}
+- name: TTI_GATEWAY_KEEPALIVE_TIMEOUT
+  value: {{ .Values.gateway.clientLimits.keepaliveTimeoutSeconds | quote }}
 - name: TTI_GATEWAY_HOLD_TIMEOUT
   value: {{ .Values.gateway.holdTimeoutSeconds | quote }}
 - name: TTI_GATEWAY_MAX_HELD

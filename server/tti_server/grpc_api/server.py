@@ -8,6 +8,13 @@ runs on, over the same `Service` (engine, batching, queue limits, metrics).
 
 A client's deadline and cancellation cancel the handler, and with it the
 request's place in the engine's queue.
+
+An error a retry may cure (`errors.RETRY_CURES`: a full queue, out of memory, loading)
+carries `grpc-retry-pushback-ms` in its trailing metadata: gRPC's own retry hint (gRFC A6),
+which a client whose service config retries that status code waits out before retrying,
+and which others can read. Request metadata is bounded as HTTP heads are (`--max-header-bytes`,
+answered RESOURCE_EXHAUSTED by gRPC itself), and a connection must finish its handshake within
+`--header-timeout` and is closed after `--keepalive-timeout` without a call.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
 from tti_contracts.routes import MODEL_HEADER
-from tti_server.errors import describe_validation_errors
+from tti_http.limits import ClientLimits
+from tti_server.errors import RETRY_AFTER_S, RETRY_CURES, describe_validation_errors
 from tti_server.failures import (
     EngineStopped,
     GenerationFailed,
@@ -51,6 +59,8 @@ SERVICE_NAME: str = computervisionservice_pb2.DESCRIPTOR.services_by_name[
     "ComputerVisionService"
 ].full_name
 METHOD = f"/{SERVICE_NAME}/TextToImageTaskPredict"
+#: gRPC's retry hint in trailing metadata: milliseconds to wait before a retry (gRFC A6).
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
 #: The request's optional fields, passed on as caikit's `parameters` when set.
 PARAMETERS = ("height", "width", "num_steps", "guidance_scale", "negative_prompt", "image_format")
 
@@ -84,6 +94,8 @@ class ComputerVisionServicer(computervisionservice_pb2_grpc.ComputerVisionServic
             return captioned_image(result.image, result.caption, result.producer)
         except ServiceError as exc:
             code = lookup(GRPC_CODE, exc)
+            if lookup(RETRY_CURES, exc):
+                context.set_trailing_metadata(((PUSHBACK_KEY, str(RETRY_AFTER_S * 1000)),))
             await context.abort(code, str(exc))
         except Exception:
             code = grpc.StatusCode.INTERNAL
@@ -131,13 +143,15 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
-async def start_grpc_server(service: Service, host: str, port: int) -> GrpcServer:
+async def start_grpc_server(
+    service: Service, host: str, port: int, limits: ClientLimits | None = None
+) -> GrpcServer:
     """Serve the service, health and reflection on host:port (port 0: any free one).
 
     Health answers NOT_SERVING until the model is loaded and warm, then SERVING, for
     the whole server ("") and for the service by name.
     """
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=channel_options(limits or ClientLimits()))
     computervisionservice_pb2_grpc.add_ComputerVisionServiceServicer_to_server(
         ComputerVisionServicer(service), server
     )
@@ -151,6 +165,17 @@ async def start_grpc_server(service: Service, host: str, port: int) -> GrpcServe
     watch = asyncio.create_task(_serving_once_ready(service, health_servicer))
     log.info("gRPC: %s, health and reflection on %s:%d", SERVICE_NAME, host, bound)
     return GrpcServer(server, bound, health_servicer, watch)
+
+
+def channel_options(limits: ClientLimits) -> list[tuple[str, int]]:
+    """gRPC's server arguments for `limits`: metadata past the limit is refused every time
+    (by default gRPC refuses some of what lies between its soft and hard limits)."""
+    return [
+        ("grpc.max_metadata_size", limits.max_header_bytes),
+        ("grpc.absolute_max_metadata_size", limits.max_header_bytes),
+        ("grpc.server_handshake_timeout_ms", int(limits.header_timeout * 1000)),
+        ("grpc.max_connection_idle_ms", int(limits.keepalive_timeout * 1000)),
+    ]
 
 
 async def _serving_once_ready(service: Service, health_servicer: Any) -> None:

@@ -1,0 +1,1 @@
+"""What tti-server and tti-gateway both serve HTTP with: uvicorn's protocol, bounded."""
