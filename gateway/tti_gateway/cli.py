@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import uvicorn
 
     from tti_gateway.app import create_app, create_metrics_app
-    from tti_http.limits import ClientLimits, limited_protocol
+    from tti_http.limits import limited_protocol
 
     settings = load_settings(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
@@ -70,13 +70,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (OSError, ValueError) as exc:  # a tokens file, no credentials, a port in use
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         sys.exit(1)
-    limits = ClientLimits(
-        max_header_bytes=settings.max_header_bytes,
-        max_headers=settings.max_headers,
-        header_timeout=settings.header_timeout,
-        body_timeout=settings.body_timeout,
-        keepalive_timeout=settings.keepalive_timeout,
-    )
+    limits = settings.client_limits()
     # One server on two sockets: a connection to the metrics port gets the metrics app.
     metrics_port = metrics.getsockname()[1]
     protocol = limited_protocol(limits, {metrics_port: create_metrics_app(app.state.gateway)})

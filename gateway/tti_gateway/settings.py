@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, IPvAnyNetwork, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from tti_contracts.settings import comma_list
+from tti_http.settings import ClientLimitSettings
 
 ModelTable = dict[str, list[str]]
 
@@ -33,7 +34,7 @@ def parse_models(value: object) -> object:
     return table
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(ClientLimitSettings):
     """`hold_timeout` is flag `--hold-timeout` and variable `TTI_GATEWAY_HOLD_TIMEOUT`."""
 
     model_config = SettingsConfigDict(
@@ -88,26 +89,6 @@ class GatewaySettings(BaseSettings):
     )
     retry_after: int = Field(
         default=5, ge=1, description="Retry-After, in seconds, on a 503 for a model that starts"
-    )
-    max_header_bytes: int = Field(
-        default=32 * 1024,
-        ge=1024,
-        description="largest request head (request line and headers), in bytes (431)",
-    )
-    max_headers: int = Field(default=100, ge=8, description="most request headers (431)")
-    header_timeout: float = Field(
-        default=10.0,
-        gt=0,
-        description="seconds from a connection's opening (or a request's first byte) until "
-        "the request's head is whole (408)",
-    )
-    body_timeout: float = Field(
-        default=30.0,
-        gt=0,
-        description="seconds from a request's head until its body is whole (408)",
-    )
-    keepalive_timeout: float = Field(
-        default=5.0, gt=0, description="seconds an idle kept-alive connection is kept open"
     )
     trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
         default_factory=list,

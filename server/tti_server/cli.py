@@ -13,15 +13,12 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
 from tti_server import __version__
 from tti_server.settings import Settings
-
-if TYPE_CHECKING:
-    from tti_http.limits import ClientLimits
 
 PROG = "tti-server"
 _EPILOG = """\
@@ -118,7 +115,7 @@ def serve(argv: Sequence[str]) -> int:
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=max(5, int(settings.request_timeout)),
-        http=limited_protocol(client_limits(settings)),
+        http=limited_protocol(settings.client_limits()),
     )
     server = uvicorn.Server(config)
     try:
@@ -144,7 +141,7 @@ async def _serve_both(server: Any, service: Any) -> None:
         from tti_server.grpc_api.server import start_grpc_server
 
         grpc_server = await start_grpc_server(
-            service, settings.host, settings.grpc_port, client_limits(settings)
+            service, settings.host, settings.grpc_port, settings.client_limits()
         )
     service.start()
     try:
@@ -153,19 +150,6 @@ async def _serve_both(server: Any, service: Any) -> None:
         if grpc_server is not None:
             await grpc_server.stop(grace=max(5.0, settings.request_timeout))
         await service.stop()
-
-
-def client_limits(settings: Settings) -> ClientLimits:
-    """What a client may send, and how slowly: the same for HTTP and (where it applies) gRPC."""
-    from tti_http.limits import ClientLimits
-
-    return ClientLimits(
-        max_header_bytes=settings.max_header_bytes,
-        max_headers=settings.max_headers,
-        header_timeout=settings.header_timeout,
-        body_timeout=settings.body_timeout,
-        keepalive_timeout=settings.keepalive_timeout,
-    )
 
 
 def make_tiny_model(argv: Sequence[str]) -> int:

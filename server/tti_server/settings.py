@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from tti_contracts.api import ImageFormat
 from tti_contracts.catalogue import CATALOGUE, ModelEntry, ModelName, entry
+from tti_http.settings import ClientLimitSettings
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 
@@ -21,7 +22,7 @@ def normalise_format(value: object) -> object:
     return value
 
 
-class Settings(BaseSettings):
+class Settings(ClientLimitSettings):
     """Everything an operator can set: `max_queue` is flag `--max-queue` and `TTI_MAX_QUEUE`."""
 
     model_config = SettingsConfigDict(env_prefix="TTI_", extra="forbid", validate_default=True)
@@ -50,29 +51,6 @@ class Settings(BaseSettings):
     )
     request_timeout: float = Field(
         default=60.0, gt=0, description="seconds a request may wait and run before it gets 504"
-    )
-    max_header_bytes: int = Field(
-        default=32 * 1024,
-        ge=1024,
-        description="largest request head (request line and headers; gRPC: metadata), in "
-        "bytes (HTTP 431; gRPC RESOURCE_EXHAUSTED)",
-    )
-    max_headers: int = Field(default=100, ge=8, description="most HTTP request headers (431)")
-    header_timeout: float = Field(
-        default=10.0,
-        gt=0,
-        description="seconds from a connection's opening (or a request's first byte) until "
-        "the request's head is whole (HTTP 408; gRPC: its connection handshake)",
-    )
-    body_timeout: float = Field(
-        default=30.0,
-        gt=0,
-        description="seconds from an HTTP request's head until its body is whole (408)",
-    )
-    keepalive_timeout: float = Field(
-        default=5.0,
-        gt=0,
-        description="seconds an idle kept-alive HTTP connection is kept open",
     )
     device: DeviceChoice = Field(
         default="auto",
