@@ -37,19 +37,8 @@ from pydantic import ValidationError
 
 from tti_contracts.routes import MODEL_HEADER
 from tti_http.limits import ClientLimits
+from tti_server import failures
 from tti_server.errors import RETRY_AFTER_S, RETRY_CURES, describe_validation_errors
-from tti_server.failures import (
-    EngineStopped,
-    GenerationFailed,
-    GenerationTimeout,
-    InvalidInput,
-    NotReady,
-    OutOfMemory,
-    QueueFull,
-    ServiceError,
-    UnknownModel,
-    lookup,
-)
 from tti_server.protocol import CaikitTextToImageRequest
 from tti_server.service import Service
 
@@ -65,16 +54,16 @@ PUSHBACK_KEY = "grpc-retry-pushback-ms"
 PARAMETERS = ("height", "width", "num_steps", "guidance_scale", "negative_prompt", "image_format")
 
 #: The one place service errors become gRPC status codes (an error's nearest listed class wins).
-GRPC_CODE: dict[type[ServiceError], grpc.StatusCode] = {
-    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    UnknownModel: grpc.StatusCode.NOT_FOUND,
-    NotReady: grpc.StatusCode.UNAVAILABLE,
-    QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    OutOfMemory: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    EngineStopped: grpc.StatusCode.UNAVAILABLE,
-    GenerationTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
-    GenerationFailed: grpc.StatusCode.INTERNAL,
-    ServiceError: grpc.StatusCode.INTERNAL,
+GRPC_CODE: dict[type[failures.ServiceError], grpc.StatusCode] = {
+    failures.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    failures.UnknownModel: grpc.StatusCode.NOT_FOUND,
+    failures.NotReady: grpc.StatusCode.UNAVAILABLE,
+    failures.QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    failures.OutOfMemory: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    failures.EngineStopped: grpc.StatusCode.UNAVAILABLE,
+    failures.GenerationTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+    failures.GenerationFailed: grpc.StatusCode.INTERNAL,
+    failures.ServiceError: grpc.StatusCode.INTERNAL,
 }
 
 
@@ -92,9 +81,9 @@ class ComputerVisionServicer(computervisionservice_pb2_grpc.ComputerVisionServic
             result = await self._service.text_to_image(body, model_field=MODEL_HEADER)
             code = grpc.StatusCode.OK
             return captioned_image(result.image, result.caption, result.producer)
-        except ServiceError as exc:
-            code = lookup(GRPC_CODE, exc)
-            if lookup(RETRY_CURES, exc):
+        except failures.ServiceError as exc:
+            code = failures.lookup(GRPC_CODE, exc)
+            if failures.lookup(RETRY_CURES, exc):
                 context.set_trailing_metadata(((PUSHBACK_KEY, str(RETRY_AFTER_S * 1000)),))
             await context.abort(code, str(exc))
         except Exception:
@@ -110,13 +99,15 @@ def caikit_request(request: Any, metadata: Any) -> CaikitTextToImageRequest:
     """The gRPC request as caikit's HTTP body: `mm-model-id`, `inputs`, the set parameters."""
     model_id = dict(metadata or ()).get(MODEL_HEADER)
     if not model_id:
-        raise InvalidInput(f"{MODEL_HEADER}: missing; name the served model in this metadata")
+        raise failures.InvalidInput(
+            f"{MODEL_HEADER}: missing; name the served model in this metadata"
+        )
     parameters = {name: getattr(request, name) for name in PARAMETERS if request.HasField(name)}
     body = {"model_id": model_id, "inputs": request.inputs, "parameters": parameters}
     try:
         return CaikitTextToImageRequest.model_validate(body)
     except ValidationError as exc:
-        raise InvalidInput(describe_validation_errors(exc.errors())) from None
+        raise failures.InvalidInput(describe_validation_errors(exc.errors())) from None
 
 
 def captioned_image(image: bytes, caption: str, producer: dict[str, str]) -> Any:
