@@ -316,7 +316,7 @@ def fetch_pod_state(obj: Mapping[str, Any]) -> FetchPodState:
     for container in status.get("containerStatuses") or []:
         state = container.get("state") or {}
         if "terminated" in state:
-            result = _last_json_line(state["terminated"].get("message") or "")
+            result = _outcome(state["terminated"])
         elif "waiting" in state and state["waiting"].get("reason") not in (
             None,
             "ContainerCreating",
@@ -331,6 +331,18 @@ def fetch_pod_state(obj: Mapping[str, Any]) -> FetchPodState:
         result=result,
         waiting=waiting.strip().rstrip(":"),
     )
+
+
+def _outcome(terminated: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """How the fetch ended: its last JSON line; else, for a container that failed before
+    it could say (a bad argument, an image without the command), its last line of output."""
+    message = str(terminated.get("message") or "")
+    found = _last_json_line(message)
+    if found is not None or not terminated.get("exitCode"):
+        return found
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    said = lines[-1] if lines else str(terminated.get("reason") or "failed")
+    return {"event": "failed", "message": f"exit code {terminated['exitCode']}: {said}"}
 
 
 def _last_json_line(text: str) -> Mapping[str, Any] | None:

@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 from support.cluster import Cluster
 from support.hf_endpoint import HubEndpoint
-from support.realpods import Release, exec_in, install, run_client, wait_for, wait_ready
+from support.realpods import Release, exec_in, install, run_client, wait_for
+from support.realpods import wait_ready as wait_ready_bare
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.slow]
 
@@ -57,6 +58,22 @@ def release(cluster: Cluster, hub: HubEndpoint) -> Iterator[Release]:
 def from_hub(release: Release, name: str, repo: str, **spec: Any) -> None:
     source = {"huggingFace": {"repo": repo, **spec.pop("huggingFace", {})}}
     release.apply_model(name, model="sdxl-turbo", source=source, resources=SMALL, **spec)
+
+
+def wait_ready(release: Release, name: str) -> Any:
+    """Ready, or an error that shows what the model, its entry and the operator say."""
+    try:
+        return wait_ready_bare(release, name)
+    except AssertionError as error:
+        state = release.kubectl(
+            "get", "ttimodel,pvc,job,pods", "-n", release.models, "-o", "wide", check=False
+        )
+        status = json.dumps(release.model(name).get("status"), indent=1)
+        operator = release.kubectl(
+            "logs", "-n", release.namespace, "-l", "app.kubernetes.io/component=operator",
+            "--tail=40", check=False,
+        )  # fmt: skip
+        raise AssertionError(f"{error}\n{status}\n{state}\n{operator}") from None
 
 
 def weights_condition(resource: Any) -> dict[str, Any]:

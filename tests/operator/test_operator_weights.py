@@ -200,3 +200,11 @@ def test_the_claims_size_bounds_what_a_fetch_may_write() -> None:
         "args"
     ]
     assert args[args.index("--room") + 1] == str(10 * 2**20)
+
+
+def test_a_fetch_that_fails_before_it_can_say_why_shows_its_last_line() -> None:
+    said = "tti-server download: error: unrecognized arguments: --room 1"
+    terminated = {"exitCode": 2, "reason": "Error", "message": f"usage: ...\n{said}\n"}
+    status = {"phase": "Failed", "containerStatuses": [{"state": {"terminated": terminated}}]}
+    pod = fetch_pod_state({"metadata": {"name": "p"}, "status": status})
+    assert pod.result == {"event": "failed", "message": f"exit code 2: {said}"}
