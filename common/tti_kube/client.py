@@ -60,7 +60,8 @@ class ApiError(Exception):
 
 
 class KubeClient:
-    """Server-side apply, deletes, status patches, scaling, Events, lists and watches."""
+    """Server-side apply, deletes, status patches, scaling, Events, lists and watches, and the
+    token and access reviews of a server that delegates authentication (the gateway)."""
 
     def __init__(
         self, field_manager: str, timeout_s: float = 30.0, max_in_flight: int = 16
@@ -191,6 +192,31 @@ class KubeClient:
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
         await self._request("PATCH", path, body, "application/merge-patch+json", params)
+
+    async def review_token(self, token: str, audiences: list[str]) -> Obj:
+        """A TokenReview of `token` for `audiences` (POST, cluster-scoped); its `status`:
+        `authenticated`, `user` and the `audiences` the token is valid for."""
+        body: Obj = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": audiences},
+        }
+        return await self._review("/apis/authentication.k8s.io/v1/tokenreviews", body)
+
+    async def review_access(self, spec: Obj) -> Obj:
+        """A SubjectAccessReview (POST, cluster-scoped) of `spec` (user, groups, uid, extra
+        and `resourceAttributes`); its `status`: `allowed`, and `denied` where a deny is
+        explicit."""
+        body: Obj = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": spec,
+        }
+        return await self._review("/apis/authorization.k8s.io/v1/subjectaccessreviews", body)
+
+    async def _review(self, path: str, body: Obj) -> Obj:
+        status = (await self._request("POST", path, body, "application/json", {}))[1].get("status")
+        return status if isinstance(status, dict) else {}
 
     async def list(self, path: str, params: dict[str, str]) -> Obj:
         """GET a collection (a `...List` object with `items` and its resourceVersion)."""

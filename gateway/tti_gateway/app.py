@@ -30,13 +30,14 @@ from starlette.types import Receive, Scope, Send
 
 from tti_contracts.envelope import request_id
 from tti_contracts.routes import FORWARDED
-from tti_gateway.auth import BearerAuth, read_tokens
+from tti_gateway.auth import Access, TokensFile, allowed
 from tti_gateway.cluster import FIELD_MANAGER, Client, ClusterSource, credentials
 from tti_gateway.endpoints import EndpointTable, GatewayError, HoldPolicy, Model, Waker
 from tti_gateway.envelope import error_response
+from tti_gateway.identity import CachePolicy, Identity
 from tti_gateway.metrics import GatewayMetrics
 from tti_gateway.playground import routes as playground_routes
-from tti_gateway.proxy import ProxyRoute, TrustedProxies, check_auth
+from tti_gateway.proxy import ProxyRoute, TrustedProxies, caller_of
 from tti_gateway.settings import GatewaySettings
 from tti_gateway.source import StaticSource
 from tti_gateway.upstream import Pool
@@ -56,9 +57,22 @@ class Gateway:
         self._credentials = credentials() if settings.source == "cluster" else None
         self.metrics = GatewayMetrics(self.table)
         tokens = settings.auth_tokens_file
-        self.auth = BearerAuth(read_tokens(tokens)) if tokens else None
+        # Its own connections to the API server: a flood of tokens to review must not
+        # queue the watches' lists or a wake behind it.
+        self._reviewer = Client(FIELD_MANAGER) if settings.identity else None
+        self.access = Access(
+            TokensFile(tokens) if tokens else None,
+            self._identity(settings, self._reviewer) if self._reviewer else None,
+        )
         self.pool = Pool(settings.connect_timeout)
         self.trusted_proxies = TrustedProxies(settings.trusted_proxies)
+
+    @staticmethod
+    def _identity(settings: GatewaySettings, reviewer: Client) -> Identity:
+        policy = CachePolicy(
+            settings.identity_allow_ttl, settings.identity_deny_ttl, settings.identity_cache_size
+        )
+        return Identity(reviewer, settings.identity_audience, policy)
 
     async def _wake(self, model: Model) -> None:
         self.metrics.cold_start(model.key)
@@ -69,10 +83,27 @@ class Gateway:
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
             try:
-                async with self._source(session):
+                async with (
+                    self._reviews(),
+                    self.access.running(self.settings.auth_tokens_poll),
+                    self._source(session),
+                ):
                     yield
             finally:
                 self.pool.close()
+
+    @asynccontextmanager
+    async def _reviews(self) -> AsyncIterator[None]:
+        """The API server connection of TokenReviews and SubjectAccessReviews (--identity)."""
+        if self._reviewer is None:
+            yield
+            return
+        assert self._credentials is not None
+        await self._reviewer.connect(self._credentials)
+        try:
+            yield
+        finally:
+            await self._reviewer.close()
 
     @asynccontextmanager
     async def _source(self, session: aiohttp.ClientSession) -> AsyncIterator[None]:
@@ -103,9 +134,10 @@ class Gateway:
 
     async def list_models(self, request: Request) -> Response:
         """OpenAI's model list, with each model's state, ready pods and (where known) how it
-        fits a requested side: what the playground's picker shows."""
-        check_auth(self, request.scope)
-        models = sorted(self.table.models.values(), key=lambda m: m.key)
+        fits a requested side: what the playground's picker shows. Only the models the
+        caller may call: a name is what it would send, unambiguous among those."""
+        caller = await caller_of(self, request.scope)
+        models = await allowed(caller, sorted(self.table.models.values(), key=lambda m: m.key))
         names = Counter(m.name for m in models)
         data = [
             # What a request names it by: NAMESPACE/NAME only where the name is ambiguous.

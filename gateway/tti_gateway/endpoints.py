@@ -193,13 +193,17 @@ class EndpointTable:
 
     # -- used by the proxy -------------------------------------------------------------
 
-    def resolve(self, requested: str) -> Model:
-        """The model a request names: NAMESPACE/NAME, or a name served in one namespace."""
+    def candidates(self, requested: str) -> list[Model]:
+        """The models a request's name may mean: the one of NAMESPACE/NAME, or every model
+        of a bare name, whatever its namespace."""
         namespace, slash, name = requested.rpartition("/")
         if slash:
-            found = [m for m in [self.models.get((namespace, name))] if m is not None]
-        else:
-            found = [m for m in self.models.values() if m.name == name]
+            return [m for m in [self.models.get((namespace, name))] if m is not None]
+        return [m for m in self.models.values() if m.name == name]
+
+    def resolve(self, requested: str) -> Model:
+        """The model a request names: NAMESPACE/NAME, or a name served in one namespace."""
+        found = self.candidates(requested)
         if not found:
             known = ", ".join(sorted(m.label for m in self.models.values())) or "none"
             raise UnknownModel(f"model: {requested!r} is not served here; known models: {known}")

@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from tti_contracts.envelope import request_id
 from tti_contracts.routes import MODEL_HEADER, Route
-from tti_gateway.auth import BearerAuth
+from tti_gateway.auth import ANYONE, Access, BadRequest, Caller, resolve_for
 from tti_gateway.endpoints import Endpoint, EndpointTable, GatewayError, Model
 from tti_gateway.envelope import error_response
 from tti_gateway.metrics import UNKNOWN, GatewayMetrics
@@ -42,7 +42,7 @@ class Gateway(Protocol):
     table: EndpointTable
     metrics: GatewayMetrics
     pool: Pool
-    auth: BearerAuth | None
+    access: Access
     trusted_proxies: TrustedProxies
 
 
@@ -65,14 +65,6 @@ _RESPONSE_DROP = HOP_BY_HOP | {b"x-request-id"}
 
 class BodyTooLarge(GatewayError):
     status = 413
-
-
-class Unauthorized(GatewayError):
-    status = 401
-
-
-class BadRequest(GatewayError):
-    status = 400
 
 
 class BadGateway(GatewayError):
@@ -100,13 +92,11 @@ def authorization(scope: Scope) -> str | None:
     return found[0].decode("latin-1") if found else None
 
 
-def check_auth(gateway: Gateway, scope: Scope) -> None:
+async def caller_of(gateway: Gateway, scope: Scope) -> Caller:
+    """Who sent the request (`401` if that cannot be told, `400` for two credentials)."""
     given = authorization(scope)
-    if gateway.auth is not None and not gateway.auth.allows(given):
-        raise Unauthorized(
-            "authorization: a valid bearer token is required (Authorization: Bearer TOKEN)",
-            {"WWW-Authenticate": "Bearer"},
-        )
+    access = gateway.access
+    return await access.caller(given) if access.enabled else ANYONE
 
 
 def connection_names(value: bytes) -> frozenset[bytes]:
@@ -156,7 +146,7 @@ class ProxyRoute:
         self.spec = spec
         self.target = path.encode()  # what the pod gets, whichever spelling the client used
         dropped = HOP_BY_HOP | _REQUEST_RESET
-        if gateway.auth is not None:
+        if gateway.access.enabled:
             dropped |= {b"authorization"}  # the gateway's token, not the pod's business
         self._drop_from_trusted = dropped
         self._drop = dropped | FORWARDING
@@ -168,10 +158,11 @@ class ProxyRoute:
         rid = request_id(header(scope, "x-request-id"))
         labels, status = UNKNOWN, 500
         try:
-            check_auth(self.gateway, scope)
+            caller = await caller_of(self.gateway, scope)
             body = await read_body(scope, receive, self.gateway.settings.max_body_bytes)
-            requested = self.model_name(scope, body)
-            model = self.gateway.table.resolve(requested)
+            requested = self.model_name(scope, body, caller)
+            # Authorized here, before the request is held or wakes the model.
+            model = await resolve_for(self.gateway.table, requested, caller)
             labels = model.key
             if requested != model.name:  # NAMESPACE/NAME: the pod knows the bare name
                 body = self.renamed(scope, body, model.name)
@@ -182,7 +173,7 @@ class ProxyRoute:
         finally:
             self.gateway.metrics.observe(labels, status, time.monotonic() - start)
 
-    def model_name(self, scope: Scope, body: bytes) -> str:
+    def model_name(self, scope: Scope, body: bytes, caller: Caller = ANYONE) -> str:
         """The model named in a JSON body, else in the `mm-model-id` header."""
         field = self.spec.model_field
         content_type = header(scope, "content-type") or "application/json"
@@ -198,6 +189,8 @@ class ProxyRoute:
         if name:
             return name
         known = ", ".join(sorted(m.label for m in self.gateway.table.models.values())) or "none"
+        if not caller.unrestricted:  # not every model is this caller's to know of
+            known = "GET /v1/models lists those this caller may use"
         raise _schema_error(
             self.spec, f"{field}: required to choose a model (or header {MODEL_HEADER}); "
             f"known models: {known}"

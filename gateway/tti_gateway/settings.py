@@ -98,7 +98,39 @@ class GatewaySettings(ClientLimitSettings):
     )
     auth_tokens_file: Path | None = Field(
         default=None,
-        description="file with one bearer token per line (a mounted Secret); none: no auth",
+        description="static bearer tokens, one per line, each optionally scoped: "
+        "TOKEN [namespaces=A,B] [models=X,Y] [name=LABEL] (a mounted Secret; read again when "
+        "it changes)",
+    )
+    auth_tokens_poll: float = Field(
+        default=2.0,
+        gt=0,
+        le=300,
+        description="seconds between looks at --auth-tokens-file for a change",
+    )
+    identity: bool = Field(
+        default=False,
+        description="accept Kubernetes tokens for --identity-audience (TokenReview) and "
+        "authorize each call with a SubjectAccessReview: verb generate on the model "
+        "(texttoimagemodels, tti.dev); needs --source cluster",
+    )
+    identity_audience: str = Field(
+        default="tti-gateway",
+        min_length=1,
+        description="the audience a caller's token must be meant for (its projected "
+        "serviceAccountToken's audience)",
+    )
+    identity_allow_ttl: float = Field(
+        default=10.0, ge=0, le=300, description="seconds a positive review is cached"
+    )
+    identity_deny_ttl: float = Field(
+        default=2.0, ge=0, le=300, description="seconds a negative review is cached"
+    )
+    identity_cache_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="most cached reviews of each kind (tokens; calls); least recently used "
+        "first out",
     )
     playground: bool = Field(
         default=True,
@@ -123,6 +155,13 @@ class GatewaySettings(ClientLimitSettings):
     @classmethod
     def _parse_models(cls, value: object) -> object:
         return parse_models(value)
+
+    @field_validator("identity")
+    @classmethod
+    def _needs_the_cluster(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("source") != "cluster":
+            raise ValueError("needs --source cluster: RBAC grants models by their namespace")
+        return value
 
     @field_validator("metrics_port")
     @classmethod

@@ -144,17 +144,108 @@ def test_namespaced_gateway_has_roles_in_each_namespace_and_nothing_cluster_wide
     assert env["TTI_GATEWAY_NAMESPACES"] == "team-a,team-b"
 
 
+#: The rows of docs/gateway.md's RBAC table that only `gateway.identity` needs.
+REVIEW_GROUPS = {"authentication.k8s.io", "authorization.k8s.io"}
+REVIEWS = f"{NAME}-reviews"
+MODEL_USER = "tti-tti-operator-model-user"
+
+
+def gateway_roles(objects: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The gateway's own roles by name (not the model-user role, which is for callers)."""
+    roles: dict[str, list[dict[str, Any]]] = {}
+    for role in objects_of(gateway_part(objects), "ClusterRole") + objects_of(
+        gateway_part(objects), "Role"
+    ):
+        if role["metadata"]["name"] != MODEL_USER:
+            roles.setdefault(role["metadata"]["name"], []).append(role)
+    return roles
+
+
 def test_gateway_rbac_is_exactly_what_the_gateway_docs_list(helm: Helm) -> None:
     """docs/gateway.md lists the calls the gateway makes (its cluster tests run it under the
-    chart's Role and nothing else); no Secrets, no Pods, nothing it does not call."""
+    chart's roles and nothing else); no Secrets, no Pods, nothing it does not call. The
+    reviews are granted only with identity on."""
     documented = documented_rbac()
     assert ("tti.dev", "texttoimagemodels/scale", "patch") in documented  # the table was parsed
-    for objects in (helm.template(), helm.template("watchNamespaces={team-a}")):
-        roles = objects_of(gateway_part(objects), "ClusterRole")
-        roles += objects_of(gateway_part(objects), "Role")
-        assert roles
-        for role in roles:
-            assert granted(role["rules"]) == documented, role["kind"]
+    reviews = {row for row in documented if row[0] in REVIEW_GROUPS}
+    assert reviews == {
+        ("authentication.k8s.io", "tokenreviews", "create"),
+        ("authorization.k8s.io", "subjectaccessreviews", "create"),
+    }
+    for extra in ((), ("watchNamespaces={team-a}",)):
+        roles = gateway_roles(helm.template(*extra))
+        assert list(roles) == [NAME]
+        for role in roles[NAME]:
+            assert granted(role["rules"]) == documented - reviews, role["kind"]
+        roles = gateway_roles(helm.template("gateway.identity.enabled=true", *extra))
+        assert sorted(roles) == [NAME, REVIEWS]
+        [review_role] = roles[REVIEWS]
+        assert review_role["kind"] == "ClusterRole"  # cluster-scoped reviews: in every mode
+        assert granted(review_role["rules"]) == reviews
+
+
+def test_identity_binds_the_reviews_to_the_gateway_and_passes_its_settings(
+    helm: Helm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = helm.template(
+        "watchNamespaces={team-a}",
+        "gateway.identity.enabled=true",
+        "gateway.identity.audience=painters",
+        "gateway.identity.denyCacheSeconds=1",
+    )
+    cluster_wide = [o for o in gateway_part(objects) if o["kind"].startswith("Cluster")]
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in cluster_wide) == [
+        ("ClusterRole", REVIEWS),
+        ("ClusterRole", MODEL_USER),
+        ("ClusterRoleBinding", REVIEWS),
+    ]
+    binding = one(cluster_wide, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == REVIEWS
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": NAME, "namespace": "tti-system"}
+    ]
+    for name, value in env_of(gateway_container(objects)).items():
+        monkeypatch.setenv(name, value)
+    settings = GatewaySettings()
+    assert settings.identity and settings.identity_audience == "painters"
+    assert (settings.identity_allow_ttl, settings.identity_deny_ttl) == (10, 1)
+    assert settings.identity_cache_size == 10000
+    assert settings.auth_tokens_file is None
+
+
+def test_identity_is_off_by_default_and_renders_nothing_cluster_wide_for_it(
+    helm: Helm,
+) -> None:
+    objects = helm.template()
+    names = {o["metadata"]["name"] for o in objects}
+    assert REVIEWS not in names and MODEL_USER not in names
+    assert not {n for n in env_of(gateway_container(objects)) if "IDENTITY" in n}
+
+
+def test_the_model_user_role_grants_generate_only_and_aggregates_into_edit_and_admin(
+    helm: Helm,
+) -> None:
+    role = next(
+        o
+        for o in objects_of(helm.template("gateway.identity.enabled=true"), "ClusterRole")
+        if o["metadata"]["name"] == MODEL_USER
+    )
+    assert granted(role["rules"]) == {("tti.dev", "texttoimagemodels", "generate")}
+    labels = role["metadata"]["labels"]
+    assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert "rbac.authorization.k8s.io/aggregate-to-view" not in labels  # view costs no GPU
+    alone = next(
+        o
+        for o in objects_of(
+            helm.template(
+                "gateway.identity.enabled=true", "gateway.identity.aggregateToEditAndAdmin=false"
+            ),
+            "ClusterRole",
+        )
+        if o["metadata"]["name"] == MODEL_USER
+    )
+    assert not [k for k in alone["metadata"]["labels"] if k.startswith("rbac.authorization")]
 
 
 def test_gateway_pod_is_probed_and_hardened_like_the_operator(helm: Helm) -> None:
@@ -243,6 +334,18 @@ def test_notes_show_the_one_url_and_an_openai_call(helm: Helm) -> None:
     assert url not in notes(helm, "gateway.enabled=false")
 
 
+def test_notes_show_a_client_pods_projected_token_and_the_rolebinding_with_identity(
+    helm: Helm,
+) -> None:
+    text = notes(helm, "gateway.identity.enabled=true", "gateway.identity.audience=painters")
+    assert "serviceAccountToken: {audience: painters, expirationSeconds: 3600, path: token}" in text
+    assert f"--clusterrole={MODEL_USER} --serviceaccount=tti-system:painter" in text
+    assert 'api_key=open("/var/run/secrets/tti/token").read()' in text
+    assert "no authentication" not in text
+    for values in ((), ("gateway.identity.enabled=true",), ("gateway.enabled=false",)):
+        assert "docs/security.md" in notes(helm, *values)
+
+
 def test_notes_show_how_to_open_the_gateways_playground_unless_it_is_off(helm: Helm) -> None:
     forward = f"kubectl port-forward -n tti-system svc/{NAME} 8080:80"
     assert forward in notes(helm)
@@ -256,8 +359,11 @@ def test_notes_show_how_to_open_the_gateways_playground_unless_it_is_off(helm: H
         (["gateway.service.type=Ingress"], "type"),
         (["gateway.maxBodyBytes=10"], "maxBodyBytes"),
         (["gateway.auth.secretName=Not_A_Name"], "secretName"),
+        (["gateway.identity.audince=x"], "audince"),
+        (["gateway.identity.cacheSize=0"], "cacheSize"),
+        (["gateway.identity.audience=a b"], "audience"),
     ],
-    ids=["typo", "service-type", "tiny-body", "bad-secret"],
+    ids=["typo", "service-type", "tiny-body", "bad-secret", "identity-typo", "cache", "aud"],
 )
 def test_schema_rejects_bad_gateway_values_naming_the_key(
     helm: Helm, values: list[str], named: str
@@ -271,5 +377,6 @@ def test_helm_lint_strict_passes_with_auth_and_namespaces(helm: Helm) -> None:
     result = helm.run(
         "lint", "--strict", str(CHART),
         "--set", "gateway.auth.secretName=t", "--set", "watchNamespaces={a,b}",
+        "--set", "gateway.identity.enabled=true",
     )  # fmt: skip
     assert "0 chart(s) failed" in result.stdout

@@ -239,7 +239,11 @@ def test_helm_test_hook_calls_the_models_service(helm: Helm) -> None:
     gateway_url = "http://tti-tti-operator-gateway.tti-system.svc:80"
     assert gateway["args"][gateway["args"].index("--url") + 1] == gateway_url
     # Without the gateway, or with its auth on (the test holds no token): the model alone.
-    for switch in ("gateway.enabled=false", "gateway.auth.secretName=t"):
+    for switch in (
+        "gateway.enabled=false",
+        "gateway.auth.secretName=t",
+        "gateway.identity.enabled=true",
+    ):
         pod = one(helm.template(switch, values=values), "Pod")
         assert [c["name"] for c in pod["spec"]["containers"]] == ["generate-http", "generate-grpc"]
 

@@ -4,6 +4,9 @@
         server = start_server("--model", "stub")
         gateway = start_gateway("--models", f"stub={server.url}")
 
+`write_secret_volume(directory, {key: text}, version)` lays files out as the kubelet does
+for a mounted Secret, and updates them the same way (a symlink swap), for the tokens file.
+
 `start_gateway(*args, env=None)` adds `--host 127.0.0.1`, a free `--port` and a free
 `--metrics-port` (unless given: its `/metrics` is at `gateway.metrics_url + "/metrics"`),
 waits for `/readyz` (the endpoint table probed once) and stops the gateway after the test.
@@ -21,6 +24,22 @@ from typing import Protocol
 import pytest
 
 from support.server import ServerProcess, free_port, wait_until_ready
+
+
+def write_secret_volume(directory: Path, files: Mapping[str, str], version: int) -> None:
+    """A Secret volume as the kubelet writes it: each key is a symlink `KEY -> ..data/KEY`,
+    and `..data` a symlink to a timestamped directory, which an update replaces with a
+    rename of a new symlink over `..data` (atomic: a reader sees the old or the new)."""
+    data = directory / f"..v{version}"
+    data.mkdir(parents=True)
+    for key, text in files.items():
+        (data / key).write_text(text)
+    staged = directory / "..data_tmp"
+    staged.symlink_to(data.name)
+    os.replace(staged, directory / "..data")
+    for key in files:
+        if not (directory / key).is_symlink():
+            (directory / key).symlink_to(f"..data/{key}")
 
 
 class StartGateway(Protocol):

@@ -231,6 +231,20 @@ requests the gateway holds (its /metrics is not on the clients' port).
 {{- end }}
 
 {{/*
+The aggregatable ClusterRole a caller of the gateway is bound to (gateway.identity).
+*/}}
+{{- define "tti-operator.modelUserRole" -}}
+{{- printf "%s-model-user" (include "tti-operator.fullname" . | trunc 52 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+Any authentication at the gateway (static tokens or Kubernetes identities): "true" or "".
+*/}}
+{{- define "tti-operator.gatewayAuth" -}}
+{{- if or .Values.gateway.auth.secretName .Values.gateway.identity.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
 Where the gateway reads its bearer tokens, when gateway.auth.secretName is set.
 */}}
 {{- define "tti-operator.gatewayTokensDir" -}}
@@ -276,5 +290,19 @@ The gateway's settings, passed as the environment variables it reads.
 {{- if .Values.gateway.auth.secretName }}
 - name: TTI_GATEWAY_AUTH_TOKENS_FILE
   value: {{ printf "%s/%s" (include "tti-operator.gatewayTokensDir" .) .Values.gateway.auth.key | quote }}
+{{- end }}
+{{- with .Values.gateway.identity }}
+{{- if .enabled }}
+- name: TTI_GATEWAY_IDENTITY
+  value: "true"
+- name: TTI_GATEWAY_IDENTITY_AUDIENCE
+  value: {{ .audience | quote }}
+- name: TTI_GATEWAY_IDENTITY_ALLOW_TTL
+  value: {{ .allowCacheSeconds | quote }}
+- name: TTI_GATEWAY_IDENTITY_DENY_TTL
+  value: {{ .denyCacheSeconds | quote }}
+- name: TTI_GATEWAY_IDENTITY_CACHE_SIZE
+  value: {{ .cacheSize | int | quote }}
+{{- end }}
 {{- end }}
 {{- end }}

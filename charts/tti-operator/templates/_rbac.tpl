@@ -78,3 +78,18 @@ subresource. It never reads Secrets, Pods or anything cluster-scoped.
   resources: ["endpointslices"]
   verbs: ["list", "watch"]
 {{- end }}
+
+
+{{/*
+The reviews behind gateway.identity (docs/gateway.md#rbac): who a bearer token belongs to
+(TokenReview) and whether that caller may `generate` with a model (SubjectAccessReview).
+Both are cluster-scoped: a ClusterRole, bound cluster-wide, in every install mode.
+*/}}
+{{- define "tti-operator.gatewayReviewRules" -}}
+- apiGroups: ["authentication.k8s.io"]
+  resources: ["tokenreviews"]
+  verbs: ["create"]
+- apiGroups: ["authorization.k8s.io"]
+  resources: ["subjectaccessreviews"]
+  verbs: ["create"]
+{{- end }}
