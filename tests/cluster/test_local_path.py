@@ -166,7 +166,9 @@ def test_a_second_pod_reads_the_volume_read_only(cluster: Cluster, real_namespac
     volume = written(cluster, real_namespace, "cache", "cached")
     script = (
         "cat /cache/weights; "
-        "if echo changed > /cache/weights 2>/tmp/error; then echo wrote; else cat /tmp/error; fi"
+        # The subshell: a failed redirection is reported on the stderr it was given.
+        "if (echo changed > /cache/weights) 2>/tmp/error; then echo wrote; "
+        "else cat /tmp/error; fi"
     )
 
     apply(cluster, real_namespace, pod("reader", script, "cache", read_only=True))
