@@ -135,7 +135,7 @@ def test_each_failure_names_its_cause_and_the_other_models_keep_serving(
         release, "cramped", REPO, huggingFace={"revision": commit_of(hub)}, cache={"size": "1Mi"}
     )
     assert "unknown repository org/no-such-model" in wait_failed(release, "unknown")
-    assert "gated repository org/gated-sdxl: no token was given" in wait_failed(release, "gated")
+    assert "gated repository org/gated-sdxl (no token was given)" in wait_failed(release, "gated")
     assert "disk full" in wait_failed(release, "cramped")
     assert "the cache holds 1.0 MB" in wait_failed(release, "cramped")
 
