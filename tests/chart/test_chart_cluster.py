@@ -111,8 +111,9 @@ def test_install_upgrade_uninstall(
             "serverImage.tag=0.2.0",
         )
         deployment = get_json(cluster, "deployment", fullname, "-n", release_namespace)
+        # The API server stores an env var whose value is "" without a `value`.
         env = {
-            e["name"]: e["value"]
+            e["name"]: e.get("value", "")
             for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
         }
         assert env["TTI_OPERATOR_SERVER_IMAGE"] == "tti-server:0.2.0"
@@ -230,7 +231,7 @@ def test_operator_with_the_charts_rbac_reconciles_and_is_refused_the_rest(
         )
         deployment = get_json(cluster, "deployment", fullname, "-n", release_namespace)
         container = deployment["spec"]["template"]["spec"]["containers"][0]
-        env = {e["name"]: e["value"] for e in container["env"]}
+        env = {e["name"]: e.get("value", "") for e in container["env"]}
         operator = OperatorAs(kubeconfig, env, tmp_path / "operator.log")
         wait_for(
             "liveness", lambda: http_ok(f"http://127.0.0.1:{operator.liveness}/healthz"), operator
