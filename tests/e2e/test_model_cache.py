@@ -30,8 +30,8 @@ GATED = "org/gated-sdxl"
 FLAKY = "org/flaky-sdxl"
 SILENT = "org/silent-sdxl"
 TOKEN = "hf_let_me_in"
-#: Small enough for the real node: the tiny model on its CPU.
-SMALL = {"requests": {"cpu": "250m", "memory": "1Gi"}}
+#: Small enough for the real node's two cores, several at once: the tiny model on its CPU.
+SMALL = {"requests": {"cpu": "100m", "memory": "512Mi"}}
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +122,7 @@ def test_weights_are_fetched_once_for_two_models_and_a_wake_from_zero(
     release.kubectl("scale", "ttimodel", "first", "-n", release.models, "--replicas=1")
     wait_ready(release, "first")
     assert hub.total_bytes_sent(REPO) == fetched  # the wake read the cache
+    release.kubectl("delete", "ttimodel", "first", "second", "-n", release.models)
 
 
 def test_each_failure_names_its_cause_and_the_other_models_keep_serving(
