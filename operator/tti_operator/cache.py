@@ -23,13 +23,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tti_kube.client import ApiError, KubeClient
 from tti_kube.watch import list_and_watch
 from tti_operator.kinds import CLAIM, FETCH_JOB, FETCH_POD, ChildKind
 from tti_operator.settings import OperatorSettings
+from tti_operator.spec import SecretKeyRef
 from tti_operator.weights import (
     BYTES,
     COMMIT,
@@ -77,6 +78,9 @@ class EntryView:
     progress: Mapping[str, Any] | None = None
     progress_read: float = 0.0
     users: set[Key] = field(default_factory=set)
+    #: The token Secret each user names, if any: a fetch uses one of them (a gated
+    #: repository opens for all once any model of the entry brings a token).
+    tokens: dict[Key, SecretKeyRef] = field(default_factory=dict)
 
 
 class WeightsCache:
@@ -105,6 +109,10 @@ class WeightsCache:
             return None
         view = self.views.setdefault((entry.namespace, entry.name), EntryView())
         view.users.add(model)
+        if entry.token is not None:
+            view.tokens[model] = entry.token
+        else:
+            view.tokens.pop(model, None)
         if view.claim is None:
             _, stored = await self.client.apply(CLAIM, build_claim(entry))
             view.claim = claim_state(stored)
@@ -132,6 +140,7 @@ class WeightsCache:
         before = self.named.pop(model, None)
         if before is not None and before != key and before in self.views:
             self.views[before].users.discard(model)
+            self.views[before].tokens.pop(model, None)
         if key is not None:
             self.named[model] = key
 
@@ -140,7 +149,8 @@ class WeightsCache:
         if job is None:
             retry_at = _parse_time(claim.annotations.get(RETRY_AT, ""))
             if retry_at is None or retry_at <= self.clock():
-                fetch = build_fetch_job(entry, claim.uid, self.settings)
+                token = next(iter(view.tokens.values()), None)
+                fetch = build_fetch_job(replace(entry, token=token), claim.uid, self.settings)
                 _, stored = await self.client.apply(FETCH_JOB, fetch)
                 view.job = job_state(stored)
         elif job.succeeded:

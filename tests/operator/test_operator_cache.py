@@ -192,3 +192,17 @@ def test_an_unused_entry_is_kept_for_the_retention_then_deleted(harness: Harness
     harness.run(harness.controller.weights.sweep())
     assert ("PersistentVolumeClaim", NAME) not in harness.api.objects
     assert CLAIM.kind == "PersistentVolumeClaim"
+
+
+def test_a_gated_entry_is_fetched_with_the_token_any_of_its_models_names(harness: Harness) -> None:
+    harness.model(body(SPEC))
+    finish_job(harness, GATED)
+    with_token = {**SPEC, "source": {"huggingFace": {"repo": REPO, "tokenSecret": {"name": "hf"}}}}
+    harness.model(body(with_token, name="allowed", uid="u5"), settle=False)
+    harness.settle(waiting_ok=True)
+    harness.now[0] += 31  # type: ignore[attr-defined]
+    harness.enqueue(settle=False)  # the model without a token looks first
+    harness.settle(waiting_ok=True)
+    job = harness.api.objects["Job", NAME]["spec"]["template"]["spec"]
+    assert "--token-file" in job["containers"][0]["args"]
+    assert any(volume.get("secret", {}).get("secretName") == "hf" for volume in job["volumes"])
