@@ -26,7 +26,8 @@ import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -60,6 +61,10 @@ PROVISIONER = "local-path-provisioner"
 NODE_BINARIES = ("kubelet", "kube-proxy", "coredns", "crictl", "pause", PROVISIONER)
 # What its controller logs once its informers have synced: from then on it serves claims.
 PROVISIONER_STARTED = "Started provisioner controller"
+# A component that exits at start is started again this many times in all, and the error
+# shows its last lines (so a failure on a machine we cannot log into still says why).
+START_ATTEMPTS = 3
+EXIT_LINES = 6
 READY_TIMEOUT_S = 120.0
 
 
@@ -101,6 +106,12 @@ def start_process(paths: NodePaths, name: str, argv: Sequence[str | Path]) -> in
     pid = int(started.stdout)
     (paths.pids / f"{name}.pid").write_text(str(pid))
     return pid
+
+
+class ComponentExited(Exception):
+    def __init__(self, logged: str) -> None:
+        super().__init__("exited at start")
+        self.logged = logged
 
 
 def processes_naming(marker: str) -> list[int]:
@@ -241,18 +252,71 @@ def start_local_path_provisioner(paths: NodePaths, kubeconfig: Path, kubectl: Ku
     paths.volumes.mkdir(parents=True, exist_ok=True)
     paths.provisioner_config.write_text(json.dumps(local_path_config(paths), indent=2))
     paths.helper_pod_template.write_text(json.dumps(local_path_helper_pod(), indent=2))
-    log_file = paths.logs / f"{PROVISIONER}.log"
-    seen = log_file.stat().st_size if log_file.exists() else 0
+    start_until_ready(
+        paths,
+        PROVISIONER,
+        local_path_provisioner_args(paths, kubeconfig),
+        marker=str(paths.provisioner_config),
+        ready=lambda logged: PROVISIONER_STARTED in logged,
+    )
+
+
+def log_since(log_file: Path, offset: int) -> str:
+    with contextlib.suppress(OSError), log_file.open("rb") as out:
+        out.seek(offset)
+        return out.read().decode(errors="replace")
+    return ""
+
+
+def start_until_ready(
+    paths: NodePaths,
+    name: str,
+    argv: Sequence[str | Path],
+    *,
+    marker: str,
+    ready: Callable[[str], bool],
+    timeout_s: float = 60.0,
+    attempts: int = START_ATTEMPTS,
+) -> None:
+    """Start NAME and wait until `ready` holds for what it has logged since. A component that
+    exits first is started again (up to `attempts` times in all); the error names the last
+    lines it wrote. Alive means a process naming `marker` (what it execs into) is."""
+    log_file = paths.logs / f"{name}.log"
+    for attempt in range(1, attempts + 1):
+        seen = log_file.stat().st_size if log_file.exists() else 0
+        start_process(paths, name, argv)
+        try:
+            wait_for(
+                name, started_probe(log_file, seen, marker, ready), timeout_s, NodeError, log_file
+            )
+            return
+        except ComponentExited as exited:
+            last = " | ".join(exited.logged.strip().splitlines()[-EXIT_LINES:]) or "(no output)"
+            if attempt == attempts:
+                raise NodeError(
+                    f"{name} exited at start {attempts} times; it last wrote: {last} "
+                    f"(log: {log_file})"
+                ) from None
+            log(f"{name} exited at start (attempt {attempt} of {attempts}): {last}; again")
+            time.sleep(attempt)
+
+
+def started_probe(
+    log_file: Path, offset: int, marker: str, ready: Callable[[str], bool]
+) -> Callable[[], bool]:
+    """True once `ready` holds for the log written past `offset`; ComponentExited once no
+    process names `marker` any more."""
 
     def started() -> bool:
-        if not provisioner_running(paths):
-            raise NodeError(f"{PROVISIONER} exited at start; see {log_file}")
-        with log_file.open("rb") as out:
-            out.seek(seen)
-            return PROVISIONER_STARTED.encode() in out.read()
+        alive = bool(processes_naming(marker))
+        logged = log_since(log_file, offset)  # read after: all it wrote, if it has exited
+        if ready(logged):
+            return True
+        if not alive:
+            raise ComponentExited(logged)
+        return False
 
-    start_process(paths, PROVISIONER, local_path_provisioner_args(paths, kubeconfig))
-    wait_for(PROVISIONER, started, 60, NodeError, log_file)
+    return started
 
 
 def remember_ip_forward(paths: NodePaths) -> None:
