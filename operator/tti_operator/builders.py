@@ -1,4 +1,5 @@
-"""Pure builders: the desired children (Deployment, Service) of one TextToImageModel.
+"""Pure builders: the desired children (Deployment, Service, NetworkPolicy) of one
+TextToImageModel.
 
 Each function maps (resource identity, parsed spec, operator settings) to a plain dict
 that is server-side applied as is. No I/O here, so everything is unit-tested without a
@@ -29,6 +30,8 @@ HF_HOME = f"{CACHE_DIR}/huggingface"
 GPU_RESOURCE = "nvidia.com/gpu"
 MANAGED_BY = "tti-operator"
 MODEL_LABEL = "tti.dev/model"
+#: Set by the API server on every namespace (Kubernetes >= 1.21): a namespace by its name.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 #: How long a pod may take to load (and download) its model before liveness applies:
 #: SDXL-Turbo's fp16 weights are ~7 GB, so allow 30 minutes on a slow link.
@@ -310,12 +313,57 @@ def build_deployment(
     }
 
 
+def pods_of(namespace: str, pod_labels: Mapping[str, str]) -> Obj:
+    """A NetworkPolicy peer: the pods with these labels in that one namespace."""
+    return {
+        "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: namespace}},
+        "podSelector": {"matchLabels": dict(pod_labels)},
+    }
+
+
+def tcp(*ports: int) -> list[Obj]:
+    return [{"protocol": "TCP", "port": port} for port in ports]
+
+
+def build_network_policy(owner: Owner, spec: ModelSpec, settings: OperatorSettings) -> Obj:
+    """Who may open a connection to the model's pods; everyone else is refused.
+
+    The gateway (it forwards HTTP), the operator (its autoscaler reads each pod's /metrics)
+    and the configured metrics scrapers reach the HTTP port; the callers `spec.access`
+    allows (by default the model's own namespace) reach both APIs, HTTP and gRPC. The node
+    itself (the kubelet's probes) is let in by the common engines (kube-router, Calico,
+    Cilium). Ingress only: a model still downloads its weights.
+    """
+    platform = [
+        pods_of(settings.gateway_namespace_or_own, settings.gateway_pod_labels),
+        pods_of(settings.own_namespace, settings.own_pod_labels),
+        *(peer.as_peer() for peer in settings.metrics_scrapers),
+    ]
+    rules: list[Obj] = [{"from": platform, "ports": tcp(PORT)}]
+    # A rule without `from` would let everyone in: no callers, no rule.
+    if callers := [peer.as_peer() for peer in spec.callers]:
+        rules.append({"from": callers, "ports": tcp(PORT, GRPC_PORT)})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(owner),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(owner.name)},
+            "policyTypes": ["Ingress"],
+            "ingress": rules,
+        },
+    }
+
+
 def desired_children(
     owner: Owner, spec: ModelSpec, settings: OperatorSettings, weights: Weights | None = None
 ) -> list[Obj]:
-    """Every child the model should have now, in the order they are applied (the
-    Deployment, which the rollout waits on, first); `weights` is its cache entry, if any."""
-    return [build_deployment(owner, spec, settings, weights), build_service(owner)]
+    """Every child the model should have now, in the order they are applied: the
+    NetworkPolicy first, so that no pod of the model ever runs unguarded, then the
+    Deployment, which the rollout waits on; `weights` is its cache entry, if any. An owned
+    child missing here is deleted where its kind allows (see `kinds`)."""
+    guard = [build_network_policy(owner, spec, settings)] if settings.network_policies else []
+    return [*guard, build_deployment(owner, spec, settings, weights), build_service(owner)]
 
 
 def build_event(

@@ -1,9 +1,9 @@
 """The kinds the operator watches and writes, as data: one row per kind, read by everything else.
 
 The client takes its API paths from a row, the informer what to watch and what to keep of
-each object, the reconciler how to tell a hand edit from its own write, the status which
-summaries to read; a test checks the chart's RBAC grants each row exactly the verbs it
-implies. A model's own children are `CHILD_KINDS` (adding one is a row here plus its
+each object, the reconciler how to tell a hand edit from its own write and whether it may
+delete a child it no longer wants, the status which summaries to read; a test checks the
+chart's RBAC grants each row exactly the verbs it implies. A model's own children are `CHILD_KINDS` (adding one is a row here plus its
 builder in `builders.desired_children`); the model cache's objects, shared by the models
 that name an entry and owned by none of them, are `CACHE_KINDS` (see `weights`).
 """
@@ -38,7 +38,8 @@ class ChildKind:
     #: What the informer keeps of each object besides its identity (None: nothing).
     summarise: Callable[[Mapping[str, Any]], object] | None
     drift: Drift
-    #: Deleted by the operator (the model cache's fetch Jobs once read, its expired claims).
+    #: Deleted by the operator (a model's NetworkPolicy no longer wanted, the model cache's
+    #: fetch Jobs once read, its expired claims).
     deleted: bool = False
 
     @property
@@ -61,7 +62,7 @@ class ChildKind:
     @property
     def verbs(self) -> frozenset[str]:
         """What the operator's RBAC must grant on this kind: watched always (list, watch),
-        server-side applied (`patch`, and `create` for an apply that creates)."""
+        server-side applied (`patch`, and `create` for an apply that creates), deleted."""
         verbs = {"list", "watch"}
         if self.applied:
             verbs |= {"create", "patch"}
@@ -70,14 +71,24 @@ class ChildKind:
         return frozenset(verbs)
 
 
-# Every child is desired for as long as its model exists: the children go with their model
-# by owner-reference garbage collection, and the operator deletes none of them.
+# The Deployment and the Service are desired for as long as their model exists: they go with
+# it by owner-reference garbage collection, and the operator never deletes one.
 DEPLOYMENT = ChildKind("Deployment", "apps/v1", "deployments", deployment_state, Drift.GENERATION)
 SERVICE = ChildKind("Service", "v1", "services", None, Drift.VERSION)
 #: The pods are the Deployment's: watched for the status (scheduling, crash loops, pulls).
 POD = ChildKind("Pod", "v1", "pods", pod_state, Drift.NONE)
+#: Desired while the operator's `network_policies` setting is on (the chart's
+#: networkPolicies.enabled); turned off, the reconcile deletes (prunes) the ones it made.
+NETWORK_POLICY = ChildKind(
+    "NetworkPolicy",
+    "networking.k8s.io/v1",
+    "networkpolicies",
+    None,
+    Drift.GENERATION,
+    deleted=True,
+)
 
-CHILD_KINDS: tuple[ChildKind, ...] = (DEPLOYMENT, SERVICE, POD)
+CHILD_KINDS: tuple[ChildKind, ...] = (DEPLOYMENT, SERVICE, POD, NETWORK_POLICY)
 
 #: A cache entry's claim (annotated with what its fetch found, deleted once unused for the
 #: retention), its fetch Job (deleted once its result is on the claim) and the Job's pods.

@@ -7,9 +7,11 @@ events) and its children from the informer's `ChildCache`, then
 1. builds the desired children with the pure builders and server-side applies those that
    need it: all of them for a generation this process has not applied, else only a child
    deleted or edited by someone else (see `judge`);
-2. computes the status from the children and patches it if it changed.
+2. deletes the model's own children that are no longer desired, of the kinds that allow it
+   (the NetworkPolicy, when the operator's `network_policies` setting is turned off);
+3. computes the status from the children and patches it if it changed.
 
-It deletes nothing: every child is wanted while its model exists, and goes with it by
+The Deployment and the Service are wanted while their model exists, and go with it by
 owner-reference garbage collection.
 
 A model that is gone, being deleted or replaced by a namesake needs no special case: its
@@ -202,6 +204,8 @@ class ModelState:
     posted: dict[str, Any] | None = None
     #: The cache entry and commit the applied children were built with (None: no entry).
     weights: tuple[str, str] | None = None
+    #: Uids of the children this process deleted, so a lagging watch does not delete again.
+    pruned: set[str] = field(default_factory=set)
 
 
 class Verdict(enum.Enum):
@@ -308,6 +312,7 @@ class Reconciler:
             weights, again_s = await self._weights(record, spec)
             converged_s = await self._converge(record, state, spec, fresh, weights)
             again_s = min((t for t in (again_s, converged_s) if t is not None), default=None)
+            await self._prune(record, state)
         await self._publish(record, state, fresh, weights)
         return again_s
 
@@ -386,10 +391,11 @@ class Reconciler:
     async def _write(
         self, record: ModelRecord, state: ModelState, objs: list[Obj], fresh: dict[str, object]
     ) -> None:
-        """Apply `objs` one after the other, in the builder's order (the Deployment first:
-        under a burst every model's Deployment, which the rest of the rollout waits on,
-        then reaches the client's queue of writes before any Service or status patch);
-        then the Created/Updated Event for what was written, also when one failed."""
+        """Apply `objs` one after the other, in the builder's order (the NetworkPolicy, so
+        that no pod runs unguarded, then the Deployment: under a burst every model's
+        Deployment, which the rest of the rollout waits on, reaches the client's queue of
+        writes before any Service or status patch); then the Created/Updated Event for what
+        was written, also when one failed."""
         created, updated = [], []
         try:
             for obj in objs:
@@ -429,12 +435,36 @@ class Reconciler:
     def _announce_writes(self, record: ModelRecord, created: list[str], updated: list[str]) -> None:
         name = record.owner.name
         if created:
-            self._emit(record.ref, "Normal", "Created", f"created {' and '.join(created)} {name}")
+            self._emit(record.ref, "Normal", "Created", f"created {_listed(created)} {name}")
         for what in updated:
             message = f"updated {what} to generation {record.generation}"
             self._emit(record.ref, "Normal", "Updated", message)
 
-    # 2. The status.
+    # 2. Pruning.
+
+    async def _prune(self, record: ModelRecord, state: ModelState) -> None:
+        """Delete the model's own children that are no longer desired, where the kind allows.
+
+        Owned means its controlling owner reference names this model's uid: a child that
+        merely carries the model's labels (someone else's) is never touched.
+        """
+        if state.refused:
+            return  # what is desired was not applied: keep what serves now
+        for kind in self.kinds:
+            if not kind.deleted:
+                continue
+            for name, child in list(self.cache.children(kind, record.key).items()):
+                if child.deleted or child.uid in state.pruned or (kind.kind, name) in state.desired:
+                    continue
+                if child.controller_uid != record.owner.uid:
+                    continue
+                await self.client.delete(kind, record.owner.namespace, name, child.uid)
+                state.pruned.add(child.uid)
+                state.written.pop((kind.kind, name), None)
+                message = f"deleted {kind.kind} {name}: no longer wanted"
+                self._emit(record.ref, "Normal", "Deleted", message)
+
+    # 3. The status.
 
     async def _publish(
         self,
@@ -519,6 +549,11 @@ def _desired(spec: ModelSpec | InvalidSpec, raw_spec: Mapping[str, Any]) -> tupl
         return spec.replicas, spec.gpus
     gpus = raw_spec.get("gpus", 0)
     return declared_replicas(raw_spec), gpus if isinstance(gpus, int) else 0
+
+
+def _listed(words: list[str]) -> str:
+    """Words as a sentence lists them: A; A and B; A, B and C."""
+    return " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
 
 
 def _now() -> str:

@@ -7,6 +7,18 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tti_operator.spec import Peer
+
+#: The labels of the chart's operator and gateway pods, less the release's instance label.
+CHART_OPERATOR_LABELS = {
+    "app.kubernetes.io/name": "tti-operator",
+    "app.kubernetes.io/component": "operator",
+}
+CHART_GATEWAY_LABELS = {
+    "app.kubernetes.io/name": "tti-operator-gateway",
+    "app.kubernetes.io/component": "gateway",
+}
+
 
 class OperatorSettings(BaseSettings):
     """Each field is also the environment variable `TTI_OPERATOR_<FIELD>`."""
@@ -110,10 +122,50 @@ class OperatorSettings(BaseSettings):
         description="where a model pod's server reports its load; {ip} is the pod's IP",
     )
 
+    network_policies: bool = Field(
+        True,
+        description="give each model a NetworkPolicy: its pods accept the gateway, the "
+        "operator, the metrics scrapers and what spec.access allows; false: none, and the "
+        "operator deletes those it made",
+    )
+    own_namespace: str = Field(
+        "tti-system",
+        min_length=1,
+        description="the namespace of the operator's own pods (the chart's release namespace)",
+    )
+    own_pod_labels: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=lambda: dict(CHART_OPERATOR_LABELS),
+        min_length=1,
+        description="labels of the operator's own pods (k=v,k=v): let in to read a model "
+        "pod's /metrics",
+    )
+    gateway_namespace: str = Field(
+        "", description="the namespace of the gateway's pods; empty: the operator's own"
+    )
+    gateway_pod_labels: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=lambda: dict(CHART_GATEWAY_LABELS),
+        min_length=1,
+        description="labels of the gateway's pods (k=v,k=v): let in to a model's HTTP port",
+    )
+    metrics_scrapers: tuple[Peer, ...] = Field(
+        (),
+        description="NetworkPolicy peers (JSON: namespaceSelector, podSelector) let in to "
+        "read a model pod's /metrics (its HTTP port), e.g. Prometheus; empty: none",
+    )
+
     @field_validator("namespaces", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         return comma_list(value)
+
+    @field_validator("own_pod_labels", "gateway_pod_labels", mode="before")
+    @classmethod
+    def _labels(cls, value: object) -> object:
+        return label_map(value)
+
+    @property
+    def gateway_namespace_or_own(self) -> str:
+        return self.gateway_namespace or self.own_namespace
 
 
 def comma_list(value: object) -> object:
@@ -121,3 +173,16 @@ def comma_list(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def label_map(value: object) -> object:
+    """`k=v,k2=v2` as {"k": "v", "k2": "v2"}: labels from one environment variable."""
+    if not isinstance(value, str):
+        return value
+    labels = {}
+    for pair in filter(None, (part.strip() for part in value.split(","))):
+        key, equals, label = pair.partition("=")
+        if not equals or not key.strip():
+            raise ValueError(f"{pair!r} is not key=value")
+        labels[key.strip()] = label.strip()
+    return labels

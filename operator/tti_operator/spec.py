@@ -109,6 +109,60 @@ class Autoscaling(_Strict):
         return self
 
 
+class SelectorRequirement(_Strict):
+    """One `matchExpressions` entry of a label selector, as Kubernetes defines it."""
+
+    key: str = Field(min_length=1)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _values_fit_the_operator(self) -> SelectorRequirement:
+        if self.operator in ("In", "NotIn") and not self.values:
+            raise ValueError(f"{self.operator} needs values")
+        if self.operator in ("Exists", "DoesNotExist") and self.values:
+            raise ValueError(f"{self.operator} takes no values")
+        return self
+
+
+class LabelSelector(_Strict):
+    """A Kubernetes label selector; empty, it selects everything."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict, alias="matchLabels")
+    match_expressions: tuple[SelectorRequirement, ...] = Field((), alias="matchExpressions")
+
+
+class Peer(_Strict):
+    """Pods allowed to call a model, as a NetworkPolicy peer: those of the namespaces
+    `namespaceSelector` picks (unset: the model's own namespace), narrowed to those
+    `podSelector` picks (unset: every one)."""
+
+    namespace_selector: LabelSelector | None = Field(None, alias="namespaceSelector")
+    pod_selector: LabelSelector | None = Field(None, alias="podSelector")
+
+    @model_validator(mode="after")
+    def _selects_something(self) -> Peer:
+        if self.namespace_selector is None and self.pod_selector is None:
+            raise ValueError("set namespaceSelector, podSelector or both")
+        return self
+
+    def as_peer(self) -> dict[str, Any]:
+        """The NetworkPolicy peer (an empty selector stays: it means "every")."""
+        return self.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+
+
+#: Who may call a model directly when its spec does not say: every pod of its own namespace
+#: (a caikit client beside the model keeps working); other namespaces go through the gateway.
+OWN_NAMESPACE = (Peer.model_validate({"podSelector": {}}),)
+
+
+class Access(_Strict):
+    """`spec.access`: who may call the model's Service (8080, 8085) besides the gateway and
+    the operator. `from` unset: the model's own namespace; `from: []`: nobody else."""
+
+    from_: tuple[Peer, ...] | None = Field(None, alias="from", max_length=32)
+
+
 class ModelSpec(_Strict):
     """`spec` of a TextToImageModel, field names as in the CRD."""
 
@@ -126,6 +180,12 @@ class ModelSpec(_Strict):
     node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
     tolerations: tuple[Toleration, ...] = ()
     env: tuple[EnvVar, ...] = ()
+    access: Access = Field(default_factory=lambda: Access.model_validate({}))
+
+    @property
+    def callers(self) -> tuple[Peer, ...]:
+        """Who may call the model directly (besides the gateway and the operator)."""
+        return OWN_NAMESPACE if self.access.from_ is None else self.access.from_
 
     @property
     def gpus(self) -> int:

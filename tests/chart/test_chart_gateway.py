@@ -49,6 +49,7 @@ def test_defaults_run_the_gateway_with_its_own_account_and_cluster_role(helm: He
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
+        "NetworkPolicy",
         "Service",
         "ServiceAccount",
     ]

@@ -84,6 +84,7 @@ def test_defaults_install_a_cluster_wide_operator(helm: Helm) -> None:
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
+        "NetworkPolicy",
         "ServiceAccount",
     ]
     binding = one(objects, "ClusterRoleBinding")
@@ -177,18 +178,23 @@ def granted(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
     }
 
 
-#: The only deletes: the model cache's own fetch Jobs (once read) and expired claims.
-CACHE_DELETES = {("", "persistentvolumeclaims", "delete"), ("batch", "jobs", "delete")}
+#: The only deletes: a model's NetworkPolicy once policies are turned off, the model
+#: cache's own fetch Jobs (once read) and expired claims.
+ALLOWED_DELETES = {
+    ("networking.k8s.io", "networkpolicies", "delete"),
+    ("", "persistentvolumeclaims", "delete"),
+    ("batch", "jobs", "delete"),
+}
 
 
-def test_rbac_grants_no_wildcards_no_secrets_and_deletes_only_the_caches_own(helm: Helm) -> None:
+def test_rbac_grants_no_wildcards_no_secrets_and_deletes_only_what_it_prunes(helm: Helm) -> None:
     for objects in (helm.template(), helm.template("watchNamespaces={team-a}")):
         for role in objects_of(objects, "ClusterRole") + objects_of(objects, "Role"):
             triples = granted(role["rules"])
             assert not [t for t in triples if "*" in t], "wildcards are not least privilege"
             assert not [t for t in triples if t[1] in {"secrets", "configmaps"}]
             deletes = {t for t in triples if t[2] in {"delete", "deletecollection", "escalate"}}
-            assert deletes <= CACHE_DELETES
+            assert deletes <= ALLOWED_DELETES
 
 
 def test_rbac_lets_the_autoscaler_patch_the_scale_subresource_only(helm: Helm) -> None:
@@ -363,6 +369,9 @@ def test_operator_env_is_what_its_settings_read(
     assert settings.liveness_port == container["ports"][0]["containerPort"]
     assert settings.autoscale_interval_s == 2
     assert settings.gateway_url == "http://tti-tti-operator-gateway.tti-system.svc:9090"
+    assert settings.network_policies
+    assert (settings.own_namespace, settings.gateway_namespace_or_own) == ("tti-system",) * 2
+    assert settings.metrics_scrapers == ()
 
 
 def documented_rbac() -> set[tuple[str, str, str]]:
@@ -392,8 +401,8 @@ def test_rbac_is_exactly_what_the_operator_docs_list(helm: Helm) -> None:
 
 
 def test_rbac_grants_each_child_kind_exactly_what_its_row_implies(helm: Helm) -> None:
-    """The kinds table drives the watches and the applies; the chart must grant each kind
-    just that (`list`/`watch`; `create`/`patch` if applied)."""
+    """The kinds table drives the watches, the applies and the pruning; the chart must grant
+    each kind just that (`list`/`watch`; `create`/`patch` if applied; `delete` if pruned)."""
     for objects in (helm.template(), helm.template("watchNamespaces={team-a}")):
         for role in objects_of(operator_part(objects), "ClusterRole") + objects_of(
             operator_part(objects), "Role"

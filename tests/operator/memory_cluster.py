@@ -38,6 +38,7 @@ class MemoryApi(KubeClient):
         super().__init__("test")
         self.objects: dict[tuple[str, str], Obj] = {}  # (kind, name) -> object
         self.applies: list[tuple[str, str]] = []
+        self.deletes: list[tuple[str, str]] = []
         self.statuses: list[Obj] = []
         self.status_of: dict[str, list[Obj]] = {}
         #: The scale writes, as (name, replicas).
@@ -88,6 +89,13 @@ class MemoryApi(KubeClient):
             return False, copy.deepcopy(stored)
         self._store(kind, stored, "ADDED" if old is None else "MODIFIED")
         return old is None, copy.deepcopy(stored)
+
+    async def delete(self, kind: ChildKind, namespace: str, name: str, uid: str) -> None:
+        obj = self.objects.get((kind.kind, name))
+        if obj is None or obj["metadata"]["uid"] != uid:
+            return
+        self.deletes.append((kind.kind, name))
+        self.remove(kind, name)
 
     async def patch_status(self, namespace: str, name: str, status: Obj) -> None:
         if self.refuse_status is not None:
@@ -218,7 +226,12 @@ def pod(model: str, name: str, reason: str | None = None, message: str = "") -> 
 class Harness:
     """A `Controller` on its own event loop, with the in-memory API and an Event sink."""
 
-    def __init__(self, status_delay_s: float = 0, api: MemoryApi | None = None) -> None:
+    def __init__(
+        self,
+        status_delay_s: float = 0,
+        api: MemoryApi | None = None,
+        network_policies: bool = True,
+    ) -> None:
         self.loop = asyncio.new_event_loop()
         self.api = api or MemoryApi()
         self.events: list[tuple[str, str]] = []
@@ -229,6 +242,7 @@ class Harness:
                 # The autoscaler's own loop ticks once at the start, on no models: the tests
                 # tick it themselves (`tick`), one decision per model and state.
                 "autoscale_interval_s": AUTOSCALE_INTERVAL_S,
+                "network_policies": network_policies,
             }
         )
         self.controller = Controller(

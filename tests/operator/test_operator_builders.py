@@ -1,4 +1,5 @@
-"""The pure builders: the Deployment and Service a TextToImageModel turns into."""
+"""The pure builders: the Deployment, Service and NetworkPolicy a TextToImageModel turns
+into."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from tti_operator.builders import (
     GPU_RESOURCE,
     Owner,
     build_deployment,
+    build_network_policy,
     build_service,
+    desired_children,
     selector_labels,
     selector_string,
 )
@@ -36,8 +39,28 @@ def arg(args: list[str], flag: str) -> str | None:
     return args[args.index(flag) + 1] if flag in args else None
 
 
+def policy(settings: OperatorSettings | None = None, **spec: Any) -> dict[str, Any]:
+    return build_network_policy(OWNER, parse_spec({"model": "stub", **spec}), settings or CHART)
+
+
+#: The operator as the chart runs it: release `tti` in `tti-system`.
+CHART = OperatorSettings(
+    own_namespace="tti-system",
+    own_pod_labels={
+        "app.kubernetes.io/name": "tti-operator",
+        "app.kubernetes.io/instance": "tti",
+        "app.kubernetes.io/component": "operator",
+    },
+    gateway_pod_labels={
+        "app.kubernetes.io/name": "tti-operator-gateway",
+        "app.kubernetes.io/instance": "tti",
+        "app.kubernetes.io/component": "gateway",
+    },
+)
+
+
 def test_children_are_owned_by_the_resource_as_controller() -> None:
-    for child in (deployment(model="stub"), build_service(OWNER)):
+    for child in (deployment(model="stub"), build_service(OWNER), policy()):
         meta = child["metadata"]
         assert (meta["name"], meta["namespace"]) == ("turbo", "ml")
         assert meta["ownerReferences"] == [
@@ -256,3 +279,105 @@ def test_selector_string_matches_the_selector_labels() -> None:
 
 def test_builders_are_deterministic() -> None:
     assert deployment(model="sdxl-turbo", gpus=3) == deployment(model="sdxl-turbo", gpus=3)
+
+
+# The NetworkPolicy.
+
+GATEWAY = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "tti-system"}},
+    "podSelector": {
+        "matchLabels": {
+            "app.kubernetes.io/name": "tti-operator-gateway",
+            "app.kubernetes.io/instance": "tti",
+            "app.kubernetes.io/component": "gateway",
+        }
+    },
+}
+OPERATOR = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "tti-system"}},
+    "podSelector": {
+        "matchLabels": {
+            "app.kubernetes.io/name": "tti-operator",
+            "app.kubernetes.io/instance": "tti",
+            "app.kubernetes.io/component": "operator",
+        }
+    },
+}
+HTTP = [{"protocol": "TCP", "port": 8080}]
+BOTH_APIS = [{"protocol": "TCP", "port": 8080}, {"protocol": "TCP", "port": 8085}]
+
+
+def test_the_policy_guards_exactly_the_models_pods_for_ingress_only() -> None:
+    spec = policy()["spec"]
+    assert spec["podSelector"] == {"matchLabels": deployment(model="stub")["spec"]["selector"][
+        "matchLabels"]}  # fmt: skip
+    assert spec["policyTypes"] == ["Ingress"]  # the model still downloads its weights
+
+
+def test_by_default_the_gateway_the_operator_and_the_models_own_namespace_get_in() -> None:
+    assert policy()["spec"]["ingress"] == [
+        # The gateway forwards HTTP; the operator's autoscaler reads /metrics there.
+        {"from": [GATEWAY, OPERATOR], "ports": HTTP},
+        # A podSelector alone: every pod of the policy's (the model's) own namespace.
+        {"from": [{"podSelector": {}}], "ports": BOTH_APIS},
+    ]
+
+
+def test_spec_access_names_the_callers_of_both_apis() -> None:
+    team = {"namespaceSelector": {"matchLabels": {"team": "ml"}}}
+    clients = {
+        "namespaceSelector": {
+            "matchExpressions": [{"key": "env", "operator": "In", "values": ["dev", "prod"]}]
+        },
+        "podSelector": {"matchLabels": {"app": "caikit-client"}},
+    }
+    rules = policy(access={"from": [team, clients]})["spec"]["ingress"]
+    assert rules[1] == {"from": [team, clients], "ports": BOTH_APIS}
+    assert policy(access={"from": [{"namespaceSelector": {}}]})["spec"]["ingress"][1] == {
+        "from": [{"namespaceSelector": {}}],  # every namespace: an empty selector stays
+        "ports": BOTH_APIS,
+    }
+
+
+def test_access_from_nobody_leaves_no_rule_that_would_let_everyone_in() -> None:
+    """An ingress rule without `from` admits every source: no callers, no rule at all."""
+    rules = policy(access={"from": []})["spec"]["ingress"]
+    assert rules == [{"from": [GATEWAY, OPERATOR], "ports": HTTP}]
+    assert all(rule.get("from") for rule in policy()["spec"]["ingress"])
+
+
+def test_the_gateway_may_live_elsewhere_and_metrics_scrapers_read_the_http_port() -> None:
+    settings = CHART.model_copy(
+        update={
+            "gateway_namespace": "edge",
+            "metrics_scrapers": OperatorSettings.model_validate(
+                {"metrics_scrapers": [{"namespaceSelector": {"matchLabels": {"m": "y"}}}]}
+            ).metrics_scrapers,
+        }
+    )
+    [platform, _] = policy(settings)["spec"]["ingress"]
+    gateway, operator, scraper = platform["from"]
+    assert gateway["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "edge"}}
+    assert operator == OPERATOR
+    assert scraper == {"namespaceSelector": {"matchLabels": {"m": "y"}}}
+    assert platform["ports"] == HTTP
+
+
+def test_the_operators_defaults_match_the_charts_labels_less_the_release() -> None:
+    [platform, _] = policy(OperatorSettings())["spec"]["ingress"]
+    gateway, operator = platform["from"]
+    assert gateway["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "tti-operator-gateway",
+        "app.kubernetes.io/component": "gateway",
+    }
+    assert operator["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "tti-system"
+    }
+
+
+def test_the_policy_is_applied_first_and_only_while_the_setting_is_on() -> None:
+    spec = parse_spec({"model": "stub"})
+    kinds = [c["kind"] for c in desired_children(OWNER, spec, CHART)]
+    assert kinds == ["NetworkPolicy", "Deployment", "Service"]
+    off = CHART.model_copy(update={"network_policies": False})
+    assert [c["kind"] for c in desired_children(OWNER, spec, off)] == ["Deployment", "Service"]

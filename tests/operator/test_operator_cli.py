@@ -31,14 +31,39 @@ def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.server_image, settings.namespaces) == ("flag:2", ["c"])
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "field"),
+    [
+        ("TTI_OPERATOR_LIVENESS_PORT", "70000", "liveness_port"),
+        ("TTI_OPERATOR_OWN_POD_LABELS", "app=op,component", "own_pod_labels"),
+        ("TTI_OPERATOR_GATEWAY_POD_LABELS", "", "gateway_pod_labels"),
+        ("TTI_OPERATOR_METRICS_SCRAPERS", '[{"ipBlock": {}}]', "metrics_scrapers"),
+    ],
+)
 def test_a_bad_setting_is_one_line_naming_it(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    value: str,
+    field: str,
 ) -> None:
-    monkeypatch.setenv("TTI_OPERATOR_LIVENESS_PORT", "70000")
+    monkeypatch.setenv(variable, value)
     assert main([]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("tti-operator: invalid setting liveness_port")
+    assert err.startswith(f"tti-operator: invalid setting {field}"), err
     assert "\n" not in err
+
+
+def test_the_network_policy_settings_read_labels_and_peers_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TTI_OPERATOR_OWN_POD_LABELS", "a=1, b=2")
+    monkeypatch.setenv("TTI_OPERATOR_METRICS_SCRAPERS", '[{"namespaceSelector": {}}]')
+    monkeypatch.setenv("TTI_OPERATOR_OWN_NAMESPACE", "ops")
+    settings = load_settings(parse_args([]))
+    assert settings.own_pod_labels == {"a": "1", "b": "2"}
+    assert [p.as_peer() for p in settings.metrics_scrapers] == [{"namespaceSelector": {}}]
+    assert settings.gateway_namespace_or_own == "ops"  # unset: beside the operator
 
 
 @pytest.mark.parametrize("verbose", [False, True])

@@ -12,7 +12,15 @@ from typing import Any
 from tti_kube.client import KubeClient
 from tti_operator.builders import Owner, desired_children, labels, owner_reference
 from tti_operator.informer import ChildCache, Informer, Key
-from tti_operator.kinds import CHILD_KINDS, DEPLOYMENT, POD, SERVICE, Drift, kind_of
+from tti_operator.kinds import (
+    CHILD_KINDS,
+    DEPLOYMENT,
+    NETWORK_POLICY,
+    POD,
+    SERVICE,
+    Drift,
+    kind_of,
+)
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import parse_spec
 
@@ -24,19 +32,27 @@ def test_paths_come_from_the_row() -> None:
     assert DEPLOYMENT.object_path("ns", "m") == "/apis/apps/v1/namespaces/ns/deployments/m"
     assert SERVICE.collection_path("ns") == "/api/v1/namespaces/ns/services"
     assert (DEPLOYMENT.group, POD.group) == ("apps", "")
+    assert NETWORK_POLICY.object_path("ns", "m") == (
+        "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/m"
+    )
 
 
 def test_verbs_follow_what_the_operator_does_with_a_kind() -> None:
     assert DEPLOYMENT.verbs == {"list", "watch", "create", "patch"}
     assert POD.verbs == {"list", "watch"}
-    assert not any("delete" in kind.verbs for kind in CHILD_KINDS)  # garbage collection does
+    # Garbage collection takes the children with their model; only a NetworkPolicy is
+    # deleted by the operator, once told to make none.
+    assert [kind for kind in CHILD_KINDS if "delete" in kind.verbs] == [NETWORK_POLICY]
+    assert NETWORK_POLICY.verbs == {"list", "watch", "create", "patch", "delete"}
 
 
 def test_every_built_child_has_a_row_that_applies_it() -> None:
     spec = parse_spec({"model": "sdxl-turbo"})
-    for obj in desired_children(Owner("m", "ns", "u"), spec, OperatorSettings(server_image="img")):
+    built = desired_children(Owner("m", "ns", "u"), spec, OperatorSettings(server_image="img"))
+    for obj in built:
         kind = kind_of(obj)
         assert kind.applied and kind.drift is not Drift.NONE, kind.kind
+    assert {kind_of(obj) for obj in built} == {k for k in CHILD_KINDS if k.applied}
 
 
 def child(kind: str, name: str, model: str | None, uid: str, **meta: Any) -> Obj:

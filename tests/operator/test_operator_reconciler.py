@@ -20,9 +20,11 @@ from memory_cluster import Harness, MemoryApi, body, owned_by, pod, refuse_name
 
 from tti_kube.client import ApiError, KubeClient
 from tti_operator.builders import labels
-from tti_operator.kinds import DEPLOYMENT, POD, SERVICE
+from tti_operator.kinds import DEPLOYMENT, NETWORK_POLICY, POD, SERVICE
 
 Obj = dict[str, Any]
+#: What a model gets, in the order it is applied.
+CHILDREN = [("NetworkPolicy", "m"), ("Deployment", "m"), ("Service", "m")]
 
 
 @pytest.fixture
@@ -36,9 +38,10 @@ def condition(status: Obj, kind: str) -> Obj:
     return next(c for c in status["conditions"] if c["type"] == kind)
 
 
-def test_create_applies_both_children_posts_created_and_a_status(h: Harness) -> None:
+def test_create_applies_every_child_posts_created_and_a_status(h: Harness) -> None:
     h.model(body())
-    assert sorted(h.api.applies) == [("Deployment", "m"), ("Service", "m")]
+    # The NetworkPolicy first: no pod of the model runs before its policy exists.
+    assert h.api.applies == CHILDREN
     assert h.events == [("Normal", "Created")]
     assert len(h.api.statuses) == 1
     assert h.api.statuses[0]["phase"] == "Progressing"
@@ -50,7 +53,7 @@ def test_every_event_posted_is_logged_too(h: Harness, caplog: pytest.LogCaptureF
         h.model(body())
         h.model(body({"model": "dalle"}, generation=2), "MODIFIED")
     logged = [(r.levelname, r.getMessage()) for r in caplog.records]
-    assert ("INFO", "ns/m: Created: created Deployment and Service m") in logged
+    assert ("INFO", "ns/m: Created: created NetworkPolicy, Deployment and Service m") in logged
     assert any(level == "WARNING" and "ns/m: Failed: InvalidSpec" in m for level, m in logged)
 
 
@@ -61,7 +64,7 @@ def test_reconciling_an_unchanged_resource_writes_no_status_and_posts_nothing(
     h.events.clear()
     h.enqueue()
     assert len(h.api.statuses) == 1
-    assert len(h.api.applies) == 2
+    assert len(h.api.applies) == len(CHILDREN)
     assert h.events == []
 
 
@@ -164,7 +167,7 @@ def test_spec_changes_in_a_burst_apply_only_the_latest(h: Harness) -> None:
         spec = {"model": "stub", "replicas": replicas}
         h.model(body(spec, generation=replicas), "MODIFIED", settle=False)
     h.settle()
-    assert h.api.applies[applies:] == [("Deployment", "m"), ("Service", "m")]
+    assert h.api.applies[applies:] == CHILDREN
     assert h.stored("Deployment")["spec"]["replicas"] == 4
     assert h.api.statuses[-1]["observedGeneration"] == 4
 
@@ -194,7 +197,7 @@ def test_a_refused_apply_is_permanent_and_an_unreachable_api_is_retried(h: Harne
     h.run(h.until(lambda: h.controller.queue.failures(("ns", "m")) >= 2, "two failed tries"))
     h.api.refuse = None
     h.settle()
-    assert sorted(h.api.applies) == [("Deployment", "m"), ("Service", "m")]  # by the retry
+    assert h.api.applies == CHILDREN  # by the retry
     assert condition(h.api.statuses[-1], "Degraded")["status"] == "False"
     assert h.controller.queue.failures(("ns", "m")) == 0
 
@@ -205,7 +208,7 @@ def test_an_unexpected_error_is_retried_not_left_until_the_next_spec_change(h: H
     h.run(h.until(lambda: h.controller.queue.failures(("ns", "m")) >= 1, "a failed try"))
     h.api.refuse = None
     h.settle()
-    assert sorted(h.api.applies) == [("Deployment", "m"), ("Service", "m")]
+    assert h.api.applies == CHILDREN
     assert h.api.statuses[-1]["observedGeneration"] == 1
 
 
@@ -242,12 +245,12 @@ def test_a_model_is_reconciled_once_per_generation_and_its_own_echoes_are_ignore
     h: Harness,
 ) -> None:
     h.model(body(), None)  # the listing after a start
-    assert len(h.api.applies) == 2
+    assert len(h.api.applies) == len(CHILDREN)
     reconciles = len(h.reconciles)
     h.model(body(), "MODIFIED")  # the echo of its own status patch
     assert len(h.reconciles) == reconciles
     h.model(body({"model": "stub", "replicas": 2}, generation=2), "MODIFIED")
-    assert len(h.api.applies) == 4
+    assert len(h.api.applies) == 2 * len(CHILDREN)
     record = h.record()
     assert record is not None and record.generation == 2
     h.model(body(generation=2), "DELETED")
@@ -259,14 +262,14 @@ def test_a_model_created_again_under_its_name_is_reconciled_in_either_order(h: H
     h.model(body())
     applies = len(h.api.applies)
     h.model(body(uid="u2"), "ADDED")  # generation 1 as well
-    assert len(h.api.applies) == applies + 2
+    assert len(h.api.applies) == applies + len(CHILDREN)
     owners = h.stored("Deployment")["metadata"]["ownerReferences"]
     assert [owner["uid"] for owner in owners] == ["u2"]
     h.model(body(), "DELETED")  # the old one's deletion, seen late
     h.model(body(), "MODIFIED")  # and an older event of it
     record = h.record()
     assert record is not None and record.owner.uid == "u2"
-    assert len(h.api.applies) == applies + 2
+    assert len(h.api.applies) == applies + len(CHILDREN)
 
 
 def test_a_model_deleted_and_created_again_gets_fresh_children(h: Harness) -> None:
@@ -397,19 +400,19 @@ def test_a_write_not_yet_shown_by_the_watch_is_not_written_again(h: Harness) -> 
     h.settle(waiting_ok=True)
     h.enqueue(settle=False)  # a pod event, say, before the Deployment's and Service's own
     h.settle(waiting_ok=True)  # it asks to look again later, should the events never come
-    assert len(h.api.applies) == 2
+    assert len(h.api.applies) == len(CHILDREN)
     h.api.flush()
     h.settle()
-    assert len(h.api.applies) == 2
+    assert len(h.api.applies) == len(CHILDREN)
 
 
 # Deleting.
 
 
-def test_the_operator_deletes_nothing_not_even_an_owned_child_it_did_not_build(
+def test_the_operator_deletes_no_deployment_or_service_not_even_an_owned_one_it_did_not_build(
     h: Harness,
 ) -> None:
-    """Children go with their model by garbage collection; the RBAC has no `delete`."""
+    """They go with their model by garbage collection; the RBAC has no `delete` on them."""
     h.model(body())
     extra = owned_by(h.stored("Service"), uid="u")
     extra["metadata"] = {**extra["metadata"], "name": "m-extra"}
@@ -417,6 +420,60 @@ def test_the_operator_deletes_nothing_not_even_an_owned_child_it_did_not_build(
     h.api.put(SERVICE, extra)
     h.enqueue()
     assert ("Service", "m-extra") in h.api.objects
+    assert h.api.deletes == []
+
+
+def test_network_policies_turned_off_the_operator_deletes_the_ones_it_made() -> None:
+    first = Harness()
+    api = first.api
+    try:
+        first.model(body())
+        assert ("NetworkPolicy", "m") in api.objects
+    finally:
+        first.close()
+    api.loop = None
+
+    second = Harness(api=api, network_policies=False)  # restarted with the setting off
+    try:
+        for (kind_name, _), obj in list(api.objects.items()):  # the informer's first listing
+            kind = {k.kind: k for k in (DEPLOYMENT, SERVICE, NETWORK_POLICY)}[kind_name]
+            second.observe(kind, None, obj)
+        second.model(body(), None)
+        assert api.deletes == [("NetworkPolicy", "m")]
+        assert ("NetworkPolicy", "m") not in api.objects
+        assert {("Deployment", "m"), ("Service", "m")} <= set(api.objects)
+        assert ("Normal", "Deleted") in second.events
+        second.enqueue()
+        assert len(api.deletes) == 1
+    finally:
+        second.close()
+
+
+def test_a_network_policy_the_model_does_not_own_is_never_deleted() -> None:
+    h = Harness(network_policies=False)
+    try:
+        h.model(body())
+        theirs = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy"}
+        h.api.put(NETWORK_POLICY, owned_by({**theirs, "metadata": {"name": "m"}}, uid="other"))
+        unowned = {**theirs, "metadata": {"name": "m-own", "labels": labels("m")}}
+        h.api.put(NETWORK_POLICY, unowned)  # our labels, no owner
+        h.model(body({"model": "stub", "replicas": 2}, generation=2), "MODIFIED")
+        assert h.api.deletes == []
+        assert {("NetworkPolicy", "m"), ("NetworkPolicy", "m-own")} <= set(h.api.objects)
+    finally:
+        h.close()
+
+
+def test_a_hand_deleted_network_policy_is_put_back(h: Harness) -> None:
+    h.model(body())
+    applies = len(h.api.applies)
+    h.api.remove(NETWORK_POLICY, "m")
+    h.settle()
+    assert h.api.applies[applies:] == [("NetworkPolicy", "m")]
+    h.api.edit(NETWORK_POLICY, "m", lambda n: n["spec"].update(ingress=[{}]), spec=True)
+    h.settle()  # a hand edit that would let everyone in
+    assert h.api.applies[applies + 1 :] == [("NetworkPolicy", "m")]
+    assert {} not in h.stored("NetworkPolicy")["spec"]["ingress"]
 
 
 # A restart: a new process with nothing in memory, and the cluster as the old one left it.
@@ -437,7 +494,7 @@ def test_an_operator_restarted_mid_way_converges() -> None:
 
     second = Harness(api=api)
     try:
-        for kind in (DEPLOYMENT, SERVICE):  # the informer's first listing
+        for kind in (DEPLOYMENT, SERVICE, NETWORK_POLICY):  # the informer's first listing
             for (each, _name), obj in list(api.objects.items()):
                 if each == kind.kind:
                     second.observe(kind, None, obj)

@@ -44,6 +44,22 @@ def test_autoscaling_defaults_aim_at_a_few_requests_per_replica_and_keep_one() -
     assert (scaling.target_in_flight, scaling.scale_down_delay_s) == (2.0, 300)
 
 
+def test_access_defaults_to_the_models_own_namespace() -> None:
+    own = [{"podSelector": {}}]
+    assert [p.as_peer() for p in parse_spec({"model": "stub"}).callers] == own
+    assert [p.as_peer() for p in parse_spec({"model": "stub", "access": {}}).callers] == own
+    assert parse_spec({"model": "stub", "access": {"from": []}}).callers == ()
+
+
+def test_access_peers_keep_what_was_written() -> None:
+    peer = {
+        "namespaceSelector": {"matchExpressions": [{"key": "team", "operator": "Exists"}]},
+        "podSelector": {"matchLabels": {"app": "client"}},
+    }
+    [parsed] = parse_spec({"model": "stub", "access": {"from": [peer]}}).callers
+    assert parsed.as_peer() == peer
+
+
 @pytest.mark.parametrize(
     ("raw", "field"),
     [
@@ -72,6 +88,44 @@ def test_autoscaling_defaults_aim_at_a_few_requests_per_replica_and_keep_one() -
             {"model": "stub", "autoscaling": {"maxReplicas": 2, "targetInFlight": 0}},
             "spec.autoscaling.targetInFlight",
         ),
+        ({"model": "stub", "access": {"from": [{}]}}, "spec.access.from.0"),
+        (
+            {"model": "stub", "access": {"from": [{"podSelector": {"matchLabel": {}}}]}},
+            "spec.access.from.0.podSelector.matchLabel",
+        ),
+        (
+            {
+                "model": "stub",
+                "access": {
+                    "from": [
+                        {
+                            "namespaceSelector": {
+                                "matchExpressions": [{"key": "a", "operator": "In"}]
+                            }
+                        }
+                    ]
+                },
+            },
+            "spec.access.from.0.namespaceSelector.matchExpressions.0",
+        ),
+        (
+            {
+                "model": "stub",
+                "access": {
+                    "from": [
+                        {
+                            "podSelector": {
+                                "matchExpressions": [
+                                    {"key": "a", "operator": "Exists", "values": ["x"]}
+                                ]
+                            }
+                        }
+                    ]
+                },
+            },
+            "spec.access.from.0.podSelector.matchExpressions.0",
+        ),
+        ({"model": "stub", "access": {"to": []}}, "spec.access.to"),
     ],
 )
 def test_invalid_specs_name_the_field(raw: dict[str, object], field: str) -> None:

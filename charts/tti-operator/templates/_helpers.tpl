@@ -153,6 +153,55 @@ The operator's settings, passed as the environment variables it reads.
 - name: TTI_OPERATOR_GATEWAY_URL
   value: {{ include "tti-operator.gatewayMetricsUrl" . | quote }}
 {{- end }}
+- name: TTI_OPERATOR_NETWORK_POLICIES
+  value: {{ .Values.networkPolicies.enabled | quote }}
+- name: TTI_OPERATOR_OWN_NAMESPACE
+  value: {{ .Release.Namespace | quote }}
+- name: TTI_OPERATOR_OWN_POD_LABELS
+  value: {{ include "tti-operator.operatorPodLabels" . | fromYaml | include "tti-operator.labelList" | quote }}
+- name: TTI_OPERATOR_GATEWAY_NAMESPACE
+  value: {{ .Release.Namespace | quote }}
+- name: TTI_OPERATOR_GATEWAY_POD_LABELS
+  value: {{ include "tti-operator.gatewayPodLabels" . | fromYaml | include "tti-operator.labelList" | quote }}
+- name: TTI_OPERATOR_METRICS_SCRAPERS
+  value: {{ include "tti-operator.metricsScrapers" . | quote }}
+{{- end }}
+
+{{/*
+The labels that pick the operator's pod (and no other pod of the release: the test pod
+shares the selector labels, not the component).
+*/}}
+{{- define "tti-operator.operatorPodLabels" -}}
+{{ include "tti-operator.selectorLabels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* The labels that pick the gateway's pods. */}}
+{{- define "tti-operator.gatewayPodLabels" -}}
+{{ include "tti-operator.gatewaySelectorLabels" . }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{/* A map of labels as `k=v,k=v` (sorted), the form the operator's settings read. */}}
+{{- define "tti-operator.labelList" -}}
+{{- $pairs := list }}
+{{- range $key, $value := . }}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}
+
+{{/*
+Who may read /metrics besides the operator, as NetworkPolicy peers in JSON: the pods of
+networkPolicies.metricsNamespaceSelector's namespaces, or none.
+*/}}
+{{- define "tti-operator.metricsScrapers" -}}
+{{- $selector := .Values.networkPolicies.metricsNamespaceSelector }}
+{{- if kindIs "map" $selector }}
+{{- list (dict "namespaceSelector" $selector) | toJson }}
+{{- else }}
+{{- "[]" }}
+{{- end }}
 {{- end }}
 
 {{/*

@@ -7,9 +7,10 @@ watches the models; the operator watches the children and writes them with serve
 apply (PATCH, which needs `create` when the object is new) and the status with a
 merge patch, and the replicas of autoscaled models with a merge patch of the scale
 subresource. It reads no single object by name but a fetch pod's log, deletes only the
-model cache's fetch Jobs and expired claims (owner references let the garbage collector
-remove a model's children) and never touches anything cluster-scoped: kopf's CRD and
-namespace scanning is off.
+models' NetworkPolicies once networkPolicies.enabled is turned off and the model cache's
+fetch Jobs and expired claims (owner references let the garbage collector remove a
+model's children) and never touches anything cluster-scoped: kopf's CRD and namespace
+scanning is off.
 The cluster tests run the real operator with exactly these rules.
 */}}
 {{- define "tti-operator.rules" -}}
@@ -38,6 +39,11 @@ The cluster tests run the real operator with exactly these rules.
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["list", "watch", "create", "patch"]
+# Each model's NetworkPolicy: watched, applied, and deleted when the operator is told to
+# make none (networkPolicies.enabled: false).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 # Pod state feeds the status (Unschedulable, CrashLoopBackOff, ImagePullBackOff).
 - apiGroups: [""]
   resources: ["pods"]
