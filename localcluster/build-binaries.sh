@@ -5,11 +5,13 @@
 #   kwok, kwokctl, helm                                       (go install pkg@version)
 #   kubectl, only when the one on PATH is more than one minor away from the cluster.
 # and the real node's: kubelet, kube-proxy (go/kubernetes), coredns and crictl (go install), the
-# pause binary of the pod sandbox image (gcc, from the kubernetes module's own pause.c), and
-# local-path-provisioner (go install), which provisions its PersistentVolumes.
+# pause binary of the pod sandbox image (gcc, from the kubernetes module's own pause.c),
+# local-path-provisioner (go install), which provisions its PersistentVolumes, and kube-router
+# (go install), whose network-policy controller enforces its NetworkPolicies.
 # They land in ${TTI_CACHE_DIR:-~/.cache/tti-operator}/bin/<versions>/, which is reused until a
 # pin (versions.env, go/*/go.mod, go/*/go.sum) changes. The pins at the end of versions.env
-# (local-path-provisioner's) have stamps of their own: changing one rebuilds that binary alone.
+# (local-path-provisioner's, kube-router's) have stamps of their own: changing one rebuilds that
+# binary alone.
 # One line per step (and, on a terminal, a progress line updated in place); Go's output goes to
 # build/logs/cluster-build.log.
 #
@@ -49,6 +51,7 @@ inputs_hash=$(sed "/$own_stamps/,\$d" "$here/versions.env" |
   cat - "$here"/go/*/go.mod "$here"/go/*/go.sum | sha256sum | cut -c1-16)
 stamp="$bin_dir/.built-$inputs_hash"
 provisioner_stamp="$bin_dir/.local-path-provisioner-$LOCAL_PATH_PROVISIONER_VERSION"
+kube_router_stamp="$bin_dir/.kube-router-$KUBE_ROUTER_VERSION"
 
 # kubectl from PATH is fine within one minor version of the cluster (Kubernetes' skew policy).
 kube_minor=$(cut -d. -f2 <<<"$KUBERNETES_VERSION")
@@ -62,14 +65,15 @@ path_kubectl_ok() {
 
 need_kubectl=0
 if ! path_kubectl_ok; then need_kubectl=1; fi
-# What is missing: everything (build_all) or kubectl alone; local-path-provisioner.
-build_all=1 only_kubectl=0 build_provisioner=1
+# What is missing: everything (build_all) or kubectl alone; local-path-provisioner; kube-router.
+build_all=1 only_kubectl=0 build_provisioner=1 build_kube_router=1
 if [[ -f $stamp ]]; then
   build_all=0
   if (( need_kubectl )) && [[ ! -x $bin_dir/kubectl ]]; then only_kubectl=1; fi
 fi
 if [[ -f $provisioner_stamp && -x $bin_dir/local-path-provisioner ]]; then build_provisioner=0; fi
-if (( build_all == 0 && only_kubectl == 0 && build_provisioner == 0 )); then
+if [[ -f $kube_router_stamp && -x $bin_dir/kube-router ]]; then build_kube_router=0; fi
+if (( build_all == 0 && only_kubectl == 0 && build_provisioner == 0 && build_kube_router == 0 )); then
   say "cluster binaries up to date in $bin_dir"
   exit 0
 fi
@@ -153,6 +157,19 @@ build_local_path_provisioner() {
   "$bin_dir/local-path-provisioner" --version >>"$log" 2>&1
 }
 
+# No replace directives either; the version and build date by ldflags, as its Makefile sets
+# them (it prints them on stderr).
+build_kube_router() {
+  local version=$KUBE_ROUTER_VERSION module=github.com/cloudnativelabs/kube-router/v2
+  GOBIN="$work" run_go "kube-router" "$(module_dir "$module@$version")" ./cmd/kube-router install \
+    -trimpath -ldflags "-s -w -X $module/pkg/version.Version=$version
+    -X $module/pkg/version.BuildDate=1970-01-01T00:00:00Z" "$module/cmd/kube-router@$version"
+  rm -f "$bin_dir"/.kube-router-*
+  mv -f "$work/kube-router" "$bin_dir/"
+  touch "$kube_router_stamp"
+  "$bin_dir/kube-router" --version >>"$log" 2>&1
+}
+
 if (( build_all == 0 )); then
   if (( only_kubectl )); then
     say "kubectl on PATH is missing or more than one minor away from $KUBERNETES_VERSION: building kubectl"
@@ -166,6 +183,10 @@ if (( build_all == 0 )); then
     say "building local-path-provisioner $LOCAL_PATH_PROVISIONER_VERSION into $bin_dir (log: $shown_log)"
     build_local_path_provisioner
   fi
+  if (( build_kube_router )); then
+    say "building kube-router $KUBE_ROUTER_VERSION into $bin_dir (log: $shown_log)"
+    build_kube_router
+  fi
   exit 0
 fi
 
@@ -177,22 +198,22 @@ if (( need_kubectl )); then
   say "kubectl on PATH is missing or more than one minor away from $KUBERNETES_VERSION: building kubectl too"
   kube_pkgs+=(k8s.io/kubernetes/cmd/kubectl)
 fi
-say "[1/6] kubernetes $KUBERNETES_VERSION: ${kube_pkgs[*]##*/}"
+say "[1/7] kubernetes $KUBERNETES_VERSION: ${kube_pkgs[*]##*/}"
 (cd "$here/go/kubernetes" &&
   run_go "kubernetes" . "${kube_pkgs[*]}" build -trimpath -ldflags "$kube_ldflags" -o "$work/" "${kube_pkgs[@]}")
 
-say "[2/6] etcd $ETCD_VERSION"
+say "[2/7] etcd $ETCD_VERSION"
 (cd "$here/go/etcd" &&
   run_go "etcd" . go.etcd.io/etcd/server/v3 build -trimpath -ldflags "-s -w" -o "$work/etcd" go.etcd.io/etcd/server/v3)
 
-say "[3/6] kwok, kwokctl $KWOK_VERSION"
+say "[3/7] kwok, kwokctl $KWOK_VERSION"
 kwok_ldflags="-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}
   -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${KUBERNETES_VERSION#v}"
 kwok_src=$(module_dir "sigs.k8s.io/kwok@$KWOK_VERSION")
 GOBIN="$work" run_go "kwok" "$kwok_src" "./cmd/kwok ./cmd/kwokctl" install -trimpath -ldflags "$kwok_ldflags" \
   "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
 
-say "[4/6] helm $HELM_VERSION"
+say "[4/7] helm $HELM_VERSION"
 helm_src=$(module_dir "helm.sh/helm/v3@$HELM_VERSION")
 # helm's default .Capabilities.KubeVersion is the client-go it was built with: 0.N -> 1.N,
 # as helm's Makefile derives it.
@@ -203,7 +224,7 @@ helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION
   -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$helm_kube_minor"
 GOBIN="$work" run_go "helm" "$helm_src" ./cmd/helm install -trimpath -ldflags "$helm_ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 
-say "[5/6] coredns $COREDNS_VERSION, crictl $CRICTL_VERSION, pause $PAUSE_VERSION (the pod sandbox)"
+say "[5/7] coredns $COREDNS_VERSION, crictl $CRICTL_VERSION, pause $PAUSE_VERSION (the pod sandbox)"
 coredns_src=$(module_dir "github.com/coredns/coredns@$COREDNS_VERSION")
 GOBIN="$work" run_go "coredns" "$coredns_src" . install -trimpath \
   -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
@@ -219,10 +240,16 @@ rm -f "$part" "$bin_dir"/.built-*
 mv -f "$work"/* "$bin_dir/"
 touch "$stamp"
 if (( build_provisioner )); then
-  say "[6/6] local-path-provisioner $LOCAL_PATH_PROVISIONER_VERSION (the real node's PersistentVolumes)"
+  say "[6/7] local-path-provisioner $LOCAL_PATH_PROVISIONER_VERSION (the real node's PersistentVolumes)"
   build_local_path_provisioner
 else
-  say "[6/6] local-path-provisioner $LOCAL_PATH_PROVISIONER_VERSION: up to date"
+  say "[6/7] local-path-provisioner $LOCAL_PATH_PROVISIONER_VERSION: up to date"
+fi
+if (( build_kube_router )); then
+  say "[7/7] kube-router $KUBE_ROUTER_VERSION (the real node's NetworkPolicies)"
+  build_kube_router
+else
+  say "[7/7] kube-router $KUBE_ROUTER_VERSION: up to date"
 fi
 {
   for b in kube-apiserver kubelet etcd kwokctl coredns; do

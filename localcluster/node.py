@@ -2,15 +2,15 @@
 
 Pods scheduled to it run for real: images from containerd's own store (built and imported by
 `images.py`; nothing is pulled), networking by the CNI bridge plugin on a bridge of its own,
-Services by kube-proxy in iptables mode, names by CoreDNS running as a pod, PersistentVolumes
-by Rancher's local-path-provisioner (a process beside the kubelet, its volumes directories under
-the node's folder). The kwok nodes stay for what needs GPUs; kwok's controller is told to leave
-this node alone.
+Services by kube-proxy in iptables mode, NetworkPolicies by kube-router's policy controller,
+names by CoreDNS running as a pod, PersistentVolumes by Rancher's local-path-provisioner (a
+process beside the kubelet, its volumes directories under the node's folder). The kwok nodes
+stay for what needs GPUs; kwok's controller is told to leave this node alone.
 
 What exists only while the node is up, and `down` removes, also after a crash: the processes
-(containerd and its shims, the kubelet, kube-proxy, the provisioner), the volumes, the bridge,
-kube-proxy's and the CNI plugins' iptables chains, the pods' mounts and network namespaces, the
-kubelet's cgroups.
+(containerd and its shims, the kubelet, kube-proxy, kube-router, the provisioner), the volumes,
+the bridge, kube-proxy's, kube-router's and the CNI plugins' iptables chains, kube-router's
+ipsets, the pods' mounts and network namespaces, the kubelet's cgroups.
 Images stay in containerd's store under the cache folder, so a second `up` starts fast.
 
 Needs root (containerd, iptables, mounts), as on any Kubernetes node. What the components are
@@ -40,6 +40,7 @@ from localcluster.node_config import (
     NODE_LABEL,
     NODE_NAME,
     POD_CIDR,
+    POLICY_SET_PREFIXES,
     RUN_DIR,
     STORAGE_CLASS,
     NodeError,
@@ -48,6 +49,7 @@ from localcluster.node_config import (
     containerd_config,
     coredns_objects,
     kube_proxy_config,
+    kube_router_args,
     kubelet_config,
     local_path_config,
     local_path_helper_pod,
@@ -56,9 +58,11 @@ from localcluster.node_config import (
 )
 from localcluster.util import free_ports, log, wait_for
 
-REQUIRED_COMMANDS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "ip")
+REQUIRED_COMMANDS = (
+    "containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "ip", "ipset"
+)  # fmt: skip
 PROVISIONER = "local-path-provisioner"
-NODE_BINARIES = ("kubelet", "kube-proxy", "coredns", "crictl", "pause", PROVISIONER)
+NODE_BINARIES = ("kubelet", "kube-proxy", "kube-router", "coredns", "crictl", "pause", PROVISIONER)
 # What its controller logs once its informers have synced: from then on it serves claims.
 PROVISIONER_STARTED = "Started provisioner controller"
 # A component that exits at start is started again this many times in all, and the error
@@ -232,6 +236,26 @@ def start_kube_proxy(paths: NodePaths, kubeconfig: Path) -> None:
     )
 
 
+def kube_router_kubeconfig(paths: NodePaths) -> Path:
+    """kube-router's own copy of the kubeconfig: its path on the command line tells this
+    node's kube-router from any other process."""
+    return paths.config("kube-router.kubeconfig")
+
+
+def start_kube_router(paths: NodePaths, kubeconfig: Path) -> None:
+    """The NetworkPolicy engine, ready once its chains hook into the filter table."""
+    own = kube_router_kubeconfig(paths)
+    own.write_text(kubeconfig.read_text())
+    start_process(paths, "kube-router", kube_router_args(paths, own))
+    wait_for(
+        "kube-router's policy chains",
+        lambda: "KUBE-ROUTER-FORWARD" in iptables_chains("filter"),
+        60,
+        NodeError,
+        paths.logs / "kube-router.log",
+    )
+
+
 def provisioner_running(paths: NodePaths) -> bool:
     return bool(processes_naming(str(paths.provisioner_config)))
 
@@ -359,6 +383,8 @@ def up(
     )
     if not processes_naming(str(paths.config("kube-proxy.json"))):
         start_kube_proxy(paths, kubeconfig)
+    if not processes_naming(str(kube_router_kubeconfig(paths))):
+        start_kube_router(paths, kubeconfig)
     kubectl(
         "apply",
         "--server-side",
@@ -370,7 +396,8 @@ def up(
     kubectl("rollout", "status", "-n", "kube-system", "deployment/coredns", "--timeout=120s")
     start_local_path_provisioner(paths, kubeconfig, kubectl)
     log(
-        f"real node {NODE_NAME} Ready: containerd, kubelet, kube-proxy, CoreDNS at {DNS_IP}, "
+        f"real node {NODE_NAME} Ready: containerd, kubelet, kube-proxy, kube-router (policies), "
+        f"CoreDNS at {DNS_IP}, "
         f"storage class {STORAGE_CLASS} (the default)"
     )
 
@@ -494,6 +521,18 @@ def remove_pod_chains(network: str = CNI_NETWORK) -> None:
             sh("iptables", "-t", "nat", action, chain, check=False)
 
 
+def policy_sets(prefixes: Sequence[str] = POLICY_SET_PREFIXES) -> list[str]:
+    """The ipsets named with one of `prefixes` (kube-router's: its pods' and peers' sets)."""
+    listing = sh("ipset", "list", "-name", check=False).stdout if shutil.which("ipset") else ""
+    return [name for name in listing.split() if name.startswith(tuple(prefixes))]
+
+
+def remove_policy_sets(prefixes: Sequence[str] = POLICY_SET_PREFIXES) -> None:
+    """kube-router's ipsets, once no rule refers to them (its KUBE-* chains are gone first)."""
+    for name in policy_sets(prefixes):
+        sh("ipset", "destroy", name, check=False)
+
+
 def remove_kubelet_cgroups() -> None:
     """The kubelet's QoS cgroups (kubepods/...) in every hierarchy, innermost first."""
     for hierarchy in Path("/sys/fs/cgroup").iterdir():
@@ -528,13 +567,16 @@ def down(paths: NodePaths) -> None:
     stop_component(paths, "kubelet")
     remove_pods(paths)
     stop_component(paths, "kube-proxy")
+    stop_component(paths, "kube-router")
+    stop_pids(processes_naming(str(kube_router_kubeconfig(paths))))
     if (paths.bin_dir / "kube-proxy").exists():
         # kube-proxy's own way to remove its KUBE-* chains.
         sh(paths.bin_dir / "kube-proxy", "--cleanup", check=False)
     stop_component(paths, "containerd")
     stop_pids(processes_naming(str(paths.socket)))
     unmount_under(paths.kubelet_root, RUN_DIR / "containerd", paths.containerd_root)
-    remove_kube_chains()
+    remove_kube_chains()  # kube-router's too: KUBE-ROUTER-*, KUBE-POD-FW-*, KUBE-NWPLCY-*
+    remove_policy_sets()
     remove_cni_chains()
     remove_pod_chains()
     if sh("ip", "link", "show", BRIDGE, check=False).returncode == 0:
@@ -557,6 +599,7 @@ def leftovers(paths: NodePaths) -> list[str]:
         for name, marker in (
             ("kubelet", paths.config("kubelet.json")),
             ("kube-proxy", paths.config("kube-proxy.json")),
+            ("kube-router", kube_router_kubeconfig(paths)),
             (PROVISIONER, paths.provisioner_config),
         )
         for _ in processes_naming(str(marker))
@@ -573,5 +616,6 @@ def leftovers(paths: NodePaths) -> list[str]:
         for chain in iptables_chains(table, command)
         if chain.startswith(("KUBE-", "CNI-"))
     ]
+    found += [f"ipset {name}" for name in policy_sets()]
     found += [f"cgroup {c}" for c in kubelet_cgroups_left()]
     return found

@@ -1,6 +1,7 @@
 """The real node's configuration, as data: its addresses and names, where it keeps its files,
-and what containerd, the CNI plugins, the kubelet, kube-proxy, CoreDNS, the local-path
-provisioner and kwokctl's control plane are configured with. Pure builders, no process and no
+and what containerd, the CNI plugins, the kubelet, kube-proxy, kube-router's policy engine,
+CoreDNS, the local-path provisioner and kwokctl's control plane are configured with. Pure
+builders, no process and no
 root: `node.py` writes these out and runs the components; the tests read them.
 """
 
@@ -263,6 +264,31 @@ def kube_proxy_config(kubeconfig: Path, healthz_port: int, metrics_port: int) ->
         # The host's conntrack sysctls are not ours to change.
         "conntrack": {"maxPerCore": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
     }
+
+
+#: The ipsets kube-router's network-policy controller makes (its pods' and peers' addresses).
+POLICY_SET_PREFIXES = ("KUBE-SRC-", "KUBE-DST-")
+
+
+def kube_router_args(paths: NodePaths, kubeconfig: Path) -> list[str]:
+    """kube-router as the node's NetworkPolicy engine and nothing else: its firewall (the
+    policies as iptables chains and ipsets for this node's pods), not its BGP routing (one
+    node, one bridge) nor its IPVS service proxy (kube-proxy serves Services)."""
+    return [
+        str(paths.bin_dir / "kube-router"),
+        f"--kubeconfig={kubeconfig}",
+        # The node whose pods it guards: theirs are the pods with this node's InternalIP.
+        f"--hostname-override={NODE_NAME}",
+        "--run-firewall=true",
+        "--run-router=false",
+        "--run-service-proxy=false",
+        "--enable-ipv6=false",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        # Its health server would listen on every address; readiness is its chains instead.
+        "--health-port=0",
+        "--metrics-port=0",
+        "--v=1",
+    ]
 
 
 def coredns_objects() -> list[dict[str, Any]]:

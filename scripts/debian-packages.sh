@@ -2,7 +2,8 @@
 # Debian's packages the demo and the tests need, installed only when missing (a second run
 # is a no-op). Needs apt-get, and root or sudo.
 #   node     the local cluster's real node: containerd, runc, the CNI plugins, iptables and
-#            conntrack for kube-proxy; buildah and debootstrap to build the images
+#            conntrack for kube-proxy, ipset for kube-router's policies; buildah and
+#            debootstrap to build the images
 #   browser  the playground's browser tests: chromium, a font so pages render text, curl
 # Usage: debian-packages.sh GROUP...
 # One line when something is installed; apt's output goes to build/logs/ (scripts/step.sh).
@@ -11,7 +12,7 @@ set -euo pipefail
 source "$(dirname "$0")/step.sh"
 
 declare -A groups=(
-  [node]="containerd runc containernetworking-plugins iptables conntrack buildah debootstrap"
+  [node]="containerd runc containernetworking-plugins iptables conntrack ipset buildah debootstrap"
   [browser]="chromium fonts-dejavu-core curl"
 )
 (( $# > 0 )) || { echo "usage: $0 ${!groups[*]}" >&2; exit 2; }

@@ -95,6 +95,9 @@ def test_binaries_report_their_pinned_versions(cluster: Cluster) -> None:
         "version",
         provisioner,
     ]
+    kube_router = [str(cluster.bin_dir / "kube-router"), "--version"]  # it says so on stderr
+    said = subprocess.run(kube_router, capture_output=True, text=True, check=True).stderr
+    assert f"version {versions['KUBE_ROUTER_VERSION']}," in said
     server = cluster.kubectl("version", "-o", "json").stdout
     assert f'"gitVersion": "{kubernetes}"' in server
 

@@ -96,6 +96,22 @@ def test_kube_proxy_serves_node_ports_on_the_node_address_only() -> None:
     assert config["metricsBindAddress"] == "127.0.0.1:10249"
 
 
+def test_kube_router_runs_its_policy_firewall_alone_for_this_node(paths: NodePaths) -> None:
+    argv = node_config.kube_router_args(paths, Path("/kr.kubeconfig"))
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in argv[1:])
+    assert argv[0] == str(paths.bin_dir / "kube-router")
+    # The firewall only: no BGP routes, no IPVS proxy (kube-proxy serves the Services).
+    assert (flags["run-firewall"], flags["run-router"], flags["run-service-proxy"]) == (
+        "true",
+        "false",
+        "false",
+    )
+    assert flags["hostname-override"] == node_config.NODE_NAME
+    assert flags["kubeconfig"] == "/kr.kubeconfig"
+    assert flags["service-cluster-ip-range"] == node_config.SERVICE_CIDR
+    assert (flags["health-port"], flags["metrics-port"]) == ("0", "0")  # no open socket
+
+
 def test_the_control_plane_advertises_the_node_address_and_leaves_the_node_to_its_kubelet() -> None:
     patches = {p["name"]: p["extraArgs"] for p in node_config.component_patches(Path("/pki"))}
     apiserver = {a["key"]: a["value"] for a in patches["kube-apiserver"]}

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -51,6 +52,14 @@ def run_pod(cluster: Cluster, namespace: str, name: str, script: str) -> tuple[s
             return phase, cluster.kubectl("logs", name, "-n", namespace).stdout
         time.sleep(1)
     raise AssertionError(f"pod {name} did not finish")
+
+
+def wait_until(what: str, probe: Callable[[], bool], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not probe():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.5)
 
 
 def test_the_real_node_is_a_kubelet_that_kwok_leaves_alone(cluster: Cluster) -> None:
@@ -105,9 +114,10 @@ def test_a_simulated_namespace_keeps_its_pods_off_the_real_node(
 def test_down_after_a_crash_leaves_nothing_and_up_brings_the_node_back(
     cluster: Cluster, real_namespace: str
 ) -> None:
-    """containerd, the kubelet, kube-proxy and the provisioner killed with pods running (one
-    with a volume), as a crash or a SIGKILLed `up` leaves them; `down` must still remove
-    everything, the volumes included, and `up` restore it."""
+    """containerd, the kubelet, kube-proxy, kube-router and the provisioner killed with pods
+    running (one with a volume, one guarded by a NetworkPolicy, so kube-router holds ipsets),
+    as a crash or a SIGKILLed `up` leaves them; `down` must still remove everything, the
+    volumes and ipsets included, and `up` restore it."""
     paths = cluster.paths.node
     phase, log = run_pod(cluster, real_namespace, "before", "print('ok')")
     assert phase == "Succeeded", log
@@ -136,13 +146,27 @@ def test_down_after_a_crash_leaves_nothing_and_up_brings_the_node_back(
     }
     cluster.kubectl("apply", "-f", "-", input=json.dumps(scratch))
     cluster.kubectl("apply", "-f", "-", input=json.dumps(sleeper))
+    guard = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "guard", "namespace": real_namespace},
+        "spec": {
+            "podSelector": {},
+            "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {}}]}],
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(guard))
     cluster.kubectl(
         "wait", "pod/sleeper", "-n", real_namespace, "--for=condition=Ready", "--timeout=120s"
     )
     assert any(paths.node_volumes.iterdir()), "the claim's directory"
-    for name in ("containerd", "kubelet", "kube-proxy", node.PROVISIONER):
+    wait_until("kube-router's sets for the policy", lambda: node.policy_sets() != [])
+    for name in ("containerd", "kubelet", "kube-proxy", "kube-router", node.PROVISIONER):
         os.kill(int((paths.pids / f"{name}.pid").read_text()), signal.SIGKILL)
-    assert node.leftovers(paths), "a crashed node leaves shims, mounts, the bridge, chains"
+    left = node.leftovers(paths)
+    assert left, "a crashed node leaves shims, mounts, the bridge, chains"
+    assert any(item.startswith("ipset KUBE-") for item in left), left
+    assert any("KUBE-ROUTER-FORWARD" in item for item in left), left
 
     try:
         node.down(paths)
@@ -151,5 +175,6 @@ def test_down_after_a_crash_leaves_nothing_and_up_brings_the_node_back(
         # Also when the check fails: every later test needs the node.
         launcher.up(cluster.paths, ephemeral=True)
     assert get_json(cluster, "node", node_config.NODE_NAME)["status"]["conditions"]
+    assert "KUBE-ROUTER-FORWARD" in node.iptables_chains("filter")  # the engine is back
     phase, log = run_pod(cluster, real_namespace, "after", "print('ok')")
     assert phase == "Succeeded", log

@@ -137,24 +137,30 @@ def exec_in(release: Release, namespace: str, pod: str, command: str) -> Any:
     )
 
 
-def start_python_pod(release: Release, name: str, script: str, *args: str) -> str:
-    """A pod of the server image (its Python and the project's client) running `script`."""
-    pod = demo.client_pod(release.models, "", name, 8, "x")
+def start_python_pod(
+    release: Release, name: str, script: str, *args: str, namespace: str | None = None
+) -> str:
+    """A pod of the server image (its Python and the project's client) running `script`,
+    in `namespace` (default: the models')."""
+    pod = demo.client_pod(namespace or release.models, "", name, 8, "x")
     pod["metadata"]["name"] = f"{name}-{uuid.uuid4().hex[:6]}"
     pod["spec"]["containers"][0]["command"] = ["python3", "-c", script, *args]
     release.kubectl("apply", "-f", "-", input=json.dumps(pod))
     return str(pod["metadata"]["name"])
 
 
-def pod_finished(release: Release, name: str, timeout_s: float = TIMEOUT_S) -> str:
+def pod_finished(
+    release: Release, name: str, timeout_s: float = TIMEOUT_S, namespace: str | None = None
+) -> str:
     """Wait for a pod that runs to completion; its log, asserting it succeeded."""
+    namespace = namespace or release.models
 
     def finished() -> str:
-        phase = release.get("pod", name, "-n", release.models)["status"].get("phase", "")
+        phase = release.get("pod", name, "-n", namespace)["status"].get("phase", "")
         return phase if phase in ("Succeeded", "Failed") else ""
 
     phase = wait_for(f"pod {name} to finish", finished, timeout_s)
-    logs = release.kubectl("logs", name, "-n", release.models)
+    logs = release.kubectl("logs", name, "-n", namespace)
     assert phase == "Succeeded", logs
     return logs
 
@@ -166,14 +172,17 @@ def run_client(
     tmp_path: Path,
     size: int = 64,
     api_key: str | None = None,
+    namespace: str | None = None,
 ) -> Path:
-    """`tti generate` in a client pod against `url`; the image it got, saved under tmp_path."""
-    pod = demo.client_pod(release.models, url, model, size, "a lighthouse")
+    """`tti generate` in a client pod against `url` (in `namespace`, default the models');
+    the image it got, saved under tmp_path."""
+    namespace = namespace or release.models
+    pod = demo.client_pod(namespace, url, model, size, "a lighthouse")
     pod["metadata"]["name"] = f"client-{uuid.uuid4().hex[:6]}"
     if api_key is not None:
         pod["spec"]["containers"][0]["env"] = [{"name": "TTI_API_KEY", "value": api_key}]
     release.kubectl("apply", "-f", "-", input=json.dumps(pod))
-    logs = pod_finished(release, pod["metadata"]["name"])
+    logs = pod_finished(release, pod["metadata"]["name"], namespace=namespace)
     path = tmp_path / f"{model}-{pod['metadata']['name']}.png"
     path.write_bytes(base64.b64decode(logs.strip().splitlines()[-1]))
     return path
