@@ -3,9 +3,10 @@
 The client takes its API paths from a row, the informer what to watch and what to keep of
 each object, the reconciler how to tell a hand edit from its own write and whether it may
 delete a child it no longer wants, the status which summaries to read; a test checks the
-chart's RBAC grants each row exactly the verbs it implies. A model's own children are `CHILD_KINDS` (adding one is a row here plus its
-builder in `builders.desired_children`); the model cache's objects, shared by the models
-that name an entry and owned by none of them, are `CACHE_KINDS` (see `weights`).
+chart's RBAC grants each row exactly the verbs it implies. A model's own children are
+`CHILD_KINDS` (adding one is a row here plus its builder in `builders.desired_children`);
+the model cache's objects, shared by the models that name an entry and owned by none of
+them, are `CACHE_KINDS` (see `weights`).
 """
 
 from __future__ import annotations

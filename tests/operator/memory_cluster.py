@@ -38,7 +38,6 @@ class MemoryApi(KubeClient):
         super().__init__("test")
         self.objects: dict[tuple[str, str], Obj] = {}  # (kind, name) -> object
         self.applies: list[tuple[str, str]] = []
-        self.deletes: list[tuple[str, str]] = []
         self.statuses: list[Obj] = []
         self.status_of: dict[str, list[Obj]] = {}
         #: The scale writes, as (name, replicas).
@@ -89,13 +88,6 @@ class MemoryApi(KubeClient):
             return False, copy.deepcopy(stored)
         self._store(kind, stored, "ADDED" if old is None else "MODIFIED")
         return old is None, copy.deepcopy(stored)
-
-    async def delete(self, kind: ChildKind, namespace: str, name: str, uid: str) -> None:
-        obj = self.objects.get((kind.kind, name))
-        if obj is None or obj["metadata"]["uid"] != uid:
-            return
-        self.deletes.append((kind.kind, name))
-        self.remove(kind, name)
 
     async def patch_status(self, namespace: str, name: str, status: Obj) -> None:
         if self.refuse_status is not None:
