@@ -183,7 +183,7 @@ def run_client(
         pod["spec"]["containers"][0]["env"] = [{"name": "TTI_API_KEY", "value": api_key}]
     release.kubectl("apply", "-f", "-", input=json.dumps(pod))
     logs = pod_finished(release, pod["metadata"]["name"], namespace=namespace)
-    path = tmp_path / f"{model}-{pod['metadata']['name']}.png"
+    path = tmp_path / f"{model.replace('/', '-')}-{pod['metadata']['name']}.png"
     path.write_bytes(base64.b64decode(logs.strip().splitlines()[-1]))
     return path
 
