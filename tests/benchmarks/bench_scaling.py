@@ -75,7 +75,8 @@ def gateway_vs_service(release: Release, rounds: int, seconds: float, concurrenc
     say(f"{rounds} rounds of {seconds:g} s at concurrency {concurrency}: {service} then {gateway}")
     args = ["load", "direct", str(concurrency), str(seconds), service, gateway]
     args += ["--rounds", str(rounds)]
-    pod = start_python_pod(release, "gwbench", LOADGEN, *args)
+    admitted_by = service.removeprefix("http://")  # the gateway admits anyone at once
+    pod = start_python_pod(release, "gwbench", LOADGEN, *args, admitted_by=admitted_by)
     timeout = rounds * 2 * seconds + 240
     lines = pod_finished(release, pod, timeout_s=timeout).strip().splitlines()
     results = [json.loads(line) for line in lines if line.startswith("{")]

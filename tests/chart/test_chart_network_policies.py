@@ -104,10 +104,16 @@ def test_one_switch_turns_every_policy_off_the_models_too(helm: Helm) -> None:
 
 
 def test_the_helm_test_pod_calls_the_model_from_the_models_own_namespace(helm: Helm) -> None:
-    """There the model's default policy lets it in, as any client beside the model."""
+    """There the model's default policy lets it in, as any client beside the model; its
+    calls wait until the engine lets the new pod in (kube-router learns its address late)."""
     values = {"models": [{"name": "m", "namespace": "team-a", "spec": {"model": "stub"}}]}
     pod = one(helm.template(values=values), "Pod")
     assert pod["metadata"]["namespace"] == "team-a"
+    [admitted] = pod["spec"]["initContainers"]
+    assert admitted["command"][3:] == ["m.team-a.svc", "8080", "120"]
+    assert admitted["securityContext"] == pod["spec"]["containers"][0]["securityContext"]
+    off = one(helm.template("networkPolicies.enabled=false", values=values), "Pod")
+    assert "initContainers" not in off["spec"]
 
 
 @pytest.mark.parametrize(

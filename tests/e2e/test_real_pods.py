@@ -93,7 +93,8 @@ def test_scaled_to_two_replicas_requests_from_a_pod_reach_both(release: Release)
         "/api/v1/task/text-to-image', body, {'Content-Type': 'application/json'})\n"
         "    urllib.request.urlopen(request, timeout=30).read()\n"
     )
-    pod_finished(release, start_python_pod(release, "spread", script))
+    service = f"scaled.{release.models}.svc:8080"
+    pod_finished(release, start_python_pod(release, "spread", script, admitted_by=service))
     after = {p["metadata"]["name"]: metric(p, IMAGES) for p in release.pods("scaled")}
     served = {name: after[name] - before[name] for name in before}
     assert sum(served.values()) == 24, served

@@ -10,6 +10,7 @@ import base64
 import contextlib
 import json
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +23,22 @@ from support.cluster import Cluster, fresh_namespace
 from support.helm import CHART
 
 TIMEOUT_S = 240.0
+#: Waits until HOST:PORT (argv[1]) accepts this pod's connections, at most argv[2] seconds.
+#: Under NetworkPolicies a new pod can be refused for its first moments: kube-router, the
+#: local cluster's engine, learns a pod's address from the API server, after the pod started.
+ADMISSION = """
+import socket, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+deadline = time.monotonic() + float(sys.argv[2])
+while True:
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+        break
+    except OSError as error:
+        if time.monotonic() > deadline:
+            sys.exit(f"{sys.argv[1]} refused this pod for {sys.argv[2]} s: {error}")
+        time.sleep(0.5)
+"""
 
 
 @dataclass(frozen=True)
@@ -137,14 +154,34 @@ def exec_in(release: Release, namespace: str, pod: str, command: str) -> Any:
     )
 
 
+def admitted_first(pod: Any, address: str) -> None:
+    """Start the pod's container only once `address` (HOST:PORT) accepts the pod's
+    connections (an init container in the same network namespace waits for that)."""
+    [container] = pod["spec"]["containers"]
+    wait = {
+        "name": "admitted",
+        "command": ["python3", "-c", ADMISSION, address, "60"],
+        **{key: container[key] for key in ("image", "imagePullPolicy", "securityContext")},
+    }
+    pod["spec"]["initContainers"] = [wait]
+
+
 def start_python_pod(
-    release: Release, name: str, script: str, *args: str, namespace: str | None = None
+    release: Release,
+    name: str,
+    script: str,
+    *args: str,
+    namespace: str | None = None,
+    admitted_by: str | None = None,
 ) -> str:
     """A pod of the server image (its Python and the project's client) running `script`,
-    in `namespace` (default: the models')."""
+    in `namespace` (default: the models'); `admitted_by` (HOST:PORT): once that accepts
+    the pod's connections."""
     pod = demo.client_pod(namespace or release.models, "", name, 8, "x")
     pod["metadata"]["name"] = f"{name}-{uuid.uuid4().hex[:6]}"
     pod["spec"]["containers"][0]["command"] = ["python3", "-c", script, *args]
+    if admitted_by is not None:
+        admitted_first(pod, admitted_by)
     release.kubectl("apply", "-f", "-", input=json.dumps(pod))
     return str(pod["metadata"]["name"])
 
@@ -174,10 +211,11 @@ def run_client(
     api_key: str | None = None,
     namespace: str | None = None,
 ) -> Path:
-    """`tti generate` in a client pod against `url` (in `namespace`, default the models');
-    the image it got, saved under tmp_path."""
+    """`tti generate` in a client pod against `url` (in `namespace`, default the models'),
+    once `url` accepts the pod's connections; the image it got, saved under tmp_path."""
     namespace = namespace or release.models
     pod = demo.client_pod(namespace, url, model, size, "a lighthouse")
+    admitted_first(pod, urllib.parse.urlsplit(url).netloc)
     pod["metadata"]["name"] = f"client-{uuid.uuid4().hex[:6]}"
     if api_key is not None:
         pod["spec"]["containers"][0]["env"] = [{"name": "TTI_API_KEY", "value": api_key}]
