@@ -392,6 +392,36 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
         {"model": "stub", "autoscaling": {"maxReplicas": 2, "targetInFlight": 0}},
         "spec.autoscaling.targetInFlight",
     ),
+    "access peer selecting nothing": (
+        {"model": "stub", "access": {"from": [{}]}},
+        "spec.access.from[] needs namespaceSelector, podSelector or both",
+    ),
+    "access expression without values": (
+        {
+            "model": "stub",
+            "access": {
+                "from": [{"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}]
+            },
+        },
+        "matchExpressions values are required for In and NotIn",
+    ),
+    "access expression with values it cannot take": (
+        {
+            "model": "stub",
+            "access": {
+                "from": [
+                    {
+                        "namespaceSelector": {
+                            "matchExpressions": [
+                                {"key": "a", "operator": "Exists", "values": ["x"]}
+                            ]
+                        }
+                    }
+                ]
+            },
+        },
+        "not allowed for Exists and DoesNotExist",
+    ),
     "autoscaling negative min": (
         {"model": "stub", "autoscaling": {"maxReplicas": 2, "minReplicas": -1}},
         "spec.autoscaling.minReplicas",
