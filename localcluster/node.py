@@ -246,13 +246,12 @@ def start_kube_router(paths: NodePaths, kubeconfig: Path) -> None:
     """The NetworkPolicy engine, ready once its chains hook into the filter table."""
     own = kube_router_kubeconfig(paths)
     own.write_text(kubeconfig.read_text())
-    start_process(paths, "kube-router", kube_router_args(paths, own))
-    wait_for(
-        "kube-router's policy chains",
-        lambda: "KUBE-ROUTER-FORWARD" in iptables_chains("filter"),
-        60,
-        NodeError,
-        paths.logs / "kube-router.log",
+    start_until_ready(
+        paths,
+        "kube-router",
+        kube_router_args(paths, own),
+        marker=str(own),
+        ready=lambda _logged: "KUBE-ROUTER-FORWARD" in iptables_chains("filter"),
     )
 
 
