@@ -19,12 +19,13 @@ const WORDS = {
 };
 
 const $ = (id) => document.getElementById(id);
-const state = { model: null, sideMultiple: 1, runs: [], shown: null, busy: false, watch: 0 };
+const state = { model: null, sideMultiple: 1, rules: null, rulesOf: null, runs: [], shown: null, busy: false, watch: 0 };
 
 class ApiError extends Error {}
 
 // Sizes: the model fits each side to the nearest multiple of its side_multiple (8 for SDXL,
-// 1 for the stub), ties to even, never 0: as the server does (generation.fitted_side).
+// 16 for SD 3.5 and FLUX.1, 1 for the stub), ties to even, never 0: as the server does
+// (generation.fitted_side).
 function fitSide(pixels) {
   const m = state.sideMultiple;
   const q = pixels / m;
@@ -80,7 +81,9 @@ async function watchModel() {
     const chosen = list.find((model) => model.id === state.model) || list[0];
     if (!chosen) throw new ApiError("no model is served here yet");
     state.model = chosen.id;
-    state.sideMultiple = chosen.side_multiple || (await sideMultipleFromInfo());
+    const rules = chosen.rules || (await rulesFromInfo());
+    state.sideMultiple = chosen.side_multiple || (rules && rules.side_multiple) || 1;
+    if (state.rulesOf !== chosen.id) applyRules(rules, chosen.id);
     syncSize(false);
     const [ready, note] = chosen.state ? modelState(chosen) : await serverState();
     $("model").textContent = `Model ${state.model} · ${note}`;
@@ -109,9 +112,34 @@ function pickModel() {
   watchModel();
 }
 
-async function sideMultipleFromInfo() {
+async function rulesFromInfo() {
   const info = await call("info/models");
-  return info.ok ? (await info.json()).models[0].metadata.side_multiple || 1 : 1;
+  return info.ok ? (await info.json()).models[0].metadata.rules || null : null;
+}
+
+// The model's rules (the catalogue's: docs/models.md) set the controls' bounds and
+// defaults once per model picked; a control the model has no use for is turned off.
+function applyRules(rules, modelId) {
+  state.rules = rules;
+  state.rulesOf = modelId;
+  if (!rules) return;
+  const steps = $("steps");
+  steps.max = rules.max_steps;
+  steps.value = rules.default_steps;
+  const guidance = $("guidance");
+  const noGuidance = rules.max_guidance === 0;
+  guidance.max = rules.max_guidance ?? 50;
+  guidance.value = rules.default_guidance;
+  guidance.disabled = noGuidance;
+  guidance.title = noGuidance ? `${modelId} takes no guidance` : "";
+  const negative = $("negative");
+  negative.disabled = rules.negative_prompt === "refused";
+  negative.placeholder = negative.disabled
+    ? `${modelId} takes no negative prompt`
+    : "optional: what to leave out";
+  if (negative.disabled) negative.value = "";
+  $("width").max = $("height").max = rules.max_side;
+  setSize(rules.default_size);
 }
 
 function modelState(model) {
@@ -161,13 +189,15 @@ function readForm() {
   body.n = wholeNumber("count", "Images", 1, 10);
   body.size = `${wholeNumber("width", "Width", 0)}x${wholeNumber("height", "Height", 0)}`;
   body.seed = wholeNumber("seed", "Seed", 0);
-  body.num_steps = wholeNumber("steps", "Steps", 0);
-  const guidance = Number($("guidance").value);
-  if ($("guidance").value.trim() === "" || Number.isNaN(guidance)) {
-    throw new ApiError("Guidance: enter a number");
+  body.num_steps = wholeNumber("steps", "Steps", 1, state.rules ? state.rules.max_steps : MAX_SEED);
+  if (!$("guidance").disabled) {
+    const guidance = Number($("guidance").value);
+    if ($("guidance").value.trim() === "" || Number.isNaN(guidance)) {
+      throw new ApiError("Guidance: enter a number");
+    }
+    body.guidance_scale = guidance;
   }
-  body.guidance_scale = guidance;
-  if ($("negative").value.trim()) body.negative_prompt = $("negative").value;
+  if (!$("negative").disabled && $("negative").value.trim()) body.negative_prompt = $("negative").value;
   if ($("format").value) body.output_format = $("format").value;
   return body;
 }
@@ -338,6 +368,11 @@ async function copy(text) {
     $("snippet").select(); // no clipboard (plain http off localhost): select it to copy by hand
     setStatus("Select the text below and copy it.");
   }
+}
+
+function setSize(pixels) {
+  [$("width").value, $("height").value] = [pixels, pixels];
+  syncSize(false);
 }
 
 // Size: presets fill width and height; the hint shows what the model will use.

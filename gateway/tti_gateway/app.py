@@ -171,8 +171,9 @@ def model_entry(model: Model, model_id: str) -> dict[str, object]:
         "state": model.state.value,
         "ready_replicas": len(model.ready()),
     }
-    if model.side_multiple is not None:  # the static table does not know the backend
-        listed["side_multiple"] = model.side_multiple
+    if model.rules is not None:  # the static table does not know the backend
+        listed["side_multiple"] = model.rules["side_multiple"]
+        listed["rules"] = model.rules
     return listed
 
 

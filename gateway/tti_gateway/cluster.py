@@ -22,7 +22,7 @@ from typing import Any
 import kopf
 
 from tti_contracts.api import declared_replicas, models_path
-from tti_contracts.catalogue import CATALOGUE, entry
+from tti_contracts.catalogue import CATALOGUE, entry, request_rules
 from tti_gateway.endpoints import EndpointTable, Key, Model
 from tti_kube.client import ApiError, KubeClient
 from tti_kube.watch import Sink, list_and_watch
@@ -61,10 +61,10 @@ class Scale:
     model: str = ""
 
     @property
-    def side_multiple(self) -> int | None:
-        """How the model fits a requested side (its catalogue entry's); None for a name
-        this gateway's catalogue does not know (a newer CRD)."""
-        return entry(self.model).side_multiple if self.model in CATALOGUE else None
+    def rules(self) -> dict[str, object] | None:
+        """What a client may ask of the model (its catalogue entry's); None for a name this
+        gateway's catalogue does not know (a newer CRD)."""
+        return request_rules(entry(self.model)) if self.model in CATALOGUE else None
 
 
 def model_scale(model: Mapping[str, Any]) -> Scale:
@@ -194,7 +194,7 @@ class ClusterSource:
     def set_model(self, key: Key, scale: Scale) -> None:
         known = key in self.table.models
         self.table.set_scale(
-            key, scale.replicas, scale.autoscaling, scale.version, side_multiple=scale.side_multiple
+            key, scale.replicas, scale.autoscaling, scale.version, rules=scale.rules
         )
         if not known:
             self.refresh(key)

@@ -85,9 +85,9 @@ class Model:
     autoscaling: bool = True
     #: metadata.resourceVersion of the spec above: a wake applies to that version only.
     version: str = ""
-    #: Each requested side goes to a multiple of this (the catalogue's, for spec.model);
-    #: None where nobody says (the static table).
-    side_multiple: int | None = None
+    #: What a client may ask of it (the catalogue's rules for spec.model, the side multiple
+    #: among them); None where nobody says (the static table).
+    rules: dict[str, object] | None = None
     held: int = 0
     waking: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -159,15 +159,15 @@ class EndpointTable:
         autoscaling: bool,
         version: str = "",
         *,
-        side_multiple: int | None = None,
+        rules: dict[str, object] | None = None,
     ) -> None:
-        """What the model's spec (at `version`) says about its replicas, and how its
-        backend fits a requested side."""
+        """What the model's spec (at `version`) says about its replicas, and what a client
+        may ask of its backend."""
         model = self._known(key)
         if model.replicas != 0 and replicas == 0:
             model.waking = False  # scaled down again: a new cold period begins
         model.replicas, model.autoscaling, model.version = replicas, autoscaling, version
-        model.side_multiple = side_multiple
+        model.rules = rules
         model.notify()
 
     def remove_model(self, key: Key) -> None:

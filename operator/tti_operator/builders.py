@@ -263,6 +263,9 @@ def pod_template(
         "resources": resources(spec),
         "securityContext": container_security_context(),
         "volumeMounts": mounts,
+        # A server that cannot load its model ends with one line saying why (the wrong
+        # family, missing weights); the kubelet keeps it and the status shows it.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         **probes(),
     }
     pod_spec: Obj = {

@@ -80,8 +80,18 @@ def _waiting_problem(pod: Mapping[str, Any]) -> Problem | None:
         reason = WAITING_PROBLEMS.get(waiting.get("reason", ""))
         if reason:
             detail = waiting.get("message") or waiting.get("reason")
+            said = _last_words(item)
+            detail = f"{detail}; it last said: {said}" if said else detail
             return Problem(reason, f"container {item.get('name')}: {detail}")
     return None
+
+
+def _last_words(container_status: Mapping[str, Any]) -> str:
+    """The last line of the container's previous run (its termination message: the server's
+    one-line error when it could not load its model)."""
+    terminated = (container_status.get("lastState") or {}).get("terminated") or {}
+    lines = str(terminated.get("message") or "").strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def pod_state(pod: Mapping[str, Any]) -> PodState:

@@ -1,9 +1,11 @@
 """Pure builders: a validated protocol request plus the settings' limits -> an engine request.
 
 These apply what the seed's modules mean (positive sizes; SDXL rounds them to
-multiples of 8, the stub draws any size) and the limits they lack (largest side,
-most steps, longest prompt), raising the transport-neutral `InvalidInput` and
-`UnknownModel`. The OpenAPI document states the same limits (`api/openapi.py`).
+multiples of 8, the stub draws any size), each model's rules from the catalogue (largest
+side, most steps, guidance, whether it takes a negative prompt) and the server's limits
+(longest prompt), raising the transport-neutral `InvalidInput` and `UnknownModel`, whose
+message names the field and the model's rule. The OpenAPI document states the same limits
+(`api/openapi.py`).
 """
 
 from __future__ import annotations
@@ -33,11 +35,14 @@ def fitted_side(pixels: int, multiple: int) -> int:
 def checked_side(field: str, pixels: int | None, settings: Settings) -> int:
     multiple = settings.catalogue_entry.side_multiple
     if pixels is None:
-        return fitted_side(settings.default_size, multiple)
+        return fitted_side(settings.side_when_unnamed, multiple)
     if pixels <= 0:
         raise InvalidInput(f"{field}: must be greater than 0, got {pixels}")
-    if pixels > settings.max_side:
-        raise InvalidInput(f"{field}: {pixels} exceeds the maximum of {settings.max_side} pixels")
+    if pixels > settings.largest_side:
+        raise InvalidInput(
+            f"{field}: {pixels} exceeds the maximum of {settings.largest_side} pixels "
+            f"for {settings.model}"
+        )
     return fitted_side(pixels, multiple)
 
 
@@ -51,20 +56,45 @@ def checked_prompt(field: str, text: str, settings: Settings) -> str:
 
 
 def checked_negative_prompt(field: str, text: str | None, settings: Settings) -> str | None:
-    """The negative prompt, validated; None for a model that takes none, so that requests
+    """The negative prompt, validated; None for a model that ignores it, so that requests
     differing only in it still share a batch."""
     if not text:
         return None
     checked = checked_prompt(field, text, settings)
-    return checked if settings.catalogue_entry.negative_prompt else None
+    use = settings.catalogue_entry.negative_prompt
+    if use == "refused":
+        raise InvalidInput(
+            f"{field}: {settings.model} takes no negative prompt (the "
+            f"{settings.catalogue_entry.family} family has no negative conditioning); "
+            "describe what you want in the prompt instead"
+        )
+    return checked if use == "used" else None
 
 
 def checked_steps(field: str, steps: int | None, settings: Settings) -> int:
     if steps is None:
         return settings.catalogue_entry.default_steps
-    if steps > settings.max_steps:
-        raise InvalidInput(f"{field}: {steps} exceeds the maximum of {settings.max_steps}")
+    if steps > settings.most_steps:
+        raise InvalidInput(
+            f"{field}: {steps} exceeds the maximum of {settings.most_steps} for {settings.model}"
+        )
     return steps
+
+
+def checked_guidance(field: str, value: float | None, settings: Settings) -> float:
+    model = settings.catalogue_entry
+    if value is None:
+        return model.default_guidance
+    if model.max_guidance == 0 and value > 0:
+        raise InvalidInput(
+            f"{field}: {settings.model} takes no guidance (it was distilled without it); "
+            "leave it unset or 0"
+        )
+    if model.max_guidance is not None and value > model.max_guidance:
+        raise InvalidInput(
+            f"{field}: {value:g} exceeds the maximum of {model.max_guidance:g} for {settings.model}"
+        )
+    return float(value)
 
 
 def checked_model(field: str, name: str | None, settings: Settings) -> None:
@@ -85,7 +115,9 @@ def caikit_job(
         height=checked_side("parameters.height", params.height, settings),
         width=checked_side("parameters.width", params.width, settings),
         num_steps=checked_steps("parameters.num_steps", params.num_steps, settings),
-        guidance_scale=_guidance(params.guidance_scale, settings),
+        guidance_scale=checked_guidance(
+            "parameters.guidance_scale", params.guidance_scale, settings
+        ),
         negative_prompt=checked_negative_prompt(
             "parameters.negative_prompt", params.negative_prompt, settings
         ),
@@ -107,13 +139,9 @@ def openai_job(body: OpenAIImageRequest, settings: Settings) -> Job:
         height=checked_side("size (height)", height, settings),
         width=checked_side("size (width)", width, settings),
         num_steps=checked_steps("num_steps", body.num_steps, settings),
-        guidance_scale=_guidance(body.guidance_scale, settings),
+        guidance_scale=checked_guidance("guidance_scale", body.guidance_scale, settings),
         negative_prompt=checked_negative_prompt("negative_prompt", body.negative_prompt, settings),
     )
     prompt = checked_prompt("prompt", body.prompt, settings)
     request = GenerationRequest(prompt=prompt, key=key, n=body.n, seed=body.seed)
     return Job(request, body.output_format or settings.image_format)
-
-
-def _guidance(value: float | None, settings: Settings) -> float:
-    return settings.catalogue_entry.default_guidance if value is None else float(value)

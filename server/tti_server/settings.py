@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from tti_contracts.api import ImageFormat
-from tti_contracts.catalogue import CATALOGUE, ModelEntry, ModelName, entry
+from tti_contracts.catalogue import CATALOGUE, ModelEntry, ModelName, entry, request_rules
 from tti_http.settings import ClientLimitSettings
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
@@ -74,21 +74,31 @@ class Settings(ClientLimitSettings):
         le=1000,
         description="how long a worker waits for compatible requests to batch",
     )
-    max_side: int = Field(
-        default=2048, ge=8, description="largest height or width accepted, in pixels"
+    max_side: int | None = Field(
+        default=None,
+        ge=8,
+        description="largest height or width accepted, in pixels (default, and at most: the "
+        "model's)",
     )
-    max_steps: int = Field(default=50, ge=1, description="largest num_steps accepted")
+    max_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="largest num_steps accepted (default, and at most: the model's)",
+    )
     max_prompt_length: int = Field(
         default=2000,
         ge=1,
         description="longest prompt (and negative prompt) accepted, in characters",
     )
-    default_size: int = Field(
-        default=512, ge=8, description="height and width when a request names none"
+    default_size: int | None = Field(
+        default=None,
+        ge=8,
+        description="height and width when a request names none (default: the model's)",
     )
     sdxl_speedups: str = Field(
         default="",
-        description="sdxl-turbo: comma-separated speed-ups: channels_last, fuse_qkv, compile",
+        description="diffusers models on CUDA: comma-separated speed-ups: channels_last, "
+        "fuse_qkv, compile",
     )
     stub_latency_ms: float = Field(
         default=0.0,
@@ -122,6 +132,29 @@ class Settings(ClientLimitSettings):
     @property
     def catalogue_entry(self) -> ModelEntry:
         return entry(self.model)
+
+    @property
+    def largest_side(self) -> int:
+        """The model's largest side, or the server's if that is smaller."""
+        return min(self.max_side or self.catalogue_entry.max_side, self.catalogue_entry.max_side)
+
+    @property
+    def most_steps(self) -> int:
+        return min(self.max_steps or self.catalogue_entry.max_steps, self.catalogue_entry.max_steps)
+
+    @property
+    def side_when_unnamed(self) -> int:
+        return self.default_size or self.catalogue_entry.default_size
+
+    @property
+    def request_rules(self) -> dict[str, object]:
+        """The model's rules with this server's limits applied."""
+        return {
+            **request_rules(self.catalogue_entry),
+            "max_steps": self.most_steps,
+            "max_side": self.largest_side,
+            "default_size": self.side_when_unnamed,
+        }
 
     @property
     def resolved_model_path(self) -> str:

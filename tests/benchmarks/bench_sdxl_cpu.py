@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from support.server import ServerProcess, launch_server  # noqa: E402
 
-from tti_server.backends.sdxl import load_sdxl  # noqa: E402
+from tti_server.backends.diffusion import load_pipeline  # noqa: E402
 from tti_server.tools.tiny_model import write_tiny_model  # noqa: E402
 
 PATH = "/api/v1/task/text-to-image"
@@ -64,7 +64,7 @@ def latencies(
     model_dir: Path, server: ServerProcess, samples: int, rounds: int
 ) -> tuple[list[float], list[float]]:
     """(direct, HTTP) seconds per request, in alternating rounds."""
-    pipeline = load_sdxl(str(model_dir), "cpu").pipeline
+    pipeline = load_pipeline(str(model_dir), "cpu").pipeline
 
     def direct(seed: int) -> object:
         with torch.inference_mode():

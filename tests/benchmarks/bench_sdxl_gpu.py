@@ -4,10 +4,10 @@ The real weights cannot be downloaded here, so this builds the published
 SDXL-Turbo architecture (UNet 2.6 B parameters, both CLIP text encoders, the SDXL
 VAE) with random weights directly on the GPU in fp16 and saves it as a diffusers
 directory with the `fp16` variant; the timing is the same as with real weights.
-The server then loads it through the normal `load_sdxl` path.
+The server then loads it through the normal `load_pipeline` path.
 
 For each variant it starts the real app (create_app + uvicorn, in its own
-process; the variant's speed-ups reach `load_sdxl` as `SDXLOptions`), warms it
+process; the variant's speed-ups reach `load_pipeline` as `Speedups`), warms it
 up at 512x512 for batches of 1, 4 and 8 (torch.compile compiles there), and
 reports:
 
@@ -238,8 +238,8 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from tti_server.app import create_app
+    from tti_server.backends.diffusion import Speedups, load_pipeline
     from tti_server.backends.loading import worker_devices
-    from tti_server.backends.sdxl import SDXLOptions, load_sdxl
     from tti_server.settings import Settings
 
     settings = Settings(
@@ -252,11 +252,11 @@ def serve(args: argparse.Namespace) -> None:
         request_timeout=900,
         log_level="warning",
     )
-    options = SDXLOptions.parse(args.speedups)
+    options = Speedups.parse(args.speedups)
 
     def loader(settings: Settings) -> list[Any]:
         path = settings.resolved_model_path
-        return [load_sdxl(path, device, options) for device in worker_devices(settings)]
+        return [load_pipeline(path, device, options) for device in worker_devices(settings)]
 
     def exit_on_failure(message: str) -> None:
         print(f"bench server: error: {message}", file=sys.stderr, flush=True)

@@ -1,7 +1,7 @@
 """Where the time of one SDXL-Turbo generation goes, on one GPU, without HTTP.
 
 Builds the full-size SDXL-Turbo architecture with random weights (as
-bench_sdxl_gpu.py does), loads it through `load_sdxl` with and without the
+bench_sdxl_gpu.py does), loads it through `load_pipeline` with and without the
 speed-ups, and times each stage at 512x512, one step: the prompt encoders, the
 UNet and scheduler (`output_type="latent"`), the backend's VAE decode (the VAE in
 the dtype `vae_dtype` chose at load), the tensor-to-PIL step, the backend's whole
@@ -34,12 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sdxl_gpu import FULL, build_model, with_fp16_safe_vae
 
 from tti_server.backends.base import BatchKey, GenerationRequest
-from tti_server.backends.sdxl import (
-    SDXLBackend,
-    SDXLOptions,
+from tti_server.backends.diffusion import (
+    DiffusionBackend,
+    Speedups,
     cast_vae,
     decode_latents,
-    load_sdxl,
+    load_pipeline,
     to_pil,
 )
 
@@ -59,7 +59,7 @@ def median_ms(run: Callable[[], Any], repeats: int = 10) -> float:
     return statistics.median(times) * 1000
 
 
-def stages(backend: SDXLBackend, batch: int) -> dict[str, float]:
+def stages(backend: DiffusionBackend, batch: int) -> dict[str, float]:
     pipeline = backend.pipeline
     prompts = [PROMPT] * batch
     common = {"height": SIZE, "width": SIZE, "num_inference_steps": 1, "guidance_scale": 0.0}
@@ -145,7 +145,7 @@ def main() -> None:
         ("VAE as published (force_upcast)", model_dir, ""),
         ("fp16-safe VAE, channels_last, fuse_qkv", fast_dir, "channels_last,fuse_qkv"),
     ):
-        backend = load_sdxl(str(directory), "cuda:0", SDXLOptions.parse(speedups))
+        backend = load_pipeline(str(directory), "cuda:0", Speedups.parse(speedups))
         vae = str(backend.pipeline.vae.dtype).removeprefix("torch.")
         for batch in (1, 8):
             timings = stages(backend, batch)

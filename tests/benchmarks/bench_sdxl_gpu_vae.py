@@ -3,7 +3,7 @@
 Builds the published SDXL VAE with random weights (the time is the same as with
 the real ones) and decodes the same fp16 latents of 512x512 images, at batch 1
 and 8, three ways side by side in one run: the backend's decode with the VAE kept
-in bf16 (what `load_sdxl` does on a GPU with bf16), the same with the VAE kept in
+in bf16 (what `load_pipeline` does on a GPU with bf16), the same with the VAE kept in
 fp32 (a GPU without bf16), and diffusers' fp16 pipeline's way for a VAE whose
 config says force_upcast (fp16 weights converted to fp32 before every decode and
 back after it). Prints the median of 10 in ms, the ratios, and the largest
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sdxl_gpu import FULL_VAE
 from bench_sdxl_gpu_breakdown import diffusers_decode_ms, median_ms
 
-from tti_server.backends.sdxl import cast_vae, decode_latents
+from tti_server.backends.diffusion import cast_vae, decode_latents
 
 SIZE = 512
 

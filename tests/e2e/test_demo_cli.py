@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from localcluster import demo
+from tti_contracts.catalogue import CATALOGUE
 
 ROOT = Path(demo.__file__).parents[1]
 DEMO = [sys.executable, "-m", "localcluster.demo"]
@@ -16,7 +17,7 @@ DEMO = [sys.executable, "-m", "localcluster.demo"]
 
 def test_demo_help_describes_the_flags() -> None:
     result = subprocess.run([*DEMO, "--help"], capture_output=True, text=True, check=True, cwd=ROOT)
-    assert "--model {stub,sdxl-turbo}" in result.stdout and "--out" in result.stdout
+    assert "--model {" + ",".join(CATALOGUE) + "}" in result.stdout and "--out" in result.stdout
 
 
 @pytest.mark.parametrize("size", ["0", "4096"])

@@ -19,7 +19,15 @@ import pytest
 from PIL import Image
 from support.cluster import Cluster
 from support.hf_endpoint import HubEndpoint
-from support.realpods import Release, exec_in, install, run_client, wait_for
+from support.realpods import (
+    Release,
+    exec_in,
+    gateway_url,
+    install,
+    ready_condition,
+    run_client,
+    wait_for,
+)
 from support.realpods import wait_ready as wait_ready_bare
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.slow]
@@ -55,9 +63,11 @@ def release(cluster: Cluster, hub: HubEndpoint) -> Iterator[Release]:
         yield release
 
 
-def from_hub(release: Release, name: str, repo: str, **spec: Any) -> None:
+def from_hub(
+    release: Release, name: str, repo: str, model: str = "sdxl-turbo", **spec: Any
+) -> None:
     source = {"huggingFace": {"repo": repo, **spec.pop("huggingFace", {})}}
-    release.apply_model(name, model="sdxl-turbo", source=source, resources=SMALL, **spec)
+    release.apply_model(name, model=model, source=source, resources=SMALL, **spec)
 
 
 def wait_ready(release: Release, name: str) -> Any:
@@ -165,6 +175,29 @@ def test_each_failure_names_its_cause_and_the_other_models_keep_serving(
     wait_ready(release, "flaky")
     wait_ready(release, "silent")
     assert wait_ready(release, "serving")["status"]["phase"] == "Ready"
+
+
+def test_a_multi_step_family_serves_through_the_gateway_and_a_wrong_family_says_why(
+    release: Release, tmp_path: Path
+) -> None:
+    """The tiny SDXL checkpoint as the `sdxl` row (30 steps, guidance 5 by default) through
+    the gateway; the same checkpoint named as FLUX.1 is refused, its status naming both."""
+    from_hub(release, "base", REPO, model="sdxl")
+    wait_ready(release, "base")
+    image = run_client(release, gateway_url(release), "base", tmp_path)
+    with Image.open(image) as png:
+        assert png.size == (64, 64)
+
+    from_hub(release, "not-flux", REPO, model="flux.1-schnell")
+    said = "is a StableDiffusionXLPipeline checkpoint, but flux.1-schnell is of the flux family"
+
+    def refused() -> str:
+        condition = ready_condition(release.model("not-flux"))
+        return str(condition.get("message", "")) if said in condition.get("message", "") else ""
+
+    message = wait_for("not-flux refused, naming both families", refused)
+    assert "which loads FluxPipeline" in message
+    release.kubectl("delete", "ttimodel", "base", "not-flux", "-n", release.models)
 
 
 def commit_of(hub: HubEndpoint) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tti_contracts.catalogue import CATALOGUE, request_rules
 from tti_gateway.app import model_entry
 from tti_gateway.cluster import (
     ClusterSource,
@@ -66,18 +67,21 @@ def test_a_models_scale_reads_replicas_and_whether_it_autoscales() -> None:
     assert not model_scale(model("ns", "m", replicas=0)).autoscaling
 
 
-def test_a_models_side_multiple_is_its_catalogue_entrys_and_reaches_the_table() -> None:
-    """The playground rounds sizes as the model will: the catalogue's rule for spec.model."""
-    assert model_scale(model("ns", "m", model="sdxl-turbo")).side_multiple == 8
-    assert model_scale(model("ns", "m", model="stub")).side_multiple == 1
-    assert model_scale(model("ns", "m", model="from-a-newer-crd")).side_multiple is None
+def test_a_models_rules_are_its_catalogue_entrys_and_reach_the_table() -> None:
+    """The playground rounds sizes and bounds its steps and guidance as the model will: the
+    catalogue's rules for spec.model."""
+    assert model_scale(model("ns", "m", model="sdxl-turbo")).rules == request_rules(
+        CATALOGUE["sdxl-turbo"]
+    )
+    assert model_scale(model("ns", "m", model="from-a-newer-crd")).rules is None
     s = source("ns")
     ModelSink(s, "ns").listed([model("ns", "turbo", model="sdxl-turbo")])
-    assert s.table.models[("ns", "turbo")].side_multiple == 8
     listed = model_entry(s.table.models[("ns", "turbo")], "turbo")  # in GET /v1/models
     assert (listed["id"], listed["side_multiple"]) == ("turbo", 8)
-    ModelSink(s, "ns").event("MODIFIED", model("ns", "turbo", model="stub"))
-    assert s.table.models[("ns", "turbo")].side_multiple == 1
+    ModelSink(s, "ns").event("MODIFIED", model("ns", "turbo", model="flux.1-dev"))
+    listed = model_entry(s.table.models[("ns", "turbo")], "turbo")
+    assert listed["side_multiple"] == 16
+    assert listed["rules"] == request_rules(CATALOGUE["flux.1-dev"])
 
 
 def test_slices_of_a_model_merge_and_a_model_gets_those_seen_before_it() -> None:

@@ -98,6 +98,20 @@ def test_pod_state_reads_crash_loops_and_image_pulls() -> None:
     assert waiting("ContainerCreating").problem is None
 
 
+def test_a_crash_loop_shows_the_last_line_the_server_said() -> None:
+    """The server's one-line load error, kept by the kubelet as the termination message."""
+    said = "tti-server: error: model: cannot load flux.1-dev from /weights: it is not FLUX"
+    status = {
+        "name": "server",
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+        "lastState": {"terminated": {"exitCode": 1, "message": f"loading\n{said}\n"}},
+    }
+    problem = pod_state(pod(containerStatuses=[status])).problem
+    assert problem == Problem(
+        "CrashLoopBackOff", f"container server: back-off 10s; it last said: {said}"
+    )
+
+
 def test_pod_state_reads_readiness_and_termination() -> None:
     state = pod_state(
         {

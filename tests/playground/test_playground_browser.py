@@ -16,6 +16,7 @@ from PIL import Image
 from playwright.sync_api import Page, Request, Route, expect
 from support.server import ServerProcess, running_server
 
+from tti_contracts.catalogue import CATALOGUE, request_rules
 from tti_server.backends.stub import STUB_COLOR
 from tti_server.generation import fitted_side
 
@@ -82,6 +83,29 @@ def test_generate_shows_the_stub_blue_at_the_size_asked(page: Page, server: Serv
     expect(page.locator("#status")).to_contain_text("2 images in")
 
 
+def test_the_controls_follow_the_models_rules(page: Page, server: ServerProcess) -> None:
+    """A model's rules (the catalogue's, in /info/models) set the controls: FLUX.1-schnell
+    takes 1-8 steps, no guidance and no negative prompt, 1024² by default."""
+    schnell = request_rules(CATALOGUE["flux.1-schnell"])
+
+    def as_schnell(route: Route) -> None:
+        answer = route.fetch().json()
+        answer["models"][0]["metadata"]["rules"] = schnell
+        route.fulfill(json=answer)
+
+    page.route("**/info/models", as_schnell)
+    open_page(page, server)
+    expect(page.locator("#steps")).to_have_value("4")
+    expect(page.locator("#steps")).to_have_attribute("max", "8")
+    expect(page.locator("#guidance")).to_be_disabled()
+    expect(page.locator("#negative")).to_be_disabled()
+    expect(page.locator("#negative")).to_have_attribute(
+        "placeholder", "stub takes no negative prompt"
+    )
+    expect(page.locator("#width")).to_have_value("1024")
+    expect(page.locator("#size-hint")).to_have_text("")
+
+
 def test_the_size_hint_rounds_as_a_model_with_a_side_multiple_does(
     page: Page, server: ServerProcess
 ) -> None:
@@ -90,7 +114,7 @@ def test_the_size_hint_rounds_as_a_model_with_a_side_multiple_does(
 
     def as_sdxl(route: Route) -> None:
         answer = route.fetch().json()
-        answer["models"][0]["metadata"]["side_multiple"] = 8
+        answer["models"][0]["metadata"]["rules"]["side_multiple"] = 8
         route.fulfill(json=answer)
 
     page.route("**/info/models", as_sdxl)
@@ -110,7 +134,7 @@ def test_a_bad_size_shows_the_apis_message(page: Page, server: ServerProcess) ->
     page.click("#generate")
     expect(page.locator("#error")).to_have_text(
         "The server refused the request (400): size (width): 4000 exceeds the maximum of "
-        "1024 pixels"
+        "1024 pixels for stub"
     )
     expect(page.locator("#images img")).to_have_count(0)
     expect(page.locator("#generate")).to_be_enabled()

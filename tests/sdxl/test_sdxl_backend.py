@@ -16,39 +16,44 @@ import torch
 from PIL import Image
 from support.tiny_model import pixel_difference
 
+from tti_contracts.catalogue import CATALOGUE
 from tti_server.backends.base import (
     BackendOutOfMemory,
     BatchKey,
     GenerationRequest,
     ModelLoadError,
 )
-from tti_server.backends.sdxl import SDXLBackend, SDXLOptions, load_sdxl
+from tti_server.backends.diffusion import DiffusionBackend, Speedups, load_pipeline
 from tti_server.tools.tiny_model import write_tiny_model
 
 BATCH_TOLERANCE = 2
 SMALL = BatchKey(height=64, width=64, num_steps=1, guidance_scale=0.0, negative_prompt=None)
 
 
-def one(backend: SDXLBackend, prompt: str, seed: int | None, key: BatchKey = SMALL) -> Image.Image:
+def one(
+    backend: DiffusionBackend, prompt: str, seed: int | None, key: BatchKey = SMALL
+) -> Image.Image:
     [[image]] = backend.generate([GenerationRequest(prompt, key, n=1, seed=seed)])
     return image
 
 
 @pytest.mark.parametrize(("height", "width"), [(64, 64), (64, 128), (128, 72), (8, 8), (24, 40)])
-def test_images_have_the_requested_size(tiny_backend: SDXLBackend, height: int, width: int) -> None:
+def test_images_have_the_requested_size(
+    tiny_backend: DiffusionBackend, height: int, width: int
+) -> None:
     key = BatchKey(height, width, 1, 0.0, None)
     image = one(tiny_backend, "a red fox", 0, key)
     assert image.size == (width, height)
     assert image.mode == "RGB"
 
 
-def test_sizes_must_already_be_rounded_to_multiples_of_8(tiny_backend: SDXLBackend) -> None:
+def test_sizes_must_already_be_rounded_to_multiples_of_8(tiny_backend: DiffusionBackend) -> None:
     key = BatchKey(70, 64, 1, 0.0, None)
     with pytest.raises(ValueError, match="multiples of 8, got 70x64"):
         tiny_backend.generate([GenerationRequest("x", key, 1, 0)])
 
 
-def test_same_seed_gives_the_same_image(tiny_backend: SDXLBackend) -> None:
+def test_same_seed_gives_the_same_image(tiny_backend: DiffusionBackend) -> None:
     first = one(tiny_backend, "a lighthouse", 42)
     again = one(tiny_backend, "a lighthouse", 42)
     other = one(tiny_backend, "a lighthouse", 43)
@@ -56,15 +61,15 @@ def test_same_seed_gives_the_same_image(tiny_backend: SDXLBackend) -> None:
     assert pixel_difference(first, other) > 10 * BATCH_TOLERANCE
 
 
-def test_unseeded_requests_draw_different_images(tiny_backend: SDXLBackend) -> None:
+def test_unseeded_requests_draw_different_images(tiny_backend: DiffusionBackend) -> None:
     assert pixel_difference(one(tiny_backend, "x", None), one(tiny_backend, "x", None)) > 0
 
 
-def test_prompt_changes_the_image(tiny_backend: SDXLBackend) -> None:
+def test_prompt_changes_the_image(tiny_backend: DiffusionBackend) -> None:
     assert pixel_difference(one(tiny_backend, "a cat", 7), one(tiny_backend, "a dog", 7)) > 0
 
 
-def test_a_seeded_image_is_the_same_batched_or_alone(tiny_backend: SDXLBackend) -> None:
+def test_a_seeded_image_is_the_same_batched_or_alone(tiny_backend: DiffusionBackend) -> None:
     key = BatchKey(64, 96, 2, 0.0, None)
     prompts = ["a cat", "a dog", "a ship", "a tree"]
     alone = [one(tiny_backend, prompt, 100 + i, key) for i, prompt in enumerate(prompts)]
@@ -75,7 +80,7 @@ def test_a_seeded_image_is_the_same_batched_or_alone(tiny_backend: SDXLBackend) 
         assert pixel_difference(single, in_batch) <= BATCH_TOLERANCE
 
 
-def test_n_images_use_consecutive_seeds(tiny_backend: SDXLBackend) -> None:
+def test_n_images_use_consecutive_seeds(tiny_backend: DiffusionBackend) -> None:
     [images] = tiny_backend.generate([GenerationRequest("a boat", SMALL, n=3, seed=10)])
     assert len(images) == 3
     for offset, image in enumerate(images):
@@ -83,7 +88,9 @@ def test_n_images_use_consecutive_seeds(tiny_backend: SDXLBackend) -> None:
     assert pixel_difference(images[0], images[1]) > 10 * BATCH_TOLERANCE
 
 
-def test_each_request_of_a_batch_gets_its_own_images_in_order(tiny_backend: SDXLBackend) -> None:
+def test_each_request_of_a_batch_gets_its_own_images_in_order(
+    tiny_backend: DiffusionBackend,
+) -> None:
     batch = [
         GenerationRequest("a cat", SMALL, n=2, seed=1),
         GenerationRequest("a dog", SMALL, n=1, seed=2),
@@ -98,7 +105,7 @@ def test_each_request_of_a_batch_gets_its_own_images_in_order(tiny_backend: SDXL
             assert pixel_difference(image, reference) <= BATCH_TOLERANCE
 
 
-def test_guidance_and_negative_prompt_are_used(tiny_backend: SDXLBackend) -> None:
+def test_guidance_and_negative_prompt_are_used(tiny_backend: DiffusionBackend) -> None:
     guided = BatchKey(64, 64, 2, 3.0, "blurry")
     plain = BatchKey(64, 64, 2, 0.0, None)
     first = one(tiny_backend, "a cat", 5, guided)
@@ -106,7 +113,7 @@ def test_guidance_and_negative_prompt_are_used(tiny_backend: SDXLBackend) -> Non
     assert pixel_difference(first, one(tiny_backend, "a cat", 5, plain)) > 0
 
 
-def test_a_batch_must_share_one_key(tiny_backend: SDXLBackend) -> None:
+def test_a_batch_must_share_one_key(tiny_backend: DiffusionBackend) -> None:
     other = BatchKey(64, 128, 1, 0.0, None)
     batch = [GenerationRequest("a", SMALL, 1, 0), GenerationRequest("b", other, 1, 0)]
     with pytest.raises(ValueError, match="share one BatchKey"):
@@ -118,21 +125,21 @@ def test_cuda_out_of_memory_becomes_backend_out_of_memory() -> None:
     def out_of_memory(**_: object) -> None:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    backend = SDXLBackend(out_of_memory, "cuda:0")
+    backend = DiffusionBackend(out_of_memory, "cuda:0", CATALOGUE["sdxl-turbo"])
     with pytest.raises(BackendOutOfMemory, match="cuda:0 ran out of memory for 2 image"):
         backend.generate([GenerationRequest("x", SMALL, n=2, seed=0)])
 
 
-def test_release_memory_off_cuda_does_nothing(tiny_backend: SDXLBackend) -> None:
+def test_release_memory_off_cuda_does_nothing(tiny_backend: DiffusionBackend) -> None:
     tiny_backend.release_memory()
     assert one(tiny_backend, "still works", 1).size == (64, 64)
 
 
 def test_caikit_model_dir_loads_the_same_pipeline(
-    tiny_caikit_dir: Path, tiny_backend: SDXLBackend
+    tiny_caikit_dir: Path, tiny_backend: DiffusionBackend
 ) -> None:
     assert (tiny_caikit_dir / "config.yml").is_file()
-    caikit = load_sdxl(str(tiny_caikit_dir), "cpu")
+    caikit = load_pipeline(str(tiny_caikit_dir), "cpu")
     assert type(caikit.pipeline).__name__ == "StableDiffusionXLPipeline"
     # Same seeded weights, same seed: the very same image.
     assert one(caikit, "a fox", 3).tobytes() == one(tiny_backend, "a fox", 3).tobytes()
@@ -167,7 +174,7 @@ def test_tiny_model_is_small_and_the_same_every_time(tiny_model_dir: Path, tmp_p
     assert size < 15 * 2**20
 
 
-def test_tiny_model_with_a_long_prompt(tiny_backend: SDXLBackend) -> None:
+def test_tiny_model_with_a_long_prompt(tiny_backend: DiffusionBackend) -> None:
     # Prompts longer than CLIP's 77 tokens are truncated, not an error.
     assert one(tiny_backend, "a very long prompt " * 40, 0).size == (64, 64)
 
@@ -177,7 +184,7 @@ def test_tiny_model_with_a_long_prompt(tiny_backend: SDXLBackend) -> None:
 
 def load_error(model_path: str | Path) -> str:
     with pytest.raises(ModelLoadError) as caught:
-        load_sdxl(str(model_path), "cpu")
+        load_pipeline(str(model_path), "cpu")
     message = str(caught.value)
     assert "\n" not in message, message
     return message
@@ -263,30 +270,30 @@ def test_hub_repo_offline_names_what_it_tried(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_speed_up_options_parse_from_a_settings_string() -> None:
-    assert SDXLOptions.parse("") == SDXLOptions()
-    assert SDXLOptions.parse(" channels-last , fuse_qkv") == SDXLOptions(
+    assert Speedups.parse("") == Speedups()
+    assert Speedups.parse(" channels-last , fuse_qkv") == Speedups(
         channels_last=True, fuse_qkv=True
     )
-    assert str(SDXLOptions.parse("compile")) == "compile"
-    with pytest.raises(ValueError, match="unknown SDXL speed-up turbo; choose from channels_last"):
-        SDXLOptions.parse("channels_last,turbo")
+    assert str(Speedups.parse("compile")) == "compile"
+    with pytest.raises(ValueError, match="unknown speed-up turbo; choose from channels_last"):
+        Speedups.parse("channels_last,turbo")
 
 
 def test_channels_last_and_fused_qkv_draw_the_same_images(
-    tiny_model_dir: Path, tiny_backend: SDXLBackend
+    tiny_model_dir: Path, tiny_backend: DiffusionBackend
 ) -> None:
-    options = SDXLOptions(channels_last=True, fuse_qkv=True)
-    fast = load_sdxl(str(tiny_model_dir), "cpu", options)
+    options = Speedups(channels_last=True, fuse_qkv=True)
+    fast = load_pipeline(str(tiny_model_dir), "cpu", options)
     assert pixel_difference(one(fast, "a fox", 8), one(tiny_backend, "a fox", 8)) <= BATCH_TOLERANCE
 
 
 def test_a_model_saved_only_as_the_fp16_variant_loads_on_the_cpu_in_fp32(
-    tiny_backend: SDXLBackend, tmp_path: Path
+    tiny_backend: DiffusionBackend, tmp_path: Path
 ) -> None:
     # What `save_pretrained(variant="fp16")` writes, as the GPU benchmark does.
     tiny_backend.pipeline.save_pretrained(str(tmp_path), variant="fp16")
     assert not list(tmp_path.glob("unet/diffusion_pytorch_model.safetensors"))
-    backend = load_sdxl(str(tmp_path), "cpu")
+    backend = load_pipeline(str(tmp_path), "cpu")
     assert backend.pipeline.unet.dtype == torch.float32
     assert one(backend, "a fox", 1).size == (64, 64)
 

@@ -23,12 +23,12 @@ from PIL import Image
 from support.tiny_model import pixel_difference
 
 from tti_server.backends.base import BatchKey, GenerationRequest
-from tti_server.backends.sdxl import (
-    SDXLBackend,
+from tti_server.backends.diffusion import (
+    DiffusionBackend,
     cast_vae,
     decode_latents,
     image_seeds,
-    load_sdxl,
+    load_pipeline,
     to_pil,
     vae_dtype,
 )
@@ -39,12 +39,14 @@ GUIDED = BatchKey(height=72, width=64, num_steps=1, guidance_scale=2.5, negative
 
 
 @pytest.fixture
-def own_backend(tiny_model_dir: Path) -> SDXLBackend:
+def own_backend(tiny_model_dir: Path) -> DiffusionBackend:
     """A backend of its own, for tests that change its pipeline."""
-    return load_sdxl(str(tiny_model_dir), "cpu")
+    return load_pipeline(str(tiny_model_dir), "cpu")
 
 
-def diffusers_images(backend: SDXLBackend, batch: list[GenerationRequest]) -> list[Image.Image]:
+def diffusers_images(
+    backend: DiffusionBackend, batch: list[GenerationRequest]
+) -> list[Image.Image]:
     """What diffusers' pipeline itself returns for `batch`: its own decode, to PIL."""
     key = batch[0].key
     prompts = [request.prompt for request in batch for _ in range(request.n)]
@@ -63,11 +65,11 @@ def diffusers_images(backend: SDXLBackend, batch: list[GenerationRequest]) -> li
     return list(output.images)
 
 
-def backend_images(backend: SDXLBackend, batch: list[GenerationRequest]) -> list[Image.Image]:
+def backend_images(backend: DiffusionBackend, batch: list[GenerationRequest]) -> list[Image.Image]:
     return [image for images in backend.generate(batch) for image in images]
 
 
-def tiny_latents(backend: SDXLBackend, seed: int = 5) -> torch.Tensor:
+def tiny_latents(backend: DiffusionBackend, seed: int = 5) -> torch.Tensor:
     with torch.inference_mode():
         latents: torch.Tensor = backend.pipeline(
             prompt=["a cat", "a dog"],
@@ -81,7 +83,7 @@ def tiny_latents(backend: SDXLBackend, seed: int = 5) -> torch.Tensor:
     return latents
 
 
-def decode(backend: SDXLBackend, latents: torch.Tensor) -> list[Image.Image]:
+def decode(backend: DiffusionBackend, latents: torch.Tensor) -> list[Image.Image]:
     with torch.inference_mode():
         return to_pil(backend.pipeline, decode_latents(backend.pipeline, latents))
 
@@ -94,7 +96,9 @@ def batch_of(key: BatchKey) -> list[GenerationRequest]:
 
 
 @pytest.mark.parametrize("key", [PLAIN, GUIDED], ids=["plain", "guided"])
-def test_images_are_those_of_diffusers_own_decode(tiny_backend: SDXLBackend, key: BatchKey) -> None:
+def test_images_are_those_of_diffusers_own_decode(
+    tiny_backend: DiffusionBackend, key: BatchKey
+) -> None:
     batch = batch_of(key)
     ours = backend_images(tiny_backend, batch)
     theirs = diffusers_images(tiny_backend, batch)
@@ -105,7 +109,7 @@ def test_images_are_those_of_diffusers_own_decode(tiny_backend: SDXLBackend, key
 
 
 def test_latents_mean_and_std_are_undone_as_diffusers_does(
-    own_backend: SDXLBackend, tiny_backend: SDXLBackend
+    own_backend: DiffusionBackend, tiny_backend: DiffusionBackend
 ) -> None:
     # SDXL's VAE config has none; other VAEs of the family (and a future SDXL VAE) do.
     own_backend.pipeline.vae.register_to_config(
@@ -132,7 +136,7 @@ class MirrorWatermarker:
 
 
 def test_the_pipelines_watermarker_is_applied_as_diffusers_does(
-    own_backend: SDXLBackend, tiny_backend: SDXLBackend
+    own_backend: DiffusionBackend, tiny_backend: DiffusionBackend
 ) -> None:
     watermarker = MirrorWatermarker()
     own_backend.pipeline.watermark = watermarker
@@ -166,15 +170,15 @@ def test_vae_dtype_choice(
     assert vae_dtype(device, force_upcast=force_upcast, bf16_supported=bf16_supported) == expected
 
 
-def test_loading_on_the_cpu_keeps_everything_fp32(tiny_backend: SDXLBackend) -> None:
+def test_loading_on_the_cpu_keeps_everything_fp32(tiny_backend: DiffusionBackend) -> None:
     pipeline = tiny_backend.pipeline
     assert pipeline.vae.config.force_upcast  # as SDXL's VAE says
     assert pipeline.vae.dtype == pipeline.unet.dtype == torch.float32
 
 
-def test_a_generation_neither_converts_nor_copies_the_vae(own_backend: SDXLBackend) -> None:
+def test_a_generation_neither_converts_nor_copies_the_vae(own_backend: DiffusionBackend) -> None:
     vae = own_backend.pipeline.vae
-    cast_vae(vae, torch.bfloat16)  # what load_sdxl does on a GPU with bf16
+    cast_vae(vae, torch.bfloat16)  # what load_pipeline does on a GPU with bf16
     storage = {name: parameter.data_ptr() for name, parameter in vae.named_parameters()}
     dtypes_while_decoding: list[torch.dtype] = []
 
@@ -198,7 +202,7 @@ def test_a_generation_neither_converts_nor_copies_the_vae(own_backend: SDXLBacke
 
 @pytest.mark.parametrize("latent_dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_a_bf16_vae_decodes_latents_of_any_dtype_close_to_fp32(
-    own_backend: SDXLBackend, tiny_backend: SDXLBackend, latent_dtype: torch.dtype
+    own_backend: DiffusionBackend, tiny_backend: DiffusionBackend, latent_dtype: torch.dtype
 ) -> None:
     latents = tiny_latents(tiny_backend)
     reference = decode(tiny_backend, latents)
@@ -211,7 +215,7 @@ def test_a_bf16_vae_decodes_latents_of_any_dtype_close_to_fp32(
 
 
 def test_a_backend_with_a_bf16_vae_draws_the_fp32_images(
-    own_backend: SDXLBackend, tiny_backend: SDXLBackend
+    own_backend: DiffusionBackend, tiny_backend: DiffusionBackend
 ) -> None:
     cast_vae(own_backend.pipeline.vae, torch.bfloat16)
     batch = batch_of(PLAIN)

@@ -31,7 +31,7 @@ from support.tiny_model import pixel_difference
 
 from tti_server.app import create_app
 from tti_server.backends.base import BackendOutOfMemory, BatchKey, GenerationRequest
-from tti_server.backends.sdxl import SDXLBackend
+from tti_server.backends.diffusion import DiffusionBackend
 from tti_server.settings import Settings
 
 from .test_sdxl_backend import BATCH_TOLERANCE
@@ -70,7 +70,7 @@ def caikit_image(http: httpx.Client, prompt: str, **parameters: Any) -> Image.Im
     return Image.open(io.BytesIO(base64.b64decode(response.json()["output"]["image_data"])))
 
 
-def reference(backend: SDXLBackend, prompt: str, seed: int, size: int = 64) -> Image.Image:
+def reference(backend: DiffusionBackend, prompt: str, seed: int, size: int = 64) -> Image.Image:
     key = BatchKey(size, size, 1, 0.0, None)
     [[image]] = backend.generate([GenerationRequest(prompt, key, 1, seed)])
     return image
@@ -107,7 +107,7 @@ def test_caikit_raw_image_bytes(client: httpx.Client, accept: str) -> None:
 
 
 def test_seed_gives_the_same_image_as_the_model_itself(
-    client: httpx.Client, tiny_backend: SDXLBackend
+    client: httpx.Client, tiny_backend: DiffusionBackend
 ) -> None:
     first = caikit_image(client, "a red barn", height=64, width=64, seed=1234)
     again = caikit_image(client, "a red barn", height=64, width=64, seed=1234)
@@ -118,7 +118,7 @@ def test_seed_gives_the_same_image_as_the_model_itself(
 
 
 def test_openai_n_images_are_consecutive_seeds(
-    client: httpx.Client, tiny_backend: SDXLBackend
+    client: httpx.Client, tiny_backend: DiffusionBackend
 ) -> None:
     body = {"prompt": "a boat", "model": "sdxl-turbo", "n": 3, "size": "64x64", "seed": 50}
     response = client.post(OPENAI, json=body)
@@ -154,7 +154,7 @@ def batches_so_far(http: httpx.Client) -> int:
 
 
 def test_concurrent_clients_each_get_their_own_image(
-    client: httpx.Client, tiny_server: ServerProcess, tiny_backend: SDXLBackend
+    client: httpx.Client, tiny_server: ServerProcess, tiny_backend: DiffusionBackend
 ) -> None:
     clients = 16
     start = threading.Barrier(clients)
@@ -228,7 +228,7 @@ def test_make_tiny_model_command(tmp_path: Path) -> None:
 class FailingBackend:
     """The real tiny backend, except that a batch with a 'poison' or 'oom' prompt fails."""
 
-    def __init__(self, inner: SDXLBackend) -> None:
+    def __init__(self, inner: DiffusionBackend) -> None:
         self.inner = inner
         self.name = inner.name
         self.device = inner.device
@@ -278,7 +278,7 @@ def _ready(url: str) -> bool:
 
 @pytest.mark.parametrize(("bad_prompt", "status"), [("poison", 500), ("oom", 503)])
 def test_a_failing_batch_fails_only_its_requests(
-    tiny_backend: SDXLBackend, bad_prompt: str, status: int
+    tiny_backend: DiffusionBackend, bad_prompt: str, status: int
 ) -> None:
     backend = FailingBackend(tiny_backend)
     with serve_in_thread(backend) as url:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from tti_contracts.catalogue import CATALOGUE, request_rules
 from tti_server.backends.stub import STUB_COLOR
 
 CAIKIT = "/api/v1/task/text-to-image"
@@ -74,7 +75,16 @@ def test_info_models_lists_the_loaded_model(api: httpx.Client) -> None:
         "model_path": "",
         "name": "stub",
         "size": 0,
-        "metadata": {"workers": 1, "devices": ["cpu"], "side_multiple": 1},
+        "metadata": {
+            "workers": 1,
+            "devices": ["cpu"],
+            "side_multiple": 1,
+            "rules": {
+                **request_rules(CATALOGUE["stub"]),
+                "max_side": 1024,
+                "max_steps": 8,
+            },  # CONTRACT_FLAGS,
+        },
         "loaded": True,
         "module_id": "stub",
         "module_metadata": {"name": "tti-server stub", "version": "0.1.0"},

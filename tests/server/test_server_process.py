@@ -12,6 +12,8 @@ import httpx
 import pytest
 from support.server import ServerExited, StartServer, server_command
 
+from tti_contracts.catalogue import CATALOGUE
+
 CAIKIT = "/api/v1/task/text-to-image"
 
 
@@ -24,7 +26,7 @@ def test_help_lists_every_setting_and_the_subcommand() -> None:
     result = subprocess.run([*server_command(), "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     for flag in (
-        "--model {stub,sdxl-turbo}",
+        "--model {" + ",".join(CATALOGUE) + "}",
         "--model-path",
         "--image-format {png,jpeg,webp}",
         "--port",
@@ -152,7 +154,7 @@ def test_an_unknown_speed_up_is_a_load_failure(start_server: StartServer) -> Non
     assert server.wait_exit(timeout=120) == 1
     last = server.output().strip().splitlines()[-1]
     assert last.startswith("tti-server: error: model: cannot load sdxl-turbo")
-    assert "--sdxl-speedups: unknown SDXL speed-up warp_drive" in last
+    assert "--sdxl-speedups: unknown speed-up warp_drive" in last
 
 
 def test_make_tiny_model_has_its_own_help() -> None:

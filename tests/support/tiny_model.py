@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tti_server.backends.sdxl import SDXLBackend, load_sdxl
+from tti_server.backends.diffusion import DiffusionBackend, load_pipeline
 from tti_server.tools.tiny_model import write_tiny_caikit_model, write_tiny_model
 
 
@@ -33,8 +33,8 @@ def tiny_caikit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_backend(tiny_model_dir: Path) -> SDXLBackend:
-    return load_sdxl(str(tiny_model_dir), "cpu")
+def tiny_backend(tiny_model_dir: Path) -> DiffusionBackend:
+    return load_pipeline(str(tiny_model_dir), "cpu")
 
 
 def pixel_difference(first: Image.Image, second: Image.Image) -> int:

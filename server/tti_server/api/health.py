@@ -50,8 +50,9 @@ async def info_models(request: Request) -> ModelsInfo:
         metadata={
             "workers": len(devices),
             "devices": devices,
-            # How the model fits a requested side (the playground shows it before a request).
+            # What a client may ask (the playground's controls follow it).
             "side_multiple": service.settings.catalogue_entry.side_multiple,
+            "rules": service.settings.request_rules,
         },
         loaded=engine is not None,
         module_id=service.settings.model,

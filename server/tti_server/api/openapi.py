@@ -38,11 +38,11 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
 
 def limits(settings: Settings) -> list[tuple[str, str, dict[str, Any]]]:
     """(schema, property, JSON Schema keywords) for every limit the settings set."""
-    side = {"maximum": settings.max_side}
-    steps = {"maximum": settings.max_steps}
+    side = {"maximum": settings.largest_side}
+    steps = {"maximum": settings.most_steps}
     text = {"maxLength": settings.max_prompt_length}
     model = {"enum": [settings.served_model_id]}
-    size = {"pattern": rf"^(auto|{up_to(settings.max_side)}x{up_to(settings.max_side)})$"}
+    size = {"pattern": rf"^(auto|{up_to(settings.largest_side)}x{up_to(settings.largest_side)})$"}
     return [
         ("CaikitTextToImageRequest", "model_id", model),
         ("CaikitTextToImageRequest", "inputs", text),

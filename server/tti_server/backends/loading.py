@@ -1,7 +1,7 @@
 """Turn settings into loaded backends, one per worker device.
 
 This is the only place that decides devices. torch is imported lazily, and only
-for `sdxl-turbo`, so the stub server (and the HTTP layer) never pays for it.
+for a model with weights, so the stub server (and the HTTP layer) never pays for it.
 """
 
 from __future__ import annotations
@@ -36,11 +36,13 @@ def load_backends(settings: Settings) -> list[Backend]:
     if settings.model == "stub":
         latency_s = settings.stub_latency_ms / 1000
         return [StubBackend("cpu", latency_s) for _ in range(settings.workers)]
-    from tti_server.backends.sdxl import SDXLOptions, load_sdxl
+    from tti_server.backends.diffusion import Speedups, load_pipeline
 
     try:
-        options = SDXLOptions.parse(settings.sdxl_speedups)
+        speedups = Speedups.parse(settings.sdxl_speedups)
     except ValueError as exc:
         raise ModelLoadError(f"--sdxl-speedups: {exc}") from None
-    path = settings.resolved_model_path
-    return [load_sdxl(path, device, options) for device in worker_devices(settings)]
+    path, model = settings.resolved_model_path, settings.catalogue_entry
+    return [
+        load_pipeline(path, device, speedups, model=model) for device in worker_devices(settings)
+    ]

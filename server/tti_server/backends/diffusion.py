@@ -1,15 +1,20 @@
-"""The SDXL-Turbo backend: one diffusers pipeline on one device.
+"""The diffusers backend: one pipeline of a catalogue family on one device.
 
-`load_sdxl` accepts what users have: a diffusers directory, a model directory saved
+One backend serves every family of the catalogue (SDXL, Stable Diffusion 3, FLUX.1); what
+differs between them is data, `HANDLING` below and the catalogue's `Family` rows.
+
+`load_pipeline` accepts what users have: a diffusers directory, a model directory saved
 by the seed's caikit module (a `config.yml` whose `sdxl_model` key names the
-pipeline sub-folder), or a Hugging Face repo id. Whatever fails, it raises
-`ModelLoadError` with one line saying what it tried.
+pipeline sub-folder), or a Hugging Face repo id, and refuses a checkpoint of another
+family, naming both. Whatever fails, it raises `ModelLoadError` with one line saying
+what it tried.
 
-`SDXLBackend.generate` runs a batch of compatible requests as one pipeline call
+`DiffusionBackend.generate` runs a batch of compatible requests as one pipeline call
 with one seeded generator per image, so a seeded request gets the same images
-whether it ran alone or batched with others. The pipeline stops at the latents;
-the backend decodes them itself with the VAE in the dtype `vae_dtype` chose at
-load time (see there why), which diffusers' pipeline cannot do.
+whether it ran alone or batched with others. For SDXL the pipeline stops at the latents
+and the backend decodes them itself with the VAE in the dtype `vae_dtype` chose at
+load time (see there why), which diffusers' pipeline cannot do; the other families'
+VAEs run in the pipeline's own dtype, and their pipelines decode.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch
 import yaml
 from PIL import Image
 
+from tti_contracts.catalogue import CATALOGUE, FAMILIES, ModelEntry
 from tti_server.backends.base import BackendOutOfMemory, GenerationRequest, ModelLoadError
 
 #: The key under which the seed's caikit module records the pipeline sub-folder.
@@ -42,22 +48,43 @@ _SEED_SPACE = 1 << 64  # torch.Generator.manual_seed takes 64-bit seeds
 
 
 @dataclass(frozen=True)
-class SDXLOptions:
+class Handling:
+    """How a family's pipeline runs on CUDA (on a CPU everything is fp32)."""
+
+    #: The weights' dtype where the GPU has native bf16; `fallback` elsewhere.
+    cuda_dtype: torch.dtype
+    fallback: torch.dtype
+    #: Whether the backend decodes the latents itself (SDXL's VAE overflows fp16: see
+    #: `vae_dtype`), rather than the pipeline in its own dtype.
+    own_decode: bool
+
+
+HANDLING: dict[str, Handling] = {
+    # fp16 with the fp16 weight variant the SDXL repositories ship.
+    "sdxl": Handling(torch.float16, torch.float16, own_decode=True),
+    # Trained and published in bf16; their T5 encoder overflows fp16 on long prompts.
+    "sd3": Handling(torch.bfloat16, torch.float16, own_decode=False),
+    "flux": Handling(torch.bfloat16, torch.float16, own_decode=False),
+}
+
+
+@dataclass(frozen=True)
+class Speedups:
     """Optional speed-ups for CUDA; each trades start-up time or generality for speed."""
 
     channels_last: bool = False  # UNet and VAE in channels-last memory format
     fuse_qkv: bool = False  # one matmul for the q, k and v projections of self-attention
-    compile: bool = False  # torch.compile the UNet (the first calls compile: minutes)
+    compile: bool = False  # torch.compile the denoiser (the first calls compile: minutes)
 
     @classmethod
-    def parse(cls, text: str) -> SDXLOptions:
+    def parse(cls, text: str) -> Speedups:
         """`"channels_last,fuse_qkv"` -> those options on; `""` -> none (a settings string)."""
         names = [name.strip().replace("-", "_") for name in text.split(",") if name.strip()]
         known = {field.name for field in fields(cls)}
         unknown = [name for name in names if name not in known]
         if unknown:
             choices = ", ".join(sorted(known))
-            raise ValueError(f"unknown SDXL speed-up {', '.join(unknown)}; choose from {choices}")
+            raise ValueError(f"unknown speed-up {', '.join(unknown)}; choose from {choices}")
         return cls(**dict.fromkeys(names, True))
 
     def __str__(self) -> str:
@@ -73,30 +100,32 @@ class PipelineSource:
     description: str
 
 
-class SDXLBackend:
-    """A loaded SDXL pipeline on one device; only its worker thread calls it."""
+class DiffusionBackend:
+    """A loaded diffusers pipeline on one device; only its worker thread calls it."""
 
-    name = "sdxl-turbo"
-
-    def __init__(self, pipeline: Any, device: str) -> None:
+    def __init__(self, pipeline: Any, device: str, model: ModelEntry) -> None:
         self.pipeline = pipeline
         self.device = device
+        self.name: str = model.name
+        self.handling = HANDLING[model.family]
+        self.side_multiple = model.side_multiple
 
     def generate(self, batch: list[GenerationRequest]) -> list[list[Image.Image]]:
         """Run `batch` as one pipeline call and hand each request exactly its `n` images."""
         key = batch[0].key
         if any(request.key != key for request in batch):
             raise ValueError("every request of a batch must share one BatchKey")
-        if key.height % 8 or key.width % 8:
+        multiple = self.side_multiple
+        if key.height % multiple or key.width % multiple:
             # The server rounds sizes as the seed does; a backend never guesses.
             raise ValueError(
-                f"height and width must be multiples of 8, got {key.height}x{key.width}"
+                f"height and width must be multiples of {multiple}, got {key.height}x{key.width}"
             )
         prompts = [request.prompt for request in batch for _ in range(request.n)]
         generators = [_generator(seed) for request in batch for seed in image_seeds(request)]
         try:
             with torch.inference_mode():
-                latents = self.pipeline(
+                output = self.pipeline(
                     prompt=prompts,
                     negative_prompt=(
                         [key.negative_prompt] * len(prompts) if key.negative_prompt else None
@@ -106,9 +135,13 @@ class SDXLBackend:
                     num_inference_steps=key.num_steps,
                     guidance_scale=key.guidance_scale,
                     generator=generators,
-                    output_type="latent",
+                    output_type="latent" if self.handling.own_decode else "pil",
                 ).images
-                images = to_pil(self.pipeline, decode_latents(self.pipeline, latents))
+                images = (
+                    to_pil(self.pipeline, decode_latents(self.pipeline, output))
+                    if self.handling.own_decode
+                    else list(output)
+                )
         except torch.cuda.OutOfMemoryError as exc:
             raise BackendOutOfMemory(
                 f"{self.device} ran out of memory for {len(prompts)} image(s) of "
@@ -125,30 +158,41 @@ class SDXLBackend:
             torch.cuda.empty_cache()
 
 
-def load_sdxl(model_path: str, device: str, options: SDXLOptions | None = None) -> SDXLBackend:
-    """Load the pipeline at `model_path` onto `device` (`cpu`, `cuda`, `cuda:N`).
+def load_pipeline(
+    model_path: str,
+    device: str,
+    speedups: Speedups | None = None,
+    *,
+    model: ModelEntry = CATALOGUE["sdxl-turbo"],
+) -> DiffusionBackend:
+    """Load the pipeline of `model`'s family (the seed's SDXL-Turbo unless told) at
+    `model_path` onto `device` (`cpu`, `cuda`, `cuda:N`).
 
-    CUDA gets fp16 (the `fp16` weight variant when there is one) except the VAE,
-    which stays for good in the dtype `vae_dtype` picks (bf16 or fp32 for SDXL's VAE,
-    which overflows fp16). CPU gets fp32. Raises `ModelLoadError` with one line.
+    CUDA gets the family's dtype (`HANDLING`; the `fp16` weight variant when there is one
+    and the dtype is fp16); SDXL's VAE stays for good in the dtype `vae_dtype` picks (bf16
+    or fp32, as it overflows fp16). CPU gets fp32. Raises `ModelLoadError` with one line.
     """
+    handling = HANDLING[model.family]
     source = resolve_source(model_path)
     on_cuda = device.startswith("cuda")
-    pipeline = _from_pretrained(source, torch.float16 if on_cuda else torch.float32, on_cuda)
+    bf16 = on_cuda and _cuda_has_bf16(device)
+    dtype = (handling.cuda_dtype if bf16 else handling.fallback) if on_cuda else torch.float32
+    pipeline = _from_pretrained(source, dtype, dtype == torch.float16, model)
+    check_family(type(pipeline).__name__, source, model)  # a hub repository's, once loaded
     try:
         pipeline = pipeline.to(device)
-        force_upcast = bool(getattr(pipeline.vae.config, "force_upcast", True))
-        bf16 = on_cuda and _cuda_has_bf16(device)
-        dtype = vae_dtype(device, force_upcast=force_upcast, bf16_supported=bf16)
-        cast_vae(pipeline.vae, dtype)
+        if handling.own_decode:
+            force_upcast = bool(getattr(pipeline.vae.config, "force_upcast", True))
+            kept = vae_dtype(device, force_upcast=force_upcast, bf16_supported=bf16)
+            cast_vae(pipeline.vae, kept)
     except Exception as exc:
         raise ModelLoadError(
             f"loaded {source.description} but cannot move it to {device}: {one_line(exc)}"
         ) from exc
     # A progress bar per request would flood the server's log.
     pipeline.set_progress_bar_config(disable=True)
-    _apply_options(pipeline, options or SDXLOptions())
-    return SDXLBackend(pipeline, device)
+    _apply_speedups(pipeline, speedups or Speedups())
+    return DiffusionBackend(pipeline, device, model)
 
 
 def vae_dtype(device: str, *, force_upcast: bool, bf16_supported: bool) -> torch.dtype:
@@ -321,13 +365,15 @@ def _hub_reachable() -> bool:
     return True
 
 
-def _from_pretrained(source: PipelineSource, dtype: torch.dtype, want_fp16_variant: bool) -> Any:
+def _from_pretrained(
+    source: PipelineSource, dtype: torch.dtype, want_fp16_variant: bool, model: ModelEntry
+) -> Any:
     from diffusers import AutoPipelineForText2Image
 
     directory = Path(source.location)
     on_disk = source.local and directory.is_dir()
     if on_disk:
-        _check_model_index(directory, source)
+        check_family(_check_model_index(directory, source), source, model)
     kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": source.local}
     error: Exception | None = None
     for variant in _variants_to_try(directory if on_disk else None, want_fp16_variant):
@@ -344,8 +390,9 @@ def _from_pretrained(source: PipelineSource, dtype: torch.dtype, want_fp16_varia
     raise ModelLoadError(f"cannot load {source.description}: {one_line(error)}") from error
 
 
-def _check_model_index(directory: Path, source: PipelineSource) -> None:
-    """Fail early, and clearly, on the most common corruption: a broken model_index.json."""
+def _check_model_index(directory: Path, source: PipelineSource) -> str:
+    """The pipeline class model_index.json names; fails early, and clearly, on the most
+    common corruption: a broken model_index.json."""
     index_path = directory / _DIFFUSERS_INDEX
     try:
         index = json.loads(index_path.read_text())
@@ -356,6 +403,18 @@ def _check_model_index(directory: Path, source: PipelineSource) -> None:
     if not isinstance(index, dict) or "_class_name" not in index:
         raise ModelLoadError(
             f"cannot load {source.description}: {index_path} names no pipeline class"
+        )
+    return str(index["_class_name"])
+
+
+def check_family(pipeline_class: str, source: PipelineSource, model: ModelEntry) -> None:
+    """Refuse a checkpoint of another family, naming both, before its weights are read
+    when it is on disk (the larger families' weights take minutes to read)."""
+    expected = FAMILIES[model.family].pipeline_class
+    if pipeline_class != expected:
+        raise ModelLoadError(
+            f"{source.description} is a {pipeline_class} checkpoint, but {model.name} is of "
+            f"the {model.family} family, which loads {expected}"
         )
 
 
@@ -372,13 +431,17 @@ def _has_fp16_variant(directory: Path) -> bool:
     return any(directory.glob("*/*.fp16.safetensors")) or any(directory.glob("*/*.fp16.bin"))
 
 
-def _apply_options(pipeline: Any, options: SDXLOptions) -> None:
-    if options.fuse_qkv:
+def _apply_speedups(pipeline: Any, speedups: Speedups) -> None:
+    denoiser_name = "unet" if hasattr(pipeline, "unet") else "transformer"
+    if speedups.fuse_qkv:
         pipeline.fuse_qkv_projections()
-    if options.channels_last:
-        pipeline.unet.to(memory_format=torch.channels_last)
-        pipeline.vae.to(memory_format=torch.channels_last)
-    if options.compile:
+    if speedups.channels_last:
+        # Convolutions gain from it; a transformer's linear layers do not care.
+        for name in ("unet", "vae"):
+            if hasattr(pipeline, name):
+                getattr(pipeline, name).to(memory_format=torch.channels_last)
+    if speedups.compile:
         # Dynamic shapes: a server sees many sizes and batch sizes; static graphs would
         # recompile for each and fall back to eager after torch's recompile limit.
-        pipeline.unet = torch.compile(pipeline.unet, dynamic=True)
+        denoiser = getattr(pipeline, denoiser_name)
+        setattr(pipeline, denoiser_name, torch.compile(denoiser, dynamic=True))
