@@ -26,7 +26,8 @@ Every flag can also be set as an environment variable: --max-queue is TTI_MAX_QU
 Flags win over variables, variables over defaults.
 
 other commands:
-  tti-server make-tiny-model DIR   write a tiny random-weight SDXL pipeline (offline; for tests)
+  tti-server make-tiny-model DIR   write a tiny random-weight pipeline of a model family
+                                   (offline; for tests; --help lists the families)
   tti-server download REPO ...     fetch a pipeline from a Hugging Face hub into a cache (--help)
 """
 
@@ -57,12 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_tiny_model_parser() -> argparse.ArgumentParser:
+    from tti_server.tools.tiny_model import FAMILIES
+
     parser = argparse.ArgumentParser(
         prog=f"{PROG} make-tiny-model",
-        description="Write a tiny random-weight SDXL pipeline (about 10 MB) with no network. "
-        "It loads like the real model but draws noise, not pictures.",
+        description="Write a tiny random-weight pipeline of a model family (a few MB) with no "
+        "network. It loads like the real model but draws noise, not pictures.",
     )
     parser.add_argument("directory", type=Path, help="where to write the pipeline")
+    parser.add_argument(
+        "--family",
+        choices=list(FAMILIES),
+        default="sdxl",
+        help="the family whose real pipeline, classes and scheduler it has (default: %(default)s)",
+    )
     return parser
 
 
@@ -157,14 +166,14 @@ def make_tiny_model(argv: Sequence[str]) -> int:
     from tti_server.tools.tiny_model import write_tiny_model
 
     try:
-        write_tiny_model(args.directory)
+        write_tiny_model(args.directory, args.family)
     except Exception as exc:
         print(
             f"{PROG}: error: cannot write the tiny model to {args.directory}: {exc}",
             file=sys.stderr,
         )
         return 1
-    print(f"wrote a tiny SDXL pipeline to {args.directory}")
+    print(f"wrote a tiny {args.family} pipeline to {args.directory}")
     return 0
 
 

@@ -29,7 +29,7 @@ def row(name: str, model: ModelEntry) -> str:
         repo,
         f"{model.default_steps} / {model.max_steps}",
         guidance,
-        f"{model.default_size}² / {model.max_side}, ×{model.side_multiple}",
+        f"{model.default_size}² / {model.max_side}, \N{MULTIPLICATION SIGN}{model.side_multiple}",
         model.negative_prompt,
         gpu,
         f"{host.requests.get('memory')} (limit {host.limits.get('memory')})",

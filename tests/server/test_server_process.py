@@ -161,7 +161,8 @@ def test_make_tiny_model_has_its_own_help() -> None:
     command = [*server_command(), "make-tiny-model", "--help"]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0
-    assert "usage: tti-server make-tiny-model [-h] directory" in result.stdout
+    assert "usage: tti-server make-tiny-model [-h]" in result.stdout
+    assert "--family {sdxl,sd3,flux-schnell,flux-dev}" in result.stdout
 
 
 def test_python_dash_m_runs_the_same_server() -> None:
