@@ -14,6 +14,7 @@ from typing import Any
 
 from tti_contracts.api import API_VERSION, KIND
 from tti_contracts.catalogue import entry
+from tti_operator.ownership import MANAGED_BY, MANAGED_BY_LABEL
 from tti_operator.podsecurity import container_security_context, pod_security_context
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import ModelSpec, Source
@@ -28,7 +29,6 @@ CACHE_DIR = "/cache"
 WEIGHTS_DIR = "/models"
 HF_HOME = f"{CACHE_DIR}/huggingface"
 GPU_RESOURCE = "nvidia.com/gpu"
-MANAGED_BY = "tti-operator"
 MODEL_LABEL = "tti.dev/model"
 #: Set by the API server on every namespace (Kubernetes >= 1.21): a namespace by its name.
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
@@ -63,7 +63,7 @@ def labels(name: str) -> dict[str, str]:
         **selector_labels(name),
         "app.kubernetes.io/instance": name,
         "app.kubernetes.io/component": "model-server",
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+        MANAGED_BY_LABEL: MANAGED_BY,
     }
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from tti_kube.client import ApiError, KubeClient
 from tti_kube.watch import list_and_watch
 from tti_operator.kinds import CLAIM, FETCH_JOB, FETCH_POD, ChildKind
+from tti_operator.ownership import MANAGED_BY, MANAGED_BY_LABEL
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import SecretKeyRef
 from tti_operator.weights import (
@@ -37,7 +38,6 @@ from tti_operator.weights import (
     ENTRY_LABEL,
     FAILURES,
     LAST_ERROR,
-    MANAGED_BY,
     RETRY_AT,
     RETRY_DELAYS_S,
     UNUSED_SINCE,
@@ -58,7 +58,7 @@ Obj = dict[str, Any]
 #: A model, and a cache entry, by (namespace, name).
 Key = tuple[str, str]
 
-SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},{ENTRY_LABEL}"
+SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY},{ENTRY_LABEL}"
 #: Seconds between two reads of a running fetch's progress (its pod's last log lines).
 PROGRESS_EVERY_S = 5.0
 #: Seconds between two looks for unused entries; the first waits as long, so that every
@@ -167,7 +167,9 @@ class WeightsCache:
             return  # the pod's termination message is not in the watch yet
         annotations = {COMMIT: str(done["commit"]), BYTES: str(done.get("bytes_total", ""))}
         await self._annotate(
-            entry, {**annotations, FAILURES: None, RETRY_AT: None, LAST_ERROR: None}
+            entry.namespace,
+            entry.name,
+            {**annotations, FAILURES: None, RETRY_AT: None, LAST_ERROR: None},
         )
         what = f"{entry.namespace}/{entry.name}: {entry.repo}@{entry.revision}"
         logger.info("%s: cached at %s", what, done["commit"])
@@ -183,14 +185,13 @@ class WeightsCache:
         delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S)) - 1]
         retry_at = _format_time(self.clock() + delay)
         await self._annotate(
-            entry, {FAILURES: str(failures), RETRY_AT: retry_at, LAST_ERROR: message[:1000]}
+            entry.namespace,
+            entry.name,
+            {FAILURES: str(failures), RETRY_AT: retry_at, LAST_ERROR: message[:1000]},
         )
         what = f"{entry.namespace}/{entry.name}: fetching {entry.repo}@{entry.revision}"
         logger.warning("%s failed (%d): %s; again at %s", what, failures, message, retry_at)
         await self._drop_job(entry, view, job)
-
-    async def _annotate(self, entry: Entry, annotations: Mapping[str, str | None]) -> None:
-        await self._annotate_key(entry.namespace, entry.name, annotations)
 
     async def _drop_job(self, entry: Entry, view: EntryView, job: JobState) -> None:
         await self.client.delete(FETCH_JOB, entry.namespace, entry.name, job.uid)
@@ -227,9 +228,9 @@ class WeightsCache:
             since = _parse_time(claim.annotations.get(UNUSED_SINCE, ""))
             try:
                 if view.users and since is not None:
-                    await self._annotate_key(namespace, name, {UNUSED_SINCE: None})
+                    await self._annotate(namespace, name, {UNUSED_SINCE: None})
                 elif not view.users and since is None:
-                    await self._annotate_key(namespace, name, {UNUSED_SINCE: _format_time(now)})
+                    await self._annotate(namespace, name, {UNUSED_SINCE: _format_time(now)})
                 elif not view.users and since is not None and self._expired(since, now):
                     unused = claim.annotations[UNUSED_SINCE]
                     logger.info("%s/%s: unused since %s: deleted", namespace, name, unused)
@@ -241,7 +242,7 @@ class WeightsCache:
         retention = self.settings.cache_retention_s
         return retention > 0 and now - since >= retention
 
-    async def _annotate_key(
+    async def _annotate(
         self, namespace: str, name: str, annotations: Mapping[str, str | None]
     ) -> None:
         body = {"metadata": {"annotations": dict(annotations)}}

@@ -24,8 +24,9 @@ from typing import Any
 
 from tti_kube.client import KubeClient
 from tti_kube.watch import list_and_watch, list_into
-from tti_operator.builders import MANAGED_BY, MODEL_LABEL, labels
+from tti_operator.builders import MODEL_LABEL, labels
 from tti_operator.kinds import CHILD_KINDS, ChildKind
+from tti_operator.ownership import MANAGED_BY, MANAGED_BY_LABEL
 
 Obj = dict[str, Any]
 #: A model by (namespace, name).
@@ -33,7 +34,7 @@ Key = tuple[str, str]
 #: Told that a child of the model changed; it only enqueues the model.
 OnChange = Callable[[Key], None]
 
-CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},{MODEL_LABEL}"
+CHILD_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY},{MODEL_LABEL}"
 
 logger = logging.getLogger(__name__)
 

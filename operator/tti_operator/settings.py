@@ -92,6 +92,14 @@ class OperatorSettings(BaseSettings):
     cache_fetch_deadline_s: int = Field(
         6 * 3600, ge=60, description="seconds a fetch Job may run before it counts as failed"
     )
+    cache_fetch_resources: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {
+            "requests": {"cpu": "250m", "memory": "512Mi"},
+            "limits": {"memory": "2Gi"},
+        },
+        description="the fetch Jobs' container resources (JSON in the environment): the "
+        "hub client streams each file to disk, so memory stays small whatever the model",
+    )
     hub_timeout_s: float = Field(
         30.0, gt=0, le=600, description="seconds a fetch waits for each answer of the hub"
     )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tti_contracts.catalogue import entry as catalogue_entry
+from tti_operator.ownership import MANAGED_BY, MANAGED_BY_LABEL
 from tti_operator.podsecurity import container_security_context, pod_security_context
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import ModelSpec, SecretKeyRef
@@ -30,7 +31,6 @@ Obj = dict[str, Any]
 #: On the claim, the Job and the Job's pod: the name of the entry they make up.
 ENTRY_LABEL = "tti.dev/weights"
 COMPONENT = "model-cache"
-MANAGED_BY = "tti-operator"
 #: The claim's annotations: what it holds (set at creation) and what the fetch found.
 REPO = "tti.dev/repo"
 REVISION = "tti.dev/revision"
@@ -131,7 +131,7 @@ def _metadata(entry: Entry) -> Obj:
         "name": entry.name,
         "namespace": entry.namespace,
         "labels": {
-            "app.kubernetes.io/managed-by": MANAGED_BY,
+            MANAGED_BY_LABEL: MANAGED_BY,
             "app.kubernetes.io/component": COMPONENT,
             ENTRY_LABEL: entry.name,
         },
@@ -219,10 +219,7 @@ def build_fetch_job(entry: Entry, claim_uid: str, settings: OperatorSettings) ->
         "imagePullPolicy": "IfNotPresent",
         "args": fetch_args(entry, settings.hub_timeout_s),
         "env": env,
-        "resources": {
-            "requests": {"cpu": "250m", "memory": "512Mi"},
-            "limits": {"memory": "2Gi"},
-        },
+        "resources": settings.cache_fetch_resources,
         "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,

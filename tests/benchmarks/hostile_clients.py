@@ -32,8 +32,9 @@ from support.hostile import (
 )
 from support.server import ServerProcess, free_port, launch_server, stop_process, wait_until_ready
 
+from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE as CAIKIT
+
 TOKEN = "measure-token"
-CAIKIT = "/api/v1/task/text-to-image"
 
 
 def start_gateway(server: ServerProcess, tokens: Path, log_dir: Path) -> ServerProcess:

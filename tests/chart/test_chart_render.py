@@ -125,6 +125,18 @@ def test_operator_deployment_is_single_recreate_probed_and_hardened(helm: Helm) 
     assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
 
 
+def test_the_fetch_jobs_resources_reach_the_operators_settings(helm: Helm) -> None:
+    """A JSON value in the environment, as the operator's settings parse it."""
+    env = env_of(operator_container(helm.template("modelCache.fetchResources.limits.memory=4Gi")))
+    resources = json.loads(env["TTI_OPERATOR_CACHE_FETCH_RESOURCES"])
+    assert resources == {
+        "requests": {"cpu": "250m", "memory": "512Mi"},
+        "limits": {"memory": "4Gi"},
+    }
+    settings = OperatorSettings(_env_file=None, cache_fetch_resources=resources)
+    assert settings.cache_fetch_resources["limits"]["memory"] == "4Gi"
+
+
 def test_operator_is_told_the_server_image_and_namespaces(helm: Helm) -> None:
     env = env_of(operator_container(helm.template()))
     assert env["TTI_OPERATOR_SERVER_IMAGE"] == "tti-server:0.1.0"

@@ -6,9 +6,16 @@ from starlette.routing import Route as StarletteRoute
 
 from tti_contracts import metrics as names
 from tti_contracts.api import declared_replicas
-from tti_contracts.routes import FORWARDED
+from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE, FORWARDED, OPENAI_IMAGES
 from tti_server.app import create_app
 from tti_server.settings import Settings
+
+
+def test_the_routes_are_those_the_clients_call() -> None:
+    """Written out once here: the tests use the constants, and caikit's and OpenAI's
+    clients call these paths, so a change to a constant must fail somewhere."""
+    assert CAIKIT_TEXT_TO_IMAGE == "/api/v1/task/text-to-image"
+    assert OPENAI_IMAGES == "/v1/images/generations"
 
 
 def test_every_forwarded_route_is_a_generation_route_of_the_server() -> None:

@@ -28,6 +28,7 @@ from support.gateway import StartGateway
 from support.helm import Helm, ensure_helm
 from support.server import ServerProcess, StartServer
 
+from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE as CAIKIT
 from tti_gateway.cluster import Client, ClusterSource
 from tti_gateway.endpoints import EndpointTable, HoldPolicy, Model
 from tti_kube.client import ApiError
@@ -36,7 +37,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "tti.dev_texttoimagemodels.yaml"
-CAIKIT = "/api/v1/task/text-to-image"
 T = TypeVar("T")
 
 

@@ -32,9 +32,10 @@ from support.hostile import (
 )
 from support.server import ServerProcess, StartServer
 
+from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE as CAIKIT
+
 pytestmark = pytest.mark.slow
 
-CAIKIT = "/api/v1/task/text-to-image"
 OPENAI = "/v1/images/generations"
 TOKEN = "the-token"
 TIMEOUT = 1.0  # each of the gateway's client timeouts, in these tests

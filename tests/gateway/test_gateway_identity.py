@@ -28,9 +28,10 @@ from support.helm import Helm, ensure_helm
 from support.server import ServerProcess, launch_server
 from test_gateway_cluster import Namespace, crd_with_autoscaling
 
+from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE as CAIKIT
+
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-CAIKIT = "/api/v1/task/text-to-image"
 AUDIENCE = "tti-gateway"
 T = TypeVar("T")
 

@@ -26,11 +26,11 @@ from PIL import Image
 from support.gateway import StartGateway, gateway_command
 from support.server import ServerProcess, StartServer, free_port
 
+from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE as CAIKIT
 from tti_server.backends.stub import STUB_COLOR
 
 pytestmark = pytest.mark.slow
 
-CAIKIT = "/api/v1/task/text-to-image"
 OPENAI = "/v1/images/generations"
 SMALL = {"height": 64, "width": 64}
 

@@ -17,9 +17,10 @@ import pytest
 from support.gateway import StartGateway, gateway_command, write_secret_volume
 from support.server import ServerProcess, StartServer
 
+from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE as CAIKIT
+
 pytestmark = pytest.mark.slow
 
-CAIKIT = "/api/v1/task/text-to-image"
 T = TypeVar("T")
 
 

@@ -18,9 +18,10 @@ from support.server import StartServer, free_port
 from tti_kube.client import ApiError, KubeClient
 from tti_operator import reconciler
 from tti_operator.autoscale_loop import STATUS_REFRESH_S, AutoscaleLoop, ModelScaling, Written
-from tti_operator.builders import MANAGED_BY, MODEL_LABEL
+from tti_operator.builders import MODEL_LABEL
 from tti_operator.informer import ChildCache
 from tti_operator.kinds import POD
+from tti_operator.ownership import MANAGED_BY
 from tti_operator.reconciler import ModelStore, Shared
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import ModelSpec

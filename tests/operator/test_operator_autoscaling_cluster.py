@@ -22,9 +22,10 @@ from support.cluster import Cluster
 from support.server import ServerProcess, StartServer, free_port
 from test_operator_cluster import Kube, condition, model, restricted_kubeconfig
 
+from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE as CAIKIT
+
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-CAIKIT = "/api/v1/task/text-to-image"
 HELD = "tti_gateway_held_requests"
 #: Small intervals and delays keep the test short; the decisions are the same at any scale.
 INTERVAL_S = "0.5"

@@ -14,9 +14,10 @@ import pytest
 from support.cluster import Cluster
 
 from tti_kube.client import KubeClient
-from tti_operator.builders import MANAGED_BY, MODEL_LABEL
+from tti_operator.builders import MODEL_LABEL
 from tti_operator.informer import ChildCache, Informer, Key
 from tti_operator.kinds import DEPLOYMENT, POD
+from tti_operator.ownership import MANAGED_BY
 
 pytestmark = [pytest.mark.cluster]
 

@@ -118,6 +118,7 @@ def test_the_fetch_job_reads_the_token_from_a_file_and_is_owned_by_the_claim() -
     secret = next(v for v in pod["volumes"] if "secret" in v)["secret"]
     assert secret["secretName"] == "hf" and secret["items"] == [{"key": "token", "path": "token"}]
     assert "token" not in json.dumps(container["env"]).lower()
+    assert container["resources"] == HUB_SETTINGS.cache_fetch_resources  # the chart's value
 
 
 def test_a_model_pod_loads_the_commit_the_fetch_resolved() -> None:

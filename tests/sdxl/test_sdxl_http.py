@@ -29,6 +29,7 @@ from PIL import Image
 from support.server import ServerProcess, StartServer, free_port, running_server, server_command
 from support.tiny_model import pixel_difference
 
+from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE as CAIKIT
 from tti_server.app import create_app
 from tti_server.backends.base import BackendOutOfMemory, BatchKey, GenerationRequest
 from tti_server.backends.diffusion import DiffusionBackend
@@ -36,7 +37,6 @@ from tti_server.settings import Settings
 
 from .test_sdxl_backend import BATCH_TOLERANCE
 
-CAIKIT = "/api/v1/task/text-to-image"
 OPENAI = "/v1/images/generations"
 BATCH_WAIT_MS = 100
 

@@ -15,13 +15,13 @@ import pytest
 from fastapi import FastAPI
 from PIL import Image
 
+from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE as CAIKIT
 from tti_server.app import create_app
 from tti_server.backends.base import Backend, BackendOutOfMemory, GenerationRequest
 from tti_server.backends.stub import StubBackend
 from tti_server.settings import Settings
 
 T = TypeVar("T")
-CAIKIT = "/api/v1/task/text-to-image"
 
 
 class FailsOnPrompt(StubBackend):

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from tti_contracts.catalogue import CATALOGUE, request_rules
+from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE as CAIKIT
 from tti_server.backends.stub import STUB_COLOR
 
-CAIKIT = "/api/v1/task/text-to-image"
 OPENAI = "/v1/images/generations"
 
 

@@ -27,9 +27,10 @@ from support.hostile import (
 )
 from support.server import ServerProcess, StartServer, launch_server
 
+from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE as CAIKIT
+
 pytestmark = pytest.mark.slow
 
-CAIKIT = "/api/v1/task/text-to-image"
 TIMEOUT = 1.0  # each of the server's client timeouts, in these tests
 
 

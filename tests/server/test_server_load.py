@@ -11,8 +11,9 @@ import httpx
 from support.grpc_client import metric, predict, vision_stub, wait_for_metric
 from support.server import ServerProcess, StartServer
 
+from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE as CAIKIT
+
 LOAD = "tti_request_load_seconds_total"
-CAIKIT = "/api/v1/task/text-to-image"
 #: Each request holds the one worker this long (max batch 1: requests queue one behind another).
 LATENCY_S = 1.0
 #: Spacing between two scrapes, well inside one request's LATENCY_S.

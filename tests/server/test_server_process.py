@@ -13,8 +13,7 @@ import pytest
 from support.server import ServerExited, StartServer, server_command
 
 from tti_contracts.catalogue import CATALOGUE
-
-CAIKIT = "/api/v1/task/text-to-image"
+from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE as CAIKIT
 
 
 def generate(url: str, prompt: str = "x") -> httpx.Response:

@@ -145,6 +145,8 @@ The operator's settings, passed as the environment variables it reads.
   value: {{ .Values.modelCache.retentionSeconds | quote }}
 - name: TTI_OPERATOR_CACHE_FETCH_DEADLINE_S
   value: {{ .Values.modelCache.fetchDeadlineSeconds | quote }}
+- name: TTI_OPERATOR_CACHE_FETCH_RESOURCES
+  value: {{ .Values.modelCache.fetchResources | toJson | quote }}
 - name: TTI_OPERATOR_HUB_TIMEOUT_S
   value: {{ .Values.modelCache.hubTimeoutSeconds | quote }}
 - name: TTI_OPERATOR_HUB_ENDPOINT
