@@ -23,12 +23,10 @@ import httpx
 import openai
 import pytest
 from support.cluster import Cluster, fresh_namespace
-from support.gateway import launch_gateway, write_secret_volume
+from support.gateway import call_as, launch_gateway, write_secret_volume
 from support.helm import Helm, ensure_helm
 from support.server import ServerProcess, launch_server
 from test_gateway_cluster import Namespace, crd_with_autoscaling
-
-from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE as CAIKIT
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -189,9 +187,7 @@ def gateway(world: World) -> Iterator[ServerProcess]:
 
 
 def call(gateway: ServerProcess, model: str, token: str | None) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    body = {"model_id": model, "inputs": "a fox", "parameters": {"height": 64, "width": 64}}
-    return httpx.post(gateway.url + CAIKIT, json=body, headers=headers, timeout=150)
+    return call_as(gateway, model, token, timeout=150)  # a model may wake from zero
 
 
 def listed(gateway: ServerProcess, token: str) -> list[str]:

@@ -14,10 +14,8 @@ from typing import TypeVar
 
 import httpx
 import pytest
-from support.gateway import StartGateway, gateway_command, write_secret_volume
+from support.gateway import StartGateway, call_as, gateway_command, write_secret_volume
 from support.server import ServerProcess, StartServer
-
-from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE as CAIKIT
 
 pytestmark = pytest.mark.slow
 
@@ -26,12 +24,6 @@ T = TypeVar("T")
 
 def stub(start_server: StartServer, model_id: str) -> ServerProcess:
     return start_server("--model", "stub", "--model-id", model_id, "--grpc-port", "0")
-
-
-def call(gateway: ServerProcess, model: str, token: str | None) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    body = {"model_id": model, "inputs": "a fox", "parameters": {"height": 64, "width": 64}}
-    return httpx.post(gateway.url + CAIKIT, json=body, headers=headers, timeout=30)
 
 
 def listed(gateway: ServerProcess, token: str) -> list[str]:
@@ -66,17 +58,17 @@ def test_each_token_calls_and_lists_only_its_models(
         "namespaced-token namespaces=team-a\n"  # the static source has no namespaces
     )
     gateway = start_gateway("--models", two_models, "--auth-tokens-file", str(tokens))
-    assert [call(gateway, m, "everything-token").status_code for m in ("alpha", "beta")] == [
+    assert [call_as(gateway, m, "everything-token").status_code for m in ("alpha", "beta")] == [
         200,
         200,
     ]
-    assert call(gateway, "alpha", "alpha-token").status_code == 200
-    refused = call(gateway, "beta", "alpha-token")
+    assert call_as(gateway, "alpha", "alpha-token").status_code == 200
+    refused = call_as(gateway, "beta", "alpha-token")
     assert refused.status_code == 403, refused.text
     assert refused.json()["details"].startswith("model: this caller may not use 'beta'")
     assert "www-authenticate" not in refused.headers
-    assert call(gateway, "beta", "namespaced-token").status_code == 403
-    unknown = call(gateway, "gamma", "alpha-token")
+    assert call_as(gateway, "beta", "namespaced-token").status_code == 403
+    unknown = call_as(gateway, "gamma", "alpha-token")
     assert unknown.status_code == 404 and "beta" not in unknown.json()["details"]
     assert listed(gateway, "everything-token") == ["alpha", "beta"]
     assert listed(gateway, "alpha-token") == ["alpha"]
@@ -89,7 +81,7 @@ def test_a_refused_token_is_told_nothing_more_than_a_missing_one(
     tokens = tmp_path / "tokens"
     tokens.write_text("good-token\n")
     gateway = start_gateway("--models", two_models, "--auth-tokens-file", str(tokens))
-    answers = [call(gateway, "alpha", token) for token in (None, "wrong", "eyJ0.eyJ0.c2ln")]
+    answers = [call_as(gateway, "alpha", token) for token in (None, "wrong", "eyJ0.eyJ0.c2ln")]
     assert {a.status_code for a in answers} == {401}
     assert len({a.json()["details"] for a in answers}) == 1
     assert {a.headers["www-authenticate"] for a in answers} == {"Bearer"}
@@ -106,18 +98,18 @@ def test_a_rotated_secret_takes_effect_without_a_restart(
         "--auth-tokens-poll", "0.1",
     )  # fmt: skip
     pid = gateway.process.pid
-    assert call(gateway, "alpha", "old-token").status_code == 200
+    assert call_as(gateway, "alpha", "old-token").status_code == 200
     # What the kubelet does when the Secret is updated: a new directory, swapped in.
     write_secret_volume(volume, {"tokens": "new-token models=beta\n"}, 2)
-    eventually(lambda: call(gateway, "beta", "new-token").status_code, (200).__eq__, "new")
-    assert call(gateway, "alpha", "old-token").status_code == 401  # revoked
-    assert call(gateway, "alpha", "new-token").status_code == 403  # scoped to beta
+    eventually(lambda: call_as(gateway, "beta", "new-token").status_code, (200).__eq__, "new")
+    assert call_as(gateway, "alpha", "old-token").status_code == 401  # revoked
+    assert call_as(gateway, "alpha", "new-token").status_code == 403  # scoped to beta
     # A broken rotation accepts no static token rather than keep the old ones.
     write_secret_volume(volume, {"tokens": "new-token namespace=typo\n"}, 3)
-    eventually(lambda: call(gateway, "beta", "new-token").status_code, (401).__eq__, "broken")
+    eventually(lambda: call_as(gateway, "beta", "new-token").status_code, (401).__eq__, "broken")
     assert "unknown key 'namespace'" in gateway.output()
     write_secret_volume(volume, {"tokens": "fixed-token\n"}, 4)
-    eventually(lambda: call(gateway, "alpha", "fixed-token").status_code, (200).__eq__, "fixed")
+    eventually(lambda: call_as(gateway, "alpha", "fixed-token").status_code, (200).__eq__, "fixed")
     assert gateway.process.pid == pid and gateway.process.poll() is None  # the same process
     assert "new-token" not in gateway.output() and "old-token" not in gateway.output()
 

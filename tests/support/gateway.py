@@ -21,9 +21,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
+import httpx
 import pytest
 
 from support.server import ServerProcess, free_port, wait_until_ready
+from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE
 
 
 def write_secret_volume(directory: Path, files: Mapping[str, str], version: int) -> None:
@@ -92,3 +94,14 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
     yield start
     for gateway in started:
         gateway.stop()
+
+
+def call_as(
+    gateway: ServerProcess, model: str, token: str | None, timeout: float = 30
+) -> httpx.Response:
+    """A caikit request for `model` through the gateway, with `token` (None: no header)."""
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    body = {"model_id": model, "inputs": "a fox", "parameters": {"height": 64, "width": 64}}
+    return httpx.post(
+        gateway.url + CAIKIT_TEXT_TO_IMAGE, json=body, headers=headers, timeout=timeout
+    )
