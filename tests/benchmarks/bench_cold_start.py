@@ -13,10 +13,11 @@ In one run:
    serves the directory and counts the bytes it sends:
    a. the cache off (`spec.cache.enabled: false`, the pod downloads into its own emptyDir,
       `HF_ENDPOINT` in its env): a model at zero, one request through the gateway, the
-      breakdown and the hub's bytes; then deleted, and the disk checked to come back;
+      breakdown and the hub's bytes, and what its emptyDir holds on the node; then deleted;
    b. the cache on: the fetch Job (its time and bytes, not part of the cold start), then the
       model at zero, one request through the gateway, the breakdown and the hub's bytes
-      during the wake (the target: 0); then back to zero and a second wake (0 again).
+      during the wake (the target: 0); then back to zero and a second wake (0 again); what
+      the claim holds on the node; then the model and its claim deleted.
 
 It prints the breakdowns side by side, the ratio cache cold start / local load (target
 <= 1.5), the hub's bytes and the load average. The server on a CPU loads the weights in fp32
@@ -219,11 +220,15 @@ class HubWatch:
         self.bytes = self.hub.total_bytes_sent(HUB_REPO) - self.start
 
 
-def timed_wake(
-    release: Release, hub: HubEndpoint, name: str, timeout_s: float
-) -> tuple[dict[str, float], int]:
-    """One request through the gateway to `name` at zero: the breakdown up to the first byte
-    of the answer, and the bytes the hub sent meanwhile."""
+@dataclasses.dataclass(frozen=True)
+class Wake:
+    parts: dict[str, float]  # the breakdown up to the first byte of the answer
+    hub_bytes: int  # what the hub sent meanwhile
+    pod_uid: str
+
+
+def timed_wake(release: Release, hub: HubEndpoint, name: str, timeout_s: float) -> Wake:
+    """One request through the gateway to `name` at zero."""
     wait_for(f"{name} at zero", lambda: bench_scaling.zero(release, name), timeout_s=300)
     say(f"{name}: at zero; one {SIZE}x{SIZE} request through the gateway")
     with HubWatch(hub) as watch:
@@ -231,7 +236,7 @@ def timed_wake(
     parts = bench_scaling.breakdown(release, pod, {**client, "answered": client["first_byte"]})
     parts["  of it, the hub sending"] = watch.busy_s
     say(f"{name}: first byte after {parts['total']:.1f} s; the hub sent {watch.bytes:,} bytes")
-    return parts, watch.bytes
+    return Wake(parts, watch.bytes, pod["metadata"]["uid"])
 
 
 def back_to_zero(release: Release, name: str) -> None:
@@ -284,13 +289,20 @@ def delete_model(release: Release, name: str, *, with_claims: bool = False) -> N
         wait_for("the cache's volumes deleted", volumes_gone, timeout_s=300)
 
 
-def wait_disk_back(free_before: float, step: str) -> float:
-    """Wait (a while) for the free space to be what it was before `step`; what it is."""
-    with contextlib.suppress(AssertionError):
-        wait_for("the disk back", lambda: free_gb() >= free_before - 0.5, timeout_s=120)
-    free = free_gb()
-    say(f"disk: {free:.1f} GB free after {step} (before it: {free_before:.1f} GB)")
-    return free
+def stored_gb(directory: Path) -> float:
+    """What the files under `directory` hold (0 once it is gone), in GB.
+
+    Measured where the node keeps it rather than as the disk's free space, which the other
+    sessions sharing this machine move by gigabytes at a time."""
+    if not directory.exists():
+        return 0.0
+    return sum(p.lstat().st_size for p in directory.rglob("*") if p.is_file()) / GB
+
+
+def empty_dir(cluster: Cluster, pod_uid: str) -> Path:
+    """The pod's `cache` emptyDir (where a pod without the model cache downloads) on the node."""
+    pod_dir = cluster.paths.node.kubelet_root / "pods" / pod_uid
+    return pod_dir / "volumes" / "kubernetes.io~empty-dir" / "cache"
 
 
 @dataclasses.dataclass
@@ -298,7 +310,10 @@ class NodeFigures:
     breakdowns: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     hub_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
     fetch_s: float = 0.0
-    disk_gb: dict[str, float] = dataclasses.field(default_factory=dict)
+    stored_gb: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def add(self, what: str, wake: Wake) -> None:
+        self.breakdowns[what], self.hub_bytes[f"{what}: the wake"] = wake.parts, wake.hub_bytes
 
 
 def on_the_node(cluster: Cluster, run: Run, model_dir: Path, figures: NodeFigures) -> None:
@@ -319,49 +334,54 @@ def on_the_node(cluster: Cluster, run: Run, model_dir: Path, figures: NodeFigure
                 "resources": run.resources,
                 "source": {"huggingFace": {"repo": HUB_REPO}},
             }
-            cache_off(release, hub, run, spec, figures)
-            cache_on(release, hub, run, spec, figures)
+            cache_off(cluster, release, hub, run, spec, figures)
+            cache_on(cluster, release, hub, run, spec, figures)
 
 
 def cache_off(
-    release: Release, hub: HubEndpoint, run: Run, spec: dict[str, Any], figures: NodeFigures
+    cluster: Cluster,
+    release: Release,
+    hub: HubEndpoint,
+    run: Run,
+    spec: dict[str, Any],
+    figures: NodeFigures,
 ) -> None:
     """Today's behaviour without the cache: the woken pod downloads into its own emptyDir."""
     name, label = "nocache", "cache off"
-    figures.disk_gb["before the cache off"] = check_disk("(a) the cache off")
+    check_disk("(a) the cache off")
     env = [{"name": "HF_ENDPOINT", "value": hub.url}]
     release.apply_model(name, cache={"enabled": False}, env=env, **spec)
-    figures.breakdowns[label], figures.hub_bytes[f"{label}: the wake"] = timed_wake(
-        release, hub, name, run.timeout_s
-    )
-    figures.disk_gb["with the cache off's pod"] = free_gb()
+    wake = timed_wake(release, hub, name, run.timeout_s)
+    figures.add(label, wake)
+    scratch = empty_dir(cluster, wake.pod_uid)
+    figures.stored_gb["the cache-off pod's emptyDir"] = stored_gb(scratch)
     delete_model(release, name)
-    figures.disk_gb["after it was deleted"] = wait_disk_back(
-        figures.disk_gb["before the cache off"], "(a) the cache off"
-    )
+    figures.stored_gb["that emptyDir once the model was deleted"] = stored_gb(scratch)
 
 
 def cache_on(
-    release: Release, hub: HubEndpoint, run: Run, spec: dict[str, Any], figures: NodeFigures
+    cluster: Cluster,
+    release: Release,
+    hub: HubEndpoint,
+    run: Run,
+    spec: dict[str, Any],
+    figures: NodeFigures,
 ) -> None:
     """The model cache: one fetch by a Job, then wakes that ask the hub for nothing."""
     name, label = "cached", "cache on"
-    free_before = figures.disk_gb["before the cache on"] = check_disk("(b) the cache on")
+    check_disk("(b) the cache on")
     release.apply_model(name, **spec)
     say(f"{name}: waiting for the fetch Job to fill the cache")
     figures.fetch_s, figures.hub_bytes["the fetch Job"] = fetch(release, hub, name, run.timeout_s)
     say(f"{name}: cached in {figures.fetch_s:.1f} s, {figures.hub_bytes['the fetch Job']:,} bytes")
-    figures.breakdowns[label], figures.hub_bytes[f"{label}: the wake"] = timed_wake(
-        release, hub, name, run.timeout_s
-    )
-    back_to_zero(release, name)
-    second = f"{label}, second wake"
-    figures.breakdowns[second], figures.hub_bytes[f"{second}"] = timed_wake(
-        release, hub, name, run.timeout_s
-    )
-    figures.disk_gb["with the cache's claim"] = free_gb()
+    for what in (label, f"{label}, second wake"):
+        if what != label:
+            back_to_zero(release, name)
+        figures.add(what, timed_wake(release, hub, name, run.timeout_s))
+    volumes = cluster.paths.node.node_volumes
+    figures.stored_gb["the cache's claims"] = stored_gb(volumes)
     delete_model(release, name, with_claims=True)
-    figures.disk_gb["after the claim was deleted"] = wait_disk_back(free_before, "(b) the cache on")
+    figures.stored_gb["the claims once deleted"] = stored_gb(volumes)
 
 
 # --- 4. the report -----------------------------------------------------------------------
@@ -384,7 +404,7 @@ def report(
         "seconds": results,
         "hub_bytes": figures.hub_bytes,
         "fetch_job_s": round(figures.fetch_s, 1),
-        "disk_free_gb": {k: round(v, 1) for k, v in figures.disk_gb.items()},
+        "stored_gb": {k: round(v, 2) for k, v in figures.stored_gb.items()},
     }
     print(f"weights: {model_gb:.2f} GB in fp16 on disk, loaded as fp32 by the server on a CPU")
     print(f"the local server's peak memory: {peak_gb:.1f} GB")
@@ -396,8 +416,8 @@ def report(
         print(f"the fetch Job: {figures.fetch_s:.1f} s (not part of the cold start)")
     for what, sent in figures.hub_bytes.items():
         print(f"bytes the hub sent, {what}: {sent:,}")
-    for when, free in figures.disk_gb.items():
-        print(f"disk free {when}: {free:.1f} GB")
+    for where, stored in figures.stored_gb.items():
+        print(f"stored in {where}: {stored:.2f} GB")
     print(f"load average: {load[0]} before, {load[1]} after")
     return summary
 
