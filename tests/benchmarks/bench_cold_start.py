@@ -313,7 +313,7 @@ class NodeFigures:
     stored_gb: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def add(self, what: str, wake: Wake) -> None:
-        self.breakdowns[what], self.hub_bytes[f"{what}: the wake"] = wake.parts, wake.hub_bytes
+        self.breakdowns[what], self.hub_bytes[f"the wake, {what}"] = wake.parts, wake.hub_bytes
 
 
 def on_the_node(cluster: Cluster, run: Run, model_dir: Path, figures: NodeFigures) -> None:
@@ -416,6 +416,10 @@ def report(
         print(f"the fetch Job: {figures.fetch_s:.1f} s (not part of the cold start)")
     for what, sent in figures.hub_bytes.items():
         print(f"bytes the hub sent, {what}: {sent:,}")
+    woken = [sent for what, sent in figures.hub_bytes.items() if "the wake, cache on" in what]
+    if woken:
+        verdict = "met" if not any(woken) else "NOT met"
+        print(f"bytes the hub sent to the cache's wakes: {sum(woken):,} (target 0: {verdict})")
     for where, stored in figures.stored_gb.items():
         print(f"stored in {where}: {stored:.2f} GB")
     print(f"load average: {load[0]} before, {load[1]} after")
