@@ -395,7 +395,6 @@ def report(
     load: tuple[str, str],
 ) -> dict[str, Any]:
     bench_scaling.print_cold_starts(results)
-    local = results["local disk"]["total"]
     summary: dict[str, Any] = {
         "model_gb_on_disk": round(model_gb, 2),
         "weights": "fp16 on disk, loaded as fp32 (the server's CPU dtype)",
@@ -409,10 +408,11 @@ def report(
     print(f"weights: {model_gb:.2f} GB in fp16 on disk, loaded as fp32 by the server on a CPU")
     print(f"the local server's peak memory: {peak_gb:.1f} GB")
     if "cache on" in results:
-        ratio = results["cache on"]["total"] / local
-        summary["ratio_cache_over_local"] = round(ratio, 2)
-        verdict = "met" if ratio <= 1.5 else "NOT met"
-        print(f"cold start with the cache / local load: {ratio:.2f} (target <= 1.5: {verdict})")
+        summary["ratio_cache_over_local"] = ratios = {}
+        for local in (name for name in results if name.startswith("local disk")):
+            ratio = ratios[local] = round(results["cache on"]["total"] / results[local]["total"], 2)
+            verdict = "met" if ratio <= 1.5 else "NOT met"
+            print(f"cold start with the cache / {local}: {ratio:.2f} (target <= 1.5: {verdict})")
         print(f"the fetch Job: {figures.fetch_s:.1f} s (not part of the cold start)")
     for what, sent in figures.hub_bytes.items():
         print(f"bytes the hub sent, {what}: {sent:,}")
@@ -457,6 +457,12 @@ def main() -> int:
             if cluster is not None:
                 on_the_node(cluster, run, model_dir, figures)
                 results.update(figures.breakdowns)
+                # Once more: the same load varies from run to run by more than the gaps measured.
+                say("the same server outside Kubernetes again")
+                results["local disk, again"], peak_again = local_load(
+                    model_dir, scratch / "logs", run.timeout_s
+                )
+                peak_gb = max(peak_gb, peak_again)
         summary = report(results, figures, peak_gb, model_gb, (before, load_average()))
         summary["date"] = now
         if args.json:
