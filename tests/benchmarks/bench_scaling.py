@@ -113,14 +113,22 @@ def cold_start(release: Release, name: str, **spec: Any) -> dict[str, float]:
     release.kubectl(
         "patch", "ttimodel", name, "-n", release.models, "--type=merge", "-p", json.dumps(patch)
     )
-    # One request, timed by the client pod's clock (the same clock as the host's).
-    one = json.dumps({"cold": {"model": name}})
+    return breakdown(release, *wake(release, name))
+
+
+def wake(
+    release: Release, name: str, size: int = 8, timeout_s: float = 600
+) -> tuple[Any, dict[str, float]]:
+    """One request through the gateway to `name` at zero: the pod it woke, and the client's
+    times (sent, first byte, answered), from the client pod's clock (the host's clock)."""
+    one = json.dumps({"cold": {"model": name, "size": size, "timeout": timeout_s}})
     pod = start_python_pod(release, f"cold-{name}", LOADGEN, "at-once", gateway_url(release), one)
-    client = json.loads(pod_finished(release, pod, timeout_s=900).strip().splitlines()[-1])["cold"]
+    lines = pod_finished(release, pod, timeout_s=timeout_s + 300).strip().splitlines()
+    client = json.loads(lines[-1])["cold"]
     if client["status"] != 200:
         raise SystemExit(f"{name}: the cold request got {client['status']}: {client['details']}")
     [server] = [p for p in release.pods(name) if created(p) >= client["sent"] - 1]
-    return breakdown(release, server, client)
+    return server, client
 
 
 def zero(release: Release, name: str) -> bool:

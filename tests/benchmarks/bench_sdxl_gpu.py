@@ -188,14 +188,26 @@ def log(message: str) -> None:
 # --- building the model ------------------------------------------------------------------
 
 
-def build_model(scale: Scale, directory: Path) -> None:
-    """Random weights in the published architecture, saved as a diffusers directory."""
+def build_model(scale: Scale, directory: Path, dtype: torch.dtype | None = None) -> None:
+    """Random weights in the published architecture, saved as a diffusers directory.
+
+    The files hold `dtype` (default: fp16 on CUDA, fp32 on the CPU). Made on CUDA, fp16 is
+    saved as the `fp16` variant, as the hub has SDXL-Turbo; made on the CPU, any dtype is
+    saved under the plain names, the files a server on the CPU (and the model cache's fetch
+    for one) reads. On the CPU the networks are built in `dtype` at once: the full model
+    in fp16 needs 7 GB of memory there, not fp32's 14.
+    """
     on_cuda = scale.device == "cuda"
-    dtype = torch.float16 if on_cuda else torch.float32
+    dtype = dtype or (torch.float16 if on_cuda else torch.float32)
     started = time.monotonic()
     torch.manual_seed(0)
-    pipeline = tiny_model.random_sdxl_pipeline(*scale.configs, device=scale.device)
-    if dtype != torch.float32:
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32 if on_cuda else dtype)
+    try:
+        pipeline = tiny_model.random_sdxl_pipeline(*scale.configs, device=scale.device)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    if pipeline.unet.dtype != dtype:
         pipeline.to(dtype)
     parameters = sum(p.numel() for p in pipeline.unet.parameters())
     seconds = time.monotonic() - started

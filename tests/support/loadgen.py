@@ -10,10 +10,12 @@ loads every URL in turn, for SECONDS each (so alternating targets share the mach
 and downs), and prints one JSON line per URL: requests answered, failures by status, and
 latency percentiles in ms.
 
-    python3 loadgen.py at-once URL '{"NAME": {"model": M, "token": T, "prompt_bytes": N}, ...}'
+    python3 loadgen.py at-once URL '{"NAME": {"model": M, "token": T, "prompt_bytes": N,
+                                              "size": S, "timeout": SECONDS}, ...}'
 
 sends every named request at once and prints one JSON line: for each name its status, the
-error envelope's details, Retry-After, and when it was sent and answered (this clock).
+error envelope's details, Retry-After, and when it was sent, when the answer's first byte
+came (its status line) and when the whole answer had come (this clock).
 """
 
 import argparse
@@ -35,15 +37,17 @@ def image_request(
     return urllib.request.Request(url.rstrip("/") + "/v1/images/generations", body, headers)
 
 
-def call(request: urllib.request.Request) -> dict[str, object]:
+def call(request: urllib.request.Request, timeout: float = 600) -> dict[str, object]:
     """One request, waited for: what a test looks at in its answer."""
     sent = time.time()
     status, details, retry_after = 0, "", ""
     try:
-        with urllib.request.urlopen(request, timeout=600) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            first_byte = time.time()
             response.read()
             status = response.status
     except urllib.error.HTTPError as error:
+        first_byte = time.time()
         try:
             details = json.loads(error.read() or b"{}").get("details", "")
         except ValueError:
@@ -54,6 +58,7 @@ def call(request: urllib.request.Request) -> dict[str, object]:
         "details": details,
         "retry_after": retry_after,
         "sent": sent,
+        "first_byte": first_byte,
         "answered": time.time(),
     }
 
@@ -64,9 +69,10 @@ def at_once(url: str, requests: dict[str, dict[str, object]]) -> dict[str, objec
     def one(name: str, spec: dict[str, object]) -> None:
         prompt = "x" * int(str(spec.get("prompt_bytes", 0))) or "at once"
         token = spec.get("token")
-        request = image_request(url, str(spec["model"]), token=str(token) if token else None,
-                                prompt=prompt)  # fmt: skip
-        results[name] = call(request)
+        size = int(str(spec.get("size", 8)))
+        request = image_request(url, str(spec["model"]), size, str(token) if token else None,
+                                prompt)  # fmt: skip
+        results[name] = call(request, float(str(spec.get("timeout", 600))))
 
     threads = [threading.Thread(target=one, args=item) for item in requests.items()]
     for thread in threads:
