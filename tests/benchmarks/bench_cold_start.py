@@ -21,7 +21,7 @@ In one run:
 
 It prints the breakdowns side by side, the ratio cache cold start / local load (target
 <= 1.5), the hub's bytes and the load average. The server on a CPU loads the weights in fp32
-(`load_sdxl` has no other CPU dtype): ~14 GB of memory, so the model pod asks for 15 GiB
+(`load_pipeline` has no other CPU dtype): ~14 GB of memory, so the model pod asks for 15 GiB
 and may use 22 GiB of the node's 24 GB. `--smoke` runs the same steps with the tiny model.
 
     flock /tmp/tti-cluster.lock .venv/bin/python tests/benchmarks/bench_cold_start.py \\
@@ -431,7 +431,7 @@ def load_average() -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--smoke", action="store_true", help="the tiny model, same steps")
     parser.add_argument("--keep", type=Path, help="make the model here (or reuse it) and keep it")
     parser.add_argument("--no-cluster", action="store_true", help="the model and baseline only")
