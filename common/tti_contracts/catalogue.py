@@ -69,30 +69,31 @@ class ModelEntry:
     family: FamilyName
     #: Hugging Face repository loaded when no weights source is given; None: needs no weights.
     default_repo: str | None
-    #: Whether that repository is gated (a token from `huggingFace.tokenSecret` is needed).
-    gated: bool
     #: The model cache's claim for those weights when neither the resource nor the operator
     #: names a size: the files the pipeline loads (16-bit) with room to spare.
     cache_size: str | None
-    #: Device memory the model needs at its default size, batch 1, in 16-bit weights (the
-    #: published figures: weights plus activations); the docs' table shows it.
+    #: Device memory the model needs at its default size, batch 1, in 16-bit weights
+    #: (weights from the published parameter counts, plus activations); docs/models.md.
     gpu_memory_gib: int
-    #: GPUs per replica when `spec.gpus` is unset (a CRD default cannot depend on `model`).
-    default_gpus: int
     #: Resource defaults for a replica on a GPU and on CPU alone; `spec.resources` wins. Host
     #: memory holds the weights while they load (twice as much on a CPU, which runs fp32).
     gpu_resources: Resources
     cpu_resources: Resources
-    #: What a request that names no `num_steps` / `guidance_scale` / size gets, and the most
-    #: it may ask (a server's `--max-steps` / `--max-side` may lower them).
+    #: What a request that names no `num_steps` / `guidance_scale` gets.
     default_steps: int
-    max_steps: int
-    guidance: Guidance
     default_guidance: float
+    #: Whether that repository is gated (a token from `huggingFace.tokenSecret` is needed).
+    gated: bool = False
+    #: GPUs per replica when `spec.gpus` is unset (a CRD default cannot depend on `model`).
+    default_gpus: int = 1
+    #: The most steps a request may ask (a server's `--max-steps` may lower it).
+    max_steps: int = 100
+    guidance: Guidance = "cfg"
     #: The largest `guidance_scale` accepted; None: any (caikit's modules set no bound).
-    max_guidance: float | None
-    default_size: int
-    max_side: int
+    max_guidance: float | None = 20.0
+    #: A request's side when it names none, and the largest (`--max-side` may lower it).
+    default_size: int = 1024
+    max_side: int = 2048
     #: Whether requests with the same size, steps and guidance share one pipeline call.
     batches: bool = True
 
@@ -136,7 +137,6 @@ CATALOGUE: dict[str, ModelEntry] = {
         name="stub",
         family="stub",
         default_repo=None,
-        gated=False,
         cache_size=None,
         gpu_memory_gib=0,
         default_gpus=0,
@@ -148,44 +148,32 @@ CATALOGUE: dict[str, ModelEntry] = {
         default_guidance=0.0,
         max_guidance=None,
         default_size=512,
-        max_side=2048,
     ),
     "sdxl-turbo": ModelEntry(
         name="sdxl-turbo",
         family="sdxl",
         default_repo="stabilityai/sdxl-turbo",
-        gated=False,
         cache_size=_SDXL_CACHE,
         gpu_memory_gib=8,
-        default_gpus=1,
         gpu_resources=_SDXL_GPU,
         cpu_resources=_SDXL_CPU,
         # Distilled for one to four steps without classifier-free guidance, at 512².
         default_steps=1,
         max_steps=50,
-        guidance="cfg",
         default_guidance=0.0,
         max_guidance=None,
         default_size=512,
-        max_side=2048,
     ),
     "sdxl": ModelEntry(
         name="sdxl",
         family="sdxl",
         default_repo="stabilityai/stable-diffusion-xl-base-1.0",
-        gated=False,
         cache_size=_SDXL_CACHE,
         gpu_memory_gib=12,
-        default_gpus=1,
         gpu_resources=_SDXL_GPU,
         cpu_resources=_SDXL_CPU,
         default_steps=30,
-        max_steps=100,
-        guidance="cfg",
         default_guidance=5.0,
-        max_guidance=20.0,
-        default_size=1024,
-        max_side=2048,
     ),
     "sd3.5-medium": ModelEntry(
         name="sd3.5-medium",
@@ -194,15 +182,10 @@ CATALOGUE: dict[str, ModelEntry] = {
         gated=True,
         cache_size="32Gi",
         gpu_memory_gib=20,
-        default_gpus=1,
         gpu_resources=_SD35_MEDIUM_GPU,
         cpu_resources=_SD35_MEDIUM_CPU,
         default_steps=40,
-        max_steps=100,
-        guidance="cfg",
         default_guidance=4.5,
-        max_guidance=20.0,
-        default_size=1024,
         max_side=1440,
     ),
     "sd3.5-large": ModelEntry(
@@ -212,15 +195,10 @@ CATALOGUE: dict[str, ModelEntry] = {
         gated=True,
         cache_size="48Gi",
         gpu_memory_gib=32,
-        default_gpus=1,
         gpu_resources=_SD35_LARGE_GPU,
         cpu_resources=_SD35_LARGE_CPU,
         default_steps=28,
-        max_steps=100,
-        guidance="cfg",
         default_guidance=3.5,
-        max_guidance=20.0,
-        default_size=1024,
         max_side=1440,
     ),
     "sd3.5-large-turbo": ModelEntry(
@@ -230,26 +208,20 @@ CATALOGUE: dict[str, ModelEntry] = {
         gated=True,
         cache_size="48Gi",
         gpu_memory_gib=32,
-        default_gpus=1,
         gpu_resources=_SD35_LARGE_GPU,
         cpu_resources=_SD35_LARGE_CPU,
         # Adversarially distilled: four steps without guidance.
         default_steps=4,
         max_steps=16,
-        guidance="cfg",
         default_guidance=0.0,
-        max_guidance=20.0,
-        default_size=1024,
         max_side=1440,
     ),
     "flux.1-schnell": ModelEntry(
         name="flux.1-schnell",
         family="flux",
         default_repo="black-forest-labs/FLUX.1-schnell",
-        gated=False,
         cache_size="48Gi",
         gpu_memory_gib=36,
-        default_gpus=1,
         gpu_resources=_FLUX_GPU,
         cpu_resources=_FLUX_CPU,
         # Timestep-distilled: one to four steps, no guidance of any kind.
@@ -258,8 +230,6 @@ CATALOGUE: dict[str, ModelEntry] = {
         guidance="none",
         default_guidance=0.0,
         max_guidance=0.0,
-        default_size=1024,
-        max_side=2048,
     ),
     "flux.1-dev": ModelEntry(
         name="flux.1-dev",
@@ -268,17 +238,12 @@ CATALOGUE: dict[str, ModelEntry] = {
         gated=True,
         cache_size="48Gi",
         gpu_memory_gib=36,
-        default_gpus=1,
         gpu_resources=_FLUX_GPU,
         cpu_resources=_FLUX_CPU,
         # Guidance-distilled: the scale is an input of the transformer, one pass per step.
         default_steps=28,
-        max_steps=100,
         guidance="embedded",
         default_guidance=3.5,
-        max_guidance=20.0,
-        default_size=1024,
-        max_side=2048,
     ),
 }
 
