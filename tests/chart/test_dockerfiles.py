@@ -111,6 +111,14 @@ def test_images_are_multi_stage_and_copy_only_the_build_output(dockerfile: Path)
     )
 
 
+def test_no_step_reads_another_stage_through_a_bind_mount(dockerfile: Path) -> None:
+    """buildah's layer cache keys a RUN on its text, not on what a mount holds: a RUN that
+    bind-mounts the build stage's wheel kept the previous code in the image after a change
+    (a real-pod test ran the old server). COPY --from is keyed on the content."""
+    runs = args_of(parse(dockerfile), "RUN")
+    assert not [run for run in runs if re.search(r"--mount=type=bind,[^ ]*from=", run)]
+
+
 def test_runs_as_a_numeric_non_root_user(dockerfile: Path) -> None:
     users = args_of(parse(dockerfile), "USER")
     assert users, f"{dockerfile.name} has no USER: it would run as root"
