@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import httpx
 import openai
@@ -22,7 +22,8 @@ from support.server import ServerProcess, free_port
 pytestmark = pytest.mark.slow
 
 PARTIALS = 2
-IN_ORDER = [
+Event = tuple[str, int | None]  # type, partial_image_index
+IN_ORDER: list[Event] = [
     *(("image_generation.partial_image", index) for index in range(PARTIALS)),
     ("image_generation.completed", None),
 ]
@@ -32,8 +33,8 @@ def client(gateway: ServerProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
-def stream(gateway: ServerProcess, model: str = "m") -> Iterator[tuple[str, int | None]]:
-    """The events of one streamed generation: (type, partial_image_index)."""
+def stream(gateway: ServerProcess, model: str = "m") -> Generator[Event, None, None]:
+    """The events of one streamed generation, as the official client parses them."""
     with client(gateway) as openai_client:
         events = openai_client.images.generate(
             model=model, prompt="a lighthouse", stream=True, partial_images=PARTIALS
@@ -82,7 +83,7 @@ def test_events_arrive_in_order_each_as_the_pod_sends_it(
     pod = EventPod(Pace.WAIT_FOR_CLIENT)
     pods.append(pod)
     gateway = start_gateway("--models", f"m={pod.url}")
-    seen = []
+    seen: list[Event] = []
     for item in stream(gateway):
         seen.append(item)
         pod.first_seen.set()  # the pod writes the rest only now
@@ -110,7 +111,7 @@ def test_a_stream_silent_past_the_idle_timeout_is_ended(
     pod = EventPod(Pace.STALL)
     pods.append(pod)
     gateway = start_gateway("--models", f"m={pod.url}", "--stream-idle-timeout", "0.5")
-    seen = []
+    seen: list[Event] = []
     # Its status went out with the head: the body ends unfinished, which the client sees.
     with pytest.raises(openai.APIConnectionError):
         seen.extend(stream(gateway))
@@ -159,7 +160,7 @@ def test_a_stream_to_a_model_at_zero_is_held_then_streamed(
 ) -> None:
     port = free_port()
     gateway = start_gateway("--models", f"late=http://127.0.0.1:{port}", "--probe-interval", "0.1")
-    seen: list[tuple[str, int | None]] = []
+    seen: list[Event] = []
     call = threading.Thread(target=lambda: seen.extend(stream(gateway, "late")))
     call.start()
     wait_until(lambda: metric(gateway, 'tti_gateway_held_requests{model="late"') == 1)

@@ -163,7 +163,8 @@ class _Handler(BaseHTTPRequestHandler):
         """Waits for the end of the connection: the other end sends nothing more on it."""
         self.connection.settimeout(CUE_TIMEOUT_S)
         try:
-            return self.connection.recv(1) == b""
+            data: bytes = self.connection.recv(1)
+            return data == b""
         except TimeoutError:
             return False
         except ConnectionError:
