@@ -122,6 +122,18 @@ def test_a_stream_silent_past_the_idle_timeout_is_ended(
     assert "Traceback" not in gateway.output()
 
 
+def test_an_error_event_reaches_the_client_as_the_pod_sent_it(
+    pods: list[EventPod], start_gateway: StartGateway
+) -> None:
+    pod = EventPod(Pace.FAIL)
+    pods.append(pod)
+    gateway = start_gateway("--models", f"m={pod.url}")
+    seen: list[Event] = []
+    with pytest.raises(openai.APIError, match="the model failed"):
+        seen.extend(stream(gateway))
+    assert seen == IN_ORDER[:1]
+
+
 def test_a_client_that_leaves_closes_the_pods_connection(
     pods: list[EventPod], start_gateway: StartGateway
 ) -> None:

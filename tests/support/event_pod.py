@@ -7,8 +7,9 @@ server-sent events as the official `openai` client parses them (`partial_images`
 `image_generation.partial_image`, then one `image_generation.completed`), each event one
 chunk of a chunked body; without `stream`, one JSON answer. What it does after its first
 event is its `Pace`: events a fixed gap apart, wait until the test says its client saw the
-first, or stall until the connection is closed from the other end. A tti-server cannot be
-made to do that on cue.
+first, stall until the connection is closed from the other end, or fail (an `error` event,
+as a server sends when its model fails after the stream began). A tti-server cannot be made
+to do that on cue.
 
 Every event carries `sent_ns`, `time.monotonic_ns()` when the pod wrote it (the same
 clock in every process of the machine), so that a client can tell how long it took.
@@ -36,6 +37,7 @@ class Pace(StrEnum):
     GAP = "gap"  # `gap` seconds between two events
     WAIT_FOR_CLIENT = "wait-for-client"  # after the first event, until `first_seen` is set
     STALL = "stall"  # after the first event, nothing, until the other end closes
+    FAIL = "fail"  # after the first event, an error event, and the end
 
 
 def event(kind: str, fields: dict[str, Any]) -> bytes:
@@ -152,6 +154,11 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(pod.gap)
         elif index == 0 and pod.pace is Pace.WAIT_FOR_CLIENT:
             pod.waited_for_client = pod.first_seen.wait(CUE_TIMEOUT_S)
+        elif index == 0 and pod.pace is Pace.FAIL:
+            error = {"message": "the model failed", "type": "server_error", "code": 500}
+            self._chunk(event("error", {"error": error}))
+            self.wfile.write(b"0\r\n\r\n")
+            return False
         elif index == 0 and pod.pace is Pace.STALL:
             if self._closed_by_the_other_end():
                 pod.hung_up.set()
