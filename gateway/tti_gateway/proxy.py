@@ -2,8 +2,11 @@
 
 The body is read once (it is small: a prompt and parameters) to learn the model it names,
 then sent unchanged; the answer (an image, possibly megabytes) is streamed to the client
-chunk by chunk as it arrives, never held whole. A pod that cannot be reached (nothing was
-sent) is marked not ready and the request goes once more, to another pod.
+chunk by chunk as it arrives, never held whole. An answer of server-sent events (a model's
+previews while it denoises) goes on the same way, each chunk as soon as it arrives, bounded
+by its silences rather than its length, and ended at the pod when its client goes away. A
+pod that cannot be reached (nothing was sent) is marked not ready and the request goes once
+more, to another pod.
 
 Headers of one hop (RFC 9110 §7.6.1: those listed below and every one the `Connection`
 header names) are dropped both ways. The pod gets `X-Forwarded-For` with the client's
@@ -166,7 +169,7 @@ class ProxyRoute:
             labels = model.key
             if requested != model.name:  # NAMESPACE/NAME: the pod knows the bare name
                 body = self.renamed(scope, body, model.name)
-            status = await self.forward(scope, send, model, body, rid, start)
+            status = await self.forward(scope, receive, send, model, body, rid, start)
         except GatewayError as exc:
             status = exc.status
             await error_response(status, exc.details, rid, exc.headers)(scope, receive, send)
@@ -207,16 +210,24 @@ class ProxyRoute:
         return json.dumps(document).encode()
 
     async def forward(
-        self, scope: Scope, send: Send, model: Model, body: bytes, rid: str, start: float
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        model: Model,
+        body: bytes,
+        rid: str,
+        start: float,
     ) -> int:
         """Send to the least-busy ready pod; once more elsewhere if it cannot be reached."""
         deadline = start + self.gateway.settings.hold_timeout
         request = self.upstream_request(scope, body, rid, model.name)
         tried: list[str] = []
         for _attempt in range(2):
+            # Busy for as long as its answer lasts: a stream of previews, minutes.
             async with self.gateway.table.acquire(model, deadline, tried) as endpoint:
                 try:
-                    return await self._exchange(endpoint, model, request, send, rid)
+                    return await self._exchange(endpoint, model, request, receive, send, rid)
                 except Unreachable as exc:
                     log.warning(
                         "pod %s of %s unreachable (%s); trying another",
@@ -230,13 +241,21 @@ class ProxyRoute:
         raise BadGateway(f"model: no pod of {model.label!r} could be reached (tried {len(tried)})")
 
     async def _exchange(
-        self, endpoint: Endpoint, model: Model, request: bytes, send: Send, rid: str
+        self,
+        endpoint: Endpoint,
+        model: Model,
+        request: bytes,
+        receive: Receive,
+        send: Send,
+        rid: str,
     ) -> int:
-        """The pod's answer streamed back; its status, or 502 when it broke off mid-way.
+        """The pod's answer streamed back; its status, or the gateway's when it did not end
+        well (`stream_back`, `stream_events`).
 
-        --upstream-timeout bounds the whole answer: before its head arrives the client gets
-        a 504; after, the answer is cut short (its status is already on the wire)."""
-        deadline = asyncio.get_running_loop().time() + self.gateway.settings.upstream_timeout
+        --upstream-timeout bounds the wait for the answer's head (else a 504), and the whole
+        of an answer that is not an event stream."""
+        settings = self.gateway.settings
+        deadline = asyncio.get_running_loop().time() + settings.upstream_timeout
         try:
             async with asyncio.timeout_at(deadline):
                 answer = await self.gateway.pool.send(endpoint.url, request)
@@ -246,6 +265,8 @@ class ProxyRoute:
         except UpstreamError as exc:
             raise BadGateway(f"model: the pod of {model.label!r} failed: {exc}") from None
         try:
+            if is_event_stream(answer.headers):
+                return await stream_events(answer, receive, send, rid, settings.stream_idle_timeout)
             return await stream_back(answer, send, rid, deadline)
         finally:
             self.gateway.pool.release(endpoint.url, answer)
@@ -345,19 +366,87 @@ def response_headers(raw: list[tuple[bytes, bytes]], rid: str) -> list[tuple[byt
     return headers
 
 
+def is_event_stream(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether an answer is server-sent events (`text/event-stream`, any parameters)."""
+    for name, value in headers:
+        if name.lower() == b"content-type":
+            return value.split(b";", 1)[0].strip().lower() == b"text/event-stream"
+    return False
+
+
+#: The status counted for a stream whose client went away first (nginx's "client closed
+#: request"): no answer of the pod's, and not the gateway's fault.
+CLIENT_GONE = 499
+
+
 async def stream_back(answer: Connection, send: Send, rid: str, deadline: float) -> int:
-    headers = response_headers(answer.headers, rid)
-    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    """An answer streamed back as it arrives, whole by `deadline` (--upstream-timeout)."""
+    await send_head(answer, send, rid)
     try:
         async with asyncio.timeout_at(deadline):
             async for chunk, more in answer.body():
                 await send({"type": "http.response.body", "body": chunk, "more_body": more})
     except (UpstreamError, TimeoutError) as exc:
-        # Too late for an error answer: end the response short, so the client sees it break.
         why = exc if isinstance(exc, UpstreamError) else "not whole within --upstream-timeout"
-        log.warning("the pod's answer broke off (request %s): %s", rid, why)
-        return 502
+        return broke_off(rid, why, 502)
     return answer.status
+
+
+async def stream_events(
+    answer: Connection, receive: Receive, send: Send, rid: str, idle_timeout: float
+) -> int:
+    """An event stream (a model's previews, over minutes) passed on chunk by chunk.
+
+    Its whole length is not bounded, its silences are (`relay_events`). A client that goes
+    away closes the connection to the pod: that is how the pod learns to stop sending it
+    previews, and a connection left mid-answer cannot serve another request.
+    """
+    await send_head(answer, send, rid)
+    relay = asyncio.ensure_future(relay_events(answer, send, idle_timeout))
+    # The request's body was read whole: what receive() has left to say is the disconnect.
+    gone = asyncio.ensure_future(receive())
+    try:
+        await asyncio.wait((relay, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        left_first = not relay.done()
+        if left_first:
+            relay.cancel()
+            answer.close()
+    if left_first:
+        log.info("the client left the event stream (request %s): closed it at the pod", rid)
+        return CLIENT_GONE
+    try:
+        relay.result()
+    except UpstreamError as exc:
+        return broke_off(rid, exc, 502)
+    except TimeoutError:
+        return broke_off(rid, f"silent for --stream-idle-timeout ({idle_timeout:g} s)", 504)
+    return answer.status
+
+
+async def relay_events(answer: Connection, send: Send, idle_timeout: float) -> None:
+    """The body sent on as it arrives; TimeoutError when the pod is silent for longer than
+    `idle_timeout` between two chunks (the client's own slowness does not count)."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(idle_timeout) as silence:
+        async for chunk, more in answer.body():
+            silence.reschedule(None)
+            await send({"type": "http.response.body", "body": chunk, "more_body": more})
+            silence.reschedule(loop.time() + idle_timeout)
+
+
+async def send_head(answer: Connection, send: Send, rid: str) -> None:
+    headers = response_headers(answer.headers, rid)
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+
+
+def broke_off(rid: str, why: object, status: int) -> int:
+    """Too late for an error answer (the status is on the wire): the response is left
+    unfinished, which uvicorn ends by closing the connection, so the client sees it break.
+    `status` is what the metrics count."""
+    log.warning("the pod's answer broke off (request %s): %s", rid, why)
+    return status
 
 
 def _schema_error(spec: Route, details: str) -> GatewayError:

@@ -79,7 +79,16 @@ class GatewaySettings(ClientLimitSettings):
         default=100, ge=0, description="requests held per model while it starts; more get 503"
     )
     upstream_timeout: float = Field(
-        default=600.0, gt=0, description="seconds a forwarded request may take before 504"
+        default=600.0,
+        gt=0,
+        description="seconds a forwarded request may take before 504; for an event stream, "
+        "seconds until its head (its length is bounded by --stream-idle-timeout instead)",
+    )
+    stream_idle_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description="seconds an event stream (an answer of text/event-stream: a model's "
+        "previews) may stay silent between two chunks before the gateway ends it",
     )
     connect_timeout: float = Field(
         default=5.0, gt=0, description="seconds to connect to a pod before trying another"

@@ -268,6 +268,7 @@ def test_gateway_env_is_what_its_settings_read(helm: Helm, monkeypatch: pytest.M
         "gateway.holdTimeoutSeconds=30",
         "gateway.maxHeld=7",
         "gateway.maxBodyBytes=65536",
+        "gateway.streamIdleTimeoutSeconds=45",
         "gateway.auth.secretName=gateway-tokens",
     )
     container = gateway_container(objects)
@@ -279,6 +280,7 @@ def test_gateway_env_is_what_its_settings_read(helm: Helm, monkeypatch: pytest.M
     settings = GatewaySettings()
     assert settings.source == "cluster" and settings.namespaces == []
     assert (settings.hold_timeout, settings.max_held, settings.max_body_bytes) == (30, 7, 65536)
+    assert settings.stream_idle_timeout == 45
     assert settings.port == container["ports"][0]["containerPort"]
     # The tokens file is the Secret's key, mounted read-only.
     assert settings.auth_tokens_file == Path("/etc/tti-gateway/tokens/tokens")

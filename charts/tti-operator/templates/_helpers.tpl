@@ -332,6 +332,8 @@ The gateway's settings, passed as the environment variables it reads.
   value: {{ .Values.gateway.holdTimeoutSeconds | quote }}
 - name: TTI_GATEWAY_MAX_HELD
   value: {{ .Values.gateway.maxHeld | quote }}
+- name: TTI_GATEWAY_STREAM_IDLE_TIMEOUT
+  value: {{ .Values.gateway.streamIdleTimeoutSeconds | quote }}
 - name: TTI_GATEWAY_MAX_BODY_BYTES
   value: {{ .Values.gateway.maxBodyBytes | int | quote }}
 - name: TTI_GATEWAY_LOG_LEVEL
