@@ -3,16 +3,18 @@
 One real `tti-server --model sdxl` with the tiny multi-step model on the CPU, batching on.
 Several clients each send streamed OpenAI requests one after another and read every
 event; a round with `partial_images: 3` and a round with `partial_images: 0` alternate
-(so drift in background load hits both alike). Prints images/s for each and the ratio
+(so drift in background load hits both alike). Prints each round's images/s, the median
+of each side (a round whose core was taken elsewhere does not drag it) and their ratio
 (with / without previews).
 
     .venv/bin/python tests/benchmarks/bench_previews.py [--clients 4] [--per-client 6]
-        [--rounds 3] [--steps 12] [--size 128]
+        [--rounds 5] [--steps 12] [--size 128]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -74,7 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--per-client", type=int, default=6)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--size", type=int, default=128)
     args = parser.parse_args()
@@ -94,14 +96,14 @@ def main() -> None:
                     results[partial].append(round_images_per_s(server, args, partial))
         finally:
             server.stop()
-    rates = {partial: sum(values) / len(values) for partial, values in results.items()}
+    rates = {partial: statistics.median(values) for partial, values in results.items()}
     print(
         f"{args.clients} clients x {args.per_client} requests, {args.rounds} rounds each, "
         f"{args.size}x{args.size}, {args.steps} steps, tiny SDXL on the CPU"
     )
     for partial, values in results.items():
         rounds = ", ".join(f"{value:.2f}" for value in values)
-        print(f"partial_images={partial}: {rates[partial]:.2f} images/s (rounds: {rounds})")
+        print(f"partial_images={partial}: median {rates[partial]:.2f} images/s (rounds: {rounds})")
     print(f"ratio (3 / 0): {rates[3] / rates[0]:.3f}")
 
 
