@@ -67,7 +67,7 @@ def round_images_per_s(server: ServerProcess, args: argparse.Namespace, partial:
     with ThreadPoolExecutor(args.clients) as pool:
         partials = sum(pool.map(client, range(args.clients)))
     elapsed = time.perf_counter() - started
-    images = args.clients * args.per_client
+    images: int = args.clients * args.per_client
     assert partials == images * min(partial, args.steps - 1), "fewer previews than expected"
     return images / elapsed
 

@@ -8,6 +8,7 @@ a wrapped real backend, as tests/sdxl/test_sdxl_http.py does.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import threading
 from collections.abc import Iterator
@@ -42,8 +43,11 @@ def sdxl_server(
         yield server
 
 
-def client_of(server_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server_url + "/v1", api_key="unused", max_retries=0)
+@contextlib.contextmanager
+def client_of(server_url: str) -> Iterator[openai.OpenAI]:
+    """The official client, closed after (its connections with it)."""
+    with openai.OpenAI(base_url=server_url + "/v1", api_key="unused", max_retries=0) as client:
+        yield client
 
 
 def stream_events(client: openai.OpenAI, **fields: Any) -> list[Any]:
@@ -99,18 +103,18 @@ def test_partial_images_then_the_image_the_plain_request_gets(
 ) -> None:
     """Evenly spaced steps, never the last: fewer than asked when the steps are few."""
     assert len(preview_steps(steps, asked)) == sent
-    client = client_of(sdxl_server.url)
-    events = stream_events(
-        client, n=2, size="64x48", partial_images=asked, num_steps=steps, seed=11
-    )
+    fields = {"n": 2, "size": "64x48", "num_steps": steps, "seed": 11}
+    with client_of(sdxl_server.url) as client:
+        events = stream_events(client, partial_images=asked, **fields)
+        plain = plain_images(client, **fields)
     check_stream(events, n=2, partials=sent, size="64x48")
-    final = [base64.b64decode(e.b64_json) for e in events if e.type == COMPLETED]
-    assert final == plain_images(client, n=2, size="64x48", num_steps=steps, seed=11)
+    assert [base64.b64decode(e.b64_json) for e in events if e.type == COMPLETED] == plain
 
 
 def test_the_previews_show_the_image_forming(sdxl_server: ServerProcess) -> None:
     """Each preview is a picture of its own (not a copy of the last one)."""
-    events = stream_events(client_of(sdxl_server.url), size="64x64", partial_images=3, num_steps=8)
+    with client_of(sdxl_server.url) as client:
+        events = stream_events(client, size="64x64", partial_images=3, num_steps=8)
     previews = [decoded(e).tobytes() for e in events if e.type == PARTIAL]
     assert len(previews) == 3 and len(set(previews)) == 3
 
@@ -121,8 +125,7 @@ def test_flux_previews_unpack_its_sixteen_channel_latents(
     with running_server(
         "--model", "flux.1-dev", "--model-path", str(tiny_family_dirs["flux-dev"]),
         log_dir=tmp_path,
-    ) as server:  # fmt: skip
-        client = client_of(server.url)
+    ) as server, client_of(server.url) as client:  # fmt: skip
         events = stream_events(client, size="64x96", partial_images=2, num_steps=4, seed=5)
         check_stream(events, n=1, partials=2, size="64x96")
         plain = plain_images(client, size="64x96", num_steps=4, seed=5)
@@ -162,8 +165,8 @@ class FailsAfterFirstPreview:
 
 
 def test_a_failure_mid_stream_is_an_error_event(tiny_backend: DiffusionBackend) -> None:
-    with serve_in_thread(FailsAfterFirstPreview(tiny_backend), model="sdxl") as url:
-        client = client_of(url)
+    backend = FailsAfterFirstPreview(tiny_backend)
+    with serve_in_thread(backend, model="sdxl") as url, client_of(url) as client:
         stream = client.images.generate(
             prompt="poison", size="64x64", stream=True, partial_images=2,
             extra_body={"num_steps": 6},
@@ -211,9 +214,8 @@ def test_a_client_that_leaves_is_dropped_and_its_batch_finishes(
         assert len(plain["answer"].json()["data"]) == 1
         assert batches_so_far(http) - before == 1
         # The server goes on (two images fill a batch at once), and logged no failure.
-        events = stream_events(
-            client_of(server.url), n=2, size="64x64", partial_images=1, num_steps=2
-        )
+        with client_of(server.url) as client:
+            events = stream_events(client, n=2, size="64x64", partial_images=1, num_steps=2)
         assert [event.type for event in events] == [PARTIAL, PARTIAL, COMPLETED, COMPLETED]
     output = server.output()
     assert " ERROR " not in output and "Traceback" not in output, output
