@@ -7,6 +7,7 @@ const TOKEN_KEY = "tti-playground-token";
 const MAX_RUNS = 24;
 const MAX_SEED = Number.MAX_SAFE_INTEGER; // the API takes up to 2^63-1; JS numbers stop here
 const MAX_WAITS = 60; // 503 + Retry-After (loading, queue full): wait and retry this often
+const PARTIAL_IMAGES = 3; // the most OpenAI's `partial_images` allows
 const WORDS = {
   400: "The server refused the request",
   401: "The server wants an access token",
@@ -139,6 +140,8 @@ function applyRules(rules, modelId) {
     : "optional: what to leave out";
   if (negative.disabled) negative.value = "";
   $("width").max = $("height").max = rules.max_side;
+  // A model that denoises in several steps can show its picture forming; one step cannot.
+  $("previews").checked = rules.default_steps > 1;
   setSize(rules.default_size);
 }
 
@@ -202,15 +205,19 @@ function readForm() {
   return body;
 }
 
-// One generation: POST, waiting out 503s that say when to retry.
-async function post(json) {
+// One generation: POST, waiting out 503s that say when to retry. A streamed answer's
+// partial images go to `onPartial` as they come; the completed images are the answer.
+async function post(json, onPartial) {
   for (let wait = 0; ; wait++) {
     const response = await call("v1/images/generations", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: json,
     });
-    if (response.ok) return response.json();
+    if (response.ok) {
+      const streamed = (response.headers.get("Content-Type") || "").startsWith("text/event-stream");
+      return streamed ? readStream(response, onPartial) : response.json();
+    }
     if (response.status === 401) {
       askForToken();
       throw new ApiError(`${await errorText(response)}. Enter it below, then generate again.`);
@@ -224,6 +231,69 @@ async function post(json) {
   }
 }
 
+// Server-sent events, read with fetch (EventSource cannot POST): blocks of `event:` and
+// `data:` lines, a blank line after each.
+async function readStream(response, onPartial) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  const answer = { data: [], output_format: null, size: null };
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer = (buffer + value).replace(/\r\n?/g, "\n");
+    for (let end = buffer.indexOf("\n\n"); end >= 0; end = buffer.indexOf("\n\n")) {
+      onEvent(parseEvent(buffer.slice(0, end)), answer, onPartial);
+      buffer = buffer.slice(end + 2);
+    }
+  }
+  if (!answer.data.length) throw new ApiError("The stream ended before the image came");
+  return answer;
+}
+
+function parseEvent(block) {
+  let type = "message";
+  const data = [];
+  for (const line of block.split("\n")) {
+    const [name, ...rest] = line.split(":");
+    const value = rest.join(":").replace(/^ /, "");
+    if (name === "event") type = value;
+    if (name === "data") data.push(value);
+  }
+  return { type, data: data.length ? JSON.parse(data.join("\n")) : {} };
+}
+
+function onEvent(event, answer, onPartial) {
+  const data = event.data;
+  if (event.type === "error") {
+    const { code, message } = data.error || {};
+    throw new ApiError(`${WORDS[code] || "The request failed"} (${code}): ${message}`);
+  }
+  if (event.type === "image_generation.partial_image") onPartial(data);
+  if (event.type === "image_generation.completed") {
+    answer.data[data.image_index ?? answer.data.length] = data;
+    [answer.output_format, answer.size] = [data.output_format, data.size];
+  }
+}
+
+// The picture forming: one figure per image, its latest partial image in it.
+function showPartial(event, body, urls) {
+  if (!urls.length) {
+    const [width, height] = body.size.split("x");
+    $("images").replaceChildren(
+      ...Array.from({ length: body.n }, (_, i) =>
+        el("figure", { className: "forming" }, el("img", { width, height, alt: `forming (seed ${body.seed + i})` }), el("figcaption", {}, "forming…")),
+      ),
+    );
+    $("empty").hidden = true;
+  }
+  const img = $("images").children[event.image_index ?? 0].querySelector("img");
+  const src = toBlobUrl(event.b64_json, event.output_format);
+  urls.push(src);
+  img.dataset.partial = String(event.partial_image_index);
+  img.src = src;
+  setStatus(`Forming… partial image ${event.partial_image_index + 1} of up to ${PARTIAL_IMAGES}`);
+}
+
 function toBlobUrl(b64, format) {
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
   return URL.createObjectURL(new Blob([bytes], { type: `image/${format}` }));
@@ -233,14 +303,18 @@ async function generate() {
   if (state.busy) return;
   showError("");
   setBusy(true);
+  const previews = []; // blob URLs of the partial images, freed once the run ends
   try {
     // A token typed and sent with Enter: the models are listed with it first (behind a
     // gateway with auth, which model to ask for is only known then).
     await saveToken();
     const body = readForm();
+    // What is copied and kept is the plain request: its images are the same bytes.
     const json = JSON.stringify(body);
+    const streamed = $("previews").checked && body.num_steps > 1;
+    const sent = streamed ? JSON.stringify({ ...body, stream: true, partial_images: PARTIAL_IMAGES }) : json;
     const started = performance.now();
-    const answer = await post(json);
+    const answer = await post(sent, (event) => showPartial(event, body, previews));
     const seconds = (performance.now() - started) / 1000;
     const images = answer.data.map((item, i) => ({
       url: toBlobUrl(item.b64_json, answer.output_format),
@@ -251,9 +325,18 @@ async function generate() {
   } catch (error) {
     setStatus("");
     showError(error instanceof ApiError ? error.message : `Cannot reach the server: ${error.message}`);
+    if (previews.length) restoreShown();
   } finally {
+    previews.forEach((src) => URL.revokeObjectURL(src));
     setBusy(false);
   }
+}
+
+// After a failed stream: the run shown before, or nothing.
+function restoreShown() {
+  if (state.shown) return showRun(state.shown);
+  $("images").replaceChildren();
+  $("empty").hidden = false;
 }
 
 function setBusy(busy) {

@@ -24,3 +24,8 @@ def encode_image(image: Image.Image, image_format: ImageFormat) -> bytes:
 
 def encode_images(images: list[Image.Image], image_format: ImageFormat) -> list[bytes]:
     return [encode_image(image, image_format) for image in images]
+
+
+def encode_preview(image: Image.Image, width: int, height: int, image_format: ImageFormat) -> bytes:
+    """A partial image (at the latents' resolution) scaled up to the requested size."""
+    return encode_image(image.resize((width, height), Image.Resampling.BILINEAR), image_format)

@@ -168,16 +168,21 @@ class Engine:
             worker.executor.shutdown(wait=False, cancel_futures=True)
         self._finishers.shutdown(wait=False, cancel_futures=True)
 
+    def check_room(self) -> None:
+        """Raise what a request arriving now would get at once: the queue is full, or the
+        engine is stopping (a streamed request asks before its answer starts)."""
+        if self._stopped:
+            raise EngineStopped("the server is shutting down")
+        if len(self._pending) >= self.max_queue:
+            raise QueueFull(f"{len(self._pending)} requests are already waiting; retry shortly")
+
     async def generate(self, request: GenerationRequest) -> Images:
         """Queue `request` and wait for its `n` images (raises an `EngineError` subclass)."""
         return await self.generate_then(request, _unchanged)
 
     async def generate_then(self, request: GenerationRequest, finish: Callable[[Images], T]) -> T:
         """Like `generate`, then `finish(images)` off the event loop; returns what it returns."""
-        if self._stopped:
-            raise EngineStopped("the server is shutting down")
-        if len(self._pending) >= self.max_queue:
-            raise QueueFull(f"{len(self._pending)} requests are already waiting; retry shortly")
+        self.check_room()
         loop = asyncio.get_running_loop()
         job = _Job(request, finish, loop.create_future())
         self._pending.append(job)

@@ -143,5 +143,7 @@ def openai_job(body: OpenAIImageRequest, settings: Settings) -> Job:
         negative_prompt=checked_negative_prompt("negative_prompt", body.negative_prompt, settings),
     )
     prompt = checked_prompt("prompt", body.prompt, settings)
-    request = GenerationRequest(prompt=prompt, key=key, n=body.n, seed=body.seed)
+    # Partial images exist only in a stream (as OpenAI's); without one they are ignored.
+    partial_images = (body.partial_images or 0) if body.stream else 0
+    request = GenerationRequest(prompt, key, body.n, body.seed, partial_images)
     return Job(request, body.output_format or settings.image_format)

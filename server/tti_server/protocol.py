@@ -30,6 +30,7 @@ _Whole = BeforeValidator(_whole_float_as_int)  # after the constraints, or they 
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1), _Whole]
 ImageCount = Annotated[int, Field(ge=1, le=10), _Whole]
 Steps = Annotated[int, Field(gt=0), _Whole]
+PartialImages = Annotated[int, Field(ge=0, le=3), _Whole]
 _SIDE = "pixels (sdxl-turbo: the nearest multiple of 8)"
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
@@ -108,6 +109,12 @@ class OpenAIImageRequest(BaseModel):
     size: str | None = Field(default=None, description="'WIDTHxHEIGHT' or 'auto'")
     response_format: Literal["b64_json", "url"] | None = None
     output_format: AnyCaseFormat | None = None
+    stream: bool | None = Field(
+        default=None, description="true: server-sent events, partial images then the image"
+    )
+    partial_images: PartialImages | None = Field(
+        default=None, description="with stream: previews per image while it denoises (0-3)"
+    )
     # Extensions beyond OpenAI's API (pass them with the client's `extra_body`).
     seed: Seed | None = None
     num_steps: Steps | None = None

@@ -5,26 +5,34 @@ the same `CaikitTextToImageRequest` / `OpenAIImageRequest`, call `text_to_image`
 or `images` here, and map the transport-neutral `failures.ServiceError`s they
 get to their own codes. Loading and warm-up live here too, not in either
 transport: `start()` begins them in the background, `stop()` ends everything.
+
+A streamed OpenAI request (`image_stream`) is the same engine request with a preview
+sink: the worker thread hands each partial image to the request's own queue on the event
+loop, and the stream yields them, encoded off the loop, then the final images (encoded as
+for any request, so the same bytes as without streaming).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+
+from PIL import Image
 
 from tti_contracts.api import ImageFormat
 from tti_server import __version__
 from tti_server.backends.base import Backend, BatchKey, GenerationRequest, ModelLoadError
 from tti_server.backends.loading import load_backends
-from tti_server.encoding import encode_images
+from tti_server.encoding import encode_images, encode_preview
 from tti_server.engine import Engine
 from tti_server.failures import NotReady
-from tti_server.generation import caikit_job, openai_job
+from tti_server.generation import Job, caikit_job, openai_job
 from tti_server.metrics import ServerMetrics
 from tti_server.protocol import CaikitTextToImageRequest, OpenAIImageRequest
 from tti_server.settings import Settings
@@ -57,6 +65,73 @@ class Images:
     image_format: ImageFormat
     width: int
     height: int
+
+
+@dataclass(frozen=True)
+class PartialImage:
+    """A streamed preview: the `partial_index`-th of image `index`, encoded at full size."""
+
+    index: int
+    partial_index: int
+    image: bytes
+
+
+@dataclass(frozen=True)
+class FinalImage:
+    """A streamed request's image `index`, the same bytes as without streaming."""
+
+    index: int
+    image: bytes
+
+
+StreamEvent = PartialImage | FinalImage
+
+
+@dataclass(frozen=True)
+class ImageStream:
+    """A streamed OpenAI answer: its images' size and format, and the events as they come."""
+
+    image_format: ImageFormat
+    width: int
+    height: int
+    events: AsyncIterator[StreamEvent]
+
+
+@dataclass(frozen=True)
+class _Preview:
+    index: int
+    partial_index: int
+    image: Image.Image
+
+
+class PreviewQueue:
+    """One streamed request's previews, from the worker thread to its event loop.
+
+    `put` is the request's preview sink; `None` in the queue ends the previews (the
+    generation is done). Once `close`d (the client went away) previews are dropped.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[_Preview | None] = asyncio.Queue()
+        self.open = True
+
+    def put(self, index: int, partial_index: int, image: Image.Image) -> None:
+        if self.open:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody listens
+                preview = _Preview(index, partial_index, image)
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, preview)
+
+    def end(self, generation: asyncio.Future[list[bytes]]) -> None:
+        """The generation's done callback (on the loop, after every preview it queued)."""
+        if not generation.cancelled():
+            # The stream reads the outcome unless its client left first: read here, a
+            # failure is not logged again as an exception nobody retrieved.
+            generation.exception()
+        self.queue.put_nowait(None)
+
+    def close(self) -> None:
+        self.open = False
 
 
 @dataclass
@@ -124,6 +199,37 @@ class Service:
         images = await self.generate(engine, job.request, job.image_format)
         key = job.request.key
         return Images(images, job.image_format, key.width, key.height)
+
+    def image_stream(self, body: OpenAIImageRequest) -> ImageStream:
+        """OpenAI's streamed generation. What fails before the stream starts (a bad request,
+        not ready, a full queue) raises here; what fails later ends the stream with it."""
+        engine = self.ready_engine()
+        job = openai_job(body, self.settings)
+        engine.check_room()
+        key = job.request.key
+        return ImageStream(job.image_format, key.width, key.height, self._events(engine, job))
+
+    async def _events(self, engine: Engine, job: Job) -> AsyncIterator[StreamEvent]:
+        """Previews as the worker makes them, then the final images. The generation starts
+        with the stream's first read; when the stream closes early it is withdrawn."""
+        previews = PreviewQueue(asyncio.get_running_loop())
+        request = job.request
+        if request.partial_images:
+            request = replace(request, on_preview=previews.put)
+        generation = asyncio.ensure_future(self.generate(engine, request, job.image_format))
+        generation.add_done_callback(previews.end)
+        key = request.key
+        try:
+            while (preview := await previews.queue.get()) is not None:
+                image = await asyncio.to_thread(
+                    encode_preview, preview.image, key.width, key.height, job.image_format
+                )
+                yield PartialImage(preview.index, preview.partial_index, image)
+            for index, image in enumerate(await generation):
+                yield FinalImage(index, image)
+        finally:
+            previews.close()
+            generation.cancel()
 
     async def generate(
         self, engine: Engine, request: GenerationRequest, image_format: ImageFormat

@@ -305,3 +305,63 @@ def test_every_control_has_a_label_and_a_phone_needs_no_sideways_scroll(
     )
     assert unlabelled == []
     assert page.evaluate("document.documentElement.scrollWidth") <= 360
+
+
+#: Every change of a partial image in #images, and each final image, in the order they
+#: happened. A record holds a `data-partial` attribute's *old* value, so the value each
+#: change set is the next record's old value (the last one's is still on the element).
+RECORD_IMAGES = """() => {
+  window.seen = [];
+  new MutationObserver((records) => {
+    for (const r of records) {
+      if (r.type === "attributes") window.seen.push({ img: r.target, old: r.oldValue });
+      for (const node of r.addedNodes || []) {
+        for (const img of node.querySelectorAll ? node.querySelectorAll("img") : []) {
+          if (!("partial" in img.dataset)) window.seen.push({ final: true });
+        }
+      }
+    }
+  }).observe(document.getElementById("images"), {
+    subtree: true, childList: true, attributes: true,
+    attributeFilter: ["data-partial"], attributeOldValue: true,
+  });
+}"""
+SEEN = """() => window.seen.map((s, i, all) => {
+  if (s.final) return "final";
+  const next = all.slice(i + 1).find((later) => later.img === s.img);
+  return next ? next.old : s.img.dataset.partial;
+})"""
+
+
+def test_a_multi_step_model_shows_its_picture_forming(
+    page: Page, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The tiny SDXL (30 steps by default): previews are on; three partial images come in
+    order, then the image, which the copied (plain) request reproduces byte for byte."""
+    with running_server(
+        "--model", "sdxl", "--model-path", str(tiny_model_dir), log_dir=tmp_path
+    ) as server:
+        page.goto(server.url + "/")
+        expect(page.locator("#model")).to_have_text("Model sdxl · ready")
+        expect(page.locator("#previews")).to_be_checked()
+        page.evaluate(RECORD_IMAGES)
+        for field, value in {"width": "64", "height": "64", "steps": "4", "guidance": "0"}.items():
+            page.fill(f"#{field}", value)
+        page.click("#generate")
+        # A real model on a shared CPU: wait as long as a request may take.
+        expect(page.locator("#history li")).to_have_count(1, timeout=120_000)
+        expect(page.locator("#error")).to_be_hidden()
+        assert page.evaluate(SEEN) == ["0", "1", "2", "final"]
+        [shown] = shown_images(page)
+        assert Image.open(io.BytesIO(shown)).size == (64, 64)
+
+        page.click("#copy-curl")
+        curl = page.input_value("#snippet")
+        assert '"stream"' not in curl and "partial_images" not in curl
+        answer = subprocess.run(["bash", "-c", curl], capture_output=True, check=True, timeout=120)
+        assert base64.b64decode(json.loads(answer.stdout)["data"][0]["b64_json"]) == shown
+
+
+def test_previews_are_off_for_a_one_step_model(page: Page, server: ServerProcess) -> None:
+    open_page(page, server)
+    expect(page.locator("#previews")).not_to_be_checked()

@@ -29,9 +29,10 @@ from PIL import Image
 from support.server import ServerProcess, StartServer, free_port, running_server, server_command
 from support.tiny_model import pixel_difference
 
+from tti_contracts.catalogue import ModelName
 from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE as CAIKIT
 from tti_server.app import create_app
-from tti_server.backends.base import BackendOutOfMemory, BatchKey, GenerationRequest
+from tti_server.backends.base import Backend, BackendOutOfMemory, BatchKey, GenerationRequest
 from tti_server.backends.diffusion import DiffusionBackend
 from tti_server.settings import Settings
 
@@ -248,9 +249,9 @@ class FailingBackend:
 
 
 @contextlib.contextmanager
-def serve_in_thread(backend: FailingBackend) -> Iterator[str]:
+def serve_in_thread(backend: Backend, model: ModelName = "sdxl-turbo") -> Iterator[str]:
     """The app with an injected backend under a real uvicorn on a loopback port."""
-    settings = Settings(model="sdxl-turbo", max_batch_size=8, batch_wait_ms=BATCH_WAIT_MS)
+    settings = Settings(model=model, max_batch_size=8, batch_wait_ms=BATCH_WAIT_MS)
     port = free_port()
     config = uvicorn.Config(
         create_app(settings, backends=[backend]), host="127.0.0.1", port=port, log_level="error"

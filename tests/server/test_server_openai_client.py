@@ -63,3 +63,40 @@ def test_errors_surface_as_openai_exceptions(client: openai.OpenAI) -> None:
         client.images.generate(prompt="x", model="dall-e-3")
     assert isinstance(missing.value.body, dict)
     assert "dall-e-3" in missing.value.body["details"]
+
+
+def test_a_stream_from_the_stub_is_just_the_completed_images(client: openai.OpenAI) -> None:
+    """The stub draws in one go: there is nothing to preview, whatever is asked."""
+    plain = client.images.generate(prompt="blue", n=2, size="24x16", extra_body={"seed": 1})
+    events = list(
+        client.images.generate(
+            prompt="blue", n=2, size="24x16", stream=True, partial_images=3, extra_body={"seed": 1}
+        )
+    )
+    assert [(event.type, event.image_index) for event in events] == [  # type: ignore[union-attr]
+        ("image_generation.completed", 0),
+        ("image_generation.completed", 1),
+    ]
+    assert plain.data is not None
+    assert [event.b64_json for event in events] == [item.b64_json for item in plain.data]
+    assert {(event.size, event.output_format) for event in events} == {("24x16", "png")}
+
+
+@pytest.mark.parametrize(
+    ("fields", "details"),
+    [
+        ({"partial_images": 4}, "partial_images: Input should be less than or equal to 3"),
+        ({"partial_images": -1}, "partial_images: Input should be greater than or equal to 0"),
+        ({"partial_images": "2"}, "partial_images: Input should be a valid integer"),
+        ({"partial_images": 1.5}, "partial_images: Input should be a valid integer"),
+        ({"stream": "yes"}, "stream: Input should be a valid boolean"),
+        ({"stream": 1}, "stream: Input should be a valid boolean"),
+    ],
+)
+def test_bad_stream_fields_are_refused_naming_them(
+    client: openai.OpenAI, fields: dict[str, object], details: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.images.generate(prompt="x", extra_body=fields)
+    assert isinstance(bad.value.body, dict)
+    assert bad.value.body["details"] == details

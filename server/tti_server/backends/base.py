@@ -5,11 +5,17 @@ only turns a batch of compatible requests into images on its own device. The
 HTTP layer never imports a backend module, so it never touches torch. A backend
 reports trouble with the two errors below, which the server turns into what a
 client is told (`failures.py`).
+
+A request may ask for partial images while it denoises (OpenAI's `partial_images`): the
+backend hands each to the request's own `PreviewSink`, on the worker thread, so one
+batch's previews reach each request separately. A backend that cannot make them (the
+stub, a one-step model) sends none.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from PIL import Image
@@ -26,6 +32,11 @@ class BatchKey:
     negative_prompt: str | None
 
 
+#: Where a request's partial images go: `(image_index, partial_index, image)`, called on
+#: the worker thread; the image is at the latents' resolution (the receiver scales it).
+PreviewSink = Callable[[int, int, Image.Image], None]
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One validated request: `n` images for `prompt`, reproducible when `seed` is set."""
@@ -34,6 +45,9 @@ class GenerationRequest:
     key: BatchKey
     n: int = 1
     seed: int | None = None
+    #: Partial images wanted per image (0-3), taken at evenly spaced denoising steps.
+    partial_images: int = 0
+    on_preview: PreviewSink | None = field(default=None, compare=False, repr=False)
 
 
 class BackendOutOfMemory(RuntimeError):

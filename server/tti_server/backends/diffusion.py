@@ -14,7 +14,8 @@ with one seeded generator per image, so a seeded request gets the same images
 whether it ran alone or batched with others. For SDXL the pipeline stops at the latents
 and the backend decodes them itself with the VAE in the dtype `vae_dtype` chose at
 load time (see there why), which diffusers' pipeline cannot do; the other families'
-VAEs run in the pipeline's own dtype, and their pipelines decode.
+VAEs run in the pipeline's own dtype, and their pipelines decode. A batch whose requests
+ask for partial images gets a step callback that projects their rows (`previews.py`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from PIL import Image
 
 from tti_contracts.catalogue import CATALOGUE, FAMILIES, ModelEntry
 from tti_server.backends.base import BackendOutOfMemory, GenerationRequest, ModelLoadError
+from tti_server.backends.previews import LATENT_RGB, PreviewCallback
 
 #: The key under which the seed's caikit module records the pipeline sub-folder.
 CAIKIT_PIPELINE_KEY = "sdxl_model"
@@ -109,6 +111,7 @@ class DiffusionBackend:
         self.name: str = model.name
         self.handling = HANDLING[model.family]
         self.side_multiple = model.side_multiple
+        self.latent_rgb = LATENT_RGB[model.family]
 
     def generate(self, batch: list[GenerationRequest]) -> list[list[Image.Image]]:
         """Run `batch` as one pipeline call and hand each request exactly its `n` images."""
@@ -123,6 +126,7 @@ class DiffusionBackend:
             )
         prompts = [request.prompt for request in batch for _ in range(request.n)]
         generators = [_generator(seed) for request in batch for seed in image_seeds(request)]
+        previews = PreviewCallback.for_batch(batch, self.latent_rgb)
         try:
             with torch.inference_mode():
                 output = self.pipeline(
@@ -136,6 +140,8 @@ class DiffusionBackend:
                     guidance_scale=key.guidance_scale,
                     generator=generators,
                     output_type="latent" if self.handling.own_decode else "pil",
+                    callback_on_step_end=previews,
+                    callback_on_step_end_tensor_inputs=["latents"],
                 ).images
                 images = (
                     to_pil(self.pipeline, decode_latents(self.pipeline, output))
