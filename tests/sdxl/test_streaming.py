@@ -20,6 +20,7 @@ import httpx
 import openai
 import pytest
 from PIL import Image
+from support.gateway import launch_gateway
 from support.server import ServerProcess, running_server
 
 from tti_server.backends.base import GenerationRequest, PreviewSink
@@ -109,6 +110,24 @@ def test_partial_images_then_the_image_the_plain_request_gets(
         plain = plain_images(client, **fields)
     check_stream(events, n=2, partials=sent, size="64x48")
     assert [base64.b64decode(e.b64_json) for e in events if e.type == COMPLETED] == plain
+
+
+def test_through_a_gateway_process_the_stream_is_the_servers(
+    sdxl_server: ServerProcess, tmp_path: Path
+) -> None:
+    """The real gateway in front of the real server: the same events and the same final
+    image as straight from the server, with the official client on the gateway's URL."""
+    gateway = launch_gateway(("--models", f"sdxl={sdxl_server.url}"), tmp_path / "gateway")
+    try:
+        fields = {"model": "sdxl", "size": "64x64", "num_steps": 6, "seed": 3}
+        with client_of(gateway.url) as client:
+            events = stream_events(client, partial_images=2, **fields)
+        with client_of(sdxl_server.url) as client:
+            straight = stream_events(client, partial_images=2, **fields)
+    finally:
+        gateway.stop()
+    check_stream(events, n=1, partials=2, size="64x64")
+    assert [e.b64_json for e in events] == [e.b64_json for e in straight]
 
 
 def test_the_previews_show_the_image_forming(sdxl_server: ServerProcess) -> None:
