@@ -526,10 +526,18 @@ def policy_sets(prefixes: Sequence[str] = POLICY_SET_PREFIXES) -> list[str]:
     return [name for name in listing.split() if name.startswith(tuple(prefixes))]
 
 
-def remove_policy_sets(prefixes: Sequence[str] = POLICY_SET_PREFIXES) -> None:
-    """kube-router's ipsets, once no rule refers to them (its KUBE-* chains are gone first)."""
-    for name in policy_sets(prefixes):
-        sh("ipset", "destroy", name, check=False)
+def remove_policy_sets(
+    prefixes: Sequence[str] = POLICY_SET_PREFIXES, patience_s: float = 10.0
+) -> None:
+    """kube-router's ipsets, once no rule refers to them (its KUBE-* chains are gone first).
+    The kernel lets go of a set a moment after the last rule naming it is deleted ("in use
+    by a kernel component" until then): destroyed again until none is left or patience ends."""
+    deadline = time.monotonic() + patience_s
+    while (left := policy_sets(prefixes)) and time.monotonic() < deadline:
+        for name in left:
+            sh("ipset", "destroy", name, check=False)
+        if policy_sets(prefixes):
+            time.sleep(0.2)
 
 
 def remove_kubelet_cgroups() -> None:
@@ -590,6 +598,11 @@ def down(paths: NodePaths) -> None:
         socket_file.unlink(missing_ok=True)
 
 
+#: The CNI firewall plugin's shared chains: this node's network has no firewall plugin, but
+#: the machine's own CNI networks may (`buildah run`, podman), and they stay for those.
+OTHER_CNI_CHAINS = frozenset({"CNI-FORWARD", "CNI-ADMIN"})
+
+
 def leftovers(paths: NodePaths) -> list[str]:
     """What `down` should have removed and is still there (for the tests and `status`)."""
     found = [f"process {pid}" for pid in processes_naming(str(paths.socket))]
@@ -613,7 +626,7 @@ def leftovers(paths: NodePaths) -> list[str]:
         for command in IPTABLES
         for table in TABLES
         for chain in iptables_chains(table, command)
-        if chain.startswith(("KUBE-", "CNI-"))
+        if chain.startswith(("KUBE-", "CNI-")) and chain not in OTHER_CNI_CHAINS
     ]
     found += [f"ipset {name}" for name in policy_sets()]
     found += [f"cgroup {c}" for c in kubelet_cgroups_left()]
