@@ -139,11 +139,12 @@ class Gateway:
         caller = await caller_of(self, request.scope)
         models = await allowed(caller, sorted(self.table.models.values(), key=lambda m: m.key))
         names = Counter(m.name for m in models)
-        data = [
+        data = []
+        for model in models:
             # What a request names it by: NAMESPACE/NAME only where the name is ambiguous.
-            model_entry(model, model.name if names[model.name] == 1 else model.label)
-            for model in models
-        ]
+            model_id = model.name if names[model.name] == 1 else model.label
+            data.append(model_entry(model, model_id))
+            data += [adapter_entry(model, model_id, adapter) for adapter in model.adapters]
         return JSONResponse({"object": "list", "data": data})
 
     async def healthz(self, _request: Request) -> Response:
@@ -175,6 +176,12 @@ def model_entry(model: Model, model_id: str) -> dict[str, object]:
         listed["side_multiple"] = model.rules["side_multiple"]
         listed["rules"] = model.rules
     return listed
+
+
+def adapter_entry(model: Model, model_id: str, adapter: str) -> dict[str, object]:
+    """An adapter in `GET /v1/models`: a model of its own name, with its parent (as vLLM
+    lists LoRA adapters)."""
+    return {**model_entry(model, f"{model_id}/{adapter}"), "parent": model_id}
 
 
 class GatewayApp(Starlette):

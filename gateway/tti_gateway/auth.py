@@ -39,7 +39,15 @@ from pathlib import Path
 from typing import Protocol
 
 from tti_contracts.api import GROUP, PLURAL
-from tti_gateway.endpoints import AmbiguousModel, EndpointTable, GatewayError, Model, UnknownModel
+from tti_gateway.endpoints import (
+    EndpointTable,
+    GatewayError,
+    Model,
+    Target,
+    UnknownModel,
+    only,
+    readings,
+)
 from tti_gateway.identity import VERB, Identity, User
 
 log = logging.getLogger(__name__)
@@ -352,36 +360,49 @@ async def allowed(caller: Caller, models: Iterable[Model]) -> list[Model]:
     return [model for model, verdict in zip(models, verdicts, strict=True) if verdict]
 
 
-async def resolve_for(table: EndpointTable, requested: str, caller: Caller) -> Model:
-    """The model a request names, among those its caller may call, checked before the
-    request is held or wakes anything.
+async def resolve_for(table: EndpointTable, requested: str, caller: Caller) -> Target:
+    """The model (or adapter of one) a request names, among those its caller may call,
+    checked before the request is held or wakes anything.
 
     A bare name means the one model of that name the caller may call (so two teams may
-    each have a `stub` and call it by that name). NAMESPACE/NAME is authorized before it
-    is looked up, as the API server does: whoever may not call it learns nothing of
-    whether it exists. A name the caller may not call is `403`; the `404` of an unknown
-    name lists no model (`GET /v1/models` lists those the caller may call).
+    each have a `stub` and call it by that name). A name with a namespace is authorized
+    before it is looked up, as the API server does: whoever may not call it learns nothing
+    of whether it exists. A name the caller may not call is `403`; the `404` of an unknown
+    name lists no model (`GET /v1/models` lists those the caller may call), and an unknown
+    adapter of a model the caller may call lists that model's adapters. An adapter is
+    called with its model's permission.
     """
     if caller.unrestricted:
         return table.resolve(requested)
-    namespace, slash, name = requested.rpartition("/")
     candidates = table.candidates(requested)
-    if slash and not candidates and not await caller.may_generate(namespace, name):
-        raise forbidden(requested, caller)
-    if not candidates:
-        raise UnknownModel(
-            f"model: {requested!r} is not served here; GET /v1/models lists the models "
-            "this caller may use"
-        )
-    permitted = await allowed(caller, candidates)
-    if not permitted:
-        raise forbidden(requested, caller)
-    if len(permitted) > 1:
-        where = " and ".join(sorted(m.label for m in permitted))
-        raise AmbiguousModel(
-            f"model: {requested!r} is ambiguous ({where}); name one as NAMESPACE/NAME"
-        )
-    return permitted[0]
+    permitted = set(await allowed(caller, {target.model for target in candidates}))
+    targets = [target for target in candidates if target.model in permitted]
+    if targets:
+        return only(requested, targets)
+    raise await _refusal(table, requested, caller, exists=bool(candidates))
+
+
+async def _refusal(
+    table: EndpointTable, requested: str, caller: Caller, *, exists: bool
+) -> GatewayError:
+    """Why a restricted caller gets nothing for `requested`. Whether a model the caller may
+    not call exists is never told: a name with a namespace the caller may not call that
+    name in is 403, found or not."""
+    bare = {m for r in readings(requested) for m in table.models.values() if m.name == r.name}
+    hint = table.missing_adapter(requested, await allowed(caller, bare))
+    if hint is not None:
+        return UnknownModel(hint)
+    if exists:
+        return forbidden(requested, caller)
+    for reading in readings(requested):
+        if reading.namespace is not None and not await caller.may_generate(
+            reading.namespace, reading.name
+        ):
+            return forbidden(requested, caller)
+    return UnknownModel(
+        f"model: {requested!r} is not served here; GET /v1/models lists the models "
+        "this caller may use"
+    )
 
 
 def _digest(token: str) -> bytes:

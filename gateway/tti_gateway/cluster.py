@@ -59,6 +59,7 @@ class Scale:
     autoscaling: bool
     version: str = ""
     model: str = ""
+    adapters: tuple[str, ...] = ()
 
     @property
     def rules(self) -> dict[str, object] | None:
@@ -74,7 +75,17 @@ def model_scale(model: Mapping[str, Any]) -> Scale:
         autoscaling=bool(spec.get("autoscaling")),
         version=str((model.get("metadata") or {}).get("resourceVersion", "")),
         model=str(spec.get("model", "")),
+        adapters=adapter_names(spec),
     )
+
+
+def adapter_names(spec: Mapping[str, Any]) -> tuple[str, ...]:
+    """The names in spec.adapters (the API server has checked the rest)."""
+    adapters = spec.get("adapters")
+    if not isinstance(adapters, list):
+        return ()
+    named = (a.get("name") for a in adapters if isinstance(a, Mapping))
+    return tuple(name for name in named if isinstance(name, str) and name)
 
 
 def slice_model(endpoint_slice: Mapping[str, Any]) -> Key | None:
@@ -194,7 +205,12 @@ class ClusterSource:
     def set_model(self, key: Key, scale: Scale) -> None:
         known = key in self.table.models
         self.table.set_scale(
-            key, scale.replicas, scale.autoscaling, scale.version, rules=scale.rules
+            key,
+            scale.replicas,
+            scale.autoscaling,
+            scale.version,
+            rules=scale.rules,
+            adapters=scale.adapters,
         )
         if not known:
             self.refresh(key)

@@ -7,6 +7,11 @@ least-busy ready endpoint, which may mean holding the request while the model st
 at zero, the first held request wakes the model once (the `waker`: "scale to one
 replica"); the rest of a burst only wait. A model at zero without spec.autoscaling is
 not woken: someone wants it off.
+
+A model may have LoRA adapters (spec.adapters), named by clients as MODEL/ADAPTER, as vLLM
+and KubeAI name them. Since NAMESPACE/NAME has the same shape, a name is read every way
+it can be (`readings`) and must mean exactly one model, or one adapter of one model;
+NAMESPACE/MODEL/ADAPTER says both at once.
 """
 
 from __future__ import annotations
@@ -88,6 +93,8 @@ class Model:
     #: What a client may ask of it (the catalogue's rules for spec.model, the side multiple
     #: among them); None where nobody says (the static table).
     rules: dict[str, object] | None = None
+    #: The names of its adapters (spec.adapters), each routed to the model's pods.
+    adapters: tuple[str, ...] = ()
     held: int = 0
     waking: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -120,6 +127,59 @@ class Model:
         """Wake every waiter; later waiters wait on a fresh event."""
         self.changed.set()
         self.changed = asyncio.Event()
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One way to read a requested name: a model (in a namespace, or any) and an adapter."""
+
+    namespace: str | None
+    name: str
+    adapter: str | None = None
+
+
+def readings(requested: str) -> list[Reading]:
+    """Every way `requested` can be read: NAME; NAMESPACE/NAME or MODEL/ADAPTER;
+    NAMESPACE/MODEL/ADAPTER."""
+    parts = requested.split("/")
+    if not all(parts):
+        return []
+    if len(parts) == 1:
+        return [Reading(None, parts[0])]
+    if len(parts) == 2:
+        return [Reading(parts[0], parts[1]), Reading(None, parts[0], parts[1])]
+    if len(parts) == 3:
+        return [Reading(parts[0], parts[1], parts[2])]
+    return []
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a request goes to: a model, and the adapter of it that the request names."""
+
+    model: Model
+    adapter: str | None = None
+
+    @property
+    def upstream_name(self) -> str:
+        """The name the model's pods know it by: the bare name, with its adapter."""
+        name = self.model.name
+        return f"{name}/{self.adapter}" if self.adapter else name
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.label}/{self.adapter}" if self.adapter else self.model.label
+
+
+def only(requested: str, found: list[Target]) -> Target:
+    """The one target of `found`, or `AmbiguousModel` naming them all."""
+    if len(found) > 1:
+        where = " and ".join(sorted(target.label for target in found))
+        raise AmbiguousModel(
+            f"model: {requested!r} is ambiguous ({where}); name one as NAMESPACE/NAME"
+            + ("/ADAPTER" if any(target.adapter for target in found) else "")
+        )
+    return found[0]
 
 
 @dataclass(frozen=True)
@@ -160,14 +220,15 @@ class EndpointTable:
         version: str = "",
         *,
         rules: dict[str, object] | None = None,
+        adapters: tuple[str, ...] = (),
     ) -> None:
-        """What the model's spec (at `version`) says about its replicas, and what a client
-        may ask of its backend."""
+        """What the model's spec (at `version`) says about its replicas, what a client
+        may ask of its backend, and its adapters."""
         model = self._known(key)
         if model.replicas != 0 and replicas == 0:
             model.waking = False  # scaled down again: a new cold period begins
         model.replicas, model.autoscaling, model.version = replicas, autoscaling, version
-        model.rules = rules
+        model.rules, model.adapters = rules, adapters
         model.notify()
 
     def remove_model(self, key: Key) -> None:
@@ -193,26 +254,46 @@ class EndpointTable:
 
     # -- used by the proxy -------------------------------------------------------------
 
-    def candidates(self, requested: str) -> list[Model]:
-        """The models a request's name may mean: the one of NAMESPACE/NAME, or every model
-        of a bare name, whatever its namespace."""
-        namespace, slash, name = requested.rpartition("/")
-        if slash:
-            return [m for m in [self.models.get((namespace, name))] if m is not None]
-        return [m for m in self.models.values() if m.name == name]
+    def candidates(self, requested: str) -> list[Target]:
+        """The models, or adapters of models, a request's name may mean: a bare name means
+        every model of that name, whatever its namespace (see `readings`)."""
+        return [target for reading in readings(requested) for target in self.matching(reading)]
 
-    def resolve(self, requested: str) -> Model:
-        """The model a request names: NAMESPACE/NAME, or a name served in one namespace."""
+    def matching(self, reading: Reading) -> list[Target]:
+        if reading.namespace is not None:
+            model = self.models.get((reading.namespace, reading.name))
+            models = [model] if model is not None else []
+        else:
+            models = [m for m in self.models.values() if m.name == reading.name]
+        adapter = reading.adapter
+        return [Target(m, adapter) for m in models if adapter is None or adapter in m.adapters]
+
+    def resolve(self, requested: str) -> Target:
+        """The model or adapter a request names: NAME, NAMESPACE/NAME, MODEL/ADAPTER or
+        NAMESPACE/MODEL/ADAPTER, meaning exactly one."""
         found = self.candidates(requested)
         if not found:
             known = ", ".join(sorted(m.label for m in self.models.values())) or "none"
-            raise UnknownModel(f"model: {requested!r} is not served here; known models: {known}")
-        if len(found) > 1:
-            where = " and ".join(sorted(m.label for m in found))
-            raise AmbiguousModel(
-                f"model: {requested!r} is ambiguous ({where}); name one as NAMESPACE/NAME"
+            raise UnknownModel(
+                self.missing_adapter(requested, self.models.values())
+                or f"model: {requested!r} is not served here; known models: {known}"
             )
-        return found[0]
+        return only(requested, found)
+
+    def missing_adapter(self, requested: str, visible: Collection[Model]) -> str | None:
+        """Where `requested` names a model of `visible` with an adapter it does not have:
+        why, listing the adapters it has."""
+        for reading in readings(requested):
+            if reading.adapter is None:
+                continue
+            for target in self.matching(Reading(reading.namespace, reading.name)):
+                if target.model in visible:
+                    have = ", ".join(target.model.adapters) or "none"
+                    return (
+                        f"model: {requested!r}: {target.model.label} has no adapter "
+                        f"{reading.adapter!r}; its adapters: {have}"
+                    )
+        return None
 
     @asynccontextmanager
     async def acquire(

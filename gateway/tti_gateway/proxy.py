@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 from tti_contracts.envelope import request_id
 from tti_contracts.routes import MODEL_HEADER, Route
 from tti_gateway.auth import ANYONE, Access, BadRequest, Caller, resolve_for
-from tti_gateway.endpoints import Endpoint, EndpointTable, GatewayError, Model
+from tti_gateway.endpoints import Endpoint, EndpointTable, GatewayError, Model, Target
 from tti_gateway.envelope import error_response
 from tti_gateway.metrics import UNKNOWN, GatewayMetrics
 from tti_gateway.settings import GatewaySettings
@@ -165,11 +165,12 @@ class ProxyRoute:
             body = await read_body(scope, receive, self.gateway.settings.max_body_bytes)
             requested = self.model_name(scope, body, caller)
             # Authorized here, before the request is held or wakes the model.
-            model = await resolve_for(self.gateway.table, requested, caller)
-            labels = model.key
-            if requested != model.name:  # NAMESPACE/NAME: the pod knows the bare name
-                body = self.renamed(scope, body, model.name)
-            status = await self.forward(scope, receive, send, model, body, rid, start)
+            target = await resolve_for(self.gateway.table, requested, caller)
+            labels = target.model.key
+            upstream = target.upstream_name
+            if requested != upstream:  # NAMESPACE/NAME: the pod knows the bare name
+                body = self.renamed(scope, body, upstream)
+            status = await self.forward(scope, receive, send, target, body, rid, start)
         except GatewayError as exc:
             status = exc.status
             await error_response(status, exc.details, rid, exc.headers)(scope, receive, send)
@@ -214,14 +215,15 @@ class ProxyRoute:
         scope: Scope,
         receive: Receive,
         send: Send,
-        model: Model,
+        target: Target,
         body: bytes,
         rid: str,
         start: float,
     ) -> int:
         """Send to the least-busy ready pod; once more elsewhere if it cannot be reached."""
         deadline = start + self.gateway.settings.hold_timeout
-        request = self.upstream_request(scope, body, rid, model.name)
+        model = target.model
+        request = self.upstream_request(scope, body, rid, target.upstream_name)
         tried: list[str] = []
         for _attempt in range(2):
             # Busy for as long as its answer lasts: a stream of previews, minutes.

@@ -190,7 +190,10 @@ def test_a_bare_name_means_the_one_the_caller_may_use() -> None:
     t = table(("team-a", "stub"), ("team-b", "stub"))
     with pytest.raises(AmbiguousModel):
         run(resolve_for(t, "stub", ANYONE))
-    assert run(resolve_for(t, "stub", caller("t namespaces=team-b"))).key == ("team-b", "stub")
+    assert run(resolve_for(t, "stub", caller("t namespaces=team-b"))).model.key == (
+        "team-b",
+        "stub",
+    )
     with pytest.raises(AmbiguousModel, match=r"\(team-a/stub and team-b/stub\)"):
         run(resolve_for(t, "stub", caller("t models=stub")))
 
@@ -403,3 +406,19 @@ def test_only_jwt_shaped_tokens_are_reviewed() -> None:
     assert looks_like_a_jwt(JWT)
     for token in ("plain-token", "a.b", "a.b.c.d", "a.b.c d", "a." * 3, JWT + "." + "x" * 20000):
         assert not looks_like_a_jwt(token), token
+
+
+def test_an_adapter_is_called_with_its_models_permission() -> None:
+    t = table(("team-a", "sdxl"), ("team-b", "secret"))
+    t.set_scale(("team-a", "sdxl"), 1, False, adapters=("pixel",))
+    t.set_scale(("team-b", "secret"), 1, False, adapters=("pixel",))
+    team_a = caller("t namespaces=team-a")
+    target = run(resolve_for(t, "sdxl/pixel", team_a))
+    assert (target.model.key, target.upstream_name) == (("team-a", "sdxl"), "sdxl/pixel")
+    with pytest.raises(UnknownModel, match="team-a/sdxl has no adapter 'oil'; its adapters: pixel"):
+        run(resolve_for(t, "sdxl/oil", team_a))
+    # Another team's model and its adapters: refused, and nothing told of what it has.
+    for name in ("secret/pixel", "team-b/secret/pixel", "secret/oil", "team-b/secret/oil"):
+        with pytest.raises(Forbidden) as refused:
+            run(resolve_for(t, name, team_a))
+        assert "pixel" not in refused.value.details.replace(name, "")

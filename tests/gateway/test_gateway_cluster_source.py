@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from tti_contracts.catalogue import CATALOGUE, request_rules
-from tti_gateway.app import model_entry
+from tti_gateway.app import adapter_entry, model_entry
 from tti_gateway.cluster import (
     ClusterSource,
     ModelSink,
@@ -82,6 +82,24 @@ def test_a_models_rules_are_its_catalogue_entrys_and_reach_the_table() -> None:
     listed = model_entry(s.table.models[("ns", "turbo")], "turbo")
     assert listed["side_multiple"] == 16
     assert listed["rules"] == request_rules(CATALOGUE["flux.1-dev"])
+
+
+def test_a_models_adapters_reach_the_table_and_are_listed_with_their_parent() -> None:
+    adapters = [{"name": "pixel", "source": {"hostPath": {"path": "/x"}}}, {"name": "ink"}]
+    assert model_scale(model("ns", "m", adapters=adapters)).adapters == ("pixel", "ink")
+    assert model_scale(model("ns", "m", adapters="not a list")).adapters == ()
+    s = source("ns")
+    ModelSink(s, "ns").listed([model("ns", "sdxl", model="sdxl", adapters=adapters)])
+    sdxl = s.table.models[("ns", "sdxl")]
+    assert sdxl.adapters == ("pixel", "ink")
+    listed = adapter_entry(sdxl, "sdxl", "pixel")  # in GET /v1/models
+    assert (listed["id"], listed["parent"], listed["rules"]) == (
+        "sdxl/pixel",
+        "sdxl",
+        request_rules(CATALOGUE["sdxl"]),
+    )
+    ModelSink(s, "ns").event("MODIFIED", model("ns", "sdxl", model="sdxl"))
+    assert sdxl.adapters == ()
 
 
 def test_slices_of_a_model_merge_and_a_model_gets_those_seen_before_it() -> None:
