@@ -79,7 +79,8 @@ HUB_JOB = job_name("turbo", parse_spec({"model": "stub", "adapters": [adapter("x
         ([adapter("Pixel", HOST)], "spec.adapters.0.name: String should match pattern"),
         ([adapter("a" * 41, HOST)], "spec.adapters.0.name: String should have at most 40"),
         ([adapter("a", HOST, scale=4.5)], "spec.adapters.0.scale: Input should be less than"),
-        ([adapter(f"a{n}", HOST) for n in range(17)], "spec.adapters: Tuple should have at most 16"),
+        ([adapter(f"a{n}", HOST) for n in range(17)],
+         "spec.adapters: Tuple should have at most 16"),
     ],
 )  # fmt: skip
 def test_a_bad_adapter_is_refused_naming_its_field(adapters: list[Obj], message: str) -> None:

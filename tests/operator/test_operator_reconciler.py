@@ -58,7 +58,8 @@ def test_every_event_posted_is_logged_too(h: Harness, caplog: pytest.LogCaptureF
         h.model(body())
         h.model(body({"model": "dalle"}, generation=2), "MODIFIED")
     logged = [(r.levelname, r.getMessage()) for r in caplog.records]
-    assert ("INFO", "ns/m: Created: created NetworkPolicy, ConfigMap, Deployment and Service m") in logged
+    created = "ns/m: Created: created NetworkPolicy, ConfigMap, Deployment and Service m"
+    assert ("INFO", created) in logged
     assert any(level == "WARNING" and "ns/m: Failed: InvalidSpec" in m for level, m in logged)
 
 
@@ -499,7 +500,8 @@ def test_an_operator_restarted_mid_way_converges() -> None:
 
     second = Harness(api=api)
     try:
-        for kind in (DEPLOYMENT, SERVICE, NETWORK_POLICY, CONFIG_MAP):  # the informer's first listing
+        # The informer's first listing.
+        for kind in (DEPLOYMENT, SERVICE, NETWORK_POLICY, CONFIG_MAP):
             for (each, _name), obj in list(api.objects.items()):
                 if each == kind.kind:
                     second.observe(kind, None, obj)
