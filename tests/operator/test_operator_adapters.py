@@ -1,5 +1,6 @@
 """LoRA adapters on the operator's side: the spec, the manifest and the children it makes,
-what the pods mount, and the AdaptersReady condition, all pure (no cluster)."""
+what the pods mount, and the AdaptersReady condition (pure), and the reconcile that reads a
+fetch's outcome and a server's word (on the in-memory API)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+from memory_cluster import Harness, body, pod
 
 from tti_operator.adapters import (
     MANIFEST_PATH,
@@ -18,6 +20,7 @@ from tti_operator.adapters import (
     served_states,
 )
 from tti_operator.builders import Owner, desired_children, pod_template
+from tti_operator.kinds import ADAPTER_JOB, POD
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import InvalidSpec, ModelSpec, parse_spec
 from tti_operator.status import compute_status
@@ -320,3 +323,55 @@ def test_the_status_has_adapters_ready_only_for_a_model_with_adapters() -> None:
     said = conditions(refused)
     assert said["AdaptersReady"]["status"] == "False"
     assert said["Degraded"]["status"] == "False"  # the base model and the others still serve
+
+
+# The reconcile, on the in-memory API: the Job's outcome, the manifest, the server's word.
+
+
+def test_a_fetch_that_ends_puts_its_adapter_in_the_manifest_and_the_log_says_the_rest() -> None:
+    h = Harness()
+    try:
+        spec_ = {"model": "stub", "adapters": [adapter("pixel", HUB), adapter("ink", HOST)]}
+        h.model(body(spec_))
+        config = h.stored("ConfigMap", "m-adapters")
+        assert [a["name"] for a in json.loads(config["data"]["adapters.json"])["adapters"]] == [
+            "ink"
+        ]
+        assert ("PersistentVolumeClaim", "m-adapters") in h.api.objects
+        [job] = [name for kind, name in h.api.objects if kind == "Job"]
+        conditions = {c["type"]: c for c in h.api.status_of["m"][-1]["conditions"]}
+        assert conditions["AdaptersReady"]["reason"] == "Fetching"
+        template = h.stored("Deployment")["spec"]["template"]
+
+        # The Job's pod ends with the download's last line; the Job completes.
+        done_line = '{"event": "done", "commit": "c0ffee"}'
+        terminated = {"terminated": {"exitCode": 0, "message": done_line}}
+        fetch_pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"{job}-x", "namespace": "ns", "labels": {"job-name": job}},
+            "status": {"phase": "Succeeded", "containerStatuses": [{"state": terminated}]},
+        }
+        h.api.put(POD, fetch_pod)
+        complete = {"conditions": [{"type": "Complete", "status": "True"}]}
+        h.api.edit(ADAPTER_JOB, job, lambda j: j.update(status=complete), spec=False)
+        h.settle()
+        assert h.stored("Job", job)["metadata"]["annotations"]["tti.dev/commit"] == "c0ffee"
+        listed = json.loads(h.stored("ConfigMap", "m-adapters")["data"]["adapters.json"])
+        assert [a["name"] for a in listed["adapters"]] == ["ink", "pixel"]
+        assert "/snapshots/c0ffee/" in listed["adapters"][1]["path"]
+        assert h.stored("Deployment")["spec"]["template"] == template  # no restart
+
+        # A ready pod says what it made of them.
+        h.api.logs["m-1"] = (
+            "x INFO tti_server.adapters: state "
+            '{"pixel":{"state":"loaded"},"ink":{"state":"refused","reason":"not a LoRA"}}\n'
+        )
+        h.api.put(POD, pod("m", "m-1"))
+        h.settle(waiting_ok=True)
+        conditions = {c["type"]: c for c in h.api.status_of["m"][-1]["conditions"]}
+        said = conditions["AdaptersReady"]
+        assert (said["status"], said["reason"]) == ("False", "AdapterRefused")
+        assert said["message"] == "adapter ink refused: not a LoRA"
+    finally:
+        h.close()
