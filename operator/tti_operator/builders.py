@@ -1,5 +1,5 @@
-"""Pure builders: the desired children (Deployment, Service, NetworkPolicy) of one
-TextToImageModel.
+"""Pure builders: the desired children (Deployment, Service, NetworkPolicy, the adapters'
+ConfigMap, claim and fetch Jobs) of one TextToImageModel.
 
 Each function maps (resource identity, parsed spec, operator settings) to a plain dict
 that is server-side applied as is. No I/O here, so everything is unit-tested without a
@@ -14,11 +14,13 @@ from typing import Any
 
 from tti_contracts.api import API_VERSION, KIND
 from tti_contracts.catalogue import entry
+from tti_operator import adapters
+from tti_operator.adapters import Fetches
 from tti_operator.ownership import MANAGED_BY, MANAGED_BY_LABEL
 from tti_operator.podsecurity import container_security_context, pod_security_context
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import ModelSpec, Source
-from tti_operator.weights import MOUNT_PATH, Weights, snapshot_path
+from tti_operator.weights import MOUNT_PATH, Weights, fetch_job, snapshot_path
 
 Obj = dict[str, Any]
 
@@ -87,9 +89,9 @@ def owner_reference(owner: Owner) -> Obj:
     }
 
 
-def _metadata(owner: Owner) -> Obj:
+def _metadata(owner: Owner, name: str | None = None) -> Obj:
     return {
-        "name": owner.name,
+        "name": name or owner.name,
         "namespace": owner.namespace,
         "labels": labels(owner.name),
         "ownerReferences": [owner_reference(owner)],
@@ -153,7 +155,8 @@ def server_args(owner: Owner, spec: ModelSpec, weights: Weights | None = None) -
         args += ["--max-batch-size", str(spec.max_batch_size)]
     if spec.batch_wait_ms is not None:
         args += ["--batch-wait-ms", str(spec.batch_wait_ms)]
-    return args
+    # Always, also without adapters: adding one later changes the ConfigMap, not the pods.
+    return [*args, "--adapters-file", adapters.MANIFEST_PATH]
 
 
 def env(spec: ModelSpec, weights: Weights | None = None, *, playground: bool = True) -> list[Obj]:
@@ -174,8 +177,11 @@ def env(spec: ModelSpec, weights: Weights | None = None, *, playground: bool = T
     return [item for item in fixed if item["name"] not in overridden] + user
 
 
-def volumes(spec: ModelSpec, weights: Weights | None = None) -> tuple[list[Obj], list[Obj]]:
-    """The pod's volumes and the container's mounts: caches always, weights when mounted."""
+def volumes(
+    owner: Owner, spec: ModelSpec, settings: OperatorSettings, weights: Weights | None = None
+) -> tuple[list[Obj], list[Obj]]:
+    """The pod's volumes and the container's mounts: caches always, weights when mounted,
+    the adapters' manifest always and their files where mounted."""
     source = spec.effective_source
     # A pod's own Hugging Face download lands in its cache, so it needs room for the weights.
     own_download = weights is None and source is not None and source.hugging_face is not None
@@ -208,7 +214,8 @@ def volumes(spec: ModelSpec, weights: Weights | None = None) -> tuple[list[Obj],
             {"name": "weights", "hostPath": {"path": source.host_path.path, "type": "Directory"}}
         )
         mounts.append({"name": "weights", "mountPath": WEIGHTS_DIR, "readOnly": True})
-    return vols, mounts
+    adapter_vols, adapter_mounts = adapters.volumes(owner.name, spec, settings)
+    return vols + adapter_vols, mounts + adapter_mounts
 
 
 def probes() -> Obj:
@@ -249,7 +256,7 @@ def rollout_strategy(spec: ModelSpec) -> Obj:
 def pod_template(
     owner: Owner, spec: ModelSpec, settings: OperatorSettings, weights: Weights | None = None
 ) -> Obj:
-    vols, mounts = volumes(spec, weights)
+    vols, mounts = volumes(owner, spec, settings, weights)
     container: Obj = {
         "name": "server",
         "image": spec.image or settings.server_image,
@@ -358,15 +365,75 @@ def build_network_policy(owner: Owner, spec: ModelSpec, settings: OperatorSettin
     }
 
 
+def build_adapters_config_map(
+    owner: Owner, spec: ModelSpec, settings: OperatorSettings, fetches: Fetches
+) -> Obj:
+    """`<model>-adapters`: the manifest of the adapters whose file is there."""
+    text = adapters.manifest_json(owner.name, spec, settings, fetches)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(owner, adapters.resource_name(owner.name)),
+        "data": {adapters.MANIFEST_KEY: text},
+    }
+
+
+def build_adapter_claim(owner: Owner, spec: ModelSpec, settings: OperatorSettings) -> Obj | None:
+    """`<model>-adapters`, the claim the hub adapters are fetched into (owned by the model:
+    the files go with it); None when there is nothing to fetch."""
+    storage = adapters.cache_of(spec, settings)
+    if storage is None:
+        return None
+    claim_spec: Obj = {
+        "accessModes": [storage.access_mode],
+        "resources": {"requests": {"storage": storage.size}},
+    }
+    if storage.storage_class_name:
+        claim_spec["storageClassName"] = storage.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(owner, adapters.resource_name(owner.name)),
+        "spec": claim_spec,
+    }
+
+
+def build_adapter_jobs(owner: Owner, spec: ModelSpec, settings: OperatorSettings) -> list[Obj]:
+    """One fetch Job per hub adapter file, into the model's adapter claim."""
+    storage = adapters.cache_of(spec, settings)
+    if storage is None:
+        return []
+    jobs: dict[str, Obj] = {}
+    for adapter in spec.adapters:
+        hub = adapter.source.hugging_face
+        if hub is None:
+            continue
+        name = adapters.job_name(owner.name, hub)
+        fetch = adapters.adapter_fetch(owner.name, hub, storage, settings)
+        jobs[name] = fetch_job(_metadata(owner, name), fetch, settings)
+    return [jobs[name] for name in sorted(jobs)]  # two adapters may share a file
+
+
 def desired_children(
-    owner: Owner, spec: ModelSpec, settings: OperatorSettings, weights: Weights | None = None
+    owner: Owner,
+    spec: ModelSpec,
+    settings: OperatorSettings,
+    weights: Weights | None = None,
+    fetches: Fetches | None = None,
 ) -> list[Obj]:
     """Every child the model should have now, in the order they are applied: the
-    NetworkPolicy first, so that no pod of the model ever runs unguarded, then the
-    Deployment, which the rollout waits on; `weights` is its cache entry, if any. An owned
-    child missing here is deleted where its kind allows (see `kinds`)."""
+    NetworkPolicy first, so that no pod of the model ever runs unguarded, then what the
+    pods mount (the adapters' manifest and claim), the Deployment, which the rollout waits
+    on, the Service and the adapters' fetch Jobs; `weights` is its cache entry, if any,
+    `fetches` its adapters' fetch Jobs as last seen. An owned child missing here is deleted
+    where its kind allows (see `kinds`)."""
     guard = [build_network_policy(owner, spec, settings)] if settings.network_policies else []
-    return [*guard, build_deployment(owner, spec, settings, weights), build_service(owner)]
+    manifest = build_adapters_config_map(owner, spec, settings, fetches or {})
+    claim = build_adapter_claim(owner, spec, settings)
+    mounted = [manifest] if claim is None else [manifest, claim]
+    deployment = build_deployment(owner, spec, settings, weights)
+    jobs = build_adapter_jobs(owner, spec, settings)
+    return [*guard, *mounted, deployment, build_service(owner), *jobs]
 
 
 def build_event(

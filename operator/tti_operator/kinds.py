@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tti_operator.adapters import fetch_job_state
 from tti_operator.status import deployment_state, pod_state
 from tti_operator.weights import claim_state, fetch_pod_state, job_state
 
@@ -42,6 +43,9 @@ class ChildKind:
     #: Deleted by the operator (a model's NetworkPolicy no longer wanted, the model cache's
     #: fetch Jobs once read, its expired claims).
     deleted: bool = False
+    #: Its spec cannot change once created (a Job's template, a claim's class): applied
+    #: only while missing, never again over the live one.
+    create_only: bool = False
 
     @property
     def applied(self) -> bool:
@@ -89,7 +93,39 @@ NETWORK_POLICY = ChildKind(
     deleted=True,
 )
 
-CHILD_KINDS: tuple[ChildKind, ...] = (DEPLOYMENT, SERVICE, POD, NETWORK_POLICY)
+#: `<model>-adapters`, the adapters manifest every model pod reads (see `adapters`).
+CONFIG_MAP = ChildKind("ConfigMap", "v1", "configmaps", None, Drift.VERSION)
+#: `<model>-adapters`, the claim the fetched hub adapters are kept in, and their fetch
+#: Jobs (one per file, kept while the adapter is: the commit it found is written on it);
+#: deleted once no adapter wants them.
+ADAPTER_CLAIM = ChildKind(
+    "PersistentVolumeClaim",
+    "v1",
+    "persistentvolumeclaims",
+    None,
+    Drift.GENERATION,
+    deleted=True,
+    create_only=True,
+)
+ADAPTER_JOB = ChildKind(
+    "Job",
+    "batch/v1",
+    "jobs",
+    fetch_job_state,
+    Drift.GENERATION,
+    deleted=True,
+    create_only=True,
+)
+
+CHILD_KINDS: tuple[ChildKind, ...] = (
+    DEPLOYMENT,
+    SERVICE,
+    POD,
+    NETWORK_POLICY,
+    CONFIG_MAP,
+    ADAPTER_CLAIM,
+    ADAPTER_JOB,
+)
 
 #: A cache entry's claim (annotated with what its fetch found, deleted once unused for the
 #: retention), its fetch Job (deleted once its result is on the claim) and the Job's pods.

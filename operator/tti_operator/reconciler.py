@@ -34,14 +34,31 @@ import kopf
 
 from tti_contracts.api import API_VERSION, KIND, declared_replicas
 from tti_kube.client import ApiError, KubeClient
+from tti_operator import adapters
+from tti_operator.adapters import AdaptersState, Fetches, FetchJobState, Served
 from tti_operator.builders import Owner, build_event, desired_children
 from tti_operator.cache import WeightsCache
 from tti_operator.informer import Child, ChildCache, Key
-from tti_operator.kinds import CHILD_KINDS, DEPLOYMENT, POD, ChildKind, Drift, kind_of
+from tti_operator.kinds import (
+    ADAPTER_JOB,
+    CHILD_KINDS,
+    DEPLOYMENT,
+    POD,
+    ChildKind,
+    Drift,
+    kind_of,
+)
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import InvalidSpec, ModelSpec, parse_spec
 from tti_operator.status import DeploymentState, PodState, Problem, compute_status
-from tti_operator.weights import Weights, entry_for
+from tti_operator.weights import (
+    COMMIT,
+    LAST_ERROR,
+    RETRY_AT,
+    Weights,
+    entry_for,
+    fetch_pod_state,
+)
 
 Obj = dict[str, Any]
 #: Posts a Kubernetes Event about a resource: (resource, type, reason, message).
@@ -49,10 +66,16 @@ EventSink = Callable[[kopf.Body, str, str, str], None]
 #: The autoscaler's latest decision about a model, for `status.autoscaling` (None: none).
 AutoscalingStatus = Callable[[Key], Mapping[str, Any] | None]
 #: Builds the children a model should have (see `builders.desired_children`).
-Build = Callable[[Owner, ModelSpec, OperatorSettings, Weights | None], list[Obj]]
+Build = Callable[[Owner, ModelSpec, OperatorSettings, Weights | None, Fetches | None], list[Obj]]
 #: Seconds a child this process wrote may go unseen by the watches before it is written
 #: again (a watch that was down while it was created and deleted shows nothing at all).
 UNSEEN_WRITE_S = 30.0
+#: Seconds between two reads of a model pod's adapter states while they are not all loaded.
+ADAPTERS_EVERY_S = 3.0
+#: Lines of a model pod's log searched for its last adapter state line.
+ADAPTERS_LOG_LINES = 200
+#: Seconds before a failed adapter fetch runs again (its Job deleted, then applied anew).
+ADAPTER_RETRY_S = 300.0
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +229,14 @@ class ModelState:
     weights: tuple[str, str] | None = None
     #: Uids of the children this process deleted, so a lagging watch does not delete again.
     pruned: set[str] = field(default_factory=set)
+    #: The adapters manifest the applied children were built with.
+    manifest: str | None = None
+    #: What a ready pod's server last said of its adapters, when, and the manifest it had
+    #: loaded completely (no need to read again until the manifest changes).
+    served: dict[str, Served] | None = None
+    served_read: float = 0.0
+    served_all: str | None = None
+    adapters: AdaptersState | None = None
 
 
 class Verdict(enum.Enum):
@@ -220,6 +251,9 @@ def judge(
     kind: ChildKind, child: Child | None, written: Written | None, owner_uid: str, now: float
 ) -> Verdict:
     """Does this child, as the cache shows it, need writing again?"""
+    if kind.create_only and child is not None and not child.deleted:
+        # Never written over: only a deletion, or a namesake someone else made, matters.
+        return Verdict.CURRENT if child.controller_uid == owner_uid else Verdict.STALE
     if written is None:
         return Verdict.STALE
     if child is None or (child.uid != written.uid and not child.deleted):
@@ -309,10 +343,13 @@ class Reconciler:
             self._fail(record, state, Problem("InvalidSpec", str(spec)))
             state.generation = record.generation  # nothing to apply until the spec changes
         else:
-            weights, again_s = await self._weights(record, spec)
-            converged_s = await self._converge(record, state, spec, fresh, weights)
-            again_s = min((t for t in (again_s, converged_s) if t is not None), default=None)
+            weights, weights_s = await self._weights(record, spec)
+            fetches, fetches_s = await self._fetches(record)
+            converged_s = await self._converge(record, state, spec, fresh, weights, fetches)
             await self._prune(record, state)
+            served_s = await self._served(record, state, spec, fetches)
+            waits = (weights_s, fetches_s, converged_s, served_s)
+            again_s = min((t for t in waits if t is not None), default=None)
         await self._publish(record, state, fresh, weights)
         return again_s
 
@@ -342,6 +379,58 @@ class Reconciler:
             return None, None
         return Weights(entry, state), self.weights.again_in(state, entry)
 
+    # 0'. The adapters' fetches.
+
+    async def _fetches(self, record: ModelRecord) -> tuple[dict[str, FetchJobState], float | None]:
+        """The model's adapter fetch Jobs, each finished one's outcome written on it (read
+        once from its pod's termination message), a failed one deleted when its retry is
+        due (the converge applies it anew); and when a retry will be due."""
+        jobs: dict[str, FetchJobState] = {}
+        for name, child in self.cache.children(ADAPTER_JOB, record.key).items():
+            summary, ours = child.summary, child.controller_uid == record.owner.uid
+            if ours and not child.deleted and isinstance(summary, FetchJobState):
+                jobs[name] = summary
+        again_s: float | None = None
+        now = time.time()
+        for name, job in list(jobs.items()):
+            if (job.succeeded and not job.commit) or (job.failed and not job.error):
+                jobs[name] = await self._record_fetch(record, name, job, now)
+            elif job.failed:
+                retry_at = _parse_time(job.retry_at)
+                if retry_at is None or retry_at <= now:
+                    await self.client.delete(ADAPTER_JOB, record.owner.namespace, name, job.uid)
+                    del jobs[name]
+                else:
+                    again_s = min(again_s or retry_at - now, retry_at - now)
+        return jobs, again_s
+
+    async def _record_fetch(
+        self, record: ModelRecord, name: str, job: FetchJobState, now: float
+    ) -> FetchJobState:
+        """Write what a finished fetch found on its Job: the commit, or the error and when
+        to try again. Its pod says it (the download's last line, its termination message)."""
+        path = POD.collection_path(record.owner.namespace)
+        listed = await self.client.list(path, {"labelSelector": f"job-name={name}"})
+        pods = [fetch_pod_state(item) for item in listed.get("items") or []]
+        results = [p.result for p in pods if p.result]
+        done = next((r for r in results if r.get("event") == "done" and r.get("commit")), None)
+        annotations: dict[str, str]
+        if job.succeeded:
+            if done is None:
+                return job  # the pod's termination message is not there yet
+            annotations = {COMMIT: str(done["commit"])}
+        else:
+            failed = next((r for r in results if r.get("event") == "failed"), None)
+            waiting = next((p.waiting for p in pods if p.waiting), "")
+            said = str(failed.get("message")) if failed else waiting or "the fetch Job failed"
+            retry_at = _format_time(now + ADAPTER_RETRY_S)
+            annotations = {LAST_ERROR: f"{said[:900]}; trying again at {retry_at}"}
+            annotations[RETRY_AT] = retry_at
+        body = {"metadata": {"annotations": annotations}}
+        namespace = record.owner.namespace
+        stored = await self.client.merge_patch(ADAPTER_JOB, namespace, name, body)
+        return adapters.fetch_job_state(stored)
+
     # 1. The children.
 
     async def _converge(
@@ -351,16 +440,22 @@ class Reconciler:
         spec: ModelSpec,
         fresh: dict[str, object],
         weights: Weights | None,
+        fetches: Fetches,
     ) -> float | None:
         """Write what needs writing; returns when to look again for a write not seen yet."""
         built_with = weights.applied_as if weights is not None else None
-        new_generation = state.generation != record.generation or state.weights != built_with
+        manifest = adapters.manifest_json(record.owner.name, spec, self.settings, fetches)
+        new_generation = (
+            state.generation != record.generation
+            or state.weights != built_with
+            or state.manifest != manifest
+        )
         if not new_generation and state.refused:
             return None
         verdicts = {} if new_generation else self._judge_all(record, state)
         stale = {name for name, verdict in verdicts.items() if verdict is Verdict.STALE}
         if new_generation or stale:
-            objs = self.build(record.owner, spec, self.settings, weights)
+            objs = self.build(record.owner, spec, self.settings, weights, fetches)
             wanted = {(obj["kind"], obj["metadata"]["name"]): obj for obj in objs}
             todo = list(wanted.values()) if new_generation else [wanted[n] for n in stale]
             try:
@@ -375,7 +470,7 @@ class Reconciler:
             else:
                 state.refused, state.failure = False, None
             state.generation, state.desired = record.generation, frozenset(wanted)
-            state.weights = built_with
+            state.weights, state.manifest = built_with, manifest
         return UNSEEN_WRITE_S if Verdict.UNSEEN in verdicts.values() else None
 
     def _judge_all(self, record: ModelRecord, state: ModelState) -> dict[tuple[str, str], Verdict]:
@@ -400,6 +495,8 @@ class Reconciler:
         try:
             for obj in objs:
                 kind, old = kind_of(obj, self.kinds), self._cached(record, obj)
+                if kind.create_only and old is not None:
+                    continue  # there already, and its spec cannot change
                 new, stored = await self.client.apply(kind, obj)
                 generation = self._written(state, kind, stored, fresh)
                 if new:
@@ -464,6 +561,47 @@ class Reconciler:
                 message = f"deleted {kind.kind} {name}: no longer wanted"
                 self._emit(record.ref, "Normal", "Deleted", message)
 
+    # 2'. What the servers say of the adapters.
+
+    async def _served(
+        self, record: ModelRecord, state: ModelState, spec: ModelSpec, fetches: Fetches
+    ) -> float | None:
+        """Read a ready pod's last adapter states (its log) while the manifest is not all
+        loaded, every few seconds; keep the `AdaptersReady` state. Returns when to look again."""
+        name = record.owner.name
+        manifest = adapters.manifest_json(name, spec, self.settings, fetches)
+        if not spec.adapters or manifest == state.served_all:
+            state.served = None if not spec.adapters else state.served
+            state.adapters = adapters.adapters_state(
+                name, spec, self.settings, fetches, state.served
+            )
+            return None
+        pods = [p for p in self.cache.summaries(POD, record.key) if isinstance(p, PodState)]
+        ready = [p.name for p in pods if p.ready and not p.terminating]
+        again_s: float | None = None
+        if ready:
+            wait = state.served_read + ADAPTERS_EVERY_S - time.monotonic()
+            if wait <= 0:
+                state.served_read = time.monotonic()
+                state.served = await self._read_served(record, ready[0])
+                wait = ADAPTERS_EVERY_S
+            again_s = wait
+        else:
+            state.served = None  # the pods that said it are gone
+        state.adapters = adapters.adapters_state(name, spec, self.settings, fetches, state.served)
+        if state.adapters is not None and state.adapters.ready:
+            state.served_all = manifest  # all loaded: no need to read again until it changes
+            again_s = None
+        return again_s
+
+    async def _read_served(self, record: ModelRecord, pod: str) -> dict[str, Served] | None:
+        try:
+            log = await self.client.log(record.owner.namespace, pod, "server", ADAPTERS_LOG_LINES)
+        except ApiError as error:
+            logger.debug("adapter states of %s: %s", pod, error)
+            return None
+        return adapters.served_states(log)
+
     # 3. The status.
 
     async def _publish(
@@ -488,6 +626,7 @@ class Reconciler:
             now=_now(),
             autoscaling=self.autoscaling(record.key),
             weights=weights,
+            adapters=state.adapters,
         )
         if status == previous:
             return
@@ -558,6 +697,18 @@ def _listed(words: list[str]) -> str:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _format_time(at: float) -> str:
+    return datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(text: str) -> float | None:
+    try:
+        parsed = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=datetime.UTC).timestamp()
 
 
 def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:

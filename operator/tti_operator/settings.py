@@ -78,6 +78,12 @@ class OperatorSettings(BaseSettings):
     cache_size: str = Field(
         "", description="size of a cache claim; empty: the catalogue's size for the model"
     )
+    adapter_cache_size: str = Field(
+        "2Gi",
+        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$",
+        description="size of a model's claim for its Hugging Face LoRA adapters "
+        "(<model>-adapters, made while the model cache is on and it has any)",
+    )
     cache_access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = Field(
         "ReadWriteOnce",
         description="access mode of cache claims: ReadWriteMany lets pods on several nodes "

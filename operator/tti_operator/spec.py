@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tti_contracts.api import DEFAULT_REPLICAS, ImageFormat
 from tti_contracts.catalogue import ModelName, entry
@@ -57,6 +64,68 @@ class Source(_Strict):
         if sum(x is not None for x in (self.hugging_face, self.pvc, self.host_path)) != 1:
             raise ValueError("set exactly one of huggingFace, persistentVolumeClaim, hostPath")
         return self
+
+
+#: An adapter's name, as requests spell it after the model's (`MODEL/ADAPTER`).
+ADAPTER_NAME = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+MAX_ADAPTERS = 16
+
+
+def relative_path(path: str) -> str:
+    """A path inside a volume or a repository: nothing above it, nothing absolute."""
+    if path.startswith("/") or ".." in path.split("/"):
+        raise ValueError(f"{path!r} must be a relative path without '..'")
+    return path
+
+
+def absolute_path(path: str) -> str:
+    if not path.startswith("/") or ".." in path.split("/"):
+        raise ValueError(f"{path!r} must be an absolute path without '..'")
+    return path
+
+
+class HuggingFaceFile(_Strict):
+    """One file of a hub repository (an adapter's weights)."""
+
+    repo: str = Field(min_length=1)
+    file: str = Field(min_length=1)
+    revision: str = Field("main", min_length=1)
+    token_secret: SecretKeyRef | None = Field(None, alias="tokenSecret")
+
+    _file = field_validator("file")(relative_path)
+
+
+class AdapterPvc(_Strict):
+    claim_name: str = Field(alias="claimName", min_length=1)
+    path: str = ""
+
+    _path = field_validator("path")(relative_path)
+
+
+class AdapterHostPath(_Strict):
+    path: str
+
+    _path = field_validator("path")(absolute_path)
+
+
+class AdapterSource(_Strict):
+    hugging_face: HuggingFaceFile | None = Field(None, alias="huggingFace")
+    pvc: AdapterPvc | None = None
+    host_path: AdapterHostPath | None = Field(None, alias="hostPath")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> AdapterSource:
+        if sum(x is not None for x in (self.hugging_face, self.pvc, self.host_path)) != 1:
+            raise ValueError("set exactly one of huggingFace, pvc, hostPath")
+        return self
+
+
+class Adapter(_Strict):
+    """One entry of `spec.adapters`: a LoRA adapter the model's pods load by name."""
+
+    name: str = Field(min_length=1, max_length=40, pattern=ADAPTER_NAME)
+    scale: float = Field(1.0, ge=0, le=4)
+    source: AdapterSource
 
 
 AccessMode = Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"]
@@ -181,6 +250,15 @@ class ModelSpec(_Strict):
     tolerations: tuple[Toleration, ...] = ()
     env: tuple[EnvVar, ...] = ()
     access: Access = Field(default_factory=lambda: Access.model_validate({}))
+    adapters: tuple[Adapter, ...] = Field((), max_length=MAX_ADAPTERS)
+
+    @field_validator("adapters")
+    @classmethod
+    def _unique_names(cls, adapters: tuple[Adapter, ...]) -> tuple[Adapter, ...]:
+        names = [adapter.name for adapter in adapters]
+        if twice := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"names must be unique: {', '.join(twice)} more than once")
+        return adapters
 
     @property
     def callers(self) -> tuple[Peer, ...]:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tti_operator.adapters import AdaptersState
 from tti_operator.builders import Owner, endpoint, selector_string
 from tti_operator.weights import Weights
 
@@ -177,9 +178,11 @@ def conditions_for(
     generation: int,
     autoscaled: bool = False,
     weights: Weights | None = None,
+    adapters: AdaptersState | None = None,
 ) -> tuple[str, list[dict[str, Any]]]:
-    """The phase and the Ready, Progressing and Degraded conditions (without times), and
-    WeightsReady for a model whose weights come from the model cache."""
+    """The phase and the Ready, Progressing and Degraded conditions (without times),
+    WeightsReady for a model whose weights come from the model cache, and AdaptersReady for
+    a model with adapters (it never holds Ready back: the base model serves meanwhile)."""
     ready = deployment.ready_replicas if deployment else 0
     counts = f"{ready}/{desired} replicas ready"
     available = deployment is not None and _rolled_out(deployment, desired) and ready >= desired
@@ -223,6 +226,12 @@ def conditions_for(
         conditions.append(
             _condition("WeightsReady", state.ready, state.reason, state.message, generation)
         )
+    if adapters is not None:
+        conditions.append(
+            _condition(
+                "AdaptersReady", adapters.ready, adapters.reason, adapters.message, generation
+            )
+        )
     return phase, conditions
 
 
@@ -255,20 +264,22 @@ def compute_status(
     now: str,
     autoscaling: Mapping[str, Any] | None = None,
     weights: Weights | None = None,
+    adapters: AdaptersState | None = None,
 ) -> dict[str, Any]:
     """The whole `status` of a TextToImageModel.
 
     `failure` is the operator's own problem with the resource (invalid spec, an apply the
     API server refused); it outranks what the children say. `previous` is the status
     now on the resource, so unchanged conditions keep their transition times.
-    `autoscaling` is the autoscaler's last decision, for models it scales.
+    `autoscaling` is the autoscaler's last decision, for models it scales; `adapters`
+    where the model's adapters stand, for models with adapters.
     """
     problem = failure or find_problem(deployment, pods)
     if problem is None and weights is not None and weights.state.reason == "DownloadFailed":
         problem = Problem("DownloadFailed", weights.state.message)
     autoscaled = autoscaling is not None
     phase, conditions = conditions_for(
-        desired, deployment, problem, generation, autoscaled, weights
+        desired, deployment, problem, generation, autoscaled, weights, adapters
     )
     ready = deployment.ready_replicas if deployment else 0
     status = {

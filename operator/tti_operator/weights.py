@@ -189,19 +189,46 @@ def build_fetch_job(entry: Entry, claim_uid: str, settings: OperatorSettings) ->
             "blockOwnerDeletion": False,
         }
     ]
+    fetch = Fetch(
+        claim=entry.name,
+        volume="weights",
+        mount_path=MOUNT_PATH,
+        args=fetch_args(entry, settings.hub_timeout_s),
+        token=entry.token,
+        pod_labels=dict(metadata["labels"]),
+    )
+    return fetch_job(metadata, fetch, settings)
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """What a fetch Job's pod runs and where it writes: `tti-server ARGS` into CLAIM."""
+
+    claim: str
+    #: The claim's volume name in the pod ("weights", "adapters").
+    volume: str
+    mount_path: str
+    args: list[str]
+    token: SecretKeyRef | None
+    pod_labels: dict[str, str]
+
+
+def fetch_job(metadata: Obj, fetch: Fetch, settings: OperatorSettings) -> Obj:
+    """A Job running one `tti-server download` into a claim mounted read-write, the hub
+    token (if any) as a file: the weights' fetch and the adapters' alike."""
     volumes: list[Obj] = [
-        {"name": "weights", "persistentVolumeClaim": {"claimName": entry.name}},
+        {"name": fetch.volume, "persistentVolumeClaim": {"claimName": fetch.claim}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
     ]
     mounts: list[Obj] = [
-        {"name": "weights", "mountPath": MOUNT_PATH},
+        {"name": fetch.volume, "mountPath": fetch.mount_path},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
-    if entry.token is not None:
+    if fetch.token is not None:
         # A file, not an environment variable: nothing prints it, and no pod spec holds it.
         secret = {
-            "secretName": entry.token.name,
-            "items": [{"key": entry.token.key, "path": entry.token.key}],
+            "secretName": fetch.token.name,
+            "items": [{"key": fetch.token.key, "path": fetch.token.key}],
         }
         volumes.append({"name": "hf-token", "secret": {**secret, "defaultMode": 0o400}})
         mounts.append({"name": "hf-token", "mountPath": TOKEN_PATH, "readOnly": True})
@@ -217,7 +244,7 @@ def build_fetch_job(entry: Entry, claim_uid: str, settings: OperatorSettings) ->
         "name": "fetch",
         "image": settings.server_image,
         "imagePullPolicy": "IfNotPresent",
-        "args": fetch_args(entry, settings.hub_timeout_s),
+        "args": fetch.args,
         "env": env,
         "resources": settings.cache_fetch_resources,
         "securityContext": container_security_context(),
@@ -225,7 +252,7 @@ def build_fetch_job(entry: Entry, claim_uid: str, settings: OperatorSettings) ->
         "volumeMounts": mounts,
     }
     pod: Obj = {
-        "metadata": {"labels": dict(metadata["labels"])},
+        "metadata": {"labels": dict(fetch.pod_labels)},
         "spec": {
             "restartPolicy": "Never",
             "containers": [container],

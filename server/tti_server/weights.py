@@ -21,6 +21,8 @@ chooses them: `model_index.json`, each component's weights (safetensors when eve
 component has them, else the pickled `.bin`; the `--variant` files where a component has them)
 with its `config.json`, and every file of the components without weights (tokenizers,
 scheduler). A repository's single-file checkpoints, ONNX and other copies are left on the hub.
+With `--file PATH` only that one file is fetched (a LoRA adapter's weights; the repository
+need not be a pipeline), into the same `hub/` layout, with no record in `tti/`.
 
 Standard output is one JSON object a line: `resolved` (the commit, the files, the bytes),
 `progress` (bytes done of bytes total, every `--progress-interval` seconds while it changes)
@@ -89,6 +91,7 @@ CAUSES: dict[str, Cause] = {
         Cause("HubUnreachable", "unreachable hub", 5, retryable=True),
         Cause("DiskFull", "disk full", 6, retryable=True),
         Cause("NotAPipeline", "not a diffusers pipeline", 7, retryable=False),
+        Cause("FileNotFound", "no such file in", 3, retryable=False),
         Cause("HubError", "hub error", 8, retryable=True),
         Cause("Other", "failed", 1, retryable=True),
     )
@@ -511,6 +514,8 @@ class FetchRequest:
     progress_interval: float = 5.0
     #: The most the cache may hold, in bytes (None: what the disk has free).
     room: int | None = None
+    #: Fetch only this file of the repository (None: the pipeline's files).
+    file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -567,8 +572,11 @@ def fetch(request: FetchRequest, emit: Emit) -> FetchResult:
         )
         progress.file_done(sizes.get(path, 0), counter)
 
-    download(MODEL_INDEX)
-    files = pipeline_files(siblings, read_model_index(entry), request.variant)
+    if request.file is not None:
+        files = [request.file]
+    else:
+        download(MODEL_INDEX)
+        files = pipeline_files(siblings, read_model_index(entry), request.variant)
     sizes.update({path: siblings[path].size or 0 for path in files})
     present = {path for path in files if (entry.snapshot / path).exists()}
     # A blob already here (from another revision) is linked, not fetched again.
@@ -599,7 +607,10 @@ def fetch(request: FetchRequest, emit: Emit) -> FetchResult:
         detail = f"the hub client left {', '.join(absent[:3])} out of the snapshot"
         raise FetchError("Other", detail, request.repo_id)
     result = FetchResult(entry, request.revision, request.variant, sizes, progress.fetched)
-    write_record(result)
+    if request.file is None:
+        write_record(result)
+    else:
+        write_ref(result)
     return result
 
 
@@ -613,7 +624,11 @@ def resolve(request: FetchRequest, token: str | bool) -> tuple[CacheEntry, dict[
     if not info.sha:
         raise FetchError("HubError", f"no commit for {request.revision}", request.repo_id)
     siblings = {sibling.rfilename: sibling for sibling in info.siblings or []}
-    if MODEL_INDEX not in siblings:
+    if request.file is not None:
+        if request.file not in siblings:
+            detail = f"no {request.file} at {info.sha}"
+            raise FetchError("FileNotFound", detail, request.repo_id)
+    elif MODEL_INDEX not in siblings:
         raise FetchError("NotAPipeline", f"no {MODEL_INDEX} at {info.sha}", request.repo_id)
     return CacheEntry(request.cache_dir, request.repo_id, info.sha), siblings
 
@@ -683,12 +698,19 @@ def run_all(task: Callable[[str], object], items: list[str], workers: int) -> No
             raise failure
 
 
+def write_ref(result: FetchResult) -> None:
+    """Point the revision's ref at the commit, as huggingface_hub does: offline loads by
+    name read it."""
+    entry = result.entry
+    if result.revision != entry.commit:
+        write_atomically(entry.repo_dir / "refs" / result.revision, entry.commit)
+
+
 def write_record(result: FetchResult) -> None:
     """Point the revision's ref at the commit, make the artefacts directory, and mark the
     entry complete (last)."""
     entry = result.entry
-    if result.revision != entry.commit:  # as huggingface_hub does: offline loads by name read it
-        write_atomically(entry.repo_dir / "refs" / result.revision, entry.commit)
+    write_ref(result)
     entry.artefacts.mkdir(parents=True, exist_ok=True)
     record = {
         "repo": entry.repo_id,
@@ -776,6 +798,12 @@ def build_download_parser() -> argparse.ArgumentParser:
         help="bytes the cache may hold (a claim's size); more is refused as a full disk",
     )
     parser.add_argument(
+        "--file",
+        default=None,
+        help="fetch only this file of the repository (e.g. a LoRA adapter's .safetensors); "
+        "the repository need not be a pipeline",
+    )
+    parser.add_argument(
         "--status-file",
         type=Path,
         default=None,
@@ -789,6 +817,8 @@ def run_download(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not _REPO_ID.match(args.repo_id) or ".." in args.repo_id:
         parser.error(f"REPO: {args.repo_id!r} is not a repository id ORG/NAME")
+    if args.file is not None and (args.file.startswith("/") or ".." in args.file.split("/")):
+        parser.error(f"--file: {args.file!r} is not a path inside the repository")
     try:
         token = read_token(args.token_file, os.environ)
     except (OSError, ValueError) as exc:
@@ -804,6 +834,7 @@ def run_download(argv: list[str]) -> int:
         workers=args.workers,
         progress_interval=args.progress_interval,
         room=args.room,
+        file=args.file,
     )
     out = LineWriter(sys.stdout)
     try:

@@ -118,6 +118,19 @@ class MemoryApi(KubeClient):
             self.deletes.append((kind.kind, name))
             self.remove(kind, name)
 
+    async def list(self, path: str, params: dict[str, str]) -> Obj:
+        """The objects of the path's plural whose labels have every `k=v` of the selector
+        (all the operator lists by hand: a finished fetch Job's pods)."""
+        plural = path.rsplit("/", 1)[-1]
+        wanted = dict(pair.split("=", 1) for pair in params["labelSelector"].split(","))
+        items = [
+            copy.deepcopy(obj)
+            for obj in self.objects.values()
+            if f"{obj['kind'].lower()}s" == plural
+            and wanted.items() <= (obj["metadata"].get("labels") or {}).items()
+        ]
+        return {"items": items}
+
     async def log(self, namespace: str, pod: str, container: str, tail_lines: int) -> str:
         return self.logs.get(pod, "")
 

@@ -378,6 +378,7 @@ def test_the_operators_defaults_match_the_charts_labels_less_the_release() -> No
 def test_the_policy_is_applied_first_and_only_while_the_setting_is_on() -> None:
     spec = parse_spec({"model": "stub"})
     kinds = [c["kind"] for c in desired_children(OWNER, spec, CHART)]
-    assert kinds == ["NetworkPolicy", "Deployment", "Service"]
+    assert kinds == ["NetworkPolicy", "ConfigMap", "Deployment", "Service"]
     off = CHART.model_copy(update={"network_policies": False})
-    assert [c["kind"] for c in desired_children(OWNER, spec, off)] == ["Deployment", "Service"]
+    built = [c["kind"] for c in desired_children(OWNER, spec, off)]
+    assert built == ["ConfigMap", "Deployment", "Service"]

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tti_contracts.api import GROUP, KIND, PLURAL, VERSION
-from tti_operator.spec import Autoscaling, parse_spec
+from tti_operator.spec import ADAPTER_NAME, MAX_ADAPTERS, Autoscaling, parse_spec
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 
@@ -78,3 +78,23 @@ def test_autoscaling_defaults_are_the_operators() -> None:
         "targetInFlight": parsed.target_in_flight,
         "scaleDownDelaySeconds": parsed.scale_down_delay_s,
     }
+
+
+def test_adapters_are_a_map_by_name_with_the_operators_limits() -> None:
+    spec = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    block = spec["properties"]["adapters"]
+    assert block["x-kubernetes-list-type"] == "map"
+    assert block["x-kubernetes-list-map-keys"] == ["name"]
+    assert block["maxItems"] == MAX_ADAPTERS
+    item = block["items"]["properties"]
+    assert item["name"]["pattern"] == ADAPTER_NAME and item["name"]["maxLength"] == 40
+    assert (item["scale"]["default"], item["scale"]["minimum"], item["scale"]["maximum"]) == (
+        1.0,
+        0,
+        4,
+    )
+    sources = item["source"]["properties"]
+    assert set(sources) == {"huggingFace", "pvc", "hostPath"}
+    assert sources["huggingFace"]["required"] == ["repo", "file"]
+    assert sources["huggingFace"]["properties"]["revision"]["default"] == "main"
+    assert "exactly one" in item["source"]["x-kubernetes-validations"][0]["message"]

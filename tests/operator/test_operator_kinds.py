@@ -13,6 +13,8 @@ from tti_kube.client import KubeClient
 from tti_operator.builders import Owner, desired_children, labels, owner_reference
 from tti_operator.informer import ChildCache, Informer, Key
 from tti_operator.kinds import (
+    ADAPTER_CLAIM,
+    ADAPTER_JOB,
     CHILD_KINDS,
     DEPLOYMENT,
     NETWORK_POLICY,
@@ -40,14 +42,16 @@ def test_paths_come_from_the_row() -> None:
 def test_verbs_follow_what_the_operator_does_with_a_kind() -> None:
     assert DEPLOYMENT.verbs == {"list", "watch", "create", "patch"}
     assert POD.verbs == {"list", "watch"}
-    # Garbage collection takes the children with their model; only a NetworkPolicy is
-    # deleted by the operator, once told to make none.
-    assert [kind for kind in CHILD_KINDS if "delete" in kind.verbs] == [NETWORK_POLICY]
+    # Garbage collection takes the children with their model; the operator deletes only a
+    # NetworkPolicy, once told to make none, and what the adapters no longer need.
+    deleted = [kind for kind in CHILD_KINDS if "delete" in kind.verbs]
+    assert deleted == [NETWORK_POLICY, ADAPTER_CLAIM, ADAPTER_JOB]
     assert NETWORK_POLICY.verbs == {"list", "watch", "create", "patch", "delete"}
 
 
 def test_every_built_child_has_a_row_that_applies_it() -> None:
-    spec = parse_spec({"model": "sdxl-turbo"})
+    hub = {"huggingFace": {"repo": "org/lora", "file": "a.safetensors"}}
+    spec = parse_spec({"model": "sdxl-turbo", "adapters": [{"name": "a", "source": hub}]})
     built = desired_children(Owner("m", "ns", "u"), spec, OperatorSettings(server_image="img"))
     for obj in built:
         kind = kind_of(obj)

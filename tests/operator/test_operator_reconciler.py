@@ -20,11 +20,16 @@ from memory_cluster import Harness, MemoryApi, body, owned_by, pod, refuse_name
 
 from tti_kube.client import ApiError, KubeClient
 from tti_operator.builders import labels
-from tti_operator.kinds import DEPLOYMENT, NETWORK_POLICY, POD, SERVICE
+from tti_operator.kinds import CONFIG_MAP, DEPLOYMENT, NETWORK_POLICY, POD, SERVICE
 
 Obj = dict[str, Any]
 #: What a model gets, in the order it is applied.
-CHILDREN = [("NetworkPolicy", "m"), ("Deployment", "m"), ("Service", "m")]
+CHILDREN = [
+    ("NetworkPolicy", "m"),
+    ("ConfigMap", "m-adapters"),
+    ("Deployment", "m"),
+    ("Service", "m"),
+]
 
 
 @pytest.fixture
@@ -53,7 +58,8 @@ def test_every_event_posted_is_logged_too(h: Harness, caplog: pytest.LogCaptureF
         h.model(body())
         h.model(body({"model": "dalle"}, generation=2), "MODIFIED")
     logged = [(r.levelname, r.getMessage()) for r in caplog.records]
-    assert ("INFO", "ns/m: Created: created NetworkPolicy, Deployment and Service m") in logged
+    created = "ns/m: Created: created NetworkPolicy, ConfigMap, Deployment and Service m"
+    assert ("INFO", created) in logged
     assert any(level == "WARNING" and "ns/m: Failed: InvalidSpec" in m for level, m in logged)
 
 
@@ -436,7 +442,7 @@ def test_network_policies_turned_off_the_operator_deletes_the_ones_it_made() -> 
     second = Harness(api=api, network_policies=False)  # restarted with the setting off
     try:
         for (kind_name, _), obj in list(api.objects.items()):  # the informer's first listing
-            kind = {k.kind: k for k in (DEPLOYMENT, SERVICE, NETWORK_POLICY)}[kind_name]
+            kind = {k.kind: k for k in (DEPLOYMENT, SERVICE, NETWORK_POLICY, CONFIG_MAP)}[kind_name]
             second.observe(kind, None, obj)
         second.model(body(), None)
         assert api.deletes == [("NetworkPolicy", "m")]
@@ -494,7 +500,8 @@ def test_an_operator_restarted_mid_way_converges() -> None:
 
     second = Harness(api=api)
     try:
-        for kind in (DEPLOYMENT, SERVICE, NETWORK_POLICY):  # the informer's first listing
+        # The informer's first listing.
+        for kind in (DEPLOYMENT, SERVICE, NETWORK_POLICY, CONFIG_MAP):
             for (each, _name), obj in list(api.objects.items()):
                 if each == kind.kind:
                     second.observe(kind, None, obj)

@@ -538,6 +538,34 @@ def test_a_repository_that_is_no_pipeline(hub: HubEndpoint, tmp_path: Path) -> N
     assert hub.total_bytes_sent() == 0
 
 
+def test_one_file_is_fetched_alone(hub: HubEndpoint, tmp_path: Path) -> None:
+    """`--file`: a LoRA adapter's one file, from a repository that is no pipeline, in the
+    hub layout the model pods read (the operator's adapter fetch Jobs)."""
+    cache = tmp_path / "cache"
+    name = "diffusion_pytorch_model.safetensors"
+    status = tmp_path / "status.json"
+    args = ["--cache-dir", str(cache), "--file", name, "--status-file", str(status)]
+    run = download(tmp_path / "home", hub.url, NOT_A_PIPELINE, *args)
+    assert (run.returncode, run.stderr) == (0, "")
+    commit = hub.repos[NOT_A_PIPELINE].commit
+    snapshot = cache / f"hub/models--{NOT_A_PIPELINE.replace('/', '--')}/snapshots/{commit}"
+    assert run.last["event"] == "done" and run.last["commit"] == commit
+    assert json.loads(status.read_text()) == run.last
+    assert snapshot_files(snapshot) == {name}
+    assert set(hub.bytes_sent(NOT_A_PIPELINE)) == {name}
+    assert run.last["bytes_total"] == hub.repos[NOT_A_PIPELINE].files[name].size
+
+
+def test_a_file_the_repository_lacks(hub: HubEndpoint, tmp_path: Path) -> None:
+    cache = str(tmp_path / "cache")
+    run = download(tmp_path, hub.url, REPO, "--cache-dir", cache, "--file", "lora.safetensors")
+    commit = hub.repos[REPO].commit
+    assert_failed(run, "FileNotFound", f"no such file in {REPO}: no lora.safetensors at {commit}")
+    assert hub.total_bytes_sent() == 0
+    outside = download(tmp_path, hub.url, REPO, "--cache-dir", cache, "--file", "../x")
+    assert outside.returncode == 2 and "--file: '../x' is not a path" in outside.stderr
+
+
 def test_hub_answering_500(hub: HubEndpoint, tmp_path: Path) -> None:
     hub.failure = "500"
     run = download(tmp_path, hub.url, REPO, "--cache-dir", str(tmp_path / "cache"))

@@ -139,6 +139,8 @@ The operator's settings, passed as the environment variables it reads.
   value: {{ .Values.modelCache.storageClassName | quote }}
 - name: TTI_OPERATOR_CACHE_SIZE
   value: {{ .Values.modelCache.size | quote }}
+- name: TTI_OPERATOR_ADAPTER_CACHE_SIZE
+  value: {{ .Values.modelCache.adapterSize | quote }}
 - name: TTI_OPERATOR_CACHE_ACCESS_MODE
   value: {{ .Values.modelCache.accessMode | quote }}
 - name: TTI_OPERATOR_CACHE_RETENTION_S

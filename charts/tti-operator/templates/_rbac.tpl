@@ -6,9 +6,9 @@ create and patch when applied; delete when the operator deletes it). kopf lists 
 watches the models; the operator watches the children and writes them with server-side
 apply (PATCH, which needs `create` when the object is new) and the status with a
 merge patch, and the replicas of autoscaled models with a merge patch of the scale
-subresource. It reads no single object by name but a fetch pod's log, deletes only the
-models' NetworkPolicies once networkPolicies.enabled is turned off and the model cache's
-fetch Jobs and expired claims (owner references let the garbage collector remove a
+subresource. It reads no single object by name but a fetch pod's or a model pod's log, deletes only
+the models' NetworkPolicies once networkPolicies.enabled is turned off, the model cache's
+fetch Jobs and expired claims and the adapters' Jobs and claims no longer wanted (owner references let the garbage collector remove a
 model's children) and never touches anything cluster-scoped: kopf's CRD and namespace
 scanning is off.
 The cluster tests run the real operator with exactly these rules.
@@ -44,13 +44,19 @@ The cluster tests run the real operator with exactly these rules.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["list", "watch", "create", "patch", "delete"]
+# Each model's adapters manifest (ConfigMap NAME-adapters): watched, and applied.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["list", "watch", "create", "patch"]
 # Pod state feeds the status (Unschedulable, CrashLoopBackOff, ImagePullBackOff).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
 # The model cache: a claim per entry, annotated with what its fetch found and deleted
 # once unused for the retention; the fetch Job, deleted once read; the Job's pods, whose
-# last log lines say how far a fetch has got.
+# last log lines say how far a fetch has got. A model's adapters: its claim and one fetch
+# Job per hub file (annotated with the commit found; deleted once no adapter wants it, or
+# to try a failed fetch again); a ready model pod's log says which adapters it loaded.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["list", "watch", "create", "patch", "delete"]
