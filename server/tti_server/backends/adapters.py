@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +23,7 @@ from tti_server.backends.base import AdapterFile
 
 #: diffusers logs a failed load's whole exception (every mismatched tensor, one line
 #: each) and warns that an SDXL adapter has no text-encoder part; the server logs the
-#: outcome as one line itself.
+#: outcome as one line itself (`_quiet`).
 _NOISY_LOGGER = "diffusers.loaders"
 _REASON_LENGTH = 300
 
@@ -43,7 +44,8 @@ class AdapterSlots:
         self.selected = _UNKNOWN  # a load may change diffusers' active adapters
         gone = [name for name in delete if name in self.loaded]
         if gone:
-            self.pipeline.delete_adapters(gone)
+            with _quiet(_NOISY_LOGGER):
+                self.pipeline.delete_adapters(gone)
             self.loaded.difference_update(gone)
         refused: dict[str, str] = {}
         for adapter in load:
@@ -90,6 +92,10 @@ def _quiet(name: str) -> Iterator[None]:
     level = logger.level
     logger.setLevel(logging.CRITICAL)
     try:
-        yield
+        with warnings.catch_warnings():
+            # peft warns of what the server means to do: a second adapter in a model,
+            # deleting the active one (in a failed load's clean-up, or a removal).
+            warnings.simplefilter("ignore", UserWarning)
+            yield
     finally:
         logger.setLevel(level)
