@@ -8,12 +8,14 @@ switches adapters only when a batch wants another one than the last batch had.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
+from support.server import server_command
 
 from tti_server.backends.base import AdapterFile, BatchKey, GenerationRequest
 from tti_server.backends.diffusion import DiffusionBackend, load_pipeline
@@ -119,3 +121,17 @@ def test_the_backend_switches_only_when_the_adapter_changes(
     calls.clear()
     one(adapted, keyed("b", 0.5))  # the same adapter at another scale: a switch
     assert calls == ["enable_lora", "set_adapters"]
+
+
+def test_the_command_writes_the_same_adapter_for_the_same_seed(
+    tmp_path: Path, tiny_adapters: TinyAdapters
+) -> None:
+    command = [*server_command(), "make-tiny-adapter", str(tmp_path / "a"), "--seed", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    written = tmp_path / "a" / WEIGHT_NAME
+    assert result.stdout.strip() == f"wrote a tiny sdxl LoRA adapter to {written}"
+    assert written.read_bytes() == (tiny_adapters.a / WEIGHT_NAME).read_bytes()
+    asked = [*server_command(), "make-tiny-adapter", "--help"]
+    help_text = subprocess.run(asked, capture_output=True, text=True).stdout
+    assert "usage: tti-server make-tiny-adapter [-h] [--family {sdxl}] [--seed SEED]" in help_text
