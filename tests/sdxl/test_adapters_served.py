@@ -24,9 +24,11 @@ import openai
 import pytest
 from PIL import Image
 from support.grpc_client import predict, vision_stub
+from support.hf_endpoint import HubEndpoint
 from support.server import ServerProcess, running_server
 
 from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE
+from tti_server.tools.tiny_adapter import WEIGHT_NAME
 
 from .conftest import TinyAdapters
 
@@ -39,11 +41,11 @@ def write_manifest(path: Path, **adapters: Path) -> None:
     path.write_text(json.dumps({"adapters": entries}))
 
 
-def serve(log_dir: Path, *extra: str) -> Any:
+def serve(log_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Any:
     return running_server(
         "--model", "sdxl-turbo", "--model-path", str(log_dir.parent / "model"),
         "--model-id", MODEL, "--max-batch-size", "4", "--batch-wait-ms", "20", *extra,
-        log_dir=log_dir,
+        log_dir=log_dir, env=env,
     )  # fmt: skip
 
 
@@ -189,3 +191,27 @@ def test_a_rewritten_manifest_changes_the_adapters_without_a_restart(
         assert model_ids(server) == expected
         assert openai_image(server, f"{MODEL}/b", seed=3).size == (SIDE, SIDE)
         assert server.process.poll() is None
+
+
+def test_a_hub_adapter_is_fetched_by_the_server_and_a_missing_file_refused(
+    model_root: Path, tiny_adapters: TinyAdapters, tmp_path: Path
+) -> None:
+    hub = HubEndpoint()
+    hub.add_repo("tti-test/lora-b", tiny_adapters.b)
+    manifest = tmp_path / "hub.json"
+    entries = [
+        {"name": name, "repo": "tti-test/lora-b", "file": file, "revision": "main"}
+        for name, file in (("hub", WEIGHT_NAME), ("missing", "nope.safetensors"))
+    ]
+    manifest.write_text(json.dumps({"adapters": entries}))
+    with hub:
+        # No token, cache or hub setting of the caller's leaks in.
+        env = {"HF_HOME": str(tmp_path / "home"), "HF_ENDPOINT": hub.url, "HF_TOKEN": ""}
+        with serve(model_root / "hub", "--adapters-file", str(manifest), env=env) as server:
+            [info] = httpx.get(server.url + "/info/models").json()["models"]
+            adapters = info["metadata"]["adapters"]
+            assert adapters["hub"] == {"state": "loaded", "scale": 1.0}
+            assert adapters["missing"]["state"] == "refused"
+            assert "EntryNotFoundError" in adapters["missing"]["reason"]
+            assert openai_image(server, f"{MODEL}/hub", seed=1).size == (SIDE, SIDE)
+    assert hub.bytes_sent("tti-test/lora-b")[WEIGHT_NAME] > 0
