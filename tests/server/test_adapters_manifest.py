@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,16 @@ def test_stub_workers_refuse_every_adapter_and_changes_are_applied(
     )
     assert lines[3] == 'state {"a":{"state":"refused","reason":"the stub takes no adapters"}}'
     assert len(lines) == 4
+
+
+def test_a_call_runs_once_on_each_workers_own_thread() -> None:
+    async def scenario() -> list[str]:
+        engine = Engine([StubBackend(), StubBackend()], max_queue=4, request_timeout=5)
+        engine.start()
+        try:
+            return await engine.call_on_each_worker(lambda backend: threading.current_thread().name)
+        finally:
+            await engine.stop()
+
+    names = asyncio.run(scenario())
+    assert [name.rsplit("_", 1)[0] for name in names] == ["tti-worker-0", "tti-worker-1"]
