@@ -1,4 +1,5 @@
-"""`tti-server`: serve a model, `tti-server make-tiny-model DIR` or `tti-server download REPO`.
+"""`tti-server`: serve a model, `tti-server make-tiny-model DIR`, `tti-server make-tiny-adapter
+DIR` or `tti-server download REPO`.
 
 Every flag is a `Settings` field, so flags, `TTI_*` variables and `--help` never drift.
 """
@@ -28,6 +29,8 @@ Flags win over variables, variables over defaults.
 other commands:
   tti-server make-tiny-model DIR   write a tiny random-weight pipeline of a model family
                                    (offline; for tests; --help lists the families)
+  tti-server make-tiny-adapter DIR write a tiny random LoRA adapter for the tiny pipeline
+                                   (offline; for tests; --help)
   tti-server download REPO ...     fetch a pipeline from a Hugging Face hub into a cache (--help)
 """
 
@@ -75,10 +78,27 @@ def build_tiny_model_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_tiny_adapter_parser() -> argparse.ArgumentParser:
+    from tti_server.tools.tiny_adapter import FAMILIES
+
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} make-tiny-adapter",
+        description="Write a tiny random LoRA adapter (peft, saved by diffusers) for a tiny "
+        "pipeline of `make-tiny-model`, with no network. It changes the images; another "
+        "seed changes them differently.",
+    )
+    parser.add_argument("directory", type=Path, help="where to write the adapter")
+    parser.add_argument("--family", choices=FAMILIES, default="sdxl", help="(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["make-tiny-model"]:
         sys.exit(make_tiny_model(args[1:]))
+    if args[:1] == ["make-tiny-adapter"]:
+        sys.exit(make_tiny_adapter(args[1:]))
     if args[:1] == ["download"]:
         from tti_server.weights import run_download
 
@@ -174,6 +194,22 @@ def make_tiny_model(argv: Sequence[str]) -> int:
         )
         return 1
     print(f"wrote a tiny {args.family} pipeline to {args.directory}")
+    return 0
+
+
+def make_tiny_adapter(argv: Sequence[str]) -> int:
+    args = build_tiny_adapter_parser().parse_args(argv)
+    from tti_server.tools.tiny_adapter import write_tiny_adapter
+
+    try:
+        written = write_tiny_adapter(args.directory, args.family, args.seed)
+    except Exception as exc:
+        print(
+            f"{PROG}: error: cannot write the tiny adapter to {args.directory}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"wrote a tiny {args.family} LoRA adapter to {written}")
     return 0
 
 

@@ -209,6 +209,16 @@ class Engine:
             )
         )
 
+    async def call_on_each_worker(self, call: Callable[[Backend], T]) -> list[T]:
+        """Run `call(backend)` on every worker's own thread, between its batches (a worker
+        runs one batch at a time on that thread); return the results in worker order."""
+        loop = asyncio.get_running_loop()
+        return list(
+            await asyncio.gather(
+                *(loop.run_in_executor(w.executor, call, w.backend) for w in self.workers)
+            )
+        )
+
     def _arm_expiry(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wake at the oldest unanswered request's deadline (none left: the next arrival arms)."""
         for job, deadline in self._deadlines.items():

@@ -5,7 +5,8 @@ multiples of 8, the stub draws any size), each model's rules from the catalogue 
 side, most steps, guidance, whether it takes a negative prompt) and the server's limits
 (longest prompt), raising the transport-neutral `InvalidInput` and `UnknownModel`, whose
 message names the field and the model's rule. The OpenAPI document states the same limits
-(`api/openapi.py`).
+(`api/openapi.py`). A request names a LoRA adapter as `MODEL/ADAPTER` wherever it names
+the model; the adapters table says which exist.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tti_contracts.api import ImageFormat
+from tti_server.adapters import NO_ADAPTERS, AdapterTable
 from tti_server.backends.base import BatchKey, GenerationRequest
-from tti_server.failures import InvalidInput, UnknownModel
+from tti_server.failures import InvalidInput, NotReady, UnknownModel
 from tti_server.protocol import CaikitParameters, CaikitTextToImageRequest, OpenAIImageRequest
 from tti_server.settings import Settings
 
@@ -97,19 +99,65 @@ def checked_guidance(field: str, value: float | None, settings: Settings) -> flo
     return float(value)
 
 
-def checked_model(field: str, name: str | None, settings: Settings) -> None:
-    if name is not None and name != settings.served_model_id:
+@dataclass(frozen=True)
+class Adapter:
+    """The adapter a request names (`name` None: the base model) and its scale."""
+
+    name: str | None = None
+    scale: float = 1.0
+
+
+BASE = Adapter()
+
+
+def checked_model(
+    field: str, name: str | None, settings: Settings, adapters: AdapterTable = NO_ADAPTERS
+) -> Adapter:
+    """The served model (`MODEL`) or one of its loaded adapters (`MODEL/ADAPTER`)."""
+    served = settings.served_model_id
+    if name is None or name == served:
+        return BASE
+    prefix = served + "/"
+    if not name.startswith(prefix):
         raise UnknownModel(
-            f"{field}: model {name!r} is not served here; this server serves "
-            f"{settings.served_model_id!r}"
+            f"{field}: model {name!r} is not served here; this server serves {served!r}"
         )
+    adapter = name[len(prefix) :]
+    status = adapters.entries.get(adapter)
+    if status is None:
+        loaded = ", ".join(repr(prefix + known) for known in adapters.loaded())
+        raise UnknownModel(
+            f"{field}: {served!r} has no adapter {adapter!r}; "
+            + (f"its adapters: {loaded}" if loaded else "it has no adapters")
+        )
+    if status.state == "refused":
+        raise UnknownModel(f"{field}: adapter {name!r} was refused: {status.reason}")
+    if status.state == "loading":
+        raise NotReady(f"{field}: adapter {name!r} is still loading; retry shortly")
+    return Adapter(adapter, status.scale)
+
+
+def checked_adapter_scale(field: str, scale: float | None, adapter: Adapter) -> Adapter:
+    """The request's own scale for its adapter (the protocol checked its range)."""
+    if scale is None:
+        return adapter
+    if adapter.name is None:
+        raise InvalidInput(
+            f"{field}: scales an adapter, and the request names none; name one in model "
+            "as 'MODEL/ADAPTER'"
+        )
+    return Adapter(adapter.name, float(scale))
 
 
 def caikit_job(
-    body: CaikitTextToImageRequest, settings: Settings, model_field: str = "model_id"
+    body: CaikitTextToImageRequest,
+    settings: Settings,
+    model_field: str = "model_id",
+    adapters: AdapterTable = NO_ADAPTERS,
 ) -> Job:
-    """`model_field` names where the model id came from (gRPC: the `mm-model-id` metadata)."""
-    checked_model(model_field, body.model_id, settings)
+    """`model_field` names where the model id came from (gRPC: the `mm-model-id` metadata).
+    An adapter runs at its default scale (caikit's parameters have no field for one)."""
+    adapter = checked_model(model_field, body.model_id, settings, adapters)
     params = body.parameters or CaikitParameters()
     key = BatchKey(
         height=checked_side("parameters.height", params.height, settings),
@@ -121,14 +169,20 @@ def caikit_job(
         negative_prompt=checked_negative_prompt(
             "parameters.negative_prompt", params.negative_prompt, settings
         ),
+        adapter=adapter.name,
+        adapter_scale=adapter.scale,
     )
     prompt = checked_prompt("inputs", body.inputs, settings)
     request = GenerationRequest(prompt=prompt, key=key, n=1, seed=params.seed)
     return Job(request, params.image_format or settings.image_format)
 
 
-def openai_job(body: OpenAIImageRequest, settings: Settings) -> Job:
-    checked_model("model", body.model, settings)
+def openai_job(
+    body: OpenAIImageRequest, settings: Settings, adapters: AdapterTable = NO_ADAPTERS
+) -> Job:
+    adapter = checked_adapter_scale(
+        "adapter_scale", body.adapter_scale, checked_model("model", body.model, settings, adapters)
+    )
     if body.response_format == "url":
         raise InvalidInput(
             "response_format: 'url' is not supported: this server keeps no image store; "
@@ -141,6 +195,8 @@ def openai_job(body: OpenAIImageRequest, settings: Settings) -> Job:
         num_steps=checked_steps("num_steps", body.num_steps, settings),
         guidance_scale=checked_guidance("guidance_scale", body.guidance_scale, settings),
         negative_prompt=checked_negative_prompt("negative_prompt", body.negative_prompt, settings),
+        adapter=adapter.name,
+        adapter_scale=adapter.scale,
     )
     prompt = checked_prompt("prompt", body.prompt, settings)
     # Partial images exist only in a stream (as OpenAI's); without one they are ignored.

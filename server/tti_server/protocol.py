@@ -120,6 +120,12 @@ class OpenAIImageRequest(BaseModel):
     num_steps: Steps | None = None
     guidance_scale: float | None = Field(default=None, ge=0, le=50)
     negative_prompt: str | None = None
+    adapter_scale: float | None = Field(
+        default=None,
+        ge=0,
+        le=4,
+        description="with model 'MODEL/ADAPTER': the LoRA adapter's scale (default: its own)",
+    )
 
     @field_validator("size")
     @classmethod
@@ -151,6 +157,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "tti-operator"
+    parent: str | None = Field(default=None, description="a LoRA adapter's base model")
 
 
 class ModelList(BaseModel):

@@ -27,6 +27,7 @@ from PIL import Image
 
 from tti_contracts.api import ImageFormat
 from tti_server import __version__
+from tti_server.adapters import Adapters
 from tti_server.backends.base import Backend, BatchKey, GenerationRequest, ModelLoadError
 from tti_server.backends.loading import load_backends
 from tti_server.encoding import encode_images, encode_preview
@@ -147,12 +148,16 @@ class Service:
     started: int = field(default_factory=lambda: int(time.time()))
     model_size: int = 0
     metrics: ServerMetrics = field(init=False)
+    adapters: Adapters = field(init=False)
     _loading: asyncio.Task[None] | None = None
+    _watching: asyncio.Task[None] | None = None
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         # One registry for both transports: HTTP and gRPC requests, and the engine.
         self.metrics = ServerMetrics(lambda: self.engine)
+        adapters_file = self.settings.adapters_file
+        self.adapters = Adapters(Path(adapters_file) if adapters_file else None)
 
     @property
     def model_id(self) -> str:
@@ -168,9 +173,10 @@ class Service:
 
     async def stop(self) -> None:
         """Cancel a load still running, then stop the engine (failing what still waits)."""
-        if self._loading is not None:
-            self._loading.cancel()
-            await asyncio.gather(self._loading, return_exceptions=True)
+        for task in (self._loading, self._watching):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.engine is not None:
             await self.engine.stop()
 
@@ -188,14 +194,14 @@ class Service:
     ) -> CaptionedImage:
         """caikit's TextToImageTask, in the format the request asks for (else the default)."""
         engine = self.ready_engine()
-        job = caikit_job(body, self.settings, model_field)
+        job = caikit_job(body, self.settings, model_field, self.adapters.table)
         (image,) = await self.generate(engine, job.request, job.image_format)
         return CaptionedImage(image, job.image_format, body.inputs, self.producer)
 
     async def images(self, body: OpenAIImageRequest) -> Images:
         """OpenAI's image generation: `n` images in one pipeline call."""
         engine = self.ready_engine()
-        job = openai_job(body, self.settings)
+        job = openai_job(body, self.settings, self.adapters.table)
         images = await self.generate(engine, job.request, job.image_format)
         key = job.request.key
         return Images(images, job.image_format, key.width, key.height)
@@ -204,7 +210,7 @@ class Service:
         """OpenAI's streamed generation. What fails before the stream starts (a bad request,
         not ready, a full queue) raises here; what fails later ends the stream with it."""
         engine = self.ready_engine()
-        job = openai_job(body, self.settings)
+        job = openai_job(body, self.settings, self.adapters.table)
         engine.check_room()
         key = job.request.key
         return ImageStream(job.image_format, key.width, key.height, self._events(engine, job))
@@ -259,6 +265,8 @@ class Service:
             loaded = time.perf_counter()
             await engine.run_on_each_worker(WARM_UP)
             self.model_size = await asyncio.to_thread(_directory_size, settings)
+            # Ready with the manifest's adapters already loaded (a bad one: none).
+            await self.adapters.poll_safely(engine)
         except asyncio.CancelledError:  # shut down while still loading
             if engine is not None:
                 await engine.stop()
@@ -276,6 +284,8 @@ class Service:
             self.on_ready()
         self.engine = engine
         self._ready.set()
+        if self.adapters.path is not None:
+            self._watching = asyncio.create_task(self.adapters.watch(engine))
         devices = ", ".join(b.device for b in backends)
         log.info(
             "model %s ready: %d worker(s) on %s, loaded in %.2f s, warmed up in %.2f s",

@@ -100,6 +100,11 @@ class Settings(ClientLimitSettings):
         description="diffusers models on CUDA: comma-separated speed-ups: channels_last, "
         "fuse_qkv, compile",
     )
+    adapters_file: str | None = Field(
+        default=None,
+        description="the LoRA adapters manifest (JSON, written by the operator), watched for "
+        "changes; none: no adapters",
+    )
     stub_latency_ms: float = Field(
         default=0.0,
         ge=0,

@@ -84,6 +84,7 @@ def test_info_models_lists_the_loaded_model(api: httpx.Client) -> None:
                 "max_side": 1024,
                 "max_steps": 8,
             },  # CONTRACT_FLAGS,
+            "adapters": {},
         },
         "loaded": True,
         "module_id": "stub",

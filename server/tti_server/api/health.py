@@ -53,6 +53,8 @@ async def info_models(request: Request) -> ModelsInfo:
             # What a client may ask (the playground's controls follow it).
             "side_multiple": service.settings.catalogue_entry.side_multiple,
             "rules": service.settings.request_rules,
+            # Each LoRA adapter: {state, scale, reason?} (requests name it MODEL/ADAPTER).
+            "adapters": service.adapters.table.as_json(),
         },
         loaded=engine is not None,
         module_id=service.settings.model,

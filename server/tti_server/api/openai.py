@@ -76,10 +76,15 @@ async def create_images(body: OpenAIImageRequest, request: Request) -> Response:
     return json_response(answer)
 
 
-@router.get("/models", summary="The served model (OpenAI models API)")
+@router.get("/models", summary="The served model and its loaded adapters (OpenAI models API)")
 async def list_models(request: Request) -> ModelList:
     service = service_of(request)
-    return ModelList(data=[ModelCard(id=service.model_id, created=service.started)])
+    model, created = service.model_id, service.started
+    adapters = [
+        ModelCard(id=f"{model}/{name}", created=created, parent=model)
+        for name in service.adapters.table.loaded()
+    ]
+    return ModelList(data=[ModelCard(id=model, created=created), *adapters])
 
 
 async def server_sent_events(stream: ImageStream, rid: str) -> AsyncIterator[bytes]:

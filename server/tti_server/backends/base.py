@@ -10,13 +10,17 @@ A request may ask for partial images while it denoises (OpenAI's `partial_images
 backend hands each to the request's own `PreviewSink`, on the worker thread, so one
 batch's previews reach each request separately. A backend that cannot make them (the
 stub, a one-step model) sends none.
+
+A backend that takes LoRA adapters (`TakesAdapters`) loads and deletes them on its worker
+thread between batches, and runs each batch with the adapter its key names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
@@ -30,6 +34,9 @@ class BatchKey:
     num_steps: int
     guidance_scale: float
     negative_prompt: str | None
+    #: The LoRA adapter the batch runs with (None: the base model) and its scale.
+    adapter: str | None = None
+    adapter_scale: float = 1.0
 
 
 #: Where a request's partial images go: `(image_index, partial_index, image)`, called on
@@ -70,4 +77,23 @@ class Backend(Protocol):
 
     def release_memory(self) -> None:
         """Free cached device memory after a failed batch (no-op off CUDA)."""
+        ...
+
+
+@dataclass(frozen=True)
+class AdapterFile:
+    """An adapter's weights on local disk: `directory` / `weight_name`, loaded as `name`."""
+
+    name: str
+    directory: Path
+    weight_name: str
+
+
+@runtime_checkable
+class TakesAdapters(Protocol):
+    """A backend that loads LoRA adapters; any other (the stub) refuses every adapter."""
+
+    def update_adapters(self, delete: list[str], load: list[AdapterFile]) -> dict[str, str]:
+        """On the worker thread: delete adapters, then load others; return, by name, the
+        one-line reason of each adapter that could not be loaded (the others serve)."""
         ...

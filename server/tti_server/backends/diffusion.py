@@ -16,6 +16,7 @@ and the backend decodes them itself with the VAE in the dtype `vae_dtype` chose 
 load time (see there why), which diffusers' pipeline cannot do; the other families'
 VAEs run in the pipeline's own dtype, and their pipelines decode. A batch whose requests
 ask for partial images gets a step callback that projects their rows (`previews.py`).
+Each batch runs with the LoRA adapter its key names, or none (`adapters.py`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,13 @@ import yaml
 from PIL import Image
 
 from tti_contracts.catalogue import CATALOGUE, FAMILIES, ModelEntry
-from tti_server.backends.base import BackendOutOfMemory, GenerationRequest, ModelLoadError
+from tti_server.backends.adapters import AdapterSlots
+from tti_server.backends.base import (
+    AdapterFile,
+    BackendOutOfMemory,
+    GenerationRequest,
+    ModelLoadError,
+)
 from tti_server.backends.previews import LATENT_RGB, PreviewCallback
 
 #: The key under which the seed's caikit module records the pipeline sub-folder.
@@ -112,6 +119,11 @@ class DiffusionBackend:
         self.handling = HANDLING[model.family]
         self.side_multiple = model.side_multiple
         self.latent_rgb = LATENT_RGB[model.family]
+        self.adapters = AdapterSlots(pipeline)
+
+    def update_adapters(self, delete: list[str], load: list[AdapterFile]) -> dict[str, str]:
+        """Delete, then load LoRA adapters (between batches, on the worker thread)."""
+        return self.adapters.update(delete, load)
 
     def generate(self, batch: list[GenerationRequest]) -> list[list[Image.Image]]:
         """Run `batch` as one pipeline call and hand each request exactly its `n` images."""
@@ -127,6 +139,7 @@ class DiffusionBackend:
         prompts = [request.prompt for request in batch for _ in range(request.n)]
         generators = [_generator(seed) for request in batch for seed in image_seeds(request)]
         previews = PreviewCallback.for_batch(batch, self.latent_rgb)
+        self.adapters.select(key.adapter, key.adapter_scale)
         try:
             with torch.inference_mode():
                 output = self.pipeline(
