@@ -5,7 +5,8 @@ The chart's operator runs in a pod; each entry's claim is bound by a real provis
 `tti-server download` (the real `huggingface_hub` client); the model pods load the weights
 from the claim, read-only, with the hub switched off. The hub cannot be reached from here:
 `support.hf_endpoint` serves the tiny model as repositories, on this machine, with the
-headers the client checks, and counts every byte it sends.
+headers the client checks, and counts every byte it sends. It serves tiny LoRA adapters
+(made with peft) as repositories too, fetched into each model's adapter claim.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 from PIL import Image
 from support.cluster import Cluster
 from support.hf_endpoint import HubEndpoint
+from support.openai_pod import openai_from_pod
 from support.realpods import (
     Release,
     exec_in,
@@ -29,6 +31,9 @@ from support.realpods import (
     wait_for,
 )
 from support.realpods import wait_ready as wait_ready_bare
+from support.tiny_model import TinyAdapters
+
+from tti_server.tools.tiny_adapter import WEIGHT_NAME
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.slow]
 
@@ -37,16 +42,21 @@ GATED = "org/gated-sdxl"
 #: Repositories fetched only while the hub fails (500, no answer), then healthy again.
 FLAKY = "org/flaky-sdxl"
 SILENT = "org/silent-sdxl"
+#: LoRA adapters of the tiny SDXL: two that change its images differently, one that misfits.
+ADAPTERS = {"pixel": "org/pixel-lora", "ink": "org/ink-lora", "wrong": "org/wrong-lora"}
 TOKEN = "hf_let_me_in"
 #: Small enough for the real node's two cores, several at once: the tiny model on its CPU.
 SMALL = {"requests": {"cpu": "100m", "memory": "512Mi"}}
 
 
 @pytest.fixture(scope="module")
-def hub(tiny_model_dir: Path) -> Iterator[HubEndpoint]:
+def hub(tiny_model_dir: Path, tiny_adapters: TinyAdapters) -> Iterator[HubEndpoint]:
     endpoint = HubEndpoint(host="0.0.0.0")
     for repo in (REPO, FLAKY, SILENT):
         endpoint.add_repo(repo, tiny_model_dir)
+    made = {"pixel": tiny_adapters.a, "ink": tiny_adapters.b, "wrong": tiny_adapters.mismatched}
+    for name, repo in ADAPTERS.items():
+        endpoint.add_repo(repo, made[name])
     endpoint.add_repo(GATED, tiny_model_dir, {TOKEN})
     with endpoint:
         yield endpoint
@@ -187,6 +197,16 @@ def test_a_multi_step_family_serves_through_the_gateway_and_a_wrong_family_says_
     image = run_client(release, gateway_url(release), "base", tmp_path)
     with Image.open(image) as png:
         assert png.size == (64, 64)
+    # Its previews streamed through the chart's gateway: the same final image as unstreamed.
+    ask = {"model": "base", "prompt": "a lighthouse", "size": "64x64", "seed": 7, "num_steps": 4}
+    streamed, plain = openai_from_pod(
+        release, gateway_url(release), {**ask, "stream": True, "partial_images": 2}, ask
+    )
+    assert streamed.events == [
+        *["image_generation.partial_image"] * 2,
+        "image_generation.completed",
+    ]
+    assert streamed.image == plain.image is not None
 
     from_hub(release, "not-flux", REPO, model="flux.1-schnell")
     said = "is a StableDiffusionXLPipeline checkpoint, but flux.1-schnell is of the flux family"
@@ -198,6 +218,63 @@ def test_a_multi_step_family_serves_through_the_gateway_and_a_wrong_family_says_
     message = wait_for("not-flux refused, naming both families", refused)
     assert "which loads FluxPipeline" in message
     release.kubectl("delete", "ttimodel", "base", "not-flux", "-n", release.models)
+
+
+def adapters(*names: str) -> list[dict[str, Any]]:
+    """spec.adapters: each from its hub repository."""
+    return [
+        {"name": name, "source": {"huggingFace": {"repo": ADAPTERS[name], "file": WEIGHT_NAME}}}
+        for name in names
+    ]
+
+
+def adapters_condition(release: Release, name: str, reason: str) -> str:
+    """The model's AdaptersReady message once its reason is `reason`."""
+
+    def reached() -> str:
+        conditions = release.model(name).get("status", {}).get("conditions", [])
+        found = next((c for c in conditions if c["type"] == "AdaptersReady"), {})
+        return str(found.get("message", "")) if found.get("reason") == reason else ""
+
+    return str(wait_for(f"{name}'s AdaptersReady to be {reason}", reached))
+
+
+def test_adapters_are_fetched_once_load_live_and_are_called_through_the_gateway(
+    release: Release, hub: HubEndpoint
+) -> None:
+    """A model with two hub adapters, one of which misfits its UNet: the misfit is refused,
+    named in the status, while the other serves through the gateway as MODEL/ADAPTER. Then
+    the adapters change (the misfit out, a third in) and the same pod loads them live."""
+    hub.reset()
+    from_hub(release, "styled", REPO, adapters=adapters("pixel", "wrong"))
+    wait_ready(release, "styled")
+    refused = adapters_condition(release, "styled", "AdapterRefused")
+    assert refused.startswith("adapter wrong refused:") and "size mismatch" in refused
+    [pod] = release.pods("styled")
+    ask = {"prompt": "a lighthouse", "size": "64x64", "seed": 7}
+    base, pixel, oil = openai_from_pod(
+        release,
+        gateway_url(release),
+        *({**ask, "model": model} for model in ("styled", "styled/pixel", "styled/oil")),
+    )
+    assert base.status == pixel.status == 200 and base.image != pixel.image
+    assert oil.status == 404 and "its adapters: pixel, wrong" in str(oil.details)
+
+    from_hub(release, "styled", REPO, adapters=adapters("pixel", "ink"))
+    assert adapters_condition(release, "styled", "Loaded") == "2 adapters loaded"
+    [same] = release.pods("styled")
+    assert same["metadata"]["uid"] == pod["metadata"]["uid"]  # no restart
+    ink, pixel_again = openai_from_pod(
+        release,
+        gateway_url(release),
+        *({**ask, "model": model} for model in ("styled/ink", "styled/pixel")),
+    )
+    assert ink.image not in (None, base.image, pixel.image)
+    assert pixel_again.image == pixel.image
+    # Each adapter's file crossed from the hub once.
+    for repo in ADAPTERS.values():
+        assert hub.bytes_sent(repo) == {WEIGHT_NAME: hub.repos[repo].files[WEIGHT_NAME].size}
+    release.kubectl("delete", "ttimodel", "styled", "-n", release.models)
 
 
 def commit_of(hub: HubEndpoint) -> str:

@@ -16,12 +16,11 @@ from typing import Any
 import pytest
 from PIL import Image
 from support.server import server_command
+from support.tiny_model import TinyAdapters
 
 from tti_server.backends.base import AdapterFile, BatchKey, GenerationRequest
 from tti_server.backends.diffusion import DiffusionBackend, load_pipeline
 from tti_server.tools.tiny_adapter import WEIGHT_NAME
-
-from .conftest import TinyAdapters
 
 BASE = BatchKey(height=64, width=64, num_steps=1, guidance_scale=0.0, negative_prompt=None)
 

@@ -26,11 +26,10 @@ from PIL import Image
 from support.grpc_client import predict, vision_stub
 from support.hf_endpoint import HubEndpoint
 from support.server import ServerProcess, running_server
+from support.tiny_model import TinyAdapters
 
 from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE
 from tti_server.tools.tiny_adapter import WEIGHT_NAME
-
-from .conftest import TinyAdapters
 
 MODEL = "tiny"
 SIDE = 64

@@ -6,10 +6,17 @@ and `tiny_family_dirs` one directory per family of `FAMILIES` (SDXL's is
 `tiny_model_dir`). They are written with no network and the same fixed seed, so
 every run sees the same weights. `pixel_difference` compares images where float
 noise may differ.
+
+`tiny_adapters` holds LoRA adapters for the tiny SDXL pipeline: two that change the images
+differently (seeds 1 and 2) and one made for a UNet whose cross-attention takes text states
+of another width, which diffusers refuses at load (as it refuses an SD 1.5 LoRA on SDXL).
+Each is a directory holding one `.safetensors` file, as the manifest's `path` may name and
+as a hub repository of an adapter holds it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +24,16 @@ import pytest
 from PIL import Image
 
 from tti_server.backends.diffusion import DiffusionBackend, load_pipeline
-from tti_server.tools.tiny_model import FAMILIES, write_tiny_caikit_model, write_tiny_model
+from tti_server.tools.tiny_adapter import write_tiny_adapter
+from tti_server.tools.tiny_model import (
+    FAMILIES,
+    TINY_UNET,
+    write_tiny_caikit_model,
+    write_tiny_model,
+)
+
+#: Not the tiny UNet's cross-attention width: the adapter's key/value projections misfit.
+MISMATCHED_WIDTH = TINY_UNET["cross_attention_dim"] * 3 // 4
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +74,19 @@ def pixel_difference(first: Image.Image, second: Image.Image) -> int:
     a = np.asarray(first.convert("RGB"), dtype=np.int16)
     b = np.asarray(second.convert("RGB"), dtype=np.int16)
     return int(np.abs(a - b).max())
+
+
+@dataclass(frozen=True)
+class TinyAdapters:
+    a: Path
+    b: Path
+    mismatched: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tmp_path_factory: pytest.TempPathFactory) -> TinyAdapters:
+    root = tmp_path_factory.mktemp("tiny-adapters")
+    write_tiny_adapter(root / "a", seed=1)
+    write_tiny_adapter(root / "b", seed=2)
+    write_tiny_adapter(root / "mismatched", seed=3, cross_attention_dim=MISMATCHED_WIDTH)
+    return TinyAdapters(root / "a", root / "b", root / "mismatched")
