@@ -169,7 +169,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--format", default="jpeg", help="image format the requests ask for")
     parser.add_argument(
-        "--batch-wait-ms", type=float, default=None, help="the servers' batch window (default: theirs)"
+        "--batch-wait-ms", type=float, help="the servers' batch window (default: their own)"
     )
     args = parser.parse_args()
     if not (args.reference / "server" / "tti_server").is_dir():
