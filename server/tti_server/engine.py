@@ -25,11 +25,13 @@ it lasts at most about `max_batch_size * batch_wait` plus the finishing in progr
 A batch that is full never waits, so a backlog still keeps the device busy while the
 previous batch is being encoded.
 
-Each request may carry a `finish` step (the server encodes images with it),
-run off the event loop and answered with one loop wake-up per batch. A CUDA
-worker hands the batch to a small finishing pool and goes straight back to the
-GPU; a CPU worker finishes the batch itself, since its device is the CPU anyway
-and a hand-off would only add a thread switch (the dominant cost of a cheap
+Each request may carry a `finish` step (the server encodes images with it), run
+off the event loop. A CUDA worker hands its batch to the finishing pool, which
+finishes the requests side by side (PIL's encoders release the GIL, so a batch's
+images encode in parallel on the host's cores) and answers them together, while the
+worker goes straight back to the GPU. A CPU worker finishes
+the batch itself and answers it with one loop wake-up, since its device is the CPU
+anyway and a hand-off would only add a thread switch (the dominant cost of a cheap
 request: measured with tests/benchmarks/bench_stub_server.py).
 
 A batch that raises fails only its own requests; the worker releases device
@@ -41,8 +43,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -138,7 +142,7 @@ class Engine:
         request_timeout: float,
         max_batch_size: int = 1,
         batch_wait: float = 0.0,
-        finish_threads: int = 2,
+        finish_threads: int | None = None,
     ) -> None:
         if not backends:
             raise ValueError("the engine needs at least one backend")
@@ -162,7 +166,11 @@ class Engine:
         self._last_answer = -math.inf  # loop time the latest batch was answered
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
-        self._finishers = ThreadPoolExecutor(finish_threads, thread_name_prefix="tti-finish")
+        # One thread per image of a full batch, as far as the host has cores: PIL's encoders
+        # release the GIL, so a batch's images encode side by side. Threads start on first
+        # use, so CPU workers, which finish on their own thread, never start any.
+        threads = finish_threads or max(2, min(max_batch_size, os.cpu_count() or 2))
+        self._finishers = ThreadPoolExecutor(threads, thread_name_prefix="tti-finish")
 
     @property
     def queue_depth(self) -> int:
@@ -359,17 +367,22 @@ class Engine:
             self._answer(outcomes)
 
     def _finish_in_pool(self, jobs: list[_Job], results: list[Images]) -> None:
-        """Have the finishing pool finish `jobs`; until it answers them, they count as
-        requests whose clients are likely to send more (the batch window waits for them)."""
+        """Have the finishing pool finish the batch's requests side by side, then answer
+        them together; until then they count as requests whose clients are likely to send
+        more (the batch window waits for them)."""
         loop = asyncio.get_running_loop()
         self._finishing += len(jobs)
-        finishing = loop.run_in_executor(self._finishers, _finish, jobs, results)
+        finishing = asyncio.gather(
+            *(
+                loop.run_in_executor(self._finishers, _finish, [job], [images])
+                for job, images in zip(jobs, results, strict=True)
+            )
+        )
+        finishing.add_done_callback(functools.partial(self._answer_finished, jobs))
 
-        def answer(done: asyncio.Future[Outcomes]) -> None:
-            self._finishing -= len(jobs)
-            self._answer(_outcomes_of(done, jobs))
-
-        finishing.add_done_callback(answer)
+    def _answer_finished(self, jobs: list[_Job], finishing: asyncio.Future[list[Outcomes]]) -> None:
+        self._finishing -= len(jobs)
+        self._answer(_outcomes_of(finishing, jobs))
 
     def _answer(self, outcomes: Outcomes) -> None:
         """Settle each request; its client may now send another, so wake the open windows."""
@@ -429,7 +442,7 @@ def _unchanged(images: Images) -> Images:
     return images
 
 
-def _outcomes_of(finishing: asyncio.Future[Outcomes], jobs: list[_Job]) -> Outcomes:
+def _outcomes_of(finishing: asyncio.Future[list[Outcomes]], jobs: list[_Job]) -> Outcomes:
     """What the finishing pool made of `jobs`, or the error all of them get if it made
     nothing (shut down, or a failure `_finish` does not catch)."""
     if finishing.cancelled():
@@ -438,7 +451,7 @@ def _outcomes_of(finishing: asyncio.Future[Outcomes], jobs: list[_Job]) -> Outco
         log.error("finishing a batch failed", exc_info=exc)
         error = GenerationFailed(f"finishing failed: {exc}")
     else:
-        return finishing.result()
+        return [outcome for part in finishing.result() for outcome in part]
     return [(job, None, error) for job in jobs]
 
 

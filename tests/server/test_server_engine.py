@@ -480,3 +480,24 @@ def test_a_request_joining_keeps_the_window_open_for_another() -> None:
 
     run_with_engine([backend], scenario, max_batch_size=8, batch_wait=1.5)
     assert backend.batches == [["r0", "r1", "r2"]]
+
+
+def test_an_accelerator_batch_is_finished_side_by_side() -> None:
+    # Each finish step waits for the other: finished one after another, neither would end.
+    backend = accelerator()
+    both = threading.Barrier(2)
+
+    def meet(images: list[Image.Image]) -> str:
+        both.wait(WAIT_S)
+        return threading.current_thread().name
+
+    async def scenario(engine: Engine) -> list[str]:
+        occupier = await occupy(engine, backend)
+        pair = [asyncio.create_task(engine.generate_then(request(p), meet)) for p in ("x", "y")]
+        await until_collected(engine)
+        await occupier
+        return list(await asyncio.gather(*pair))
+
+    threads = run_with_engine([backend], scenario)
+    assert backend.batches[1] == ["x", "y"]
+    assert len(set(threads)) == 2
