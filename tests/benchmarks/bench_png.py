@@ -6,6 +6,9 @@ two-way gradient (an easy picture). Each is encoded with the server's own
 `encode_image` at PNG levels 0-9, then as JPEG and WebP at PIL's defaults; the table
 shows the median milliseconds and the bytes of each, side by side. Alternating rounds
 (every format once per round) keep drift in background load out of the comparison.
+Last, a batch of 8 noise images at the server's default level, encoded one after
+another and on a pool of threads as the engine's finishing pool does (PIL releases
+the GIL while it encodes).
 
     .venv/bin/python tests/benchmarks/bench_png.py [--rounds 15] [--size 512]
 """
@@ -13,9 +16,11 @@ shows the median milliseconds and the bytes of each, side by side. Alternating r
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
@@ -85,6 +90,29 @@ def main() -> None:
             row += f"{ms:>12.2f}{size / 1024:>14.1f}"
         row += f"{results['noise'][label][0] / results['noise']['jpeg'][0]:>17.1f}"
         print(row)
+    batch_side_by_side(images["noise"], max(3, args.rounds // 3))
+
+
+def batch_side_by_side(image: Image.Image, rounds: int, batch: int = 8) -> None:
+    threads = max(2, min(batch, os.cpu_count() or 2))
+    encode: Encoder = lambda picture: encode_image(picture, "png")  # noqa: E731
+    images = [image.copy() for _ in range(batch)]
+    one_by_one, side_by_side = [], []
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(encode, images))  # starts the threads
+        for _ in range(rounds):
+            started = time.perf_counter()
+            for picture in images:
+                encode(picture)
+            one_by_one.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            list(pool.map(encode, images))
+            side_by_side.append(time.perf_counter() - started)
+    alone, pooled = statistics.median(one_by_one), statistics.median(side_by_side)
+    print(
+        f"{batch} noise PNGs at level {DEFAULT_PNG_COMPRESS_LEVEL}: {alone * 1000:.1f} ms one "
+        f"after another, {pooled * 1000:.1f} ms on {threads} threads ({alone / pooled:.2f}x)"
+    )
 
 
 if __name__ == "__main__":
