@@ -69,8 +69,10 @@ def start(side: Side, model_dir: Path, log_dir: Path, args: argparse.Namespace) 
     flags += ["--max-batch-size", str(MAX_BATCH), "--max-queue", "256", "--grpc-port", "0"]
     if args.batch_wait_ms is not None:
         flags += ["--batch-wait-ms", str(args.batch_wait_ms)]
-    python_path = f"{side.root / 'common'}:{side.root / 'server'}"
-    return launch_server(flags, log_dir / side.name, env={"PYTHONPATH": python_path})
+    env = {"PYTHONPATH": f"{side.root / 'common'}:{side.root / 'server'}"}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    return launch_server(flags, log_dir / side.name, env=env)
 
 
 def one_client_latencies(server: ServerProcess, args: argparse.Namespace) -> list[float]:
@@ -170,6 +172,12 @@ def main() -> None:
     parser.add_argument("--format", default="jpeg", help="image format the requests ask for")
     parser.add_argument(
         "--batch-wait-ms", type=float, help="the servers' batch window (default: their own)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="OMP_NUM_THREADS of the servers (default: torch's own, one per core; on a "
+        "shared machine 1 keeps torch's spinning threads from slowing to seconds a call)",
     )
     args = parser.parse_args()
     if not (args.reference / "server" / "tti_server").is_dir():
