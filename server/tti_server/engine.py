@@ -10,27 +10,30 @@ while another idles.
 
 The batch window stays open while more requests are likely: it closes `batch_wait`
 after the last sign of one (the window's start, a compatible request joining, an
-answer going out), and never while requests are still being finished off the
-worker. Why: most load is closed-loop (a client, or a gateway's connection, sends its
-next request when answered), so the likeliest next arrivals are the clients of the
-batch just run. A window counted from the first request alone closes before they are
-back whenever answering takes longer than `batch_wait` (encoding a PNG of 512x512
-noise takes 60 ms): the worker then runs whatever arrived while it was busy, the
-clients it has just answered queue up during that batch and form the next one, and
-from then on the two halves stay out of phase, each arriving while the other's batch
-runs (measured on one H100: 4 images per call at 8 clients, of at most 8). Waiting for
-the answered clients merges the halves again. The wait is bounded: only a request
-joining the batch or an answer reopens it, so with room for `max_batch_size` images
-it lasts at most about `max_batch_size * batch_wait` plus the finishing in progress.
-A batch that is full never waits, so a backlog still keeps the device busy while the
-previous batch is being encoded.
+answer going out); not while requests are still being finished off the worker; and
+not while clients answered since have not all come back (each arrival counts as one
+coming back), for at most one batch's run time after their answer, since idling longer
+would cost more than running the batch without them.
+
+Why: most load is closed-loop (a client, or a gateway's connection, sends its next
+request when answered), so the likeliest next arrivals are the clients of the batch
+just run. A window counted from the first request alone closes before they are back
+whenever answering and their round trip take longer than `batch_wait` (encoding a PNG
+of 512x512 noise takes 60 ms): the worker then runs whatever arrived while it was
+busy, the clients it has just answered queue up during that batch and form the next
+one, and from then on the two halves stay out of phase, each arriving while the
+other's batch runs (measured: 4 images per call at 8 clients of at most 8, on one
+H100 and with the tiny model on the CPU). Waiting for the answered clients merges the
+halves again. A batch that is full never waits, so a backlog still keeps the device
+busy while the previous batch is being encoded; and with no answered client missing
+(one client, or open-loop arrivals) the window is `batch_wait` after the last arrival.
 
 Each request may carry a `finish` step (the server encodes images with it), run
 off the event loop. A CUDA worker hands its batch to the finishing pool, which
 finishes the requests side by side (PIL's encoders release the GIL, so a batch's
 images encode in parallel on the host's cores) and answers them together, while the
-worker goes straight back to the GPU. A CPU worker finishes
-the batch itself and answers it with one loop wake-up, since its device is the CPU
+worker goes straight back to the GPU. A CPU worker finishes the batch itself and
+answers it with one loop wake-up, since its device is the CPU
 anyway and a hand-off would only add a thread switch (the dominant cost of a cheap
 request: measured with tests/benchmarks/bench_stub_server.py).
 
@@ -164,6 +167,11 @@ class Engine:
         # likely to send more, so an open batch window waits for them (module docstring).
         self._finishing = 0
         self._last_answer = -math.inf  # loop time the latest batch was answered
+        # Requests answered whose clients have not come back (each arrival counts as one),
+        # expected until one batch's run time after the latest answer.
+        self._returning = 0
+        self._returns_until = -math.inf
+        self._batch_s = 0.0  # how long the latest batch ran
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
         # One thread per image of a full batch, as far as the host has cores: PIL's encoders
@@ -217,6 +225,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         job = _Job(request, finish, loop.create_future())
         self._pending.append(job)
+        self._count_return(loop.time())
         self.stats.in_flight.change(1)
         self._wake_waiters()
         self._deadlines[job] = loop.time() + self.request_timeout
@@ -316,13 +325,22 @@ class Engine:
             if self._finishing:
                 await self._next_event()
                 continue
-            remaining = max(closes, self._last_answer + self.batch_wait) - loop.time()
+            remaining = max(closes, self._last_answer + self.batch_wait, self._returns_due())
+            remaining -= loop.time()
             if remaining <= 0:
                 return
             event = self._next_event()
             window = loop.call_later(remaining, _resolve, event)
             await event
             window.cancel()
+
+    def _returns_due(self) -> float:
+        """Until when answered clients may still come back (-inf: none expected)."""
+        return self._returns_until if self._returning else -math.inf
+
+    def _count_return(self, now: float) -> None:
+        """An arrival: one answered client fewer to wait for (past the deadline: none)."""
+        self._returning = max(0, self._returning - 1) if now < self._returns_until else 0
 
     def _take_compatible(self, batch: list[_Job]) -> bool:
         """Move waiting requests with the batch's key into it, oldest first, while they fit;
@@ -347,10 +365,12 @@ class Engine:
             return
         loop = asyncio.get_running_loop()
         self.stats.running += len(live)
+        started = loop.time()
         try:
             results, outcomes = await loop.run_in_executor(
                 worker.executor, _generate_and_finish, worker, live
             )
+            self._batch_s = loop.time() - started
         except Exception as exc:
             self.stats.failed_batches += 1
             error = _client_error(exc, worker)
@@ -385,15 +405,22 @@ class Engine:
         self._answer(_outcomes_of(finishing, jobs))
 
     def _answer(self, outcomes: Outcomes) -> None:
-        """Settle each request; its client may now send another, so wake the open windows."""
+        """Settle each request still waited for; its client may now send another, so count
+        it as returning and wake the open windows."""
+        answered = 0
         for job, result, error in outcomes:
-            if job.future.done():
+            if job.future.done():  # timed out or gone: no client will come back for it
                 continue
             if error is None:
                 job.future.set_result(result)
             else:
                 job.future.set_exception(error)
-        self._last_answer = asyncio.get_running_loop().time()
+            answered += 1
+        if answered:
+            self._last_answer = now = asyncio.get_running_loop().time()
+            # Clients answered earlier and not back by now are not coming: forget them.
+            self._returning = answered + (self._returning if now < self._returns_until else 0)
+            self._returns_until = now + self._batch_s
         self._wake_waiters()
 
 
