@@ -43,8 +43,8 @@ class Settings(ClientLimitSettings):
         default=DEFAULT_PNG_COMPRESS_LEVEL,
         ge=0,
         le=9,
-        description="zlib level of PNG answers: 0 stores, 9 packs hardest (measured in "
-        "docs/benchmarks.md: past 1, each level costs far more time than it saves bytes)",
+        description="zlib level of PNG answers, 0 (stored) to 9; 1, the fastest that "
+        "compresses, measured in docs/benchmarks.md",
     )
     host: str = Field(default="0.0.0.0", description="address to listen on")
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP port to listen on")
