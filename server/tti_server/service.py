@@ -228,7 +228,12 @@ class Service:
         try:
             while (preview := await previews.queue.get()) is not None:
                 image = await asyncio.to_thread(
-                    encode_preview, preview.image, key.width, key.height, job.image_format
+                    encode_preview,
+                    preview.image,
+                    key.width,
+                    key.height,
+                    job.image_format,
+                    self.settings.png_compress_level,
                 )
                 yield PartialImage(preview.index, preview.partial_index, image)
             for index, image in enumerate(await generation):
@@ -241,9 +246,12 @@ class Service:
         self, engine: Engine, request: GenerationRequest, image_format: ImageFormat
     ) -> list[bytes]:
         """Generate `request.n` images and encode them, neither on the event loop."""
-        return await engine.generate_then(
-            request, partial(encode_images, image_format=image_format)
+        encode = partial(
+            encode_images,
+            image_format=image_format,
+            png_compress_level=self.settings.png_compress_level,
         )
+        return await engine.generate_then(request, encode)
 
     async def _load(self) -> None:
         """Load, start the engine, warm every worker up; only then is the service ready."""

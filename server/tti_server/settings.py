@@ -10,6 +10,7 @@ from pydantic_settings import SettingsConfigDict
 from tti_contracts.api import ImageFormat
 from tti_contracts.catalogue import CATALOGUE, ModelEntry, ModelName, entry, request_rules
 from tti_http.settings import ClientLimitSettings
+from tti_server.encoding import DEFAULT_PNG_COMPRESS_LEVEL
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 
@@ -38,6 +39,13 @@ class Settings(ClientLimitSettings):
         description="the model name clients address (model_id / model); default: --model",
     )
     image_format: ImageFormat = Field(default="png", description="format when a request names none")
+    png_compress_level: int = Field(
+        default=DEFAULT_PNG_COMPRESS_LEVEL,
+        ge=0,
+        le=9,
+        description="zlib level of PNG answers, 0 (stored) to 9; 1, the fastest that "
+        "compresses, measured in docs/benchmarks.md",
+    )
     host: str = Field(default="0.0.0.0", description="address to listen on")
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP port to listen on")
     grpc_port: int = Field(

@@ -378,3 +378,126 @@ def test_a_failing_finish_step_fails_only_its_request() -> None:
     assert isinstance(bad, GenerationFailed)
     assert str(bad) == "finishing failed: disk full"
     assert isinstance(good, list)
+
+
+class FinishGate:
+    """A finish step held until the test opens it, on an accelerator's worker (whose
+    batches the finishing pool answers, so the worker is free meanwhile)."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.opened = threading.Event()
+
+    def __call__(self, images: list[Image.Image]) -> list[Image.Image]:
+        self.started.set()
+        assert self.opened.wait(WAIT_S), "test never opened the finish gate"
+        return images
+
+
+def accelerator() -> Recording:
+    backend = Recording()
+    backend.device = "cuda:0"  # the engine decides by the device name alone
+    return backend
+
+
+async def until_collected(engine: Engine) -> None:
+    """Until the free worker has taken every waiting request into its open batch."""
+    while engine.queue_depth:
+        await asyncio.sleep(0)
+
+
+def test_the_window_waits_for_the_clients_of_a_batch_still_being_finished() -> None:
+    # Closed-loop clients in two halves: half "a" is being finished when half "b" arrives.
+    # With no batch window at all, the free worker still waits for "a" to be answered and
+    # for its clients to come back, and runs both halves as one batch.
+    backend, gate = accelerator(), FinishGate()
+
+    async def scenario(engine: Engine) -> None:
+        async def client(name: str) -> None:
+            await engine.generate_then(request(f"{name}-first"), gate)
+            await engine.generate_then(request(f"{name}-again"), gate)
+
+        first_half = [asyncio.create_task(client(f"a{i}")) for i in range(4)]
+        assert await asyncio.to_thread(gate.started.wait, WAIT_S)
+        second_half = [
+            asyncio.create_task(engine.generate_then(request(f"b{i}"), gate)) for i in range(4)
+        ]
+        await until_collected(engine)
+        gate.opened.set()
+        await asyncio.gather(*first_half, *second_half)
+
+    run_with_engine([backend], scenario, max_batch_size=8, batch_wait=0.0)
+    assert backend.batches[0] == [f"a{i}-first" for i in range(4)]
+    assert backend.batches[1] == [f"b{i}" for i in range(4)] + [f"a{i}-again" for i in range(4)]
+
+
+def test_a_full_batch_runs_while_the_previous_one_is_being_finished() -> None:
+    backend, gate = accelerator(), FinishGate()
+
+    async def scenario(engine: Engine) -> None:
+        first = asyncio.create_task(engine.generate_then(request("first"), gate))
+        assert await asyncio.to_thread(gate.started.wait, WAIT_S)
+        full = [asyncio.create_task(engine.generate_then(request(f"f{i}"), gate)) for i in range(4)]
+        while len(backend.batches) < 2:  # generated although "first" is not answered yet
+            await asyncio.sleep(0.001)
+        assert not first.done()
+        gate.opened.set()
+        await asyncio.gather(first, *full)
+
+    run_with_engine([backend], scenario, max_batch_size=4)
+    assert backend.batches == [["first"], [f"f{i}" for i in range(4)]]
+
+
+def test_the_window_closes_when_the_answered_clients_do_not_come_back() -> None:
+    backend, gate = accelerator(), FinishGate()
+
+    async def scenario(engine: Engine) -> None:
+        first = asyncio.create_task(engine.generate_then(request("one-off"), gate))
+        assert await asyncio.to_thread(gate.started.wait, WAIT_S)
+        waiting = [
+            asyncio.create_task(engine.generate_then(request(f"w{i}"), gate)) for i in range(2)
+        ]
+        await until_collected(engine)
+        gate.opened.set()
+        await asyncio.gather(first, *waiting)
+
+    run_with_engine([backend], scenario, max_batch_size=8, batch_wait=0.0)
+    assert backend.batches == [["one-off"], ["w0", "w1"]]
+
+
+def test_a_request_joining_keeps_the_window_open_for_another() -> None:
+    # Each request that joins opens the window again for batch_wait, so three requests
+    # 1 s apart share a 1.5 s window's batch, which a window fixed at the first would
+    # split (the margins are wide: 0.5 s either way).
+    backend = Recording()
+
+    async def scenario(engine: Engine) -> None:
+        tasks = [asyncio.create_task(engine.generate(request("r0")))]
+        for name in ("r1", "r2"):
+            await asyncio.sleep(1.0)
+            tasks.append(asyncio.create_task(engine.generate(request(name))))
+        await asyncio.gather(*tasks)
+
+    run_with_engine([backend], scenario, max_batch_size=8, batch_wait=1.5)
+    assert backend.batches == [["r0", "r1", "r2"]]
+
+
+def test_an_accelerator_batch_is_finished_side_by_side() -> None:
+    # Each finish step waits for the other: finished one after another, neither would end.
+    backend = accelerator()
+    both = threading.Barrier(2)
+
+    def meet(images: list[Image.Image]) -> str:
+        both.wait(WAIT_S)
+        return threading.current_thread().name
+
+    async def scenario(engine: Engine) -> list[str]:
+        occupier = await occupy(engine, backend)
+        pair = [asyncio.create_task(engine.generate_then(request(p), meet)) for p in ("x", "y")]
+        await until_collected(engine)
+        await occupier
+        return list(await asyncio.gather(*pair))
+
+    threads = run_with_engine([backend], scenario)
+    assert backend.batches[1] == ["x", "y"]
+    assert len(set(threads)) == 2

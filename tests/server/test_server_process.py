@@ -51,6 +51,7 @@ def test_help_lists_every_setting_and_the_subcommand() -> None:
         (["--model", "dalle"], "--model: invalid choice: 'dalle'"),
         (["--max-batch-size", "0"], "--max-batch-size (TTI_MAX_BATCH_SIZE): Input should be"),
         (["--request-timeout", "-1"], "--request-timeout (TTI_REQUEST_TIMEOUT): Input should be"),
+        (["--png-compress-level", "10"], "--png-compress-level (TTI_PNG_COMPRESS_LEVEL): Input"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(args: list[str], fragment: str) -> None:
