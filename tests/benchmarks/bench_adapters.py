@@ -102,14 +102,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
         write_tiny_model(scratch / "model")
-        adapters = {"a": scratch / "a", "b": scratch / "b"}
+        # Not one-letter names: diffusers finds an adapter's keys by substring, and "b" is in
+        # every key of another adapter ("down_blocks"), which it then warns are missing.
+        adapters = {"pixel": scratch / "pixel", "ink": scratch / "ink"}
         for seed, path in enumerate(adapters.values(), start=1):
             write_tiny_adapter(path, seed=seed)
         entries = ",".join(f'{{"name":"{n}","path":"{p}"}}' for n, p in adapters.items())
         (scratch / "adapters.json").write_text(f'{{"adapters":[{entries}]}}')
         adapted = start(scratch, "adapted", "--adapters-file", str(scratch / "adapters.json"))
         plain = start(scratch, "plain")
-        loads = {"adapters": (adapted, [f"{MODEL}/a", f"{MODEL}/b"]), "none": (plain, [MODEL])}
+        styles = [f"{MODEL}/{name}" for name in adapters]
+        loads = {"adapters": (adapted, styles), "none": (plain, [MODEL])}
         try:
             results: dict[str, list[float]] = {name: [] for name in loads}
             for _ in range(args.rounds):
