@@ -501,3 +501,25 @@ def test_an_accelerator_batch_is_finished_side_by_side() -> None:
     threads = run_with_engine([backend], scenario)
     assert backend.batches[1] == ["x", "y"]
     assert len(set(threads)) == 2
+
+
+def test_requests_for_another_adapter_wait_no_more_than_one_batch() -> None:
+    # While a batch runs, requests for adapters a and b queue up interleaved: the next
+    # batch takes every `a` (the oldest request's adapter), the one after it the `b`s, so
+    # `b` waits one batch, and requests of one adapter never share a call with another's.
+    backend = Recording(gated=True)
+    a = BatchKey(8, 8, 1, 0.0, None, adapter="a")
+    b = BatchKey(8, 8, 1, 0.0, None, adapter="b")
+
+    async def scenario(engine: Engine) -> None:
+        tasks = [asyncio.create_task(engine.generate(request("running")))]
+        await until_started(backend)
+        for prompt, key in [("a1", a), ("b1", b), ("a2", a), ("b2", b), ("a3", a)]:
+            tasks.append(asyncio.create_task(engine.generate(request(prompt, key))))
+        while engine.queue_depth < 5:
+            await asyncio.sleep(0)
+        backend.gate.set()
+        await asyncio.gather(*tasks)
+
+    run_with_engine([backend], scenario, max_batch_size=8)
+    assert backend.batches == [["running"], ["a1", "a2", "a3"], ["b1", "b2"]]
