@@ -137,15 +137,12 @@ def checked_model(
     return Adapter(adapter, status.scale)
 
 
-def checked_adapter_scale(field: str, scale: float | None, adapter: Adapter) -> Adapter:
-    """The request's own scale for its adapter (the protocol checked its range)."""
-    if scale is None:
+def checked_adapter_scale(scale: float | None, adapter: Adapter) -> Adapter:
+    """The request's own scale for its adapter (the protocol checked its range). Without an
+    adapter there is nothing to scale: ignored, as `partial_images` without a stream (the
+    OpenAPI document cannot state a rule that depends on how `model` is spelled)."""
+    if scale is None or adapter.name is None:
         return adapter
-    if adapter.name is None:
-        raise InvalidInput(
-            f"{field}: scales an adapter, and the request names none; name one in model "
-            "as 'MODEL/ADAPTER'"
-        )
     return Adapter(adapter.name, float(scale))
 
 
@@ -181,7 +178,7 @@ def openai_job(
     body: OpenAIImageRequest, settings: Settings, adapters: AdapterTable = NO_ADAPTERS
 ) -> Job:
     adapter = checked_adapter_scale(
-        "adapter_scale", body.adapter_scale, checked_model("model", body.model, settings, adapters)
+        body.adapter_scale, checked_model("model", body.model, settings, adapters)
     )
     if body.response_format == "url":
         raise InvalidInput(

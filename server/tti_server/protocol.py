@@ -124,7 +124,8 @@ class OpenAIImageRequest(BaseModel):
         default=None,
         ge=0,
         le=4,
-        description="with model 'MODEL/ADAPTER': the LoRA adapter's scale (default: its own)",
+        description="with model 'MODEL/ADAPTER': the LoRA adapter's scale (default: its own; "
+        "ignored without an adapter)",
     )
 
     @field_validator("size")

@@ -24,7 +24,7 @@ from tti_server.adapters import (
 from tti_server.backends.base import BatchKey
 from tti_server.backends.stub import StubBackend
 from tti_server.engine import Engine
-from tti_server.failures import InvalidInput, NotReady, UnknownModel
+from tti_server.failures import NotReady, UnknownModel
 from tti_server.generation import caikit_job, openai_job
 from tti_server.protocol import CaikitTextToImageRequest, OpenAIImageRequest
 from tti_server.settings import Settings
@@ -129,8 +129,9 @@ def test_model_slash_adapter_names_an_adapter_at_its_default_scale() -> None:
 def test_openai_may_scale_the_adapter_and_only_an_adapter() -> None:
     key = openai_job(openai("tiny/a", adapter_scale=2), SETTINGS, TABLE).request.key
     assert key.adapter_scale == 2.0
-    with pytest.raises(InvalidInput, match="adapter_scale: scales an adapter"):
-        openai_job(openai("tiny", adapter_scale=2), SETTINGS, TABLE)
+    # The base model has nothing to scale: ignored (as partial_images without a stream).
+    base = openai_job(openai("tiny", adapter_scale=2), SETTINGS, TABLE).request.key
+    assert (base.adapter, base.adapter_scale) == (None, 1.0)
     with pytest.raises(ValueError, match="less than or equal to 4"):
         openai("tiny/a", adapter_scale=4.5)
 
