@@ -255,7 +255,10 @@ def test_operator_with_the_charts_rbac_reconciles_and_is_refused_the_rest(
         # ... and no more than that: the API server refuses the rest.
         denied(kubeconfig, cluster, "get", "secrets", "-n", watched)
         denied(kubeconfig, cluster, "get", "secrets", "-n", release_namespace)
-        denied(kubeconfig, cluster, "get", "configmaps", "-n", watched)
+        # ConfigMaps: listed, watched, created and patched (each model's adapters manifest),
+        # never read by name nor deleted (the model's garbage collection removes its own).
+        denied(kubeconfig, cluster, "get", "configmap", "kube-root-ca.crt", "-n", watched)
+        denied(kubeconfig, cluster, "delete", "configmap", "stub-adapters", "-n", watched)
         denied(kubeconfig, cluster, "get", "deployments", "-n", "default")
         denied(kubeconfig, cluster, "get", "ttimodels", "-n", "default")
         denied(kubeconfig, cluster, "get", "nodes")
