@@ -17,6 +17,15 @@ API_PREFIX = f"/apis/{API_VERSION}"
 ImageFormat = Literal["png", "jpeg", "webp"]
 IMAGE_FORMATS: tuple[ImageFormat, ...] = get_args(ImageFormat)
 
+#: `spec.optimisation` and the server's `--optimisation`: how the denoiser and the VAE
+#: decoder run. `compile`: torch.compile for every batch size up to the maximum, before the
+#: pod is ready, cached with the weights; `compile-cudagraphs`: the same, replayed as CUDA
+#: graphs (a GPU only).
+Optimisation = Literal["off", "compile", "compile-cudagraphs"]
+OPTIMISATIONS: tuple[Optimisation, ...] = get_args(Optimisation)
+#: The settings that need a CUDA device: refused for a model of no GPUs.
+GPU_ONLY_OPTIMISATIONS: frozenset[Optimisation] = frozenset({"compile-cudagraphs"})
+
 #: `spec.replicas` when the resource leaves it out (the CRD's default).
 DEFAULT_REPLICAS = 1
 
