@@ -59,8 +59,9 @@ from typing import Any, TypeVar, cast
 
 from PIL import Image
 
-from tti_server.backends.base import Backend, BackendOutOfMemory, GenerationRequest
+from tti_server.backends.base import AdapterGone, Backend, BackendOutOfMemory, GenerationRequest
 from tti_server.failures import (
+    AdapterRemoved,
     EngineError,
     EngineStopped,
     GenerationFailed,
@@ -494,6 +495,8 @@ def _outcomes_of(finishing: asyncio.Future[list[Outcomes]], jobs: list[_Job]) ->
 
 def _client_error(exc: Exception, worker: Worker) -> EngineError:
     """What the requests of a failed batch are told; the traceback goes to the log only."""
+    if isinstance(exc, AdapterGone):
+        return AdapterRemoved(str(exc))
     if isinstance(exc, BackendOutOfMemory):
         log.warning(
             "worker %d (%s) ran out of memory: %s", worker.index, worker.backend.device, exc

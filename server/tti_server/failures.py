@@ -65,6 +65,11 @@ class GenerationFailed(EngineError):
     """The backend raised while generating the batch this request was in."""
 
 
+class AdapterRemoved(UnknownModel, EngineError):
+    """The request's adapter was removed while the request waited: told as an unknown
+    model is, since a retry will not find it either."""
+
+
 class EngineStopped(EngineError):
     """The engine is shutting down."""
 

@@ -18,7 +18,7 @@ from PIL import Image
 from support.server import server_command
 from support.tiny_model import TinyAdapters
 
-from tti_server.backends.base import AdapterFile, BatchKey, GenerationRequest
+from tti_server.backends.base import AdapterFile, AdapterGone, BatchKey, GenerationRequest
 from tti_server.backends.diffusion import DiffusionBackend, load_pipeline
 from tti_server.tools.tiny_adapter import WEIGHT_NAME
 
@@ -79,7 +79,7 @@ def test_a_mismatched_adapter_is_refused_and_the_others_serve(
     assert "\n" not in refused["bad"]
     assert "bad" not in adapted.adapters.loaded
     assert one(adapted, keyed("b")).tobytes() == before.tobytes()
-    with pytest.raises(ValueError, match="adapter 'bad' is no longer loaded"):
+    with pytest.raises(AdapterGone, match="adapter 'bad' was removed after this request came"):
         one(adapted, keyed("bad"))
 
 

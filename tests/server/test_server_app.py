@@ -17,7 +17,7 @@ from PIL import Image
 
 from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE as CAIKIT
 from tti_server.app import create_app
-from tti_server.backends.base import Backend, BackendOutOfMemory, GenerationRequest
+from tti_server.backends.base import AdapterGone, Backend, BackendOutOfMemory, GenerationRequest
 from tti_server.backends.stub import StubBackend
 from tti_server.settings import Settings
 
@@ -25,7 +25,8 @@ T = TypeVar("T")
 
 
 class FailsOnPrompt(StubBackend):
-    """The real stub, except that a batch holding prompt `boom` raises and `oom` runs out."""
+    """The real stub, except that a batch holding prompt `boom` raises, `oom` runs out and
+    `gone` finds its adapter removed."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -37,6 +38,8 @@ class FailsOnPrompt(StubBackend):
             raise ValueError("the pipeline exploded")
         if "oom" in prompts:
             raise BackendOutOfMemory("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if "gone" in prompts:
+            raise AdapterGone("adapter 'ink' was removed after this request came")
         return super().generate(batch)
 
     def release_memory(self) -> None:
@@ -114,6 +117,19 @@ def test_out_of_memory_is_503_with_retry_after() -> None:
     assert "out of memory" in oom.json()["details"]
     assert fine.status_code == 200
     assert backend.released == 1
+
+
+def test_a_request_whose_adapter_was_removed_while_it_waited_is_404() -> None:
+    app = create_app(Settings(), backends=[FailsOnPrompt()])
+
+    async def scenario(client: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response]:
+        await until_ready(client)
+        return await ask(client, "gone"), await ask(client, "fine")
+
+    gone, fine = run(app, scenario)
+    assert gone.status_code == 404
+    assert gone.json()["details"] == "adapter 'ink' was removed after this request came"
+    assert fine.status_code == 200
 
 
 def test_not_ready_while_loading_then_ready() -> None:

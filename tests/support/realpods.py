@@ -140,12 +140,12 @@ def wait_for(what: str, probe: Callable[[], Any], timeout_s: float = TIMEOUT_S) 
         time.sleep(1)
 
 
-def wait_ready(release: Release, name: str) -> Any:
+def wait_ready(release: Release, name: str, timeout_s: float = TIMEOUT_S) -> Any:
     def ready() -> Any:
         resource = release.model(name)
         return resource if ready_condition(resource).get("status") == "True" else None
 
-    return wait_for(f"ttimodel/{name} Ready", ready)
+    return wait_for(f"ttimodel/{name} Ready", ready, timeout_s)
 
 
 def exec_in(release: Release, namespace: str, pod: str, command: str) -> Any:

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from tti_server.backends.base import AdapterFile
+from tti_server.backends.base import AdapterFile, AdapterGone
 
 #: diffusers logs a failed load's whole exception (every mismatched tensor, one line
 #: each) and warns that an SDXL adapter has no text-encoder part; the server logs the
@@ -71,8 +71,7 @@ class AdapterSlots:
                 self.pipeline.disable_lora()
         else:
             if name not in self.loaded:
-                # Removed from the manifest after the request was accepted.
-                raise ValueError(f"adapter {name!r} is no longer loaded")
+                raise AdapterGone(f"adapter {name!r} was removed after this request came")
             self.pipeline.enable_lora()
             self.pipeline.set_adapters([name], [scale])
         self.selected = (name, scale)

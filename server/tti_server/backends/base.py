@@ -61,6 +61,11 @@ class BackendOutOfMemory(RuntimeError):
     """The device ran out of memory for this batch; the caller may retry later (503)."""
 
 
+class AdapterGone(LookupError):
+    """The batch's adapter was removed after its requests were accepted (404, as if it had
+    never been there)."""
+
+
 class ModelLoadError(RuntimeError):
     """The model could not be loaded; the message is the one line the operator sees."""
 
