@@ -20,7 +20,7 @@ from tti_operator.ownership import MANAGED_BY, MANAGED_BY_LABEL
 from tti_operator.podsecurity import container_security_context, pod_security_context
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import ModelSpec, Source
-from tti_operator.weights import MOUNT_PATH, Weights, fetch_job, snapshot_path
+from tti_operator.weights import MOUNT_PATH, Weights, artefacts_path, fetch_job, snapshot_path
 
 Obj = dict[str, Any]
 
@@ -30,6 +30,16 @@ GRPC_PORT = 8085
 CACHE_DIR = "/cache"
 WEIGHTS_DIR = "/models"
 HF_HOME = f"{CACHE_DIR}/huggingface"
+#: `--compile-cache-dir` with the model cache: the commit's artefacts folder of the cache's
+#: claim, mounted read-write, so the next pod of the same weights loads what this one
+#: compiled.
+SHARED_COMPILE_DIR = "/compile-cache"
+#: `--compile-cache-dir` without it: the pod's own cache volume (each pod compiles anew).
+OWN_COMPILE_DIR = f"{CACHE_DIR}/compile"
+#: Room added to the pod's cache volume when it holds the compiled graphs: Inductor's and
+#: Triton's caches of a denoiser at several batch sizes run to gigabytes, and a pod whose
+#: emptyDir outgrows its sizeLimit is evicted.
+OWN_COMPILE_ROOM_GI = 8
 GPU_RESOURCE = "nvidia.com/gpu"
 MODEL_LABEL = "tti.dev/model"
 #: Set by the API server on every namespace (Kubernetes >= 1.21): a namespace by its name.
@@ -141,6 +151,16 @@ def model_path(source: Source | None) -> str | None:
     return WEIGHTS_DIR
 
 
+def compiles_into_the_claim(spec: ModelSpec, weights: Weights | None) -> bool:
+    """Whether the pod keeps its compiled graphs in the model cache's claim, beside the
+    weights they were made for (rather than in its own cache volume)."""
+    return spec.optimisation != "off" and weights is not None and weights.state.ready
+
+
+def compile_cache_dir(spec: ModelSpec, weights: Weights | None) -> str:
+    return SHARED_COMPILE_DIR if compiles_into_the_claim(spec, weights) else OWN_COMPILE_DIR
+
+
 def server_args(owner: Owner, spec: ModelSpec, weights: Weights | None = None) -> list[str]:
     # Clients address the model by the resource's name (as KServe and vLLM do), not by
     # the backend: `model` / `model_id` in a request and `GET /v1/models` use it.
@@ -155,6 +175,10 @@ def server_args(owner: Owner, spec: ModelSpec, weights: Weights | None = None) -
         args += ["--max-batch-size", str(spec.max_batch_size)]
     if spec.batch_wait_ms is not None:
         args += ["--batch-wait-ms", str(spec.batch_wait_ms)]
+    # Only when set: a model left at off keeps its pod template, so an upgrade rolls none out.
+    if spec.optimisation != "off":
+        args += ["--optimisation", spec.optimisation]
+        args += ["--compile-cache-dir", compile_cache_dir(spec, weights)]
     # Always, also without adapters: adding one later changes the ConfigMap, not the pods.
     return [*args, "--adapters-file", adapters.MANIFEST_PATH]
 
@@ -185,9 +209,11 @@ def volumes(
     source = spec.effective_source
     # A pod's own Hugging Face download lands in its cache, so it needs room for the weights.
     own_download = weights is None and source is not None and source.hugging_face is not None
-    cache_size = "32Gi" if own_download else "2Gi"
+    cache_gi = 32 if own_download else 2
+    if spec.optimisation != "off" and not compiles_into_the_claim(spec, weights):
+        cache_gi += OWN_COMPILE_ROOM_GI
     vols: list[Obj] = [
-        {"name": "cache", "emptyDir": {"sizeLimit": cache_size}},
+        {"name": "cache", "emptyDir": {"sizeLimit": f"{cache_gi}Gi"}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
     ]
     mounts: list[Obj] = [
@@ -195,9 +221,20 @@ def volumes(
         {"name": "tmp", "mountPath": "/tmp"},
     ]
     if weights is not None:
-        claim = {"claimName": weights.entry.name, "readOnly": True}
+        # The weights' mount stays read-only; a read-only claim would make every mount so.
+        shared_compile = compiles_into_the_claim(spec, weights)
+        claim: Obj = {"claimName": weights.entry.name}
+        if not shared_compile:
+            claim["readOnly"] = True
         vols.append({"name": "weights", "persistentVolumeClaim": claim})
         mounts.append({"name": "weights", "mountPath": MOUNT_PATH, "readOnly": True})
+        if shared_compile:
+            # Only the commit's artefacts folder is writable. The fetch made it as the user
+            # every model pod runs as (podsecurity), so the server may write into it.
+            artefacts = artefacts_path(weights.entry, weights.state.commit)
+            mounts.append(
+                {"name": "weights", "mountPath": SHARED_COMPILE_DIR, "subPath": artefacts}
+            )
     elif source is not None and source.pvc is not None:
         vols.append(
             {

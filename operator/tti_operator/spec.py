@@ -7,7 +7,8 @@ the builders typed and turns a resource that slipped past an older CRD into one 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import (
@@ -18,8 +19,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from tti_contracts.api import DEFAULT_REPLICAS, ImageFormat
+from tti_contracts.api import DEFAULT_REPLICAS, GPU_ONLY_OPTIMISATIONS, ImageFormat, Optimisation
 from tti_contracts.catalogue import ModelName, entry
 
 
@@ -251,6 +253,7 @@ class ModelSpec(_Strict):
     env: tuple[EnvVar, ...] = ()
     access: Access = Field(default_factory=lambda: Access.model_validate({}))
     adapters: tuple[Adapter, ...] = Field((), max_length=MAX_ADAPTERS)
+    optimisation: Optimisation = "off"
 
     @field_validator("adapters")
     @classmethod
@@ -259,6 +262,22 @@ class ModelSpec(_Strict):
         if twice := sorted({name for name in names if names.count(name) > 1}):
             raise ValueError(f"names must be unique: {', '.join(twice)} more than once")
         return adapters
+
+    @model_validator(mode="after")
+    def _fields_agree(self) -> ModelSpec:
+        refused = [rule for rule in CROSS_FIELD_RULES if rule.broken(self)]
+        if refused:
+            # A model validator's own errors are placed at the model; these name the field.
+            details = [
+                InitErrorDetails(
+                    type=PydanticCustomError("cross_field", rule.message),
+                    loc=(rule.field,),
+                    input=self,
+                )
+                for rule in refused
+            ]
+            raise ValidationError.from_exception_data(type(self).__name__, details)
+        return self
 
     @property
     def callers(self) -> tuple[Peer, ...]:
@@ -277,6 +296,34 @@ class ModelSpec(_Strict):
             return self.source
         repo = entry(self.model).default_repo
         return Source.model_validate({"huggingFace": {"repo": repo}}) if repo else None
+
+
+@dataclass(frozen=True)
+class CrossFieldRule:
+    """A rule between fields of the spec, refused at `spec.<field>`. The CRD states each as a
+    CEL rule with the same field and the message `spec.<field> <message>`, so the API server
+    and the operator refuse alike (tests/operator/test_operator_crd.py holds them together)."""
+
+    #: The field as the CRD spells it (the error's path and the CEL rule's fieldPath).
+    field: str
+    broken: Callable[[ModelSpec], bool]
+    message: str
+
+
+CROSS_FIELD_RULES = (
+    # CUDA graphs replay recorded GPU work: a CPU pod has nothing to record.
+    CrossFieldRule(
+        "optimisation",
+        lambda spec: spec.optimisation in GPU_ONLY_OPTIMISATIONS and spec.gpus == 0,
+        "compile-cudagraphs needs a GPU (spec.gpus >= 1); use compile on a CPU model",
+    ),
+    # The compiled graphs are of the base weights; an adapter changes them.
+    CrossFieldRule(
+        "adapters",
+        lambda spec: spec.optimisation != "off" and bool(spec.adapters),
+        "need spec.optimisation off: compiled graphs are of the base model",
+    ),
+)
 
 
 def parse_spec(spec: Mapping[str, Any]) -> ModelSpec:

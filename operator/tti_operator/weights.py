@@ -118,9 +118,22 @@ def entry_for(namespace: str, spec: ModelSpec, settings: OperatorSettings) -> En
     )
 
 
+def _repo_folder(repo: str) -> str:
+    """huggingface_hub's folder name for a repository, which the server's `tti/` tree shares."""
+    return "models--" + repo.replace("/", "--")
+
+
 def snapshot_path(entry: Entry, commit: str) -> str:
     """The pipeline's folder in a model pod: huggingface_hub's cache layout, as fetched."""
-    return f"{MOUNT_PATH}/hub/models--{entry.repo.replace('/', '--')}/snapshots/{commit}"
+    return f"{MOUNT_PATH}/hub/{_repo_folder(entry.repo)}/snapshots/{commit}"
+
+
+def artefacts_path(entry: Entry, commit: str) -> str:
+    """The commit's artefacts folder (compiled graphs made for exactly these weights),
+    relative to the claim's root: a mount's subPath. The server's layout
+    (server/tti_server/weights.py); the fetch makes the folder before it marks the entry
+    complete, so it is there for every pod that mounts a cached entry."""
+    return f"tti/{_repo_folder(entry.repo)}/{commit}/artefacts"
 
 
 # -- what is applied ---------------------------------------------------------------------

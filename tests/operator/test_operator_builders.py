@@ -3,7 +3,10 @@ into."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import pytest
 
 from tti_operator.builders import (
     GPU_RESOURCE,
@@ -17,6 +20,7 @@ from tti_operator.builders import (
 )
 from tti_operator.settings import OperatorSettings
 from tti_operator.spec import parse_spec
+from tti_operator.weights import Weights, WeightsState, entry_for
 from tti_server.cli import load_settings
 
 OWNER = Owner(name="turbo", namespace="ml", uid="1234-abcd")
@@ -279,6 +283,107 @@ def test_selector_string_matches_the_selector_labels() -> None:
 
 def test_builders_are_deterministic() -> None:
     assert deployment(model="sdxl-turbo", gpus=3) == deployment(model="sdxl-turbo", gpus=3)
+
+
+# The optimisation setting.
+
+COMMIT = "c0ffee"
+
+
+def cached(raw: dict[str, Any]) -> Weights:
+    """The model's cache entry, fetched at COMMIT."""
+    entry = entry_for(OWNER.namespace, parse_spec(raw), SETTINGS)
+    assert entry is not None
+    return Weights(entry, WeightsState("Cached", "cached", COMMIT))
+
+
+def template(raw: dict[str, Any], weights: Weights | None = None) -> dict[str, Any]:
+    dep = build_deployment(OWNER, parse_spec(raw), SETTINGS, weights)
+    return dep["spec"]["template"]  # type: ignore[no-any-return]
+
+
+#: One spec per way the weights arrive: the model cache, a pod's own download, a claim of
+#: the user's, a host path, none at all.
+WEIGHTS_CASES: dict[str, dict[str, Any]] = {
+    "cached": {"model": "sdxl-turbo"},
+    "own download": {"model": "sdxl-turbo", "cache": {"enabled": False}},
+    "pvc": {"model": "sdxl-turbo", "source": {"persistentVolumeClaim": {"claimName": "w"}}},
+    "host path": {"model": "sdxl-turbo", "source": {"hostPath": {"path": "/data/turbo"}}},
+    "stub": {"model": "stub"},
+}
+
+
+def weights_for(case: str) -> Weights | None:
+    return cached(WEIGHTS_CASES[case]) if case == "cached" else None
+
+
+@pytest.mark.parametrize("case", sorted(WEIGHTS_CASES))
+def test_a_model_left_off_keeps_its_pod_template_byte_for_byte(case: str) -> None:
+    """The API server now fills in `optimisation: off`; the pods of every model that had no
+    such field must come out as before, or upgrading the operator would roll them all out:
+    no flag, no mount, the claims read-only and the cache volume's size as it was."""
+    raw = WEIGHTS_CASES[case]
+    unset = template(raw, weights_for(case))
+    off = template({**raw, "optimisation": "off"}, weights_for(case))
+    assert json.dumps(off, sort_keys=True) == json.dumps(unset, sort_keys=True)
+    assert "optimisation" not in json.dumps(off) and "compile" not in json.dumps(off)
+    volumes = {v["name"]: v for v in off["spec"]["volumes"]}
+    assert volumes["cache"]["emptyDir"]["sizeLimit"] == (
+        "32Gi" if case == "own download" else "2Gi"
+    )
+    claims = [v["persistentVolumeClaim"] for v in volumes.values() if "persistentVolumeClaim" in v]
+    assert all(claim["readOnly"] is True for claim in claims)
+
+
+def test_compiling_with_the_model_cache_writes_beside_the_weights() -> None:
+    raw = {"model": "sdxl-turbo", "optimisation": "compile"}
+    pod = template(raw, cached(raw))["spec"]
+    c = pod["containers"][0]
+    assert arg(c["args"], "--optimisation") == "compile"
+    assert arg(c["args"], "--compile-cache-dir") == "/compile-cache"
+    # One volume, two mounts: the weights read-only, the commit's artefacts read-write (a
+    # read-only claim would make both read-only).
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["weights"]["persistentVolumeClaim"] == {"claimName": cached(raw).entry.name}
+    mounts = [m for m in c["volumeMounts"] if m["name"] == "weights"]
+    assert mounts == [
+        {"name": "weights", "mountPath": "/weights", "readOnly": True},
+        {
+            "name": "weights",
+            "mountPath": "/compile-cache",
+            "subPath": f"tti/models--stabilityai--sdxl-turbo/{COMMIT}/artefacts",
+        },
+    ]
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
+    cache = next(v for v in pod["volumes"] if v["name"] == "cache")
+    assert cache["emptyDir"]["sizeLimit"] == "2Gi"  # the graphs are in the claim
+
+
+#: Without the model cache: where the graphs go and how large the pod's cache volume is.
+OWN_COMPILE_CACHE = {"own download": "40Gi", "pvc": "10Gi", "host path": "10Gi"}
+
+
+@pytest.mark.parametrize("case", sorted(OWN_COMPILE_CACHE))
+def test_compiling_without_the_model_cache_uses_the_pods_own_cache(case: str) -> None:
+    pod = template({**WEIGHTS_CASES[case], "optimisation": "compile-cudagraphs"})["spec"]
+    c = pod["containers"][0]
+    assert arg(c["args"], "--optimisation") == "compile-cudagraphs"
+    assert arg(c["args"], "--compile-cache-dir") == "/cache/compile"
+    assert not any(m["mountPath"] == "/compile-cache" for m in c["volumeMounts"])
+    cache = next(v for v in pod["volumes"] if v["name"] == "cache")
+    assert cache["emptyDir"]["sizeLimit"] == OWN_COMPILE_CACHE[case]
+    for volume in pod["volumes"]:
+        if "persistentVolumeClaim" in volume and volume["name"] == "weights":
+            assert volume["persistentVolumeClaim"]["readOnly"] is True
+
+
+def test_a_model_waiting_for_its_weights_does_not_mount_an_artefacts_folder_yet() -> None:
+    """No commit, no folder: the pods (none run yet) would compile into their own cache."""
+    raw = {"model": "sdxl-turbo", "optimisation": "compile"}
+    waiting = Weights(cached(raw).entry, WeightsState("Downloading", "1 GB of 7 GB"))
+    c = template(raw, waiting)["spec"]["containers"][0]
+    assert arg(c["args"], "--compile-cache-dir") == "/cache/compile"
+    assert [m["mountPath"] for m in c["volumeMounts"] if m["name"] == "weights"] == ["/weights"]
 
 
 # The NetworkPolicy.

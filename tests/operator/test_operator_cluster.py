@@ -426,6 +426,25 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
         {"model": "stub", "autoscaling": {"maxReplicas": 2, "minReplicas": -1}},
         "spec.autoscaling.minReplicas",
     ),
+    "unknown optimisation": ({"model": "stub", "optimisation": "fast"}, "spec.optimisation"),
+    "cuda graphs on no GPU": (
+        {"model": "sdxl-turbo", "gpus": 0, "optimisation": "compile-cudagraphs"},
+        'spec.optimisation: Invalid value: "object": spec.optimisation compile-cudagraphs'
+        " needs a GPU (spec.gpus >= 1); use compile on a CPU model",
+    ),
+    "cuda graphs on a model of no GPU by default": (
+        {"model": "stub", "optimisation": "compile-cudagraphs"},
+        "spec.optimisation compile-cudagraphs needs a GPU",
+    ),
+    "adapters of a compiled model": (
+        {
+            "model": "sdxl-turbo",
+            "optimisation": "compile",
+            "adapters": [{"name": "ink", "source": {"hostPath": {"path": "/loras/ink"}}}],
+        },
+        'spec.adapters: Invalid value: "object": spec.adapters need spec.optimisation off:'
+        " compiled graphs are of the base model",
+    ),
 }
 
 
@@ -435,6 +454,46 @@ def test_invalid_resources_are_refused_at_apply_naming_the_field(kube: Kube, cas
     error = kube.run("apply", "-f", "-", input=json.dumps(model("bad", **spec)), check=False)
     assert field in error, error
     assert kube.get("ttimodel", "bad") is None
+
+
+def test_optimisation_defaults_to_off_and_settings_that_fit_are_accepted(kube: Kube) -> None:
+    """Dry runs on the API server: its defaulting, and the CEL rules letting these through
+    (an unset gpus is one GPU for sdxl-turbo)."""
+    fitting = {
+        "unset": ({"model": "stub"}, "off"),
+        "compile on a CPU": ({"model": "sdxl-turbo", "gpus": 0, "optimisation": "compile"}, None),
+        "cuda graphs, default GPU": (
+            {"model": "sdxl-turbo", "optimisation": "compile-cudagraphs"},
+            None,
+        ),
+        "cuda graphs on stub with a GPU": (
+            {"model": "stub", "gpus": 1, "optimisation": "compile-cudagraphs"},
+            None,
+        ),
+        "adapters, off": (
+            {
+                "model": "sdxl-turbo",
+                "optimisation": "off",
+                "adapters": [{"name": "ink", "source": {"hostPath": {"path": "/loras/ink"}}}],
+            },
+            None,
+        ),
+    }
+    for case, (spec, expected) in fitting.items():
+        out = kube.run(
+            "apply", "--dry-run=server", "-o", "json", "-f", "-",
+            input=json.dumps(model("fits", **spec)),
+        )  # fmt: skip
+        stored = json.loads(out)["spec"]["optimisation"]
+        assert stored == (expected or spec["optimisation"]), case
+
+
+def test_a_bare_off_in_yaml_is_refused_naming_the_field(kube: Kube) -> None:
+    """YAML 1.1, which kubectl reads, takes a bare off for false: the docs say to quote it."""
+    manifest = "apiVersion: tti.dev/v1alpha1\nkind: TextToImageModel\nmetadata: {name: bare}\n"
+    manifest += "spec:\n  model: stub\n  optimisation: off\n"
+    error = kube.run("apply", "--dry-run=server", "-f", "-", input=manifest, check=False)
+    assert "spec.optimisation" in error, error
 
 
 def test_a_name_too_long_for_the_children_is_refused(kube: Kube) -> None:

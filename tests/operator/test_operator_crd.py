@@ -12,8 +12,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tti_contracts.api import GROUP, KIND, PLURAL, VERSION
-from tti_operator.spec import ADAPTER_NAME, MAX_ADAPTERS, Autoscaling, parse_spec
+from tti_contracts.api import GROUP, KIND, OPTIMISATIONS, PLURAL, VERSION
+from tti_contracts.catalogue import CATALOGUE
+from tti_operator.spec import (
+    ADAPTER_NAME,
+    CROSS_FIELD_RULES,
+    MAX_ADAPTERS,
+    Autoscaling,
+    parse_spec,
+)
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 
@@ -98,3 +105,36 @@ def test_adapters_are_a_map_by_name_with_the_operators_limits() -> None:
     assert sources["huggingFace"]["required"] == ["repo", "file"]
     assert sources["huggingFace"]["properties"]["revision"]["default"] == "main"
     assert "exactly one" in item["source"]["x-kubernetes-validations"][0]["message"]
+
+
+def spec_schema() -> dict[str, Any]:
+    return crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]  # type: ignore[no-any-return]
+
+
+def test_optimisation_takes_the_contracts_values_and_defaults_to_the_operators() -> None:
+    field = spec_schema()["properties"]["optimisation"]
+    assert tuple(field["enum"]) == OPTIMISATIONS  # "off" a string, not YAML 1.1's false
+    assert field["default"] == parse_spec({"model": "stub"}).optimisation == "off"
+
+
+def test_the_crd_states_each_rule_across_fields_as_the_operator_does() -> None:
+    """Same field, same words: `kubectl apply` and the operator's parse refuse alike."""
+    stated = {
+        rule["fieldPath"]: rule["message"]
+        for rule in spec_schema()["x-kubernetes-validations"]
+        if "fieldPath" in rule
+    }
+    for rule in CROSS_FIELD_RULES:
+        assert stated.get(f".{rule.field}") == f"spec.{rule.field} {rule.message}"
+
+
+def test_the_gpu_rule_knows_which_models_default_to_no_gpu() -> None:
+    """CEL cannot read the catalogue: an unset spec.gpus is 0 for exactly the models it names."""
+    [gpu_rule] = [
+        rule["rule"]
+        for rule in spec_schema()["x-kubernetes-validations"]
+        if rule.get("fieldPath") == ".optimisation"
+    ]
+    cpu_by_default = [model.name for model in CATALOGUE.values() if model.default_gpus == 0]
+    assert cpu_by_default == ["stub"]
+    assert "(has(self.gpus) ? self.gpus >= 1 : self.model != 'stub')" in gpu_rule

@@ -78,6 +78,8 @@ def test_access_peers_keep_what_was_written() -> None:
         ({"model": "stub", "source": {}}, "spec.source"),
         ({"model": "stub", "source": {"hostPath": {"path": "rel"}}}, "spec.source.hostPath.path"),
         ({"model": "stub", "maxBatchSize": 0}, "spec.maxBatchSize"),
+        ({"model": "stub", "optimisation": "fast"}, "spec.optimisation"),
+        ({"model": "stub", "optimisation": False}, "spec.optimisation"),  # a bare YAML off
         ({"model": "stub", "colour": "red"}, "spec.colour"),
         ({"model": "stub", "autoscaling": {}}, "spec.autoscaling.maxReplicas"),
         (
@@ -132,3 +134,56 @@ def test_invalid_specs_name_the_field(raw: dict[str, object], field: str) -> Non
     with pytest.raises(InvalidSpec) as caught:
         parse_spec(raw)
     assert str(caught.value).startswith(f"{field}:"), str(caught.value)
+
+
+#: An adapter of a host path: the smallest spec.adapters entry.
+INK = {"name": "ink", "source": {"hostPath": {"path": "/loras/ink.safetensors"}}}
+
+
+def test_optimisation_defaults_to_off_as_the_crd_does() -> None:
+    assert parse_spec({"model": "sdxl-turbo"}).optimisation == "off"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"model": "sdxl-turbo", "gpus": 0, "optimisation": "compile"},
+        {"model": "sdxl-turbo", "optimisation": "compile-cudagraphs"},  # one GPU by default
+        {"model": "stub", "gpus": 1, "optimisation": "compile-cudagraphs"},
+        {"model": "sdxl-turbo", "optimisation": "off", "adapters": [INK]},
+        {"model": "sdxl-turbo", "optimisation": "compile", "adapters": []},
+    ],
+)
+def test_optimisations_that_fit_the_model_are_accepted(raw: dict[str, object]) -> None:
+    assert parse_spec(raw).optimisation == raw["optimisation"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "refusal"),
+    [
+        (
+            {"model": "sdxl-turbo", "gpus": 0, "optimisation": "compile-cudagraphs"},
+            "spec.optimisation: compile-cudagraphs needs a GPU (spec.gpus >= 1); use compile"
+            " on a CPU model",
+        ),
+        (
+            {"model": "stub", "optimisation": "compile-cudagraphs"},  # no GPU by default
+            "spec.optimisation: compile-cudagraphs needs a GPU (spec.gpus >= 1); use compile"
+            " on a CPU model",
+        ),
+        (
+            {"model": "sdxl-turbo", "optimisation": "compile", "adapters": [INK]},
+            "spec.adapters: need spec.optimisation off: compiled graphs are of the base model",
+        ),
+        (
+            {"model": "sdxl-turbo", "optimisation": "compile-cudagraphs", "adapters": [INK]},
+            "spec.adapters: need spec.optimisation off: compiled graphs are of the base model",
+        ),
+    ],
+)
+def test_optimisations_that_cannot_run_are_refused_naming_the_field(
+    raw: dict[str, object], refusal: str
+) -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        parse_spec(raw)
+    assert str(caught.value) == refusal

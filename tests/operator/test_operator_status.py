@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tti_operator.builders import Owner
 from tti_operator.status import (
     DeploymentState,
@@ -98,9 +100,19 @@ def test_pod_state_reads_crash_loops_and_image_pulls() -> None:
     assert waiting("ContainerCreating").problem is None
 
 
-def test_a_crash_loop_shows_the_last_line_the_server_said() -> None:
+#: Load errors the server ends with: weights of another family, and a GPU-only optimisation
+#: on a pod that sees no CUDA device (a node whose driver is missing, say).
+LOAD_ERRORS = [
+    "tti-server: error: model: cannot load flux.1-dev from /weights: it is not FLUX",
+    "tti-server: error: model: cannot load sdxl-turbo from /weights/hub/models--stabilityai"
+    "--sdxl-turbo/snapshots/c0ffee: --optimisation compile-cudagraphs needs a CUDA device and"
+    " this pod has none; use compile",
+]
+
+
+@pytest.mark.parametrize("said", LOAD_ERRORS)
+def test_a_crash_loop_shows_the_last_line_the_server_said(said: str) -> None:
     """The server's one-line load error, kept by the kubelet as the termination message."""
-    said = "tti-server: error: model: cannot load flux.1-dev from /weights: it is not FLUX"
     status = {
         "name": "server",
         "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},

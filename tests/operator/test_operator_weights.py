@@ -14,6 +14,7 @@ from tti_operator.weights import (
     Entry,
     FetchPodState,
     JobState,
+    artefacts_path,
     build_claim,
     build_fetch_job,
     claim_state,
@@ -126,6 +127,14 @@ def test_a_model_pod_loads_the_commit_the_fetch_resolved() -> None:
     assert cached is not None
     path = snapshot_path(cached, "abc123")
     assert path == "/weights/hub/models--stabilityai--sdxl-turbo/snapshots/abc123"
+
+
+def test_compiled_graphs_go_in_the_commits_artefacts_folder_the_fetch_made() -> None:
+    """The server's layout (tti/ beside hub/), relative to the claim: a mount's subPath."""
+    cached = entry({"model": "sdxl-turbo"})
+    assert cached is not None
+    path = artefacts_path(cached, "abc123")
+    assert path == "tti/models--stabilityai--sdxl-turbo/abc123/artefacts"
 
 
 def test_what_the_watched_objects_say() -> None:
