@@ -87,6 +87,8 @@ def test_the_warm_up_is_the_servers_batch_sizes_at_its_default_size_and_the_mode
     plan = compile_plan(settings)
     assert (plan.cache_root, plan.max_batch_size, plan.size) == (tmp_path, 3, 64)
     assert (plan.steps, plan.guidance) == (1, 0.0)  # sdxl-turbo's
+    odd = settings.model_copy(update={"default_size": 69})
+    assert compile_plan(odd).size == 72  # what a request naming no size gets
 
 
 def test_the_cache_defaults_to_the_users_cache_directory(

@@ -75,13 +75,15 @@ def compile_plan(settings: Settings) -> CompilePlan:
     """The shapes to compile for: the server's batch sizes at its default size, with the
     model's default steps and guidance (which decides whether CFG doubles the batch)."""
     from tti_server.backends.compiled import CompilePlan
+    from tti_server.generation import fitted_side
 
     model = settings.catalogue_entry
     return CompilePlan(
         optimisation=settings.optimisation,
         cache_root=settings.resolved_compile_cache_dir,
         max_batch_size=settings.max_batch_size,
-        size=settings.side_when_unnamed,
+        # The size a request that names none gets: the default, rounded as requests are.
+        size=fitted_side(settings.side_when_unnamed, model.side_multiple),
         steps=model.default_steps,
         guidance=model.default_guidance,
     )
