@@ -128,9 +128,9 @@ class ShapeDispatch:
     remembered signature do, and any other runs the eager method, which never compiles.
 
     With CUDA graphs each compiled call starts a new step (the graphs' memory of the last
-    call may be reused) and its tensors are cloned: a later replay overwrites the graph's
-    output buffers, and the pipeline may still hold the last output (CFG's halves, the
-    latents a preview reads).
+    call may be reused: one denoising step does not outlive the next) and its tensors are
+    cloned: the next replay overwrites the graph's output buffers, while the pipeline may
+    still hold the last output (a multistep scheduler keeps earlier steps' predictions).
     """
 
     def __init__(
