@@ -14,6 +14,8 @@ worker's own thread between batches (delete removed or changed adapters, load ne
 a new scale only changes the table: each batch's key carries its scale). A bad manifest
 is logged as one line and the adapters stay as they were. Every change of states is logged
 as one line, `state {...}`, by logger `tti_server.adapters`: the operator reads the last one.
+A compiled model (`--optimisation` other than off) refuses every adapter, fetching nothing:
+its graphs were compiled for the base model's weights.
 
 Nothing here touches torch: loading is the backends' (`backends/adapters.py`).
 """
@@ -44,6 +46,16 @@ MAX_SCALE = 4.0
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _NAME_LENGTH = 40
 _KNOWN_FIELDS = {"name", "scale", "path", "repo", "file", "revision"}
+
+
+#: Every adapter's reason when the model is compiled (`--optimisation` other than off).
+NEEDS_OPTIMISATION_OFF = "adapters need optimisation off: the compiled graphs are of the base model"
+
+
+def refusal_for(optimisation: str) -> str | None:
+    """Why a server refuses every adapter, if it does: compiled graphs are of the base
+    model's weights, which an adapter changes under them."""
+    return None if optimisation == "off" else NEEDS_OPTIMISATION_OFF
 
 
 class ManifestError(ValueError):
@@ -232,6 +244,8 @@ class Adapters:
     watcher that changes them. Owned by the service; runs on its event loop."""
 
     path: Path | None = None
+    #: Why every adapter is refused, whatever the manifest says (None: each is loaded).
+    refusal: str | None = None
     table: AdapterTable = NO_ADAPTERS
     #: What the workers were told to hold, by name (loaded or refused).
     _applied: dict[str, AdapterSpec] = field(default_factory=dict)
@@ -283,13 +297,10 @@ class Adapters:
         delete = [name for name in self._applied if name not in wanted or name in changed_names]
         now = {spec.name: self._status_now(spec, changed_names) for spec in specs}
         self._set(AdapterTable(now))
-        files, refused = await asyncio.to_thread(fetch_all, changed)
-        outcomes = await engine.call_on_each_worker(
-            partial(update_backend, delete=delete, load=files)
-        )
-        for outcome in outcomes:  # refused on any worker: refused
-            for name, why in outcome.items():
-                refused.setdefault(name, why)
+        if self.refusal is not None:  # nothing to fetch, nothing the workers would load
+            refused = dict.fromkeys(changed_names, self.refusal)
+        else:
+            refused = await self._load(engine, changed, delete)
         self._applied = wanted
         self._set(
             self.table.with_states(
@@ -301,6 +312,20 @@ class Adapters:
                 }
             )
         )
+
+    async def _load(
+        self, engine: Engine, changed: list[AdapterSpec], delete: list[str]
+    ) -> dict[str, str]:
+        """Fetch the changed adapters, then delete and load on every worker; the reason
+        of each that did not load anywhere."""
+        files, refused = await asyncio.to_thread(fetch_all, changed)
+        outcomes = await engine.call_on_each_worker(
+            partial(update_backend, delete=delete, load=files)
+        )
+        for outcome in outcomes:  # refused on any worker: refused
+            for name, why in outcome.items():
+                refused.setdefault(name, why)
+        return refused
 
     def _status_now(self, spec: AdapterSpec, changed: set[str]) -> AdapterStatus:
         if spec.name in changed:

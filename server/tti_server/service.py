@@ -27,7 +27,7 @@ from PIL import Image
 
 from tti_contracts.api import ImageFormat
 from tti_server import __version__
-from tti_server.adapters import Adapters
+from tti_server.adapters import Adapters, refusal_for
 from tti_server.backends.base import Backend, BatchKey, GenerationRequest, ModelLoadError
 from tti_server.backends.loading import load_backends
 from tti_server.encoding import encode_images, encode_preview
@@ -157,7 +157,10 @@ class Service:
         # One registry for both transports: HTTP and gRPC requests, and the engine.
         self.metrics = ServerMetrics(lambda: self.engine)
         adapters_file = self.settings.adapters_file
-        self.adapters = Adapters(Path(adapters_file) if adapters_file else None)
+        self.adapters = Adapters(
+            Path(adapters_file) if adapters_file else None,
+            refusal=refusal_for(self.settings.optimisation),
+        )
 
     @property
     def model_id(self) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from tti_contracts.api import ImageFormat
+from tti_contracts.api import ImageFormat, Optimisation
 from tti_contracts.catalogue import CATALOGUE, ModelEntry, ModelName, entry, request_rules
 from tti_http.settings import ClientLimitSettings
 from tti_server.encoding import DEFAULT_PNG_COMPRESS_LEVEL
@@ -106,7 +108,19 @@ class Settings(ClientLimitSettings):
     sdxl_speedups: str = Field(
         default="",
         description="diffusers models on CUDA: comma-separated speed-ups: channels_last, "
-        "fuse_qkv, compile",
+        "fuse_qkv (compiling is --optimisation)",
+    )
+    optimisation: Optimisation = Field(
+        default="off",
+        description="compile: the denoiser and the VAE decoder compiled for batch sizes "
+        "1..--max-batch-size at --default-size before the server is ready (other shapes run "
+        "uncompiled); compile-cudagraphs: also in CUDA graphs (CUDA only); adapters need off",
+    )
+    compile_cache_dir: str | None = Field(
+        default=None,
+        description="where compiled graphs are kept between starts, one directory per torch "
+        "version, device, dtype, optimisation and shapes (default: $XDG_CACHE_HOME/tti/compile, "
+        "else ~/.cache/tti/compile)",
     )
     adapters_file: str | None = Field(
         default=None,
@@ -172,3 +186,10 @@ class Settings(ClientLimitSettings):
     @property
     def resolved_model_path(self) -> str:
         return self.model_path or self.catalogue_entry.default_repo or ""
+
+    @property
+    def resolved_compile_cache_dir(self) -> Path:
+        if self.compile_cache_dir:
+            return Path(self.compile_cache_dir).expanduser()
+        cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(cache_home) / "tti" / "compile"

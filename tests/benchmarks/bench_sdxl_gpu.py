@@ -8,8 +8,7 @@ The server then loads it through the normal `load_pipeline` path.
 
 For each variant it starts the real app (create_app + uvicorn, in its own
 process; the variant's speed-ups reach `load_pipeline` as `Speedups`), warms it
-up at 512x512 for batches of 1, 4 and 8 (torch.compile compiles there), and
-reports:
+up at 512x512 for batches of 1, 4 and 8, and reports:
 
 * latency p50 of one 512x512 one-step request, end to end through HTTP
   (caikit JSON, one client, PNG and JPEG; target on one H100 <= 60 ms);
@@ -20,7 +19,7 @@ reports:
 Variants: `baseline` (the model as published: its VAE config says force_upcast,
 so the backend keeps the VAE in bf16, or fp32 on a GPU without bf16), `fast`
 (an fp16-safe VAE config as madebyollin's sdxl-vae-fp16-fix ships, channels_last,
-fused QKV), `compiled` (fast plus torch.compile of the UNet). A time budget
+fused QKV). The compiled settings (`--optimisation`) are device_run.py's. A time budget
 (`--budget-s`, default 420) skips the variants that would not fit. Without CUDA
 it says so and exits 0; `--smoke` runs the same code path with the tiny configs
 on the CPU at 64x64.
@@ -160,7 +159,6 @@ class Variant:
 VARIANTS = {
     "baseline": Variant("baseline", False, "", 120),
     "fast": Variant("fast", True, "channels_last,fuse_qkv", 120),
-    "compiled": Variant("compiled", True, "channels_last,fuse_qkv,compile", 240),
 }
 
 
@@ -352,7 +350,7 @@ def latency_p50_ms(server: ServerProcess, scale: Scale, image_format: str) -> fl
 
 def measure(server: ServerProcess, scale: Scale, result: Result) -> None:
     started = time.monotonic()
-    for batch in BATCHES:  # compiled UNets compile here, once per new shape
+    for batch in BATCHES:
         run_clients(server, scale, batch, 2)
     result.warm_up_s = time.monotonic() - started
     log(f"  warmed up at batch {', '.join(map(str, BATCHES))} in {result.warm_up_s:.1f} s")

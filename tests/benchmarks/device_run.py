@@ -5,15 +5,25 @@ the timing of the real model; see bench_sdxl_gpu.py), then serves it with the re
 `tti-server` once per optimisation setting and prints one table:
 
 * start-up: seconds from the process's start until /readyz answers 200 (loading, and
-  the server's own warm-up, where a compiled setting compiles), then the warm-up this
+  the server's own warm-up; a compiled setting compiles every batch size there, into an
+  empty compile cache), and for a compiled setting a second start on the cache the first
+  left (`--compile-cache-dir`, as the next pod of a model finds it); then the warm-up this
   script adds at 512x512 for batches of 1, 4 and 8;
 * p50 of one 512x512 one-step request through HTTP (caikit JSON), PNG and JPEG;
 * images/s with 1, 4 and 8 closed-loop clients (JPEG), and the mean images per
-  pipeline call at 4 and 8 (from /metrics), with `--max-batch-size 8`.
+  pipeline call at 4 and 8 (from /metrics), with the setting's `--max-batch-size`.
 
-The settings are data (`SETTINGS`): no speed-ups, `channels_last,fuse_qkv`, and those
-plus `compile` (the denoiser compiled with dynamic shapes); each is served with an
-fp16-safe VAE config, as a deployment with madebyollin's sdxl-vae-fp16-fix would be.
+The settings are data (`Scale.settings`): no speed-ups and `channels_last,fuse_qkv` (both
+at `--max-batch-size 8`), then those speed-ups with `--optimisation compile` (the UNet and
+the VAE decoder compiled ahead of serving, one static graph per batch size) and, on the GPU
+only, `--optimisation compile-cudagraphs` (the same in CUDA graphs). With one static-shape
+UNet to compile, a server on an H100 was ready only after 126 s (docs/benchmarks.md), so
+the compiled settings serve `--max-batch-size 1` there (the table's "max b"): one batch
+size to compile, which fits the budget twice (the start on an empty cache, then on the
+first's). With the default budget the CUDA graphs setting gets what the others leave, too
+little, so a second run measures it alone (`--settings compile-cudagraphs --keep DIR`).
+Each setting is served with an fp16-safe VAE config, as a deployment with madebyollin's
+sdxl-vae-fp16-fix would be.
 Every phase has a budget, printed at the start; a setting starts only if its minimum
 fits in what is left, and stops measuring at the end of its budget, keeping what it
 measured (the rest of its row reads "-"). The whole run ends within `--budget-s`
@@ -32,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -52,6 +63,7 @@ sys.path.insert(0, str(HERE.parent))
 import bench_sdxl_gpu as gpu  # noqa: E402
 from support.server import ServerExited, ServerProcess, launch_server  # noqa: E402
 
+from tti_contracts.api import OPTIMISATIONS, Optimisation  # noqa: E402
 from tti_server.backends.diffusion import Speedups  # noqa: E402
 
 PATH = "/api/v1/task/text-to-image"
@@ -60,14 +72,24 @@ MAX_BATCH = 8
 STARTED = time.monotonic()
 
 
+#: The server's log line for a compiled worker (tti_server/backends/compiled.py).
+COMPILED_LINE = re.compile(r"compiled .* graphs\) into \S+")
+
+
 @dataclass(frozen=True)
 class Setting:
     """One optimisation setting: the server's flags for it, and its time on the device."""
 
     name: str
     speedups: str
-    budget_s: float  # the most this setting may take, start-up included
-    minimum_s: float  # the least worth starting with: start-up and the latency figures
+    budget_s: float  # the most this setting may take, start-ups included
+    minimum_s: float  # the least worth starting with: start-ups and the latency figures
+    optimisation: Optimisation = "off"
+    max_batch: int = MAX_BATCH
+
+    @property
+    def compiles(self) -> bool:
+        return self.optimisation != "off"
 
 
 @dataclass(frozen=True)
@@ -94,8 +116,24 @@ FULL = Scale(
     settings=(
         Setting("eager", "", budget_s=80, minimum_s=40),
         Setting("fast", "channels_last,fuse_qkv", budget_s=80, minimum_s=40),
-        # torch.compile with dynamic shapes took 426 s to start on an H100: what is left.
-        Setting("compiled", "channels_last,fuse_qkv,compile", budget_s=480, minimum_s=60),
+        # One static-shape UNet: ready after 126 s on an H100 (docs/benchmarks.md); so one
+        # batch size, started twice (empty cache, then the first's), and the figures.
+        Setting(
+            "compiled",
+            "channels_last,fuse_qkv",
+            budget_s=230,
+            minimum_s=180,
+            optimisation="compile",
+            max_batch=1,
+        ),
+        Setting(
+            "compile-cudagraphs",
+            "channels_last,fuse_qkv",
+            budget_s=230,
+            minimum_s=180,
+            optimisation="compile-cudagraphs",
+            max_batch=1,
+        ),
     ),
 )
 DRY = Scale(
@@ -109,7 +147,15 @@ DRY = Scale(
         Setting("eager", "", budget_s=60, minimum_s=20),
         Setting("fast", "channels_last,fuse_qkv", budget_s=60, minimum_s=20),
         # Inductor on the CPU compiles C++ for minutes: a dry run shows the budget's skip.
-        Setting("compiled", "channels_last,fuse_qkv,compile", budget_s=300, minimum_s=300),
+        # CUDA graphs need a GPU: the server refuses them on a CPU, so no row here.
+        Setting(
+            "compiled",
+            "channels_last,fuse_qkv",
+            budget_s=300,
+            minimum_s=300,
+            optimisation="compile",
+            max_batch=1,
+        ),
     ),
     # One OpenMP thread: on a shared CPU, torch's spinning threads slow to seconds a call
     # once other work takes a core (measured: 64x64 in 1-7 s instead of 0.14 s).
@@ -121,7 +167,12 @@ DRY = Scale(
 class Row:
     setting: str
     speedups: str
+    optimisation: str = "off"
+    max_batch: int = MAX_BATCH
     ready_s: float | None = None
+    #: A compiled setting's second start, on the compile cache its first start left.
+    cached_ready_s: float | None = None
+    compiled_lines: list[str] = field(default_factory=list)
     warm_up_s: float | None = None
     p50_ms: dict[str, float] = field(default_factory=dict)
     images_per_s: dict[int, float] = field(default_factory=dict)
@@ -156,9 +207,14 @@ def log(message: str) -> None:
 
 
 def available(settings: tuple[Setting, ...]) -> list[Setting]:
-    """The settings this server build knows (a speed-up it lacks is not offered)."""
+    """The settings this server build knows (a speed-up or optimisation it lacks is not
+    offered)."""
     known = {f.name for f in fields(Speedups)}
-    return [s for s in settings if all(p in known for p in s.speedups.split(",") if p)]
+    return [
+        s
+        for s in settings
+        if all(p in known for p in s.speedups.split(",") if p) and s.optimisation in OPTIMISATIONS
+    ]
 
 
 def plan(scale: Scale, settings: list[Setting], budget: float) -> str:
@@ -175,21 +231,36 @@ def body(size: int, seed: int, image_format: str) -> dict[str, Any]:
     return {"inputs": "a photo of a cat", "parameters": parameters}
 
 
-def launch(
-    scale: Scale, setting: Setting, model_dir: Path, logs: Path, phase: Phase
-) -> tuple[ServerProcess, float]:
-    """Start the real tti-server with the setting; it and the seconds until it was ready."""
-    flags = ["--model", "sdxl-turbo", "--model-path", str(model_dir)]
-    flags += ["--device", scale.model.device, "--max-batch-size", str(MAX_BATCH)]
-    flags += ["--max-queue", "256", "--grpc-port", "0", "--log-level", "warning"]
-    flags += ["--request-timeout", str(max(10, int(phase.left())))]
+def server_flags(scale: Scale, setting: Setting, model_dir: Path, scratch: Path) -> list[str]:
+    """The setting's tti-server flags; a compiled one keeps its cache in `scratch`."""
+    size = str(scale.model.size)
+    flags = ["--model", "sdxl-turbo", "--model-path", str(model_dir), "--default-size", size]
+    flags += ["--device", scale.model.device, "--max-batch-size", str(setting.max_batch)]
+    flags += ["--max-queue", "256", "--grpc-port", "0"]
+    # Info: a compiled worker says what it compiled, and how much came from the cache.
+    flags += ["--log-level", "info" if setting.compiles else "warning"]
     if setting.speedups:
         flags += ["--sdxl-speedups", setting.speedups]
+    if setting.compiles:
+        cache = scratch / "compile-cache" / setting.name
+        flags += ["--optimisation", setting.optimisation, "--compile-cache-dir", str(cache)]
+    return flags
+
+
+def launch(
+    scale: Scale, setting: Setting, flags: list[str], logs: Path, phase: Phase
+) -> tuple[ServerProcess, float]:
+    """Start the real tti-server with `flags`; it and the seconds until it was ready."""
+    flags = [*flags, "--request-timeout", str(max(10, int(phase.left())))]
     started = time.monotonic()
     server = launch_server(
         flags, logs / setting.name, env=scale.server_env, ready_timeout=max(1.0, phase.left())
     )
     return server, time.monotonic() - started
+
+
+def compiled_lines(server: ServerProcess) -> list[str]:
+    return COMPILED_LINE.findall(server.output())
 
 
 def run_clients(
@@ -247,24 +318,52 @@ def measure(server: ServerProcess, scale: Scale, row: Row, phase: Phase) -> None
         )
 
 
+def start_twice(
+    scale: Scale, setting: Setting, flags: list[str], logs: Path, row: Row, phase: Phase
+) -> ServerProcess:
+    """A compiled setting: start on an empty compile cache, stop, start again on what the
+    first start left; the second server is the one measured."""
+    first, row.ready_s = launch(scale, setting, flags, logs, phase)
+    row.compiled_lines += compiled_lines(first)
+    first.stop()
+    log(f"{setting.name}: ready after {row.ready_s:.1f} s (empty compile cache); again")
+    second, row.cached_ready_s = launch(scale, setting, flags, logs, phase)
+    row.compiled_lines += compiled_lines(second)
+    log(f"{setting.name}: ready after {row.cached_ready_s:.1f} s (the first start's cache)")
+    for line in row.compiled_lines:
+        log(f"  {line}")
+    return second
+
+
+def start_once(
+    scale: Scale, setting: Setting, flags: list[str], logs: Path, row: Row, phase: Phase
+) -> ServerProcess:
+    server, row.ready_s = launch(scale, setting, flags, logs, phase)
+    log(f"{setting.name}: ready after {row.ready_s:.1f} s")
+    return server
+
+
 def run_setting(
-    scale: Scale, setting: Setting, model_dir: Path, logs: Path, deadline: float
+    scale: Scale, setting: Setting, model_dir: Path, scratch: Path, deadline: float
 ) -> Row:
-    row = Row(setting.name, setting.speedups or "none")
+    row = Row(setting.name, setting.speedups or "none", setting.optimisation, setting.max_batch)
     left = deadline - time.monotonic()
     if left < setting.minimum_s:
         row.note = f"skipped: {left:.0f} s of the budget left, it needs {setting.minimum_s:.0f}"
         log(f"{setting.name}: {row.note}")
         return row
     phase = Phase(min(deadline, time.monotonic() + setting.budget_s))
-    log(f"{setting.name}: starting the server ({row.speedups}), {phase.left():.0f} s budget")
+    described = f"{row.speedups}, optimisation {row.optimisation}"
+    log(f"{setting.name}: starting the server ({described}), {phase.left():.0f} s budget")
+    flags = server_flags(scale, setting, model_dir, scratch)
+    start = start_twice if setting.compiles else start_once
     try:
-        server, row.ready_s = launch(scale, setting, model_dir, logs, phase)
+        server = start(scale, setting, flags, scratch / "logs", row, phase)
     except (ServerExited, TimeoutError) as exc:
-        row.note = f"did not start: {str(exc).strip().splitlines()[-1][:120]}"
+        which = "the second start" if row.ready_s is not None else "it"
+        row.note = f"{which} did not start: {str(exc).strip().splitlines()[-1][:120]}"
         log(f"{setting.name}: {row.note}")
         return row
-    log(f"{setting.name}: ready after {row.ready_s:.1f} s")
     try:
         measure(server, scale, row, phase)
     except (OutOfBudget, httpx.HTTPError) as exc:
@@ -283,18 +382,23 @@ def table(rows: list[Row], scale: Scale, device: str) -> str:
         return f"{'-' if value is None else f'{value:.{digits}f}':>{width}}"
 
     size = scale.model.size
-    lines = [f"{scale.name}: {device}, {size}x{size}, 1 step, --max-batch-size {MAX_BATCH}"]
-    header = f"{'setting':10}{'speed-ups':32}{'ready s':>9}{'warm s':>8}"
-    header += f"{'p50 png':>9}{'p50 jpeg':>10}"
+    lines = [f"{scale.name}: {device}, {size}x{size}, 1 step"]
+    header = f"{'setting':20}{'speed-ups':24}{'max b':>6}{'ready s':>9}{'cached s':>9}"
+    header += f"{'warm s':>8}{'p50 png':>9}{'p50 jpeg':>10}"
     header += "".join(f"{f'img/s {c}':>9}" for c in CLIENTS)
     header += "".join(f"{f'batch@{c}':>9}" for c in CLIENTS[1:])
     lines.append(header)
     for r in rows:
-        line = f"{r.setting:10}{r.speedups:32}{cell(r.ready_s, 9)}{cell(r.warm_up_s, 8)}"
+        line = f"{r.setting:20}{r.speedups:24}{r.max_batch:>6}{cell(r.ready_s, 9)}"
+        line += cell(r.cached_ready_s, 9) + cell(r.warm_up_s, 8)
         line += cell(r.p50_ms.get("png"), 9) + cell(r.p50_ms.get("jpeg"), 10)
         line += "".join(cell(r.images_per_s.get(c), 9) for c in CLIENTS)
         line += "".join(cell(r.mean_batch.get(c), 9, 2) for c in CLIENTS[1:])
         lines.append(line + (f"  ({r.note})" if r.note else ""))
+    lines.append(
+        "max b: --max-batch-size; ready s: start-up (compiled: on an empty compile cache); "
+        "cached s: a compiled setting's second start, on the first start's cache"
+    )
     lines.append("p50 in ms through HTTP (caikit JSON); images/s and images per call: JPEG")
     return "\n".join(lines)
 
@@ -347,7 +451,7 @@ def main() -> None:
             log(f"model built in {time.monotonic() - started:.1f} s (budget {scale.build_s:.0f})")
         served = gpu.with_fp16_safe_vae(model_dir, scratch / "fp16-vae")
         for setting in settings:
-            rows.append(run_setting(scale, setting, served, scratch / "logs", deadline))
+            rows.append(run_setting(scale, setting, served, scratch, deadline))
             if args.json:
                 args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
     finally:

@@ -27,6 +27,7 @@ from tti_server.engine import Engine
 from tti_server.failures import NotReady, UnknownModel
 from tti_server.generation import caikit_job, openai_job
 from tti_server.protocol import CaikitTextToImageRequest, OpenAIImageRequest
+from tti_server.service import Service
 from tti_server.settings import Settings
 
 SETTINGS = Settings(model="stub", model_id="tiny")
@@ -207,6 +208,33 @@ def test_stub_workers_refuse_every_adapter_and_changes_are_applied(
     )
     assert lines[3] == 'state {"a":{"state":"refused","reason":"the stub takes no adapters"}}'
     assert len(lines) == 4
+
+
+def test_a_compiled_model_refuses_every_adapter_and_fetches_none(tmp_path: Path) -> None:
+    path = tmp_path / "adapters.json"
+    path.write_text(
+        manifest({"name": "a", "path": str(tmp_path / "nope")},
+                 {"name": "hub", "repo": "org/r", "file": "x.safetensors"})
+    )  # fmt: skip
+    refusal = Service(Settings(model="sdxl-turbo", optimisation="compile")).adapters.refusal
+    assert refusal == "adapters need optimisation off: the compiled graphs are of the base model"
+    assert Service(Settings(model="sdxl-turbo")).adapters.refusal is None
+
+    async def scenario() -> AdapterTable:
+        engine = Engine([StubBackend()], max_queue=4, request_timeout=5)
+        engine.start()
+        adapters = Adapters(path, refusal=refusal)
+        try:
+            await adapters.poll(engine)  # no path is read, no hub asked: nothing fails first
+        finally:
+            await engine.stop()
+        return adapters.table
+
+    table = asyncio.run(scenario())
+    assert table.entries == {
+        "a": AdapterStatus("refused", 1.0, refusal),
+        "hub": AdapterStatus("refused", 1.0, refusal),
+    }
 
 
 def test_a_call_runs_once_on_each_workers_own_thread() -> None:

@@ -83,12 +83,14 @@ class Speedups:
 
     channels_last: bool = False  # UNet and VAE in channels-last memory format
     fuse_qkv: bool = False  # one matmul for the q, k and v projections of self-attention
-    compile: bool = False  # torch.compile the denoiser (the first calls compile: minutes)
 
     @classmethod
     def parse(cls, text: str) -> Speedups:
         """`"channels_last,fuse_qkv"` -> those options on; `""` -> none (a settings string)."""
         names = [name.strip().replace("-", "_") for name in text.split(",") if name.strip()]
+        if "compile" in names:
+            # Compiling is its own setting now: ahead of serving, per batch size, cached.
+            raise ValueError("compile is not a speed-up; use --optimisation compile")
         known = {field.name for field in fields(cls)}
         unknown = [name for name in names if name not in known]
         if unknown:
@@ -451,7 +453,6 @@ def _has_fp16_variant(directory: Path) -> bool:
 
 
 def _apply_speedups(pipeline: Any, speedups: Speedups) -> None:
-    denoiser_name = "unet" if hasattr(pipeline, "unet") else "transformer"
     if speedups.fuse_qkv:
         pipeline.fuse_qkv_projections()
     if speedups.channels_last:
@@ -459,8 +460,3 @@ def _apply_speedups(pipeline: Any, speedups: Speedups) -> None:
         for name in ("unet", "vae"):
             if hasattr(pipeline, name):
                 getattr(pipeline, name).to(memory_format=torch.channels_last)
-    if speedups.compile:
-        # Dynamic shapes: a server sees many sizes and batch sizes; static graphs would
-        # recompile for each and fall back to eager after torch's recompile limit.
-        denoiser = getattr(pipeline, denoiser_name)
-        setattr(pipeline, denoiser_name, torch.compile(denoiser, dynamic=True))
