@@ -14,7 +14,7 @@ worker's own thread between batches (delete removed or changed adapters, load ne
 a new scale only changes the table: each batch's key carries its scale). A bad manifest
 is logged as one line and the adapters stay as they were. Every change of states is logged
 as one line, `state {...}`, by logger `tti_server.adapters`: the operator reads the last one.
-A compiled model (`--optimisation` other than off) refuses every adapter, fetching nothing:
+A compiled model (`--optimisation` other than none) refuses every adapter, fetching nothing:
 its graphs were compiled for the base model's weights.
 
 Nothing here touches torch: loading is the backends' (`backends/adapters.py`).
@@ -48,14 +48,27 @@ _NAME_LENGTH = 40
 _KNOWN_FIELDS = {"name", "scale", "path", "repo", "file", "revision"}
 
 
-#: Every adapter's reason when the model is compiled (`--optimisation` other than off).
-NEEDS_OPTIMISATION_OFF = "adapters need optimisation off: the compiled graphs are of the base model"
+#: Every adapter's reason when the model is compiled (`--optimisation` other than none).
+NEEDS_NO_OPTIMISATION = "adapters need optimisation none: the compiled graphs are of the base model"
 
 
-def refusal_for(optimisation: str) -> str | None:
-    """Why a server refuses every adapter, if it does: compiled graphs are of the base
-    model's weights, which an adapter changes under them."""
-    return None if optimisation == "off" else NEEDS_OPTIMISATION_OFF
+#: Every adapter's reason when the attention projections are fused (`--sdxl-speedups fuse_qkv`).
+NEEDS_UNFUSED = (
+    "adapters need --sdxl-speedups without fuse_qkv: the fused projections bypass the "
+    "adapters' to_q, to_k and to_v layers"
+)
+
+
+def refusal_for(optimisation: str, speedups: str) -> str | None:
+    """Why a server refuses every adapter, if it does. Compiled graphs are of the base
+    model's weights, which an adapter changes under them; fused q, k and v projections
+    leave the LoRA layers diffusers puts on the separate ones unused (measured: most of an
+    adapter's effect was lost, silently)."""
+    if optimisation != "none":
+        return NEEDS_NO_OPTIMISATION
+    if "fuse_qkv" in (part.strip() for part in speedups.split(",")):
+        return NEEDS_UNFUSED
+    return None
 
 
 class ManifestError(ValueError):

@@ -159,7 +159,7 @@ class Service:
         adapters_file = self.settings.adapters_file
         self.adapters = Adapters(
             Path(adapters_file) if adapters_file else None,
-            refusal=refusal_for(self.settings.optimisation),
+            refusal=refusal_for(self.settings.optimisation, self.settings.sdxl_speedups),
         )
 
     @property

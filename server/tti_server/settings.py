@@ -111,7 +111,7 @@ class Settings(ClientLimitSettings):
         "fuse_qkv (compiling is --optimisation)",
     )
     optimisation: Optimisation = Field(
-        default="off",
+        default="none",
         description="compile: the denoiser and the VAE decoder compiled for batch sizes "
         "1..--max-batch-size at --default-size before the server is ready (other shapes run "
         "uncompiled); compile-cudagraphs: also in CUDA graphs (CUDA only); adapters need off",

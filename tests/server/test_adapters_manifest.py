@@ -210,15 +210,20 @@ def test_stub_workers_refuse_every_adapter_and_changes_are_applied(
     assert len(lines) == 4
 
 
-def test_a_compiled_model_refuses_every_adapter_and_fetches_none(tmp_path: Path) -> None:
+def test_a_compiled_or_fused_model_refuses_every_adapter_and_fetches_none(tmp_path: Path) -> None:
     path = tmp_path / "adapters.json"
     path.write_text(
         manifest({"name": "a", "path": str(tmp_path / "nope")},
                  {"name": "hub", "repo": "org/r", "file": "x.safetensors"})
     )  # fmt: skip
     refusal = Service(Settings(model="sdxl-turbo", optimisation="compile")).adapters.refusal
-    assert refusal == "adapters need optimisation off: the compiled graphs are of the base model"
+    assert refusal == "adapters need optimisation none: the compiled graphs are of the base model"
     assert Service(Settings(model="sdxl-turbo")).adapters.refusal is None
+    fused = Settings(model="sdxl-turbo", sdxl_speedups="channels_last, fuse_qkv")
+    assert Service(fused).adapters.refusal == (
+        "adapters need --sdxl-speedups without fuse_qkv: the fused projections bypass the "
+        "adapters' to_q, to_k and to_v layers"
+    )
 
     async def scenario() -> AdapterTable:
         engine = Engine([StubBackend()], max_queue=4, request_timeout=5)

@@ -41,10 +41,10 @@ def load_backends(settings: Settings) -> list[Backend]:
     """Load the model once per worker device, compiled ahead when the settings say so
     (slow for real models, minutes to compile: call it off the loop)."""
     if settings.model == "stub":
-        if settings.optimisation != "off":
+        if settings.optimisation != "none":
             raise ModelLoadError(
                 f"--optimisation {settings.optimisation}: the stub model has nothing to "
-                "compile; use off"
+                "compile; use none"
             )
         latency_s = settings.stub_latency_ms / 1000
         return [StubBackend("cpu", latency_s) for _ in range(settings.workers)]
@@ -57,7 +57,7 @@ def load_backends(settings: Settings) -> list[Backend]:
         raise ModelLoadError(f"--sdxl-speedups: {exc}") from None
     devices = worker_devices(settings)
     path, model = settings.resolved_model_path, settings.catalogue_entry
-    if settings.optimisation == "off":
+    if settings.optimisation == "none":
         return [load_pipeline(path, device, speedups, model=model) for device in devices]
     compiled.check_devices(settings.optimisation, devices)
     # Each worker's pipeline is compiled for each batch size: dynamo keeps them all.
