@@ -21,7 +21,7 @@ IMAGE_FORMATS: tuple[ImageFormat, ...] = get_args(ImageFormat)
 #: decoder run. `compile`: torch.compile for every batch size up to the maximum, before the
 #: pod is ready, cached with the weights; `compile-cudagraphs`: the same, replayed as CUDA
 #: graphs (a GPU only).
-Optimisation = Literal["off", "compile", "compile-cudagraphs"]
+Optimisation = Literal["none", "compile", "compile-cudagraphs"]
 OPTIMISATIONS: tuple[Optimisation, ...] = get_args(Optimisation)
 #: The settings that need a CUDA device: refused for a model of no GPUs.
 GPU_ONLY_OPTIMISATIONS: frozenset[Optimisation] = frozenset({"compile-cudagraphs"})

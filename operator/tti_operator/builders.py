@@ -154,7 +154,7 @@ def model_path(source: Source | None) -> str | None:
 def compiles_into_the_claim(spec: ModelSpec, weights: Weights | None) -> bool:
     """Whether the pod keeps its compiled graphs in the model cache's claim, beside the
     weights they were made for (rather than in its own cache volume)."""
-    return spec.optimisation != "off" and weights is not None and weights.state.ready
+    return spec.optimisation != "none" and weights is not None and weights.state.ready
 
 
 def compile_cache_dir(spec: ModelSpec, weights: Weights | None) -> str:
@@ -176,7 +176,7 @@ def server_args(owner: Owner, spec: ModelSpec, weights: Weights | None = None) -
     if spec.batch_wait_ms is not None:
         args += ["--batch-wait-ms", str(spec.batch_wait_ms)]
     # Only when set: a model left at off keeps its pod template, so an upgrade rolls none out.
-    if spec.optimisation != "off":
+    if spec.optimisation != "none":
         args += ["--optimisation", spec.optimisation]
         args += ["--compile-cache-dir", compile_cache_dir(spec, weights)]
     # Always, also without adapters: adding one later changes the ConfigMap, not the pods.
@@ -210,7 +210,7 @@ def volumes(
     # A pod's own Hugging Face download lands in its cache, so it needs room for the weights.
     own_download = weights is None and source is not None and source.hugging_face is not None
     cache_gi = 32 if own_download else 2
-    if spec.optimisation != "off" and not compiles_into_the_claim(spec, weights):
+    if spec.optimisation != "none" and not compiles_into_the_claim(spec, weights):
         cache_gi += OWN_COMPILE_ROOM_GI
     vols: list[Obj] = [
         {"name": "cache", "emptyDir": {"sizeLimit": f"{cache_gi}Gi"}},

@@ -253,7 +253,7 @@ class ModelSpec(_Strict):
     env: tuple[EnvVar, ...] = ()
     access: Access = Field(default_factory=lambda: Access.model_validate({}))
     adapters: tuple[Adapter, ...] = Field((), max_length=MAX_ADAPTERS)
-    optimisation: Optimisation = "off"
+    optimisation: Optimisation = "none"
 
     @field_validator("adapters")
     @classmethod
@@ -320,8 +320,8 @@ CROSS_FIELD_RULES = (
     # The compiled graphs are of the base weights; an adapter changes them.
     CrossFieldRule(
         "adapters",
-        lambda spec: spec.optimisation != "off" and bool(spec.adapters),
-        "need spec.optimisation off: compiled graphs are of the base model",
+        lambda spec: spec.optimisation != "none" and bool(spec.adapters),
+        "need spec.optimisation none: compiled graphs are of the base model",
     ),
 )
 

@@ -84,12 +84,12 @@ class Setting:
     speedups: str
     budget_s: float  # the most this setting may take, start-ups included
     minimum_s: float  # the least worth starting with: start-ups and the latency figures
-    optimisation: Optimisation = "off"
+    optimisation: Optimisation = "none"
     max_batch: int = MAX_BATCH
 
     @property
     def compiles(self) -> bool:
-        return self.optimisation != "off"
+        return self.optimisation != "none"
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ DRY = Scale(
 class Row:
     setting: str
     speedups: str
-    optimisation: str = "off"
+    optimisation: str = "none"
     max_batch: int = MAX_BATCH
     ready_s: float | None = None
     #: A compiled setting's second start, on the compile cache its first start left.

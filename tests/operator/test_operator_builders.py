@@ -319,12 +319,12 @@ def weights_for(case: str) -> Weights | None:
 
 @pytest.mark.parametrize("case", sorted(WEIGHTS_CASES))
 def test_a_model_left_off_keeps_its_pod_template_byte_for_byte(case: str) -> None:
-    """The API server now fills in `optimisation: off`; the pods of every model that had no
+    """The API server now fills in `optimisation: none`; the pods of every model that had no
     such field must come out as before, or upgrading the operator would roll them all out:
     no flag, no mount, the claims read-only and the cache volume's size as it was."""
     raw = WEIGHTS_CASES[case]
     unset = template(raw, weights_for(case))
-    off = template({**raw, "optimisation": "off"}, weights_for(case))
+    off = template({**raw, "optimisation": "none"}, weights_for(case))
     assert json.dumps(off, sort_keys=True) == json.dumps(unset, sort_keys=True)
     assert "optimisation" not in json.dumps(off) and "compile" not in json.dumps(off)
     volumes = {v["name"]: v for v in off["spec"]["volumes"]}

@@ -21,6 +21,8 @@ from support.cluster import Cluster
 from support.helm import Helm, ensure_helm
 from support.server import free_port
 
+from tti_contracts.api import OPTIMISATIONS
+
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 SAMPLES = REPO / "crds" / "samples"
@@ -442,7 +444,7 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
             "optimisation": "compile",
             "adapters": [{"name": "ink", "source": {"hostPath": {"path": "/loras/ink"}}}],
         },
-        'spec.adapters: Invalid value: "object": spec.adapters need spec.optimisation off:'
+        'spec.adapters: Invalid value: "object": spec.adapters need spec.optimisation none:'
         " compiled graphs are of the base model",
     ),
 }
@@ -456,11 +458,11 @@ def test_invalid_resources_are_refused_at_apply_naming_the_field(kube: Kube, cas
     assert kube.get("ttimodel", "bad") is None
 
 
-def test_optimisation_defaults_to_off_and_settings_that_fit_are_accepted(kube: Kube) -> None:
+def test_optimisation_defaults_to_none_and_settings_that_fit_are_accepted(kube: Kube) -> None:
     """Dry runs on the API server: its defaulting, and the CEL rules letting these through
     (an unset gpus is one GPU for sdxl-turbo)."""
     fitting = {
-        "unset": ({"model": "stub"}, "off"),
+        "unset": ({"model": "stub"}, "none"),
         "compile on a CPU": ({"model": "sdxl-turbo", "gpus": 0, "optimisation": "compile"}, None),
         "cuda graphs, default GPU": (
             {"model": "sdxl-turbo", "optimisation": "compile-cudagraphs"},
@@ -470,10 +472,10 @@ def test_optimisation_defaults_to_off_and_settings_that_fit_are_accepted(kube: K
             {"model": "stub", "gpus": 1, "optimisation": "compile-cudagraphs"},
             None,
         ),
-        "adapters, off": (
+        "adapters, none": (
             {
                 "model": "sdxl-turbo",
-                "optimisation": "off",
+                "optimisation": "none",
                 "adapters": [{"name": "ink", "source": {"hostPath": {"path": "/loras/ink"}}}],
             },
             None,
@@ -488,12 +490,14 @@ def test_optimisation_defaults_to_off_and_settings_that_fit_are_accepted(kube: K
         assert stored == (expected or spec["optimisation"]), case
 
 
-def test_a_bare_off_in_yaml_is_refused_naming_the_field(kube: Kube) -> None:
-    """YAML 1.1, which kubectl reads, takes a bare off for false: the docs say to quote it."""
-    manifest = "apiVersion: tti.dev/v1alpha1\nkind: TextToImageModel\nmetadata: {name: bare}\n"
-    manifest += "spec:\n  model: stub\n  optimisation: off\n"
-    error = kube.run("apply", "--dry-run=server", "-f", "-", input=manifest, check=False)
-    assert "spec.optimisation" in error, error
+def test_every_optimisation_is_a_string_as_yaml_reads_it_bare(kube: Kube) -> None:
+    """kubectl reads YAML 1.1, where a bare off or no would be a boolean: none of the values
+    needs quoting."""
+    for value in OPTIMISATIONS:
+        manifest = "apiVersion: tti.dev/v1alpha1\nkind: TextToImageModel\nmetadata: {name: bare}\n"
+        manifest += f"spec:\n  model: sdxl-turbo\n  gpus: 1\n  optimisation: {value}\n"
+        out = kube.run("apply", "--dry-run=server", "-o", "json", "-f", "-", input=manifest)
+        assert json.loads(out)["spec"]["optimisation"] == value
 
 
 def test_a_name_too_long_for_the_children_is_refused(kube: Kube) -> None:

@@ -113,8 +113,8 @@ def spec_schema() -> dict[str, Any]:
 
 def test_optimisation_takes_the_contracts_values_and_defaults_to_the_operators() -> None:
     field = spec_schema()["properties"]["optimisation"]
-    assert tuple(field["enum"]) == OPTIMISATIONS  # "off" a string, not YAML 1.1's false
-    assert field["default"] == parse_spec({"model": "stub"}).optimisation == "off"
+    assert tuple(field["enum"]) == OPTIMISATIONS
+    assert field["default"] == parse_spec({"model": "stub"}).optimisation == "none"
 
 
 def test_the_crd_states_each_rule_across_fields_as_the_operator_does() -> None:

@@ -79,7 +79,7 @@ def test_access_peers_keep_what_was_written() -> None:
         ({"model": "stub", "source": {"hostPath": {"path": "rel"}}}, "spec.source.hostPath.path"),
         ({"model": "stub", "maxBatchSize": 0}, "spec.maxBatchSize"),
         ({"model": "stub", "optimisation": "fast"}, "spec.optimisation"),
-        ({"model": "stub", "optimisation": False}, "spec.optimisation"),  # a bare YAML off
+        ({"model": "stub", "optimisation": False}, "spec.optimisation"),  # not a string
         ({"model": "stub", "colour": "red"}, "spec.colour"),
         ({"model": "stub", "autoscaling": {}}, "spec.autoscaling.maxReplicas"),
         (
@@ -140,8 +140,8 @@ def test_invalid_specs_name_the_field(raw: dict[str, object], field: str) -> Non
 INK = {"name": "ink", "source": {"hostPath": {"path": "/loras/ink.safetensors"}}}
 
 
-def test_optimisation_defaults_to_off_as_the_crd_does() -> None:
-    assert parse_spec({"model": "sdxl-turbo"}).optimisation == "off"
+def test_optimisation_defaults_to_none_as_the_crd_does() -> None:
+    assert parse_spec({"model": "sdxl-turbo"}).optimisation == "none"
 
 
 @pytest.mark.parametrize(
@@ -150,7 +150,7 @@ def test_optimisation_defaults_to_off_as_the_crd_does() -> None:
         {"model": "sdxl-turbo", "gpus": 0, "optimisation": "compile"},
         {"model": "sdxl-turbo", "optimisation": "compile-cudagraphs"},  # one GPU by default
         {"model": "stub", "gpus": 1, "optimisation": "compile-cudagraphs"},
-        {"model": "sdxl-turbo", "optimisation": "off", "adapters": [INK]},
+        {"model": "sdxl-turbo", "optimisation": "none", "adapters": [INK]},
         {"model": "sdxl-turbo", "optimisation": "compile", "adapters": []},
     ],
 )
@@ -173,11 +173,11 @@ def test_optimisations_that_fit_the_model_are_accepted(raw: dict[str, object]) -
         ),
         (
             {"model": "sdxl-turbo", "optimisation": "compile", "adapters": [INK]},
-            "spec.adapters: need spec.optimisation off: compiled graphs are of the base model",
+            "spec.adapters: need spec.optimisation none: compiled graphs are of the base model",
         ),
         (
             {"model": "sdxl-turbo", "optimisation": "compile-cudagraphs", "adapters": [INK]},
-            "spec.adapters: need spec.optimisation off: compiled graphs are of the base model",
+            "spec.adapters: need spec.optimisation none: compiled graphs are of the base model",
         ),
     ],
 )

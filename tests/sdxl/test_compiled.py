@@ -108,7 +108,7 @@ REFUSED = [
     ),
     pytest.param(
         {"model": "stub", "optimisation": "compile"},
-        "--optimisation compile: the stub model has nothing to compile; use off",
+        "--optimisation compile: the stub model has nothing to compile; use none",
         id="stub",
     ),
     pytest.param(
