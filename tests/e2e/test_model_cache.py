@@ -22,6 +22,7 @@ from support.cluster import Cluster
 from support.hf_endpoint import HubEndpoint
 from support.openai_pod import openai_from_pod
 from support.realpods import (
+    TIMEOUT_S,
     Release,
     exec_in,
     gateway_url,
@@ -80,10 +81,10 @@ def from_hub(
     release.apply_model(name, model=model, source=source, resources=SMALL, **spec)
 
 
-def wait_ready(release: Release, name: str) -> Any:
+def wait_ready(release: Release, name: str, timeout_s: float = TIMEOUT_S) -> Any:
     """Ready, or an error that shows what the model, its entry and the operator say."""
     try:
-        return wait_ready_bare(release, name)
+        return wait_ready_bare(release, name, timeout_s)
     except AssertionError as error:
         state = release.kubectl(
             "get", "ttimodel,pvc,job,pods", "-n", release.models, "-o", "wide", check=False
@@ -280,3 +281,55 @@ def test_adapters_are_fetched_once_load_live_and_are_called_through_the_gateway(
 def commit_of(hub: HubEndpoint) -> str:
     """A revision of its own, so that this entry is not the one the other models share."""
     return hub.repos[REPO].commit
+
+
+#: Inductor compiles the tiny UNet's C++ kernels on the node's CPU: minutes, not seconds.
+COMPILE_TIMEOUT_S = 900.0
+
+
+def compile_line(release: Release, pod: Any) -> str:
+    """The server's line saying what it compiled and how much came from the cache, which
+    comes before the line saying the model is ready."""
+    lines = release.kubectl("logs", pod["metadata"]["name"], "-n", release.models).splitlines()
+    compiled = next(n for n, line in enumerate(lines) if "compiled unet and vae.decode" in line)
+    ready = next(n for n, line in enumerate(lines) if " ready: " in line)
+    assert compiled < ready
+    return lines[compiled]
+
+
+def replacement_ready(pods: list[Any], gone: Any) -> Any:
+    """The one pod other than `gone`, once it is Ready; else None."""
+    others = [pod for pod in pods if pod["metadata"]["uid"] != gone["metadata"]["uid"]]
+    conditions = others[0].get("status", {}).get("conditions", []) if len(others) == 1 else []
+    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+    return others[0] if ready else None
+
+
+def test_a_compiled_model_compiles_once_and_its_next_pod_loads_the_graphs_from_the_cache(
+    release: Release, tmp_path: Path
+) -> None:
+    """`optimisation: compile` on the real node: the first pod compiles before it is Ready
+    and leaves its graphs in the claim, beside the weights; the pod that replaces it finds
+    every graph there."""
+    compiled = {"optimisation": "compile", "maxBatchSize": 1}
+    at_64 = [{"name": "TTI_DEFAULT_SIZE", "value": "64"}]  # requests' size is compiled
+    from_hub(release, "compiled", REPO, env=at_64, **compiled)
+    wait_ready(release, "compiled", COMPILE_TIMEOUT_S)
+    [first] = release.pods("compiled")
+    assert "(from the cache: 0 of " in compile_line(release, first)
+    listing = exec_in(release, release.models, first["metadata"]["name"], "ls /compile-cache/*")
+    assert "artifacts.bin" in listing.stdout and "inductor" in listing.stdout
+
+    release.kubectl("delete", "pod", first["metadata"]["name"], "-n", release.models)
+    second = wait_for(
+        "the pod that replaces it, Ready",
+        lambda: replacement_ready(release.pods("compiled"), first),
+        COMPILE_TIMEOUT_S,
+    )
+    found = compile_line(release, second).split("(from the cache: ")[1].split(" graphs")[0]
+    hits, graphs = (int(count) for count in found.split(" of "))
+    assert hits == graphs > 0
+    image = run_client(release, release.service_url("compiled"), "compiled", tmp_path)
+    with Image.open(image) as png:
+        assert png.size == (64, 64)
+    release.kubectl("delete", "ttimodel", "compiled", "-n", release.models)
