@@ -21,7 +21,6 @@ batch >= 7 of 8 at 8 clients, and one client's p50 at most 1.05x the reference's
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
+from serving import engine_counts  # noqa: E402
 from support.server import ServerProcess, launch_server  # noqa: E402
 
 from tti_server.tools.tiny_model import write_tiny_model  # noqa: E402
@@ -109,15 +109,6 @@ def closed_loop(server: ServerProcess, args: argparse.Namespace) -> tuple[float,
     images, batches = engine_counts(server)
     mean_batch = (images - images_before) / max(1.0, batches - batches_before)
     return args.clients * args.per_client / elapsed, mean_batch
-
-
-def engine_counts(server: ServerProcess) -> tuple[float, float]:
-    text = httpx.get(server.url + "/metrics", timeout=30).text
-    images = re.search(r"^tti_images_generated_total ([0-9.e+]+)$", text, re.MULTILINE)
-    batches = re.search(r'^tti_batches_total\{outcome="ok"\} ([0-9.e+]+)$', text, re.MULTILINE)
-    if not images or not batches:
-        raise RuntimeError("the server's /metrics lacks tti_images_generated or tti_batches")
-    return float(images.group(1)), float(batches.group(1))
 
 
 def measure_round(side: Side, args: argparse.Namespace) -> None:

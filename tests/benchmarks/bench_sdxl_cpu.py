@@ -17,7 +17,6 @@ Side by side in one run:
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
+from serving import engine_counts  # noqa: E402
 from support.server import ServerProcess, launch_server  # noqa: E402
 
 from tti_server.backends.diffusion import load_pipeline  # noqa: E402
@@ -115,15 +115,6 @@ def throughput(server: ServerProcess, clients: int, per_client: int) -> tuple[fl
     images, batches = engine_counts(server)
     mean_batch = (images - images_before) / max(1, batches - batches_before)
     return clients * per_client / elapsed, mean_batch
-
-
-def engine_counts(server: ServerProcess) -> tuple[float, float]:
-    text = httpx.get(server.url + "/metrics", timeout=10).text
-    images = re.search(r"^tti_images_generated_total ([0-9.e+]+)$", text, re.MULTILINE)
-    batches = re.search(r'^tti_batches_total\{outcome="ok"\} ([0-9.e+]+)$', text, re.MULTILINE)
-    if not images or not batches:
-        raise RuntimeError("the server's /metrics lacks tti_images_generated or tti_batches")
-    return float(images.group(1)), float(batches.group(1))
 
 
 def start(model_dir: Path, log_dir: Path, max_batch_size: int) -> ServerProcess:

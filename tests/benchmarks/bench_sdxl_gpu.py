@@ -35,7 +35,6 @@ import argparse
 import gc
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -55,6 +54,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
+from serving import engine_counts  # noqa: E402  (device_run.py reads it from here too)
 from support.server import ServerExited, ServerProcess, free_port, wait_until_ready  # noqa: E402
 
 from tti_server.tools import tiny_model  # noqa: E402
@@ -328,15 +328,6 @@ def run_clients(server: ServerProcess, scale: Scale, clients: int, per_client: i
         for future in done:
             future.result()
         return time.perf_counter() - started
-
-
-def engine_counts(server: ServerProcess) -> tuple[float, float]:
-    text = httpx.get(server.url + "/metrics", timeout=30).text
-    images = re.search(r"^tti_images_generated_total ([0-9.e+]+)$", text, re.MULTILINE)
-    batches = re.search(r'^tti_batches_total\{outcome="ok"\} ([0-9.e+]+)$', text, re.MULTILINE)
-    if not images or not batches:
-        raise RuntimeError("the server's /metrics lacks tti_images_generated or tti_batches")
-    return float(images.group(1)), float(batches.group(1))
 
 
 def latency_p50_ms(server: ServerProcess, scale: Scale, image_format: str) -> float:
