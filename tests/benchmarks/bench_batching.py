@@ -24,24 +24,18 @@ import argparse
 import statistics
 import sys
 import tempfile
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
-from serving import engine_counts  # noqa: E402
+from serving import closed_loop, one_client_times  # noqa: E402
 from support.server import ServerProcess, launch_server  # noqa: E402
 
 from tti_server.tools.tiny_model import write_tiny_model  # noqa: E402
 
-PATH = "/api/v1/task/text-to-image"
 MAX_BATCH = 8
 MEAN_BATCH_TARGET = 7.0
 LATENCY_TARGET = 1.05
@@ -75,46 +69,18 @@ def start(side: Side, model_dir: Path, log_dir: Path, args: argparse.Namespace) 
     return launch_server(flags, log_dir / side.name, env=env)
 
 
-def one_client_latencies(server: ServerProcess, args: argparse.Namespace) -> list[float]:
-    times = []
-    with httpx.Client(base_url=server.url, timeout=120) as client:
-        for seed in range(args.samples + 2):
-            started = time.perf_counter()
-            client.post(PATH, json=body(args.size, seed, args.format)).raise_for_status()
-            if seed >= 2:  # the first two warm the connection up
-                times.append(time.perf_counter() - started)
-    return times
-
-
-def closed_loop(server: ServerProcess, args: argparse.Namespace) -> tuple[float, float]:
-    """Images/s of `--clients` closed-loop clients, and the mean images per pipeline call."""
-    start_line = threading.Barrier(args.clients + 1)
-
-    def one_client(index: int) -> None:
-        with httpx.Client(base_url=server.url, timeout=120) as client:
-            client.post(PATH, json=body(args.size, index, args.format)).raise_for_status()
-            start_line.wait()
-            for request in range(args.per_client):
-                seed = 1000 * index + request
-                client.post(PATH, json=body(args.size, seed, args.format)).raise_for_status()
-
-    with ThreadPoolExecutor(args.clients) as pool:
-        done = [pool.submit(one_client, index) for index in range(args.clients)]
-        start_line.wait()
-        images_before, batches_before = engine_counts(server)
-        started = time.perf_counter()
-        for future in done:
-            future.result()
-        elapsed = time.perf_counter() - started
-    images, batches = engine_counts(server)
-    mean_batch = (images - images_before) / max(1.0, batches - batches_before)
-    return args.clients * args.per_client / elapsed, mean_batch
-
-
 def measure_round(side: Side, args: argparse.Namespace) -> None:
     assert side.server is not None
-    side.latencies += one_client_latencies(side.server, args)
-    images_per_s, mean_batch = closed_loop(side.server, args)
+    side.latencies += one_client_times(
+        side.server, args.samples, lambda seed: body(args.size, seed, args.format)
+    )
+    images_per_s, mean_batch = closed_loop(
+        side.server,
+        args.clients,
+        args.per_client,
+        warm_up=lambda index: body(args.size, index, args.format),
+        request=lambda index, number: body(args.size, 1000 * index + number, args.format),
+    )
     side.images_per_s.append(images_per_s)
     side.mean_batches.append(mean_batch)
     p50 = statistics.median(side.latencies[-args.samples :]) * 1000

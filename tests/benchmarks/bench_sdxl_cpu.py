@@ -20,10 +20,8 @@ import argparse
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
-from serving import engine_counts  # noqa: E402
+from serving import closed_loop  # noqa: E402
 from support.server import ServerProcess, launch_server  # noqa: E402
 
 from tti_server.backends.diffusion import load_pipeline  # noqa: E402
@@ -94,27 +92,13 @@ def latencies(
 
 def throughput(server: ServerProcess, clients: int, per_client: int) -> tuple[float, float]:
     """Images/s with `clients` closed-loop clients, and the mean images per pipeline call."""
-    start = threading.Barrier(clients + 1)
-
-    def one_client(index: int) -> None:
-        with httpx.Client(base_url=server.url, timeout=120) as client:
-            client.post(PATH, json=body("warm-up", index)).raise_for_status()
-            start.wait()
-            for request in range(per_client):
-                seed = index * 1000 + request
-                client.post(PATH, json=body(f"client {index}", seed)).raise_for_status()
-
-    with ThreadPoolExecutor(clients) as pool:
-        done = [pool.submit(one_client, index) for index in range(clients)]
-        start.wait()
-        images_before, batches_before = engine_counts(server)
-        started = time.perf_counter()
-        for future in done:
-            future.result()
-        elapsed = time.perf_counter() - started
-    images, batches = engine_counts(server)
-    mean_batch = (images - images_before) / max(1, batches - batches_before)
-    return clients * per_client / elapsed, mean_batch
+    return closed_loop(
+        server,
+        clients,
+        per_client,
+        warm_up=lambda index: body("warm-up", index),
+        request=lambda index, number: body(f"client {index}", index * 1000 + number),
+    )
 
 
 def start(model_dir: Path, log_dir: Path, max_batch_size: int) -> ServerProcess:

@@ -54,7 +54,8 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
-from serving import engine_counts  # noqa: E402  (device_run.py reads it from here too)
+# device_run.py reads engine_counts from here too.
+from serving import engine_counts, one_client_times  # noqa: E402
 from support.server import ServerExited, ServerProcess, free_port, wait_until_ready  # noqa: E402
 
 from tti_server.tools import tiny_model  # noqa: E402
@@ -331,13 +332,10 @@ def run_clients(server: ServerProcess, scale: Scale, clients: int, per_client: i
 
 
 def latency_p50_ms(server: ServerProcess, scale: Scale, image_format: str) -> float:
-    times = []
-    with httpx.Client(base_url=server.url, timeout=time_left()) as client:
-        for seed in range(scale.latency_samples + 2):
-            started = time.perf_counter()
-            client.post(PATH, json=request_body(scale, seed, image_format)).raise_for_status()
-            if seed >= 2:  # the first two only warm the connection and the format
-                times.append(time.perf_counter() - started)
+    def body(seed: int) -> dict[str, Any]:
+        return request_body(scale, seed, image_format)
+
+    times = one_client_times(server, scale.latency_samples, body, time_left())
     return statistics.median(times) * 1000
 
 

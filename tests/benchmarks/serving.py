@@ -1,14 +1,22 @@
 """What the benchmarks that drive real `tti-server` processes share.
 
 `engine_counts` reads how many images the engine made and in how many pipeline calls, from
-a server's /metrics. Importing this module puts `tests/` on `sys.path`, for `support`.
+a server's /metrics; `one_client_times` times one client's requests one after another;
+`closed_loop` runs clients that each send their next request when answered, and gives
+images/s and the mean images per pipeline call. Requests are caikit's, through HTTP.
+Importing this module puts `tests/` on `sys.path`, for `support`.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -16,6 +24,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
 from support.server import ServerProcess  # noqa: E402
+
+from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE  # noqa: E402
+
+Body = dict[str, Any]
 
 
 def engine_counts(server: ServerProcess) -> tuple[float, float]:
@@ -26,3 +38,52 @@ def engine_counts(server: ServerProcess) -> tuple[float, float]:
     if not images or not batches:
         raise RuntimeError("the server's /metrics lacks tti_images_generated or tti_batches")
     return float(images.group(1)), float(batches.group(1))
+
+
+def one_client_times(
+    server: ServerProcess, samples: int, body: Callable[[int], Body], timeout: float = 120
+) -> list[float]:
+    """Seconds each of `samples` requests `body(seed)` took, sent one after another by one
+    client after two (seeds 0 and 1) that only warm the connection and the format up."""
+    times = []
+    with httpx.Client(base_url=server.url, timeout=timeout) as client:
+        for seed in range(samples + 2):
+            started = time.perf_counter()
+            client.post(CAIKIT_TEXT_TO_IMAGE, json=body(seed)).raise_for_status()
+            if seed >= 2:
+                times.append(time.perf_counter() - started)
+    return times
+
+
+def closed_loop(
+    server: ServerProcess,
+    clients: int,
+    per_client: int,
+    warm_up: Callable[[int], Body],
+    request: Callable[[int, int], Body],
+) -> tuple[float, float]:
+    """Images/s of `clients` closed-loop clients, and the mean images per pipeline call.
+
+    Client `index` sends `warm_up(index)`; once every client has had its answer, each sends
+    `request(index, number)` for `number` in `range(per_client)`, the next when answered.
+    """
+    start_line = threading.Barrier(clients + 1)
+
+    def one_client(index: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            client.post(CAIKIT_TEXT_TO_IMAGE, json=warm_up(index)).raise_for_status()
+            start_line.wait()
+            for number in range(per_client):
+                client.post(CAIKIT_TEXT_TO_IMAGE, json=request(index, number)).raise_for_status()
+
+    with ThreadPoolExecutor(clients) as pool:
+        done = [pool.submit(one_client, index) for index in range(clients)]
+        start_line.wait()
+        images_before, batches_before = engine_counts(server)
+        started = time.perf_counter()
+        for future in done:
+            future.result()
+        elapsed = time.perf_counter() - started
+    images, batches = engine_counts(server)
+    mean_batch = (images - images_before) / max(1.0, batches - batches_before)
+    return clients * per_client / elapsed, mean_batch
