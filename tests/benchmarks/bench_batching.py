@@ -22,19 +22,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
+from serving import REPO, ServerProcess, closed_loop, launch_server, one_client_times
 
-from serving import closed_loop, one_client_times  # noqa: E402
-from support.server import ServerProcess, launch_server  # noqa: E402
-
-from tti_server.tools.tiny_model import write_tiny_model  # noqa: E402
+from tti_server.tools.tiny_model import write_tiny_model
 
 MAX_BATCH = 8
 MEAN_BATCH_TARGET = 7.0

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,15 +26,10 @@ from typing import Any
 
 import httpx
 import torch
+from serving import ServerProcess, closed_loop, launch_server
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
-
-from serving import closed_loop  # noqa: E402
-from support.server import ServerProcess, launch_server  # noqa: E402
-
-from tti_server.backends.diffusion import load_pipeline  # noqa: E402
-from tti_server.tools.tiny_model import write_tiny_model  # noqa: E402
+from tti_server.backends.diffusion import load_pipeline
+from tti_server.tools.tiny_model import write_tiny_model
 
 PATH = "/api/v1/task/text-to-image"
 SIZE = 64

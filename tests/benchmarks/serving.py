@@ -3,31 +3,44 @@
 `engine_counts` reads how many images the engine made and in how many pipeline calls, from
 a server's /metrics; `one_client_times` times one client's requests one after another;
 `closed_loop` runs clients that each send their next request when answered, and gives
-images/s and the mean images per pipeline call. Requests are caikit's, through HTTP.
-Importing this module puts `tests/` on `sys.path`, for `support`.
+images/s and the mean images per pipeline call (requests are caikit's, through HTTP);
+`print_rounds` prints each side's median and rounds. Importing this module puts `tests/` on
+`sys.path`; `launch_server` and `ServerProcess` are `support.server`'s, for the benchmarks.
 """
 
 from __future__ import annotations
 
 import re
+import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
-from support.server import ServerProcess  # noqa: E402
+from support.server import ServerProcess, launch_server  # noqa: E402
 
 from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE  # noqa: E402
 
+__all__ = [
+    "REPO",
+    "ServerProcess",
+    "closed_loop",
+    "engine_counts",
+    "launch_server",
+    "one_client_times",
+    "print_rounds",
+]
+
 Body = dict[str, Any]
+Side = TypeVar("Side")
 
 
 def engine_counts(server: ServerProcess) -> tuple[float, float]:
@@ -87,3 +100,14 @@ def closed_loop(
     images, batches = engine_counts(server)
     mean_batch = (images - images_before) / max(1.0, batches - batches_before)
     return clients * per_client / elapsed, mean_batch
+
+
+def print_rounds(
+    rounds: Mapping[Side, list[float]], label: Callable[[Side], str] = str
+) -> dict[Side, float]:
+    """Print a line per side: its median images/s and each round's; return the medians."""
+    medians = {side: statistics.median(values) for side, values in rounds.items()}
+    for side, values in rounds.items():
+        each = ", ".join(f"{value:.2f}" for value in values)
+        print(f"{label(side)}: median {medians[side]:.2f} images/s (rounds: {each})")
+    return medians
