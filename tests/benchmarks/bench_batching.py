@@ -1,11 +1,13 @@
 """Benchmark: how full the server's batches are under closed-loop load, this code against another.
 
 Two real `tti-server` processes serve the offline tiny SDXL model on the CPU with
-`--max-batch-size 8`: one runs this checkout's server code, the other a reference
-checkout's (default: /work/main, the code before a change), chosen by pointing
-`PYTHONPATH` at each one's `common/` and `server/`. Both stay up for the whole run
-(an idle server costs no CPU) and the rounds alternate between them, so drift in
-background load hits both alike. Per round and server:
+`--max-batch-size 8`: one runs this checkout's server code, the other a reference's,
+chosen by pointing `PYTHONPATH` at each one's `common/` and `server/`. The reference is
+the revision `--reference-rev` of this repository (default: `main`), exported (`git
+archive`) to the run's temporary folder and removed with it, or the existing checkout
+`--reference` names. Both stay up for the whole run (an idle server costs no CPU) and the
+rounds alternate between them, so drift in background load hits both alike. Per round and
+server:
 
 * p50 of one client's requests, one after another (caikit JSON through HTTP);
 * `--clients` closed-loop clients (each sends its next request when answered):
@@ -15,13 +17,15 @@ background load hits both alike. Per round and server:
 It prints both servers side by side and the ratios; the targets (issue 22) are a mean
 batch >= 7 of 8 at 8 clients, and one client's p50 at most 1.05x the reference's.
 
-    .venv/bin/python tests/benchmarks/bench_batching.py [--reference /work/main] [--rounds 3]
+    .venv/bin/python tests/benchmarks/bench_batching.py [--reference-rev main | --reference DIR]
+        [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,10 +115,38 @@ def report(reference: Side, candidate: Side, args: argparse.Namespace) -> None:
     print(f"{rate_ratio:.2f}")
 
 
+def git(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True)
+
+
+def revision_commit(revision: str) -> str | None:
+    """The commit `revision` names in this repository, or None."""
+    found = git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
+    return found.stdout.decode().strip() or None
+
+
+def export(commit: str, path: Path) -> Path:
+    """The files of `commit` written to `path` (git archive): a checkout without a .git."""
+    path.mkdir(parents=True)
+    archive = git("archive", commit)
+    archive.check_returncode()
+    subprocess.run(["tar", "-x", "-C", str(path)], input=archive.stdout, check=True)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--reference", type=Path, default=Path("/work/main"), help="checkout to compare with"
+        "--reference-rev",
+        metavar="REV",
+        help="revision of this repository to compare with (default: main), exported to a "
+        "temporary folder for the run",
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        metavar="DIR",
+        help="an existing checkout to compare with, instead",
     )
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     parser.add_argument("--samples", type=int, default=20, help="1-client requests per round")
@@ -132,27 +164,42 @@ def main() -> None:
         "shared machine 1 keeps torch's spinning threads from slowing to seconds a call)",
     )
     args = parser.parse_args()
-    if not (args.reference / "server" / "tti_server").is_dir():
+    if args.reference is not None and args.reference_rev is not None:
+        parser.error("--reference and --reference-rev: give one of them")
+    if args.reference is not None and not (args.reference / "server" / "tti_server").is_dir():
         parser.error(f"--reference: {args.reference} holds no server/tti_server")
+    revision = args.reference_rev or "main"
+    commit = revision_commit(revision) if args.reference is None else None
+    if args.reference is None and commit is None:
+        parser.error(f"--reference-rev: {revision!r} is no revision of {REPO}")
 
-    reference = Side("reference", args.reference.resolve())
-    candidate = Side("this code", REPO)
-    with tempfile.TemporaryDirectory(prefix="bench-batching-") as scratch:
-        model_dir, log_dir = Path(scratch) / "tiny", Path(scratch) / "logs"
-        write_tiny_model(model_dir, "sdxl")
-        try:
-            for side in (reference, candidate):
-                side.server = start(side, model_dir, log_dir, args)
-                print(f"{side.name}: {side.root} serving at {side.server.url}", flush=True)
-            for number in range(1, args.rounds + 1):
-                print(f"round {number} of {args.rounds}", flush=True)
-                order = (reference, candidate) if number % 2 else (candidate, reference)
-                for side in order:
-                    measure_round(side, args)
-        finally:
-            for side in (reference, candidate):
-                if side.server is not None:
-                    side.server.stop()
+    with tempfile.TemporaryDirectory(prefix="bench-batching-") as folder:
+        scratch = Path(folder)
+        if commit is None:
+            root = args.reference.resolve()
+        else:
+            root = export(commit, scratch / "reference")
+            print(f"reference: {revision} ({commit[:12]}), exported to {root}", flush=True)
+        compare(Side("reference", root), Side("this code", REPO), scratch, args)
+
+
+def compare(reference: Side, candidate: Side, scratch: Path, args: argparse.Namespace) -> None:
+    """Both servers up side by side, the rounds alternating between them; then the report."""
+    model_dir, log_dir = scratch / "tiny", scratch / "logs"
+    write_tiny_model(model_dir, "sdxl")
+    try:
+        for side in (reference, candidate):
+            side.server = start(side, model_dir, log_dir, args)
+            print(f"{side.name}: {side.root} serving at {side.server.url}", flush=True)
+        for number in range(1, args.rounds + 1):
+            print(f"round {number} of {args.rounds}", flush=True)
+            order = (reference, candidate) if number % 2 else (candidate, reference)
+            for side in order:
+                measure_round(side, args)
+    finally:
+        for side in (reference, candidate):
+            if side.server is not None:
+                side.server.stop()
     report(reference, candidate, args)
 
 
