@@ -6,8 +6,6 @@ any other name, so a request that reaches the wrong model fails loudly.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import subprocess
@@ -22,7 +20,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from PIL import Image
+from support.clients import details_of, image_of, openai_client
 from support.gateway import StartGateway, gateway_command
 from support.server import ServerProcess, StartServer, free_port
 
@@ -82,19 +80,18 @@ def test_the_openai_client_needs_one_base_url(
     two_models: tuple[ServerProcess, ServerProcess, ServerProcess],
 ) -> None:
     gateway, _, _ = two_models
-    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+    client = openai_client(gateway.url)
     for model in ("alpha", "beta"):
         result = client.images.generate(model=model, prompt="a fox", size="64x64")
         assert result.data is not None and result.data[0].b64_json is not None
-        image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+        image = image_of(result.data[0].b64_json)
         assert image.size == (64, 64) and image.getpixel((0, 0)) == STUB_COLOR
     models = {m.id: m.model_dump() for m in client.models.list().data}
     assert models["alpha"]["state"] == "Ready" and models["alpha"]["ready_replicas"] == 1
     assert models["idle"]["state"] == "ScaledToZero" and models["idle"]["ready_replicas"] == 0
     with pytest.raises(openai.NotFoundError) as info:
         client.images.generate(model="gamma", prompt="x", size="64x64")
-    assert isinstance(info.value.body, dict)
-    assert info.value.body["details"] == (
+    assert details_of(info.value) == (
         "model: 'gamma' is not served here; known models: alpha, beta, idle"
     )
 
@@ -108,7 +105,7 @@ def test_raw_image_bytes_stream_through_with_the_request_id(
     assert answer.status_code == 200
     assert answer.headers["content-type"] == "image/webp"
     assert answer.headers["x-request-id"] == "trace-42"
-    assert Image.open(io.BytesIO(answer.content)).format == "WEBP"
+    assert image_of(answer.content).format == "WEBP"
     # The model's own error comes back untouched, with the id the client sent.
     refused = httpx.post(
         gateway.url + CAIKIT, json=caikit_body("beta", height=100000), headers=headers
@@ -320,11 +317,11 @@ def test_bearer_tokens_from_a_file(
     for path in ("/healthz", "/readyz"):
         assert httpx.get(gateway.url + path).status_code == 200
     assert httpx.get(gateway.metrics_url + "/metrics").status_code == 200
-    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="second-token", max_retries=0)
+    client = openai_client(gateway.url, api_key="second-token")
     assert client.images.generate(model="m", prompt="x", size="64x64").data
     assert [m.id for m in client.models.list().data] == ["m"]
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=gateway.url + "/v1", api_key="nope", max_retries=0).models.list()
+        openai_client(gateway.url, api_key="nope").models.list()
 
 
 def test_health_metrics_and_unknown_routes(start_gateway: StartGateway) -> None:

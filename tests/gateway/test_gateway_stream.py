@@ -15,6 +15,7 @@ from collections.abc import Callable, Generator, Iterator
 import httpx
 import openai
 import pytest
+from support.clients import openai_client
 from support.event_pod import EventPod, Pace
 from support.gateway import StartGateway
 from support.server import ServerProcess, free_port
@@ -29,14 +30,10 @@ IN_ORDER: list[Event] = [
 ]
 
 
-def client(gateway: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=60)
-
-
 def stream(gateway: ServerProcess, model: str = "m") -> Generator[Event, None, None]:
     """The events of one streamed generation, as the official client parses them."""
-    with client(gateway) as openai_client:
-        events = openai_client.images.generate(
+    with openai_client(gateway.url, timeout=60) as client:
+        events = client.images.generate(
             model=model, prompt="a lighthouse", stream=True, partial_images=PARTIALS
         )
         for item in events:
@@ -45,8 +42,8 @@ def stream(gateway: ServerProcess, model: str = "m") -> Generator[Event, None, N
 
 def generate(gateway: ServerProcess) -> bool:
     """Whether one generation without streaming gave an image."""
-    with client(gateway) as openai_client:
-        return bool(openai_client.images.generate(model="m", prompt="x").data)
+    with openai_client(gateway.url, timeout=60) as client:
+        return bool(client.images.generate(model="m", prompt="x").data)
 
 
 def metric(gateway: ServerProcess, line_start: str) -> float:

@@ -9,9 +9,7 @@ went through a batch may differ from its reference by `BATCH_TOLERANCE`.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import io
 import re
 import shutil
 import subprocess
@@ -26,6 +24,7 @@ import httpx
 import pytest
 import uvicorn
 from PIL import Image
+from support.clients import image_of
 from support.server import ServerProcess, StartServer, free_port, running_server, server_command
 from support.tiny_model import pixel_difference
 
@@ -68,7 +67,7 @@ def caikit_image(http: httpx.Client, prompt: str, **parameters: Any) -> Image.Im
     response = http.post(CAIKIT, json=caikit_body(prompt, **parameters))
     assert response.status_code == 200, response.text
     assert response.json()["caption"] == prompt
-    return Image.open(io.BytesIO(base64.b64decode(response.json()["output"]["image_data"])))
+    return image_of(response.json()["output"]["image_data"])
 
 
 def reference(backend: DiffusionBackend, prompt: str, seed: int, size: int = 64) -> Image.Image:
@@ -103,7 +102,7 @@ def test_caikit_raw_image_bytes(client: httpx.Client, accept: str) -> None:
     response = client.post(CAIKIT, json=body, headers={"Accept": accept})
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == accept
-    image = Image.open(io.BytesIO(response.content))
+    image = image_of(response.content)
     assert (image.get_format_mimetype(), image.size) == (accept, (72, 64))
 
 
@@ -124,9 +123,7 @@ def test_openai_n_images_are_consecutive_seeds(
     body = {"prompt": "a boat", "model": "sdxl-turbo", "n": 3, "size": "64x64", "seed": 50}
     response = client.post(OPENAI, json=body)
     assert response.status_code == 200, response.text
-    images = [
-        Image.open(io.BytesIO(base64.b64decode(d["b64_json"]))) for d in response.json()["data"]
-    ]
+    images = [image_of(d["b64_json"]) for d in response.json()["data"]]
     assert len(images) == 3
     for offset, image in enumerate(images):
         assert image.size == (64, 64)
@@ -302,9 +299,7 @@ def test_a_failing_batch_fails_only_its_requests(
         assert backend.released == 1
         for index, response in enumerate(good, start=1):
             assert response.status_code == 200, response.text
-            image = Image.open(
-                io.BytesIO(base64.b64decode(response.json()["output"]["image_data"]))
-            )
+            image = image_of(response.json()["output"]["image_data"])
             assert (
                 pixel_difference(image, reference(tiny_backend, f"good {index}", index))
                 <= BATCH_TOLERANCE
