@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from support.clients import details_of, image_of, openai_client
+from support.clients import details_of, image_of, openai_client, sample
 from support.gateway import StartGateway, gateway_command
 from support.server import ServerProcess, StartServer, free_port
 
@@ -38,14 +38,6 @@ def caikit_body(model: str | None, **parameters: object) -> dict[str, object]:
     if model is not None:
         body["model_id"] = model
     return body
-
-
-def metric(url: str, line_start: str) -> float:
-    """The value of the first sample of /metrics that starts with `line_start`."""
-    for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def stub(start_server: StartServer, model_id: str, *args: str) -> ServerProcess:
@@ -72,8 +64,8 @@ def test_routes_each_api_by_the_model_it_names(
             gateway.url + OPENAI, json={"model": model, "prompt": "x", "size": "64x64"}
         )
         assert openai_answer.status_code == 200, openai_answer.text
-    assert metric(alpha.url, 'tti_requests_total{method="POST",route="/api') == 2
-    assert metric(beta.url, 'tti_requests_total{method="POST",route="/v1') == 1
+    assert sample(alpha.url, 'tti_requests_total{method="POST",route="/api') == 2
+    assert sample(beta.url, 'tti_requests_total{method="POST",route="/v1') == 1
 
 
 def test_the_openai_client_needs_one_base_url(
@@ -159,7 +151,7 @@ def test_least_busy_pod_gets_the_next_request(
         thread.start()
     for thread in threads:
         thread.join()
-    counts = [metric(p.url, 'tti_requests_total{method="POST"') for p in pods]
+    counts = [sample(p.url, 'tti_requests_total{method="POST"') for p in pods]
     assert counts == [2, 2]
 
 
@@ -175,8 +167,8 @@ def test_a_vanished_pod_is_retried_once_on_another(
     pods[0].process.wait()
     for _ in range(4):
         assert httpx.post(gateway.url + CAIKIT, json=caikit_body("m")).status_code == 200
-    assert metric(gateway.metrics_url, 'tti_gateway_retries_total{model="m",namespace=""}') == 1
-    assert metric(pods[1].url, 'tti_requests_total{method="POST"') == 4
+    assert sample(gateway.metrics_url, 'tti_gateway_retries_total{model="m",namespace=""}') == 1
+    assert sample(pods[1].url, 'tti_requests_total{method="POST"') == 4
 
 
 class StallingPod(BaseHTTPRequestHandler):
@@ -255,7 +247,7 @@ def test_requests_at_zero_are_held_until_the_model_starts(
         thread.join()
     assert [a.status_code for a in answers] == [200, 200, 200]
     cold_starts = 'tti_gateway_cold_starts_total{model="late",namespace=""}'
-    assert metric(gateway.metrics_url, cold_starts) == 1
+    assert sample(gateway.metrics_url, cold_starts) == 1
 
 
 def test_a_model_that_does_not_start_in_time_gets_503_with_retry_after(

@@ -25,8 +25,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from support.clients import image_of
-from support.grpc_client import metric, predict, vision_stub, wait_for_metric
+from support.clients import image_of, metric, wait_for_metric
+from support.grpc_client import predict, vision_stub
 from support.server import ServerProcess, StartServer
 
 from tti_server.backends.stub import STUB_COLOR, StubBackend

@@ -1,5 +1,6 @@
 """How tests talk to a served model (a `tti-server` or a gateway in front of one): the official
-`openai` client, caikit's HTTP route, and the images and error details that come back.
+`openai` client, caikit's HTTP route, the images and error details that come back, and the
+samples of its /metrics.
 
     with openai_client(server.url) as client:
         client.images.generate(...)
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from typing import Any
 
 import httpx
@@ -59,3 +61,26 @@ def caikit_http(server: ServerProcess, model_id: str, **parameters: Any) -> http
     """caikit's text-to-image route through HTTP, with these `parameters` and no others."""
     body = {"model_id": model_id, "inputs": PROMPT, "parameters": parameters}
     return httpx.post(server.url + CAIKIT_TEXT_TO_IMAGE, json=body, timeout=120)
+
+
+def sample(url: str, line_start: str) -> float:
+    """The value of the first sample of `url`/metrics whose line starts with `line_start` (a
+    metric's name and the start of its labels), 0 if none does."""
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def metric(url: str, name: str) -> float:
+    """The value of one sample (`name` with its labels) of `url`/metrics (0 if it has none)."""
+    return sample(url, name + " ")
+
+
+def wait_for_metric(url: str, name: str, value: float, timeout: float = 30) -> None:
+    """Poll until the metric has the value (a wait, not a timed assertion)."""
+    deadline = time.monotonic() + timeout
+    while metric(url, name) != value:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} never became {value}")
+        time.sleep(0.02)
