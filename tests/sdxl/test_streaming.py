@@ -18,18 +18,20 @@ import httpx
 import openai
 import pytest
 from PIL import Image
-from support.clients import image_of, openai_client
+from support.clients import image_of, metric, openai_client
 from support.gateway import launch_gateway
+from support.in_process import serve_in_thread
 from support.server import ServerProcess, running_server
 
+from tti_contracts.routes import OPENAI_IMAGES as OPENAI
 from tti_server.backends.base import GenerationRequest, PreviewSink
 from tti_server.backends.diffusion import DiffusionBackend
 from tti_server.backends.previews import preview_steps
-
-from .test_sdxl_http import OPENAI, batches_so_far, serve_in_thread
+from tti_server.settings import Settings
 
 PARTIAL = "image_generation.partial_image"
 COMPLETED = "image_generation.completed"
+BATCHES = 'tti_batches_total{outcome="ok"}'
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +175,8 @@ class FailsAfterFirstPreview:
 
 def test_a_failure_mid_stream_is_an_error_event(tiny_backend: DiffusionBackend) -> None:
     backend = FailsAfterFirstPreview(tiny_backend)
-    with serve_in_thread(backend, model="sdxl") as url, openai_client(url) as client:
+    settings = Settings(model="sdxl", max_batch_size=8, batch_wait_ms=100)
+    with serve_in_thread(backend, settings) as url, openai_client(url) as client:
         stream = client.images.generate(
             prompt="poison", size="64x64", stream=True, partial_images=2,
             extra_body={"num_steps": 6},
@@ -201,7 +204,7 @@ def test_a_client_that_leaves_is_dropped_and_its_batch_finishes(
         "--max-batch-size", "2", "--batch-wait-ms", "1000",
         log_dir=tmp_path,
     ) as server, httpx.Client(base_url=server.url, timeout=120) as http:  # fmt: skip
-        before = batches_so_far(http)
+        before = metric(server.url, BATCHES)
         body = {"prompt": "a kite", "size": "64x64", "num_steps": 8, "seed": 1}
         plain: dict[str, httpx.Response] = {}
 
@@ -219,7 +222,7 @@ def test_a_client_that_leaves_is_dropped_and_its_batch_finishes(
         other.join()
         assert plain["answer"].status_code == 200, plain["answer"].text
         assert len(plain["answer"].json()["data"]) == 1
-        assert batches_so_far(http) - before == 1
+        assert metric(server.url, BATCHES) - before == 1
         # The server goes on (two images fill a batch at once), and logged no failure.
         with openai_client(server.url) as client:
             events = stream_events(client, n=2, size="64x64", partial_images=1, num_steps=2)
