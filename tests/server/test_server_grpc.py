@@ -39,14 +39,10 @@ ROUTE = 'route="/ccv.ComputerVisionService/TextToImageTaskPredict"'
 GRPC_OK = f'tti_requests_total{{method="GRPC",{ROUTE},status="OK"}}'
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    from support.server import running_server
-
-    flags = ("--max-prompt-length", "100", "--max-side", "1024", "--max-steps", "8")
-    log_dir = tmp_path_factory.mktemp("grpc")
-    with running_server("--model", "stub", *flags, log_dir=log_dir) as process:
-        yield process
+@pytest.fixture
+def server(contract_server: ServerProcess) -> ServerProcess:
+    """The stub server the contract tests share (conftest.py), its gRPC API on."""
+    return contract_server
 
 
 @pytest.fixture
