@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -25,15 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from serving import ServerProcess, launch_server, print_rounds
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
-
-from support.server import ServerProcess, launch_server  # noqa: E402
-
-from tti_server.backends.base import AdapterFile  # noqa: E402
-from tti_server.tools.tiny_adapter import WEIGHT_NAME, write_tiny_adapter  # noqa: E402
-from tti_server.tools.tiny_model import write_tiny_model  # noqa: E402
+from tti_server.backends.base import AdapterFile
+from tti_server.tools.tiny_adapter import WEIGHT_NAME, write_tiny_adapter
+from tti_server.tools.tiny_model import write_tiny_model
 
 PATH = "/v1/images/generations"
 MODEL = "tiny"
@@ -122,14 +117,11 @@ def main() -> None:
             adapted.stop()
             plain.stop()
         switches = switch_seconds(scratch / "model", adapters, args.switches)
-    rates = {name: statistics.median(values) for name, values in results.items()}
     print(
         f"{args.clients} closed-loop clients, {args.rounds} rounds of {args.duration:g} s each, "
         f"{args.size}x{args.size}, 1 step, tiny SDXL-Turbo on the CPU, batches of up to 4"
     )
-    for name, values in results.items():
-        rounds = ", ".join(f"{value:.2f}" for value in values)
-        print(f"{name:>8}: median {rates[name]:.2f} images/s (rounds: {rounds})")
+    rates = print_rounds(results, lambda name: f"{name:>8}")
     print(f"ratio (adapters / none): {rates['adapters'] / rates['none']:.3f}")
     print(
         f"one switch (enable_lora + set_adapters, A <-> B): median "

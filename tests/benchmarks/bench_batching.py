@@ -1,11 +1,13 @@
 """Benchmark: how full the server's batches are under closed-loop load, this code against another.
 
 Two real `tti-server` processes serve the offline tiny SDXL model on the CPU with
-`--max-batch-size 8`: one runs this checkout's server code, the other a reference
-checkout's (default: /work/main, the code before a change), chosen by pointing
-`PYTHONPATH` at each one's `common/` and `server/`. Both stay up for the whole run
-(an idle server costs no CPU) and the rounds alternate between them, so drift in
-background load hits both alike. Per round and server:
+`--max-batch-size 8`: one runs this checkout's server code, the other a reference's,
+chosen by pointing `PYTHONPATH` at each one's `common/` and `server/`. The reference is
+the revision `--reference-rev` of this repository (default: `main`), exported (`git
+archive`) to the run's temporary folder and removed with it, or the existing checkout
+`--reference` names. Both stay up for the whole run (an idle server costs no CPU) and the
+rounds alternate between them, so drift in background load hits both alike. Per round and
+server:
 
 * p50 of one client's requests, one after another (caikit JSON through HTTP);
 * `--clients` closed-loop clients (each sends its next request when answered):
@@ -15,33 +17,24 @@ background load hits both alike. Per round and server:
 It prints both servers side by side and the ratios; the targets (issue 22) are a mean
 batch >= 7 of 8 at 8 clients, and one client's p50 at most 1.05x the reference's.
 
-    .venv/bin/python tests/benchmarks/bench_batching.py [--reference /work/main] [--rounds 3]
+    .venv/bin/python tests/benchmarks/bench_batching.py [--reference-rev main | --reference DIR]
+        [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
-import sys
+import subprocess
 import tempfile
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+from serving import REPO, ServerProcess, closed_loop, launch_server, one_client_times
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
+from tti_server.tools.tiny_model import write_tiny_model
 
-from support.server import ServerProcess, launch_server  # noqa: E402
-
-from tti_server.tools.tiny_model import write_tiny_model  # noqa: E402
-
-PATH = "/api/v1/task/text-to-image"
 MAX_BATCH = 8
 MEAN_BATCH_TARGET = 7.0
 LATENCY_TARGET = 1.05
@@ -75,55 +68,18 @@ def start(side: Side, model_dir: Path, log_dir: Path, args: argparse.Namespace) 
     return launch_server(flags, log_dir / side.name, env=env)
 
 
-def one_client_latencies(server: ServerProcess, args: argparse.Namespace) -> list[float]:
-    times = []
-    with httpx.Client(base_url=server.url, timeout=120) as client:
-        for seed in range(args.samples + 2):
-            started = time.perf_counter()
-            client.post(PATH, json=body(args.size, seed, args.format)).raise_for_status()
-            if seed >= 2:  # the first two warm the connection up
-                times.append(time.perf_counter() - started)
-    return times
-
-
-def closed_loop(server: ServerProcess, args: argparse.Namespace) -> tuple[float, float]:
-    """Images/s of `--clients` closed-loop clients, and the mean images per pipeline call."""
-    start_line = threading.Barrier(args.clients + 1)
-
-    def one_client(index: int) -> None:
-        with httpx.Client(base_url=server.url, timeout=120) as client:
-            client.post(PATH, json=body(args.size, index, args.format)).raise_for_status()
-            start_line.wait()
-            for request in range(args.per_client):
-                seed = 1000 * index + request
-                client.post(PATH, json=body(args.size, seed, args.format)).raise_for_status()
-
-    with ThreadPoolExecutor(args.clients) as pool:
-        done = [pool.submit(one_client, index) for index in range(args.clients)]
-        start_line.wait()
-        images_before, batches_before = engine_counts(server)
-        started = time.perf_counter()
-        for future in done:
-            future.result()
-        elapsed = time.perf_counter() - started
-    images, batches = engine_counts(server)
-    mean_batch = (images - images_before) / max(1.0, batches - batches_before)
-    return args.clients * args.per_client / elapsed, mean_batch
-
-
-def engine_counts(server: ServerProcess) -> tuple[float, float]:
-    text = httpx.get(server.url + "/metrics", timeout=30).text
-    images = re.search(r"^tti_images_generated_total ([0-9.e+]+)$", text, re.MULTILINE)
-    batches = re.search(r'^tti_batches_total\{outcome="ok"\} ([0-9.e+]+)$', text, re.MULTILINE)
-    if not images or not batches:
-        raise RuntimeError("the server's /metrics lacks tti_images_generated or tti_batches")
-    return float(images.group(1)), float(batches.group(1))
-
-
 def measure_round(side: Side, args: argparse.Namespace) -> None:
     assert side.server is not None
-    side.latencies += one_client_latencies(side.server, args)
-    images_per_s, mean_batch = closed_loop(side.server, args)
+    side.latencies += one_client_times(
+        side.server, args.samples, lambda seed: body(args.size, seed, args.format)
+    )
+    images_per_s, mean_batch = closed_loop(
+        side.server,
+        args.clients,
+        args.per_client,
+        warm_up=lambda index: body(args.size, index, args.format),
+        request=lambda index, number: body(args.size, 1000 * index + number, args.format),
+    )
     side.images_per_s.append(images_per_s)
     side.mean_batches.append(mean_batch)
     p50 = statistics.median(side.latencies[-args.samples :]) * 1000
@@ -159,10 +115,38 @@ def report(reference: Side, candidate: Side, args: argparse.Namespace) -> None:
     print(f"{rate_ratio:.2f}")
 
 
+def git(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True)
+
+
+def revision_commit(revision: str) -> str | None:
+    """The commit `revision` names in this repository, or None."""
+    found = git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
+    return found.stdout.decode().strip() or None
+
+
+def export(commit: str, path: Path) -> Path:
+    """The files of `commit` written to `path` (git archive): a checkout without a .git."""
+    path.mkdir(parents=True)
+    archive = git("archive", commit)
+    archive.check_returncode()
+    subprocess.run(["tar", "-x", "-C", str(path)], input=archive.stdout, check=True)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--reference", type=Path, default=Path("/work/main"), help="checkout to compare with"
+        "--reference-rev",
+        metavar="REV",
+        help="revision of this repository to compare with (default: main), exported to a "
+        "temporary folder for the run",
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        metavar="DIR",
+        help="an existing checkout to compare with, instead",
     )
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     parser.add_argument("--samples", type=int, default=20, help="1-client requests per round")
@@ -180,27 +164,42 @@ def main() -> None:
         "shared machine 1 keeps torch's spinning threads from slowing to seconds a call)",
     )
     args = parser.parse_args()
-    if not (args.reference / "server" / "tti_server").is_dir():
+    if args.reference is not None and args.reference_rev is not None:
+        parser.error("--reference and --reference-rev: give one of them")
+    if args.reference is not None and not (args.reference / "server" / "tti_server").is_dir():
         parser.error(f"--reference: {args.reference} holds no server/tti_server")
+    revision = args.reference_rev or "main"
+    commit = revision_commit(revision) if args.reference is None else None
+    if args.reference is None and commit is None:
+        parser.error(f"--reference-rev: {revision!r} is no revision of {REPO}")
 
-    reference = Side("reference", args.reference.resolve())
-    candidate = Side("this code", REPO)
-    with tempfile.TemporaryDirectory(prefix="bench-batching-") as scratch:
-        model_dir, log_dir = Path(scratch) / "tiny", Path(scratch) / "logs"
-        write_tiny_model(model_dir, "sdxl")
-        try:
-            for side in (reference, candidate):
-                side.server = start(side, model_dir, log_dir, args)
-                print(f"{side.name}: {side.root} serving at {side.server.url}", flush=True)
-            for number in range(1, args.rounds + 1):
-                print(f"round {number} of {args.rounds}", flush=True)
-                order = (reference, candidate) if number % 2 else (candidate, reference)
-                for side in order:
-                    measure_round(side, args)
-        finally:
-            for side in (reference, candidate):
-                if side.server is not None:
-                    side.server.stop()
+    with tempfile.TemporaryDirectory(prefix="bench-batching-") as folder:
+        scratch = Path(folder)
+        if commit is None:
+            root = args.reference.resolve()
+        else:
+            root = export(commit, scratch / "reference")
+            print(f"reference: {revision} ({commit[:12]}), exported to {root}", flush=True)
+        compare(Side("reference", root), Side("this code", REPO), scratch, args)
+
+
+def compare(reference: Side, candidate: Side, scratch: Path, args: argparse.Namespace) -> None:
+    """Both servers up side by side, the rounds alternating between them; then the report."""
+    model_dir, log_dir = scratch / "tiny", scratch / "logs"
+    write_tiny_model(model_dir, "sdxl")
+    try:
+        for side in (reference, candidate):
+            side.server = start(side, model_dir, log_dir, args)
+            print(f"{side.name}: {side.root} serving at {side.server.url}", flush=True)
+        for number in range(1, args.rounds + 1):
+            print(f"round {number} of {args.rounds}", flush=True)
+            order = (reference, candidate) if number % 2 else (candidate, reference)
+            for side in order:
+                measure_round(side, args)
+    finally:
+        for side in (reference, candidate):
+            if side.server is not None:
+                side.server.stop()
     report(reference, candidate, args)
 
 

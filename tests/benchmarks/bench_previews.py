@@ -14,21 +14,15 @@ of each side (a round whose core was taken elsewhere does not drag it) and their
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from serving import ServerProcess, launch_server, print_rounds
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
-
-from support.server import ServerProcess, launch_server  # noqa: E402
-
-from tti_server.tools.tiny_model import write_tiny_model  # noqa: E402
+from tti_server.tools.tiny_model import write_tiny_model
 
 PATH = "/v1/images/generations"
 
@@ -96,14 +90,11 @@ def main() -> None:
                     results[partial].append(round_images_per_s(server, args, partial))
         finally:
             server.stop()
-    rates = {partial: statistics.median(values) for partial, values in results.items()}
     print(
         f"{args.clients} clients x {args.per_client} requests, {args.rounds} rounds each, "
         f"{args.size}x{args.size}, {args.steps} steps, tiny SDXL on the CPU"
     )
-    for partial, values in results.items():
-        rounds = ", ".join(f"{value:.2f}" for value in values)
-        print(f"partial_images={partial}: median {rates[partial]:.2f} images/s (rounds: {rounds})")
+    rates = print_rounds(results, lambda partial: f"partial_images={partial}")
     print(f"ratio (3 / 0): {rates[3] / rates[0]:.3f}")
 
 

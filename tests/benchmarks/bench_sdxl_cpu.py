@@ -17,27 +17,19 @@ Side by side in one run:
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import torch
+from serving import ServerProcess, closed_loop, launch_server
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
-
-from support.server import ServerProcess, launch_server  # noqa: E402
-
-from tti_server.backends.diffusion import load_pipeline  # noqa: E402
-from tti_server.tools.tiny_model import write_tiny_model  # noqa: E402
+from tti_server.backends.diffusion import load_pipeline
+from tti_server.tools.tiny_model import write_tiny_model
 
 PATH = "/api/v1/task/text-to-image"
 SIZE = 64
@@ -94,36 +86,13 @@ def latencies(
 
 def throughput(server: ServerProcess, clients: int, per_client: int) -> tuple[float, float]:
     """Images/s with `clients` closed-loop clients, and the mean images per pipeline call."""
-    start = threading.Barrier(clients + 1)
-
-    def one_client(index: int) -> None:
-        with httpx.Client(base_url=server.url, timeout=120) as client:
-            client.post(PATH, json=body("warm-up", index)).raise_for_status()
-            start.wait()
-            for request in range(per_client):
-                seed = index * 1000 + request
-                client.post(PATH, json=body(f"client {index}", seed)).raise_for_status()
-
-    with ThreadPoolExecutor(clients) as pool:
-        done = [pool.submit(one_client, index) for index in range(clients)]
-        start.wait()
-        images_before, batches_before = engine_counts(server)
-        started = time.perf_counter()
-        for future in done:
-            future.result()
-        elapsed = time.perf_counter() - started
-    images, batches = engine_counts(server)
-    mean_batch = (images - images_before) / max(1, batches - batches_before)
-    return clients * per_client / elapsed, mean_batch
-
-
-def engine_counts(server: ServerProcess) -> tuple[float, float]:
-    text = httpx.get(server.url + "/metrics", timeout=10).text
-    images = re.search(r"^tti_images_generated_total ([0-9.e+]+)$", text, re.MULTILINE)
-    batches = re.search(r'^tti_batches_total\{outcome="ok"\} ([0-9.e+]+)$', text, re.MULTILINE)
-    if not images or not batches:
-        raise RuntimeError("the server's /metrics lacks tti_images_generated or tti_batches")
-    return float(images.group(1)), float(batches.group(1))
+    return closed_loop(
+        server,
+        clients,
+        per_client,
+        warm_up=lambda index: body("warm-up", index),
+        request=lambda index, number: body(f"client {index}", index * 1000 + number),
+    )
 
 
 def start(model_dir: Path, log_dir: Path, max_batch_size: int) -> ServerProcess:

@@ -34,7 +34,6 @@ import argparse
 import gc
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -54,6 +53,8 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
+# device_run.py reads engine_counts from here too.
+from serving import engine_counts, one_client_times  # noqa: E402
 from support.server import ServerExited, ServerProcess, free_port, wait_until_ready  # noqa: E402
 
 from tti_server.tools import tiny_model  # noqa: E402
@@ -328,23 +329,11 @@ def run_clients(server: ServerProcess, scale: Scale, clients: int, per_client: i
         return time.perf_counter() - started
 
 
-def engine_counts(server: ServerProcess) -> tuple[float, float]:
-    text = httpx.get(server.url + "/metrics", timeout=30).text
-    images = re.search(r"^tti_images_generated_total ([0-9.e+]+)$", text, re.MULTILINE)
-    batches = re.search(r'^tti_batches_total\{outcome="ok"\} ([0-9.e+]+)$', text, re.MULTILINE)
-    if not images or not batches:
-        raise RuntimeError("the server's /metrics lacks tti_images_generated or tti_batches")
-    return float(images.group(1)), float(batches.group(1))
-
-
 def latency_p50_ms(server: ServerProcess, scale: Scale, image_format: str) -> float:
-    times = []
-    with httpx.Client(base_url=server.url, timeout=time_left()) as client:
-        for seed in range(scale.latency_samples + 2):
-            started = time.perf_counter()
-            client.post(PATH, json=request_body(scale, seed, image_format)).raise_for_status()
-            if seed >= 2:  # the first two only warm the connection and the format
-                times.append(time.perf_counter() - started)
+    def body(seed: int) -> dict[str, Any]:
+        return request_body(scale, seed, image_format)
+
+    times = one_client_times(server, scale.latency_samples, body, time_left())
     return statistics.median(times) * 1000
 
 

@@ -25,7 +25,7 @@ from support.gateway import gateway_command
 from support.hostile import (
     SLOW_CLIENTS,
     Answer,
-    many_headers,
+    many_headers_request,
     peak_rss_mib,
     send_huge_header,
     send_raw,
@@ -63,9 +63,7 @@ def measure(name: str, target: ServerProcess, header_mib: int, patience: float) 
     before = peak_rss_mib(target.process.pid)
     flood = send_huge_header(target.url, CAIKIT, header_mib << 20, head=auth)
     after = peak_rss_mib(target.process.pid)
-    request = b"POST " + CAIKIT.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-    request += many_headers(2000) + b"Content-Length: 2\r\n\r\n{}"
-    many = send_raw(target.url, request)
+    many = send_raw(target.url, many_headers_request(CAIKIT, 2000))
     slow: dict[str, Answer] = {}
 
     def run(case: str) -> None:

@@ -23,6 +23,7 @@ import httpx
 import openai
 import pytest
 import yaml
+from support.clients import sample
 from support.cluster import Cluster, fresh_namespace
 from support.gateway import StartGateway
 from support.helm import Helm, ensure_helm
@@ -232,13 +233,6 @@ def caikit(model: str) -> dict[str, Any]:
     return {"model_id": model, "inputs": "a fox", "parameters": {"height": 64, "width": 64}}
 
 
-def metric(url: str, line_start: str) -> float:
-    for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def test_models_and_their_slices_route_and_a_removed_model_disappears(
     namespaces: list[Namespace],
     cluster_gateway: Callable[..., ServerProcess],
@@ -282,7 +276,7 @@ def test_a_burst_at_zero_scales_the_model_once_and_is_answered_when_it_starts(
     for thread in burst:
         thread.start()
     held = f'tti_gateway_held_requests{{model="cold",namespace="{ns.name}"}}'
-    eventually(lambda: metric(gateway.metrics_url, held), (5.0).__eq__, "held requests")
+    eventually(lambda: sample(gateway.metrics_url, held), (5.0).__eq__, "held requests")
     assert eventually(lambda: ns.replicas("cold"), (1).__eq__, "spec.replicas") == 1
     # What the operator and the EndpointSlice controller would do next: a ready pod.
     ns.endpoints("cold", [stub(start_server, "cold")])
@@ -290,8 +284,8 @@ def test_a_burst_at_zero_scales_the_model_once_and_is_answered_when_it_starts(
         thread.join()
     assert answers == [200] * 5
     cold_starts = f'tti_gateway_cold_starts_total{{model="cold",namespace="{ns.name}"}}'
-    assert metric(gateway.metrics_url, cold_starts) == 1  # one wake, one scale patch, for the burst
-    assert metric(gateway.metrics_url, held) == 0
+    assert sample(gateway.metrics_url, cold_starts) == 1  # one wake, one scale patch, for the burst
+    assert sample(gateway.metrics_url, held) == 0
 
 
 def test_a_model_scaled_to_zero_by_hand_gets_503_at_once_and_stays_at_zero(
@@ -324,7 +318,7 @@ def test_a_name_in_two_namespaces_needs_its_namespace(
     # The pod knows the bare name: the gateway forwards that (a stub refuses any other).
     named = httpx.post(gateway.url + CAIKIT, json=caikit(f"{second.name}/twin"))
     assert named.status_code == 200, named.text
-    served = [metric(s.url, 'tti_requests_total{method="POST"') for s in servers]
+    served = [sample(s.url, 'tti_requests_total{method="POST"') for s in servers]
     assert served == [0, 1]
 
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
+from support.clients import sample
 from support.gateway import StartGateway, launch_gateway
 from support.server import ServerProcess, launch_server
 
@@ -35,13 +36,6 @@ READ_IMAGE = """async (img) => {
   }
   return btoa(text);
 }"""
-
-
-def metric(url: str, line_start: str) -> float:
-    for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +158,7 @@ def test_the_picker_lists_every_model_and_the_one_picked_generates(
 
     picker.select_option("beta")
     expect(page.locator("#model")).to_have_text("Model beta · ready")
-    before = {name: metric(server.url, OPENAI) for name, server in models.items()}
+    before = {name: sample(server.url, OPENAI) for name, server in models.items()}
     page.fill("#width", "203")
     page.fill("#height", "100")
     expect(page.locator("#size-hint")).to_have_text("")  # no side_multiple: nothing rounds
@@ -174,7 +168,7 @@ def test_the_picker_lists_every_model_and_the_one_picked_generates(
     assert (image.format, image.size) == ("PNG", (203, 100))
     assert image.convert("RGB").getcolors() == [(203 * 100, STUB_COLOR)]
     expect(page.locator("#images figcaption")).to_contain_text("203x100 · seed ")
-    after = {name: metric(server.url, OPENAI) for name, server in models.items()}
+    after = {name: sample(server.url, OPENAI) for name, server in models.items()}
     assert (after["beta"] - before["beta"], after["alpha"] - before["alpha"]) == (1, 0)
 
 

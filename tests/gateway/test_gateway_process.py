@@ -6,8 +6,6 @@ any other name, so a request that reaches the wrong model fails loudly.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import subprocess
@@ -22,7 +20,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from PIL import Image
+from support.clients import details_of, image_of, openai_client, sample
 from support.gateway import StartGateway, gateway_command
 from support.server import ServerProcess, StartServer, free_port
 
@@ -40,14 +38,6 @@ def caikit_body(model: str | None, **parameters: object) -> dict[str, object]:
     if model is not None:
         body["model_id"] = model
     return body
-
-
-def metric(url: str, line_start: str) -> float:
-    """The value of the first sample of /metrics that starts with `line_start`."""
-    for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def stub(start_server: StartServer, model_id: str, *args: str) -> ServerProcess:
@@ -74,27 +64,26 @@ def test_routes_each_api_by_the_model_it_names(
             gateway.url + OPENAI, json={"model": model, "prompt": "x", "size": "64x64"}
         )
         assert openai_answer.status_code == 200, openai_answer.text
-    assert metric(alpha.url, 'tti_requests_total{method="POST",route="/api') == 2
-    assert metric(beta.url, 'tti_requests_total{method="POST",route="/v1') == 1
+    assert sample(alpha.url, 'tti_requests_total{method="POST",route="/api') == 2
+    assert sample(beta.url, 'tti_requests_total{method="POST",route="/v1') == 1
 
 
 def test_the_openai_client_needs_one_base_url(
     two_models: tuple[ServerProcess, ServerProcess, ServerProcess],
 ) -> None:
     gateway, _, _ = two_models
-    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+    client = openai_client(gateway.url)
     for model in ("alpha", "beta"):
         result = client.images.generate(model=model, prompt="a fox", size="64x64")
         assert result.data is not None and result.data[0].b64_json is not None
-        image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+        image = image_of(result.data[0].b64_json)
         assert image.size == (64, 64) and image.getpixel((0, 0)) == STUB_COLOR
     models = {m.id: m.model_dump() for m in client.models.list().data}
     assert models["alpha"]["state"] == "Ready" and models["alpha"]["ready_replicas"] == 1
     assert models["idle"]["state"] == "ScaledToZero" and models["idle"]["ready_replicas"] == 0
     with pytest.raises(openai.NotFoundError) as info:
         client.images.generate(model="gamma", prompt="x", size="64x64")
-    assert isinstance(info.value.body, dict)
-    assert info.value.body["details"] == (
+    assert details_of(info.value) == (
         "model: 'gamma' is not served here; known models: alpha, beta, idle"
     )
 
@@ -108,7 +97,7 @@ def test_raw_image_bytes_stream_through_with_the_request_id(
     assert answer.status_code == 200
     assert answer.headers["content-type"] == "image/webp"
     assert answer.headers["x-request-id"] == "trace-42"
-    assert Image.open(io.BytesIO(answer.content)).format == "WEBP"
+    assert image_of(answer.content).format == "WEBP"
     # The model's own error comes back untouched, with the id the client sent.
     refused = httpx.post(
         gateway.url + CAIKIT, json=caikit_body("beta", height=100000), headers=headers
@@ -162,7 +151,7 @@ def test_least_busy_pod_gets_the_next_request(
         thread.start()
     for thread in threads:
         thread.join()
-    counts = [metric(p.url, 'tti_requests_total{method="POST"') for p in pods]
+    counts = [sample(p.url, 'tti_requests_total{method="POST"') for p in pods]
     assert counts == [2, 2]
 
 
@@ -178,8 +167,8 @@ def test_a_vanished_pod_is_retried_once_on_another(
     pods[0].process.wait()
     for _ in range(4):
         assert httpx.post(gateway.url + CAIKIT, json=caikit_body("m")).status_code == 200
-    assert metric(gateway.metrics_url, 'tti_gateway_retries_total{model="m",namespace=""}') == 1
-    assert metric(pods[1].url, 'tti_requests_total{method="POST"') == 4
+    assert sample(gateway.metrics_url, 'tti_gateway_retries_total{model="m",namespace=""}') == 1
+    assert sample(pods[1].url, 'tti_requests_total{method="POST"') == 4
 
 
 class StallingPod(BaseHTTPRequestHandler):
@@ -258,7 +247,7 @@ def test_requests_at_zero_are_held_until_the_model_starts(
         thread.join()
     assert [a.status_code for a in answers] == [200, 200, 200]
     cold_starts = 'tti_gateway_cold_starts_total{model="late",namespace=""}'
-    assert metric(gateway.metrics_url, cold_starts) == 1
+    assert sample(gateway.metrics_url, cold_starts) == 1
 
 
 def test_a_model_that_does_not_start_in_time_gets_503_with_retry_after(
@@ -320,11 +309,11 @@ def test_bearer_tokens_from_a_file(
     for path in ("/healthz", "/readyz"):
         assert httpx.get(gateway.url + path).status_code == 200
     assert httpx.get(gateway.metrics_url + "/metrics").status_code == 200
-    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="second-token", max_retries=0)
+    client = openai_client(gateway.url, api_key="second-token")
     assert client.images.generate(model="m", prompt="x", size="64x64").data
     assert [m.id for m in client.models.list().data] == ["m"]
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=gateway.url + "/v1", api_key="nope", max_retries=0).models.list()
+        openai_client(gateway.url, api_key="nope").models.list()
 
 
 def test_health_metrics_and_unknown_routes(start_gateway: StartGateway) -> None:

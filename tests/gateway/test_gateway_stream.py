@@ -12,9 +12,9 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 
-import httpx
 import openai
 import pytest
+from support.clients import openai_client, sample
 from support.event_pod import EventPod, Pace
 from support.gateway import StartGateway
 from support.server import ServerProcess, free_port
@@ -29,14 +29,10 @@ IN_ORDER: list[Event] = [
 ]
 
 
-def client(gateway: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=60)
-
-
 def stream(gateway: ServerProcess, model: str = "m") -> Generator[Event, None, None]:
     """The events of one streamed generation, as the official client parses them."""
-    with client(gateway) as openai_client:
-        events = openai_client.images.generate(
+    with openai_client(gateway.url, timeout=60) as client:
+        events = client.images.generate(
             model=model, prompt="a lighthouse", stream=True, partial_images=PARTIALS
         )
         for item in events:
@@ -45,21 +41,14 @@ def stream(gateway: ServerProcess, model: str = "m") -> Generator[Event, None, N
 
 def generate(gateway: ServerProcess) -> bool:
     """Whether one generation without streaming gave an image."""
-    with client(gateway) as openai_client:
-        return bool(openai_client.images.generate(model="m", prompt="x").data)
-
-
-def metric(gateway: ServerProcess, line_start: str) -> float:
-    """The value of the gateway's first sample that starts with `line_start`."""
-    for line in httpx.get(gateway.metrics_url + "/metrics").text.splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    with openai_client(gateway.url, timeout=60) as client:
+        return bool(client.images.generate(model="m", prompt="x").data)
 
 
 def requests(gateway: ServerProcess, status: int) -> float:
     """Requests for model `m` the gateway counted with `status`."""
-    return metric(gateway, f'tti_gateway_requests_total{{model="m",namespace="",status="{status}"')
+    counted = f'tti_gateway_requests_total{{model="m",namespace="",status="{status}"'
+    return sample(gateway.metrics_url, counted)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
@@ -175,8 +164,8 @@ def test_a_stream_to_a_model_at_zero_is_held_then_streamed(
     seen: list[Event] = []
     call = threading.Thread(target=lambda: seen.extend(stream(gateway, "late")))
     call.start()
-    wait_until(lambda: metric(gateway, 'tti_gateway_held_requests{model="late"') == 1)
+    wait_until(lambda: sample(gateway.metrics_url, 'tti_gateway_held_requests{model="late"') == 1)
     pods.append(EventPod(Pace.GAP, port=port))
     call.join(60)
     assert seen == IN_ORDER
-    assert metric(gateway, 'tti_gateway_cold_starts_total{model="late"') == 1
+    assert sample(gateway.metrics_url, 'tti_gateway_cold_starts_total{model="late"') == 1

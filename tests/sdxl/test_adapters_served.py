@@ -10,8 +10,6 @@ watched: a rewritten file changes the adapters without a restart, a bad one chan
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import time
 from collections.abc import Iterator
@@ -22,13 +20,12 @@ import grpc
 import httpx
 import openai
 import pytest
-from PIL import Image
+from support.clients import caikit_http, details_of, image_of, openai_image
 from support.grpc_client import predict, vision_stub
 from support.hf_endpoint import HubEndpoint
 from support.server import ServerProcess, running_server
 from support.tiny_model import TinyAdapters
 
-from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE
 from tti_server.tools.tiny_adapter import WEIGHT_NAME
 
 MODEL = "tiny"
@@ -70,30 +67,6 @@ def plain(model_root: Path) -> Iterator[ServerProcess]:
         yield server
 
 
-def image_of(data: str | bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(base64.b64decode(data) if isinstance(data, str) else data))
-    image.load()
-    return image
-
-
-def openai_image(server: ServerProcess, model: str, **extra: Any) -> Image.Image:
-    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0) as client:
-        result = client.images.generate(
-            model=model, prompt="a lighthouse", size=f"{SIDE}x{SIDE}", extra_body=extra
-        )
-    assert result.data and result.data[0].b64_json
-    return image_of(result.data[0].b64_json)
-
-
-def caikit_http(server: ServerProcess, model_id: str, **parameters: Any) -> httpx.Response:
-    body = {
-        "model_id": model_id,
-        "inputs": "a lighthouse",
-        "parameters": {"height": SIDE, "width": SIDE, **parameters},
-    }
-    return httpx.post(server.url + CAIKIT_TEXT_TO_IMAGE, json=body, timeout=120)
-
-
 def model_ids(server: ServerProcess) -> list[tuple[str, str | None]]:
     cards = httpx.get(server.url + "/v1/models").json()["data"]
     return [(card["id"], card["parent"]) for card in cards]
@@ -107,7 +80,7 @@ def test_each_adapter_changes_the_image_and_none_is_the_base(
     base = openai_image(adapted, MODEL, seed=7)
     assert len({with_a.tobytes(), with_b.tobytes(), base.tobytes()}) == 3
     assert base.tobytes() == openai_image(plain, MODEL, seed=7).tobytes()
-    answer = caikit_http(adapted, f"{MODEL}/a", seed=7)
+    answer = caikit_http(adapted, f"{MODEL}/a", height=SIDE, width=SIDE, seed=7)
     assert answer.status_code == 200, answer.text
     assert image_of(answer.json()["output"]["image_data"]).tobytes() == with_a.tobytes()
     scaled = openai_image(adapted, f"{MODEL}/a", seed=7, adapter_scale=0)
@@ -125,9 +98,8 @@ def test_an_unknown_adapter_is_not_found_listing_the_adapters(adapted: ServerPro
     listed = f"its adapters: '{MODEL}/a', '{MODEL}/b'"
     with pytest.raises(openai.NotFoundError) as unknown:
         openai_image(adapted, f"{MODEL}/zzz")
-    assert isinstance(unknown.value.body, dict)
-    assert unknown.value.body["details"] == f"model: '{MODEL}' has no adapter 'zzz'; {listed}"
-    answer = caikit_http(adapted, f"{MODEL}/zzz")
+    assert details_of(unknown.value) == f"model: '{MODEL}' has no adapter 'zzz'; {listed}"
+    answer = caikit_http(adapted, f"{MODEL}/zzz", height=SIDE, width=SIDE)
     assert answer.status_code == 404
     assert answer.json()["details"].startswith("model_id: ")
     assert listed in answer.json()["details"]
@@ -148,7 +120,7 @@ def test_an_adapter_of_another_architecture_is_refused_and_says_why(
     reason = adapters["bad"]["reason"]
     assert reason.startswith("cannot load pytorch_lora_weights.safetensors: RuntimeError: ")
     assert "size mismatch" in reason
-    answer = caikit_http(adapted, f"{MODEL}/bad")
+    answer = caikit_http(adapted, f"{MODEL}/bad", height=SIDE, width=SIDE)
     assert answer.status_code == 404
     assert answer.json()["details"] == f"model_id: adapter '{MODEL}/bad' was refused: {reason}"
     log = adapted.output().splitlines()

@@ -8,22 +8,18 @@ One server per catalogue model below (each loads its family's tiny pipeline on t
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import httpx
 import openai
 import pytest
-from PIL import Image
+from support.clients import caikit_http, details_of, image_of, openai_image
 from support.grpc_client import predict, vision_stub
 from support.server import ServerProcess, StartServer, running_server
 
 from tti_contracts.catalogue import CATALOGUE
-from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE
 
 #: A catalogue model of each family -> the tiny pipeline it loads (`tiny_family_dirs`).
 SERVED = {
@@ -51,41 +47,11 @@ def served(
         yield name, server
 
 
-def image_of(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image
-
-
-def caikit_http(server: ServerProcess, name: str, **parameters: Any) -> httpx.Response:
-    body = {"model_id": name, "inputs": "a lighthouse", "parameters": parameters}
-    return httpx.post(server.url + CAIKIT_TEXT_TO_IMAGE, json=body, timeout=120)
-
-
-def openai_client(server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-
-
-def details(error: openai.APIStatusError) -> str:
-    """The envelope's message: the client keeps the body of an error it cannot parse."""
-    assert isinstance(error.body, dict)
-    return str(error.body["details"])
-
-
-def openai_image(server: ServerProcess, name: str, **extra: Any) -> Image.Image:
-    with openai_client(server) as client:
-        result = client.images.generate(
-            model=name, prompt="a lighthouse", size=f"{SIDE}x{SIDE}", extra_body=extra
-        )
-    assert result.data and result.data[0].b64_json
-    return image_of(base64.b64decode(result.data[0].b64_json))
-
-
 def test_each_api_draws_and_a_seed_gives_the_same_image(served: tuple[str, ServerProcess]) -> None:
     name, server = served
     answer = caikit_http(server, name, height=SIDE, width=SIDE, num_steps=STEPS, seed=7)
     assert answer.status_code == 200, answer.text
-    by_http = image_of(base64.b64decode(answer.json()["output"]["image_data"]))
+    by_http = image_of(answer.json()["output"]["image_data"])
     with vision_stub(server.grpc_target) as stub:  # caikit's proto has no seed
         by_grpc = predict(
             stub, model_id=name, inputs="a lighthouse", height=SIDE, width=SIDE,
@@ -102,7 +68,7 @@ def test_a_size_goes_to_the_familys_multiple(served: tuple[str, ServerProcess]) 
     name, server = served
     answer = caikit_http(server, name, height=72, width=40, num_steps=1, seed=1)
     assert answer.status_code == 200, answer.text
-    image = image_of(base64.b64decode(answer.json()["output"]["image_data"]))
+    image = image_of(answer.json()["output"]["image_data"])
     multiple = CATALOGUE[name].side_multiple
     assert image.size == (round(40 / multiple) * multiple, round(72 / multiple) * multiple)
 
@@ -120,7 +86,7 @@ def test_too_many_steps_are_refused_on_every_api(served: tuple[str, ServerProces
     assert said in (refused.value.details() or "")
     with pytest.raises(openai.BadRequestError) as bad:
         openai_image(server, name, num_steps=steps)
-    assert said in details(bad.value)
+    assert said in details_of(bad.value)
 
 
 def test_guidance_follows_the_familys_rule(served: tuple[str, ServerProcess]) -> None:
@@ -146,7 +112,7 @@ def test_the_negative_prompt_follows_the_familys_rule(served: tuple[str, ServerP
         )
         with pytest.raises(openai.BadRequestError) as bad:
             openai_image(server, name, negative_prompt="fog")
-        assert details(bad.value).startswith(f"negative_prompt: {name} takes no negative prompt")
+        assert details_of(bad.value).startswith(f"negative_prompt: {name} takes no negative prompt")
         return
     plain = openai_image(server, name, num_steps=STEPS, seed=3, guidance_scale=5.0)
     steered = openai_image(

@@ -9,14 +9,10 @@ went through a batch may differ from its reference by `BATCH_TOLERANCE`.
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import io
 import re
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,15 +20,14 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
-from support.server import ServerProcess, StartServer, free_port, running_server, server_command
+from support.clients import image_of
+from support.in_process import serve_in_thread
+from support.server import ServerProcess, StartServer, running_server, server_command
 from support.tiny_model import pixel_difference
 
-from tti_contracts.catalogue import ModelName
 from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE as CAIKIT
-from tti_server.app import create_app
-from tti_server.backends.base import Backend, BackendOutOfMemory, BatchKey, GenerationRequest
+from tti_server.backends.base import BackendOutOfMemory, BatchKey, GenerationRequest
 from tti_server.backends.diffusion import DiffusionBackend
 from tti_server.settings import Settings
 
@@ -68,7 +63,7 @@ def caikit_image(http: httpx.Client, prompt: str, **parameters: Any) -> Image.Im
     response = http.post(CAIKIT, json=caikit_body(prompt, **parameters))
     assert response.status_code == 200, response.text
     assert response.json()["caption"] == prompt
-    return Image.open(io.BytesIO(base64.b64decode(response.json()["output"]["image_data"])))
+    return image_of(response.json()["output"]["image_data"])
 
 
 def reference(backend: DiffusionBackend, prompt: str, seed: int, size: int = 64) -> Image.Image:
@@ -103,7 +98,7 @@ def test_caikit_raw_image_bytes(client: httpx.Client, accept: str) -> None:
     response = client.post(CAIKIT, json=body, headers={"Accept": accept})
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == accept
-    image = Image.open(io.BytesIO(response.content))
+    image = image_of(response.content)
     assert (image.get_format_mimetype(), image.size) == (accept, (72, 64))
 
 
@@ -124,9 +119,7 @@ def test_openai_n_images_are_consecutive_seeds(
     body = {"prompt": "a boat", "model": "sdxl-turbo", "n": 3, "size": "64x64", "seed": 50}
     response = client.post(OPENAI, json=body)
     assert response.status_code == 200, response.text
-    images = [
-        Image.open(io.BytesIO(base64.b64decode(d["b64_json"]))) for d in response.json()["data"]
-    ]
+    images = [image_of(d["b64_json"]) for d in response.json()["data"]]
     assert len(images) == 3
     for offset, image in enumerate(images):
         assert image.size == (64, 64)
@@ -248,41 +241,13 @@ class FailingBackend:
         self.inner.release_memory()
 
 
-@contextlib.contextmanager
-def serve_in_thread(backend: Backend, model: ModelName = "sdxl-turbo") -> Iterator[str]:
-    """The app with an injected backend under a real uvicorn on a loopback port."""
-    settings = Settings(model=model, max_batch_size=8, batch_wait_ms=BATCH_WAIT_MS)
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings, backends=[backend]), host="127.0.0.1", port=port, log_level="error"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while not _ready(url):
-            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
-def _ready(url: str) -> bool:
-    with contextlib.suppress(httpx.HTTPError):
-        return httpx.get(url + "/readyz", timeout=2).status_code == 200
-    return False
-
-
 @pytest.mark.parametrize(("bad_prompt", "status"), [("poison", 500), ("oom", 503)])
 def test_a_failing_batch_fails_only_its_requests(
     tiny_backend: DiffusionBackend, bad_prompt: str, status: int
 ) -> None:
     backend = FailingBackend(tiny_backend)
-    with serve_in_thread(backend) as url:
+    settings = Settings(model="sdxl-turbo", max_batch_size=8, batch_wait_ms=BATCH_WAIT_MS)
+    with serve_in_thread(backend, settings) as url:
         clients = 7
         start = threading.Barrier(clients)
 
@@ -302,9 +267,7 @@ def test_a_failing_batch_fails_only_its_requests(
         assert backend.released == 1
         for index, response in enumerate(good, start=1):
             assert response.status_code == 200, response.text
-            image = Image.open(
-                io.BytesIO(base64.b64decode(response.json()["output"]["image_data"]))
-            )
+            image = image_of(response.json()["output"]["image_data"])
             assert (
                 pixel_difference(image, reference(tiny_backend, f"good {index}", index))
                 <= BATCH_TOLERANCE

@@ -8,8 +8,6 @@ a wrapped real backend, as tests/sdxl/test_sdxl_http.py does.
 from __future__ import annotations
 
 import base64
-import contextlib
-import io
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -20,17 +18,20 @@ import httpx
 import openai
 import pytest
 from PIL import Image
+from support.clients import image_of, metric, openai_client
 from support.gateway import launch_gateway
+from support.in_process import serve_in_thread
 from support.server import ServerProcess, running_server
 
+from tti_contracts.routes import OPENAI_IMAGES as OPENAI
 from tti_server.backends.base import GenerationRequest, PreviewSink
 from tti_server.backends.diffusion import DiffusionBackend
 from tti_server.backends.previews import preview_steps
-
-from .test_sdxl_http import OPENAI, batches_so_far, serve_in_thread
+from tti_server.settings import Settings
 
 PARTIAL = "image_generation.partial_image"
 COMPLETED = "image_generation.completed"
+BATCHES = 'tti_batches_total{outcome="ok"}'
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +45,6 @@ def sdxl_server(
         yield server
 
 
-@contextlib.contextmanager
-def client_of(server_url: str) -> Iterator[openai.OpenAI]:
-    """The official client, closed after (its connections with it)."""
-    with openai.OpenAI(base_url=server_url + "/v1", api_key="unused", max_retries=0) as client:
-        yield client
-
-
 def stream_events(client: openai.OpenAI, **fields: Any) -> list[Any]:
     """Every event of one streamed request (`num_steps` and `seed` are extensions)."""
     extra = {name: fields.pop(name) for name in ("num_steps", "seed") if name in fields}
@@ -62,10 +56,6 @@ def plain_images(client: openai.OpenAI, **fields: Any) -> list[bytes]:
     result = client.images.generate(prompt="a kite", extra_body=extra, **fields)
     assert result.data is not None
     return [base64.b64decode(item.b64_json or "") for item in result.data]
-
-
-def decoded(event: Any) -> Image.Image:
-    return Image.open(io.BytesIO(base64.b64decode(event.b64_json)))
 
 
 def check_stream(events: list[Any], n: int, partials: int, size: str) -> None:
@@ -82,7 +72,7 @@ def check_stream(events: list[Any], n: int, partials: int, size: str) -> None:
     width, height = (int(side) for side in size.split("x"))
     for event in events:
         assert (event.size, event.output_format) == (size, "png")
-        assert decoded(event).size == (width, height)
+        assert image_of(event.b64_json).size == (width, height)
 
 
 @pytest.mark.parametrize(
@@ -105,7 +95,7 @@ def test_partial_images_then_the_image_the_plain_request_gets(
     """Evenly spaced steps, never the last: fewer than asked when the steps are few."""
     assert len(preview_steps(steps, asked)) == sent
     fields = {"n": 2, "size": "64x48", "num_steps": steps, "seed": 11}
-    with client_of(sdxl_server.url) as client:
+    with openai_client(sdxl_server.url) as client:
         events = stream_events(client, partial_images=asked, **fields)
         plain = plain_images(client, **fields)
     check_stream(events, n=2, partials=sent, size="64x48")
@@ -120,9 +110,9 @@ def test_through_a_gateway_process_the_stream_is_the_servers(
     gateway = launch_gateway(("--models", f"sdxl={sdxl_server.url}"), tmp_path / "gateway")
     try:
         fields = {"model": "sdxl", "size": "64x64", "num_steps": 6, "seed": 3}
-        with client_of(gateway.url) as client:
+        with openai_client(gateway.url) as client:
             events = stream_events(client, partial_images=2, **fields)
-        with client_of(sdxl_server.url) as client:
+        with openai_client(sdxl_server.url) as client:
             straight = stream_events(client, partial_images=2, **fields)
     finally:
         gateway.stop()
@@ -132,9 +122,9 @@ def test_through_a_gateway_process_the_stream_is_the_servers(
 
 def test_the_previews_show_the_image_forming(sdxl_server: ServerProcess) -> None:
     """Each preview is a picture of its own (not a copy of the last one)."""
-    with client_of(sdxl_server.url) as client:
+    with openai_client(sdxl_server.url) as client:
         events = stream_events(client, size="64x64", partial_images=3, num_steps=8)
-    previews = [decoded(e).tobytes() for e in events if e.type == PARTIAL]
+    previews = [image_of(e.b64_json).tobytes() for e in events if e.type == PARTIAL]
     assert len(previews) == 3 and len(set(previews)) == 3
 
 
@@ -144,7 +134,7 @@ def test_flux_previews_unpack_its_sixteen_channel_latents(
     with running_server(
         "--model", "flux.1-dev", "--model-path", str(tiny_family_dirs["flux-dev"]),
         log_dir=tmp_path,
-    ) as server, client_of(server.url) as client:  # fmt: skip
+    ) as server, openai_client(server.url) as client:  # fmt: skip
         events = stream_events(client, size="64x96", partial_images=2, num_steps=4, seed=5)
         check_stream(events, n=1, partials=2, size="64x96")
         plain = plain_images(client, size="64x96", num_steps=4, seed=5)
@@ -185,7 +175,8 @@ class FailsAfterFirstPreview:
 
 def test_a_failure_mid_stream_is_an_error_event(tiny_backend: DiffusionBackend) -> None:
     backend = FailsAfterFirstPreview(tiny_backend)
-    with serve_in_thread(backend, model="sdxl") as url, client_of(url) as client:
+    settings = Settings(model="sdxl", max_batch_size=8, batch_wait_ms=100)
+    with serve_in_thread(backend, settings) as url, openai_client(url) as client:
         stream = client.images.generate(
             prompt="poison", size="64x64", stream=True, partial_images=2,
             extra_body={"num_steps": 6},
@@ -213,7 +204,7 @@ def test_a_client_that_leaves_is_dropped_and_its_batch_finishes(
         "--max-batch-size", "2", "--batch-wait-ms", "1000",
         log_dir=tmp_path,
     ) as server, httpx.Client(base_url=server.url, timeout=120) as http:  # fmt: skip
-        before = batches_so_far(http)
+        before = metric(server.url, BATCHES)
         body = {"prompt": "a kite", "size": "64x64", "num_steps": 8, "seed": 1}
         plain: dict[str, httpx.Response] = {}
 
@@ -231,9 +222,9 @@ def test_a_client_that_leaves_is_dropped_and_its_batch_finishes(
         other.join()
         assert plain["answer"].status_code == 200, plain["answer"].text
         assert len(plain["answer"].json()["data"]) == 1
-        assert batches_so_far(http) - before == 1
+        assert metric(server.url, BATCHES) - before == 1
         # The server goes on (two images fill a batch at once), and logged no failure.
-        with client_of(server.url) as client:
+        with openai_client(server.url) as client:
             events = stream_events(client, n=2, size="64x64", partial_images=1, num_steps=2)
         assert [event.type for event in events] == [PARTIAL, PARTIAL, COMPLETED, COMPLETED]
     output = server.output()

@@ -5,15 +5,13 @@ After every test the server must still answer: a bad request never hurts it.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
+from support.clients import image_of
 
 from tti_contracts.catalogue import CATALOGUE, request_rules
 from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE as CAIKIT
@@ -32,12 +30,6 @@ def still_serving(api: httpx.Client) -> Iterator[None]:
 
 def caikit(api: httpx.Client, body: Any, **kwargs: Any) -> httpx.Response:
     return api.post(CAIKIT, json=body, **kwargs)
-
-
-def decode(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image
 
 
 def assert_error(answer: httpx.Response, status: int, *fragments: str) -> dict[str, Any]:
@@ -165,7 +157,7 @@ def test_caikit_json_answer_has_the_stub_image(api: httpx.Client) -> None:
     assert data["caption"] == "a blue square"
     assert data["producer_id"]["name"] == "tti-server stub"
     assert data["producer_id"]["version"]
-    image = decode(base64.b64decode(data["output"]["image_data"]))
+    image = image_of(data["output"]["image_data"])
     assert (image.format, image.size) == ("PNG", (96, 64))
     assert image.getpixel((5, 5)) == STUB_COLOR
 
@@ -175,14 +167,14 @@ def test_caikit_raw_bytes_by_accept_header(api: httpx.Client, fmt: str) -> None:
     answer = caikit(api, {"inputs": "raw"}, headers={"Accept": f"image/{fmt}"})
     assert answer.status_code == 200
     assert answer.headers["content-type"] == f"image/{fmt}"
-    image = decode(answer.content)
+    image = image_of(answer.content)
     assert (image.format, image.size) == (fmt.upper(), (512, 512))
 
 
 @pytest.mark.parametrize("given", ["JPEG", "Jpeg", "jpg", "webp", "PNG"])
 def test_caikit_image_format_in_any_case(api: httpx.Client, given: str) -> None:
     answer = caikit(api, {"inputs": "fmt", "parameters": {"image_format": given, "height": 16}})
-    image = decode(base64.b64decode(answer.json()["output"]["image_data"]))
+    image = image_of(answer.json()["output"]["image_data"])
     expected = {"jpg": "JPEG"}.get(given.lower(), given.upper())
     assert image.format == expected
 
@@ -197,7 +189,7 @@ def test_caikit_accept_naming_a_format_wins_over_image_format(api: httpx.Client)
     body = {"inputs": "wins", "parameters": {"image_format": "webp", "height": 16, "width": 16}}
     answer = caikit(api, body, headers={"Accept": "text/html, image/jpeg"})
     assert answer.headers["content-type"] == "image/jpeg"
-    assert decode(answer.content).format == "JPEG"
+    assert image_of(answer.content).format == "JPEG"
 
 
 @pytest.mark.parametrize(("height", "width"), [(60, 100), (3, 4), (1, 1), (1024, 7)])
@@ -209,7 +201,7 @@ def test_the_stub_draws_the_size_asked_for_as_caikits_stub(
         {"inputs": "exact", "parameters": {"height": height, "width": width}},
         headers={"Accept": "image/png"},
     )
-    assert decode(answer.content).size == (width, height)
+    assert image_of(answer.content).size == (width, height)
 
 
 @pytest.mark.parametrize(
@@ -221,7 +213,7 @@ def test_caikit_coerces_numbers_as_the_caikit_runtime(
 ) -> None:
     body = {"inputs": "coerced", "parameters": {"width": 64, **parameters}}
     answer = caikit(api, body, headers={"Accept": "image/png"})
-    assert decode(answer.content).size == (64, 64)
+    assert image_of(answer.content).size == (64, 64)
 
 
 @pytest.mark.parametrize("inputs", ["", "   "])
@@ -256,7 +248,7 @@ def test_caikit_reads_multipart_forms_as_the_caikit_runtime(
     answer = api.post(CAIKIT, files={key: (None, value) for key, value in form.items()})
     assert answer.status_code == 200, answer.text
     assert answer.json()["caption"] == "form"
-    assert decode(base64.b64decode(answer.json()["output"]["image_data"])).size == (24, 16)
+    assert image_of(answer.json()["output"]["image_data"]).size == (24, 16)
 
 
 BAD_FORMS: list[tuple[dict[str, str], tuple[str, ...]]] = [
@@ -302,7 +294,7 @@ def test_openai_generates_n_images_of_the_size(api: httpx.Client) -> None:
     body = answer.json()
     assert isinstance(body["created"], int)
     assert body["size"] == "48x32"
-    images = [decode(base64.b64decode(item["b64_json"])) for item in body["data"]]
+    images = [image_of(item["b64_json"]) for item in body["data"]]
     assert [image.size for image in images] == [(48, 32), (48, 32)]
 
 
@@ -310,7 +302,7 @@ def test_openai_output_format_and_ignored_options(api: httpx.Client) -> None:
     body = {"prompt": "p", "size": "16x16", "output_format": "jpeg", "quality": "high"}
     answer = api.post(OPENAI, json=body)
     assert answer.json()["output_format"] == "jpeg"
-    assert decode(base64.b64decode(answer.json()["data"][0]["b64_json"])).format == "JPEG"
+    assert image_of(answer.json()["data"][0]["b64_json"]).format == "JPEG"
 
 
 # Every bad input, naming the field. caikit's route: a body that is not the schema is

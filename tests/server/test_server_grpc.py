@@ -8,7 +8,6 @@ and the caikit sample client compiled from the protos as a caikit user would.
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import subprocess
 import sys
@@ -26,8 +25,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from PIL import Image
-from support.grpc_client import metric, predict, vision_stub, wait_for_metric
+from support.clients import image_of, metric, wait_for_metric
+from support.grpc_client import predict, vision_stub
 from support.server import ServerProcess, StartServer
 
 from tti_server.backends.stub import STUB_COLOR, StubBackend
@@ -40,20 +39,10 @@ ROUTE = 'route="/ccv.ComputerVisionService/TextToImageTaskPredict"'
 GRPC_OK = f'tti_requests_total{{method="GRPC",{ROUTE},status="OK"}}'
 
 
-def decode(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    from support.server import running_server
-
-    flags = ("--max-prompt-length", "100", "--max-side", "1024", "--max-steps", "8")
-    log_dir = tmp_path_factory.mktemp("grpc")
-    with running_server("--model", "stub", *flags, log_dir=log_dir) as process:
-        yield process
+@pytest.fixture
+def server(contract_server: ServerProcess) -> ServerProcess:
+    """The stub server the contract tests share (conftest.py), its gRPC API on."""
+    return contract_server
 
 
 @pytest.fixture
@@ -64,7 +53,7 @@ def stub(server: ServerProcess) -> Iterator[Any]:
 
 def test_the_stub_image_as_caikit_answers(stub: Any, server: ServerProcess) -> None:
     answer = predict(stub, inputs="a blue square", height=60, width=100)
-    image = decode(answer.output.image_data)
+    image = image_of(answer.output.image_data)
     assert (image.format, image.size, image.getpixel((3, 3))) == ("PNG", (100, 60), STUB_COLOR)
     assert answer.caption == "a blue square"
     assert (answer.producer_id.name, answer.producer_id.version) == ("tti-server stub", "0.1.0")
@@ -81,14 +70,12 @@ def test_every_parameter(stub: Any) -> None:
         negative_prompt="blurry",
         image_format="JPEG",
     )
-    assert (decode(answer.output.image_data).format, decode(answer.output.image_data).size) == (
-        "JPEG",
-        (24, 16),
-    )
+    image = image_of(answer.output.image_data)
+    assert (image.format, image.size) == ("JPEG", (24, 16))
 
 
 def test_unset_sizes_take_the_default(stub: Any) -> None:
-    assert decode(predict(stub, image_format="webp").output.image_data).size == (512, 512)
+    assert image_of(predict(stub, image_format="webp").output.image_data).size == (512, 512)
 
 
 BAD: list[tuple[dict[str, Any], grpc.StatusCode, tuple[str, ...]]] = [
@@ -264,7 +251,7 @@ def test_the_caikit_sample_client_compiled_from_the_protos(
         env=env,
         cwd=tmp_path,
     )
-    assert decode(out.read_bytes()).size == (512, 512)
+    assert image_of(out.read_bytes()).size == (512, 512)
 
 
 def test_no_grpc_with_port_0(start_server: StartServer) -> None:

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from support.grpc_client import metric, predict, vision_stub, wait_for_metric
+from support.clients import metric, wait_for_metric
+from support.grpc_client import predict, vision_stub
 from support.server import ServerProcess, StartServer
 
 from tti_contracts.routes import CAIKIT_TEXT_TO_IMAGE as CAIKIT

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-import io
-
 import openai
 import pytest
-from PIL import Image
+from support.clients import details_of, image_of, openai_client
 from support.server import ServerProcess
 
 from tti_server.backends.stub import STUB_COLOR
@@ -15,7 +12,7 @@ from tti_server.backends.stub import STUB_COLOR
 
 @pytest.fixture
 def client(contract_server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=contract_server.url + "/v1", api_key="unused", max_retries=0)
+    return openai_client(contract_server.url)
 
 
 def test_images_generate(client: openai.OpenAI) -> None:
@@ -25,7 +22,7 @@ def test_images_generate(client: openai.OpenAI) -> None:
     assert result.data is not None and len(result.data) == 3
     for item in result.data:
         assert item.b64_json is not None
-        image = Image.open(io.BytesIO(base64.b64decode(item.b64_json)))
+        image = image_of(item.b64_json)
         assert (image.format, image.size) == ("PNG", (64, 48))
         assert image.convert("RGB").getpixel((0, 0)) == STUB_COLOR
 
@@ -39,7 +36,7 @@ def test_images_generate_with_output_format_and_extensions(client: openai.OpenAI
     )
     assert result.output_format == "webp"
     assert result.data is not None and result.data[0].b64_json is not None
-    image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+    image = image_of(result.data[0].b64_json)
     assert image.format == "WEBP"
 
 
@@ -53,16 +50,13 @@ def test_errors_surface_as_openai_exceptions(client: openai.OpenAI) -> None:
         client.images.generate(prompt="x", n=11)
     assert bad.value.status_code == 400
     # The client keeps our error envelope as the exception's body.
-    assert isinstance(bad.value.body, dict)
-    assert bad.value.body["details"] == "n: Input should be less than or equal to 10"
+    assert details_of(bad.value) == "n: Input should be less than or equal to 10"
     with pytest.raises(openai.BadRequestError) as url:
         client.images.generate(prompt="x", response_format="url")
-    assert isinstance(url.value.body, dict)
-    assert url.value.body["details"].startswith("response_format: 'url' is not supported")
+    assert details_of(url.value).startswith("response_format: 'url' is not supported")
     with pytest.raises(openai.NotFoundError) as missing:
         client.images.generate(prompt="x", model="dall-e-3")
-    assert isinstance(missing.value.body, dict)
-    assert "dall-e-3" in missing.value.body["details"]
+    assert "dall-e-3" in details_of(missing.value)
 
 
 def test_a_stream_from_the_stub_is_just_the_completed_images(client: openai.OpenAI) -> None:
@@ -98,5 +92,4 @@ def test_bad_stream_fields_are_refused_naming_them(
 ) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         client.images.generate(prompt="x", extra_body=fields)
-    assert isinstance(bad.value.body, dict)
-    assert bad.value.body["details"] == details
+    assert details_of(bad.value) == details

@@ -6,18 +6,23 @@ that the server's and the gateway's tests run the same cases against their own p
 
 Nothing here times a server: a slow client gives up after its `patience` (the configured
 timeout plus a generous slack) and reports what it got, and a test asserts only that the
-connection was answered or closed by then.
+connection was answered or closed by then. `assert_huge_header_refused` and
+`assert_slow_client_cut_off` are those checks, the same for either process.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
+
+from support.server import ServerProcess
 
 #: Seconds past a configured timeout that a slow client waits before it calls the server stuck.
 SLACK = 10.0
@@ -35,6 +40,10 @@ class Answer:
         if not self.data.startswith(b"HTTP/1."):
             return None
         return int(self.data.split(b" ", 2)[1])
+
+    def envelope(self) -> Any:
+        """The body after the head, as JSON (a refusal's error envelope)."""
+        return json.loads(self.data.split(b"\r\n\r\n", 1)[1])
 
     def header(self, name: str) -> str | None:
         head = self.data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
@@ -94,6 +103,13 @@ def trickle(sock: socket.socket, data: bytes, patience: float, every: float = 0.
 
 
 # -- the slow clients ------------------------------------------------------------------------
+
+
+def timeout_flags(seconds: float) -> list[str]:
+    """The command-line flags that set each of a process's client timeouts to `seconds`."""
+    timeouts = ("--header-timeout", "--body-timeout", "--keepalive-timeout")
+    return [arg for flag in timeouts for arg in (flag, str(seconds))]
+
 
 #: (base URL, patience, header lines to add, such as a token) -> what it got
 SlowClient = Callable[[str, float, bytes], Answer]
@@ -157,6 +173,15 @@ SLOW_CLIENTS: dict[str, tuple[SlowClient, int | None]] = {
 }
 
 
+def assert_slow_client_cut_off(url: str, case: str, timeout: float) -> None:
+    """The slow client `case` of `SLOW_CLIENTS` is answered or cut off (as that case
+    expects) by the process at `url`, whose client timeouts are `timeout`."""
+    client, status = SLOW_CLIENTS[case]
+    answer = client(url, timeout + SLACK, b"")
+    assert answer.closed, f"{case}: still open after {timeout + SLACK:g} s"
+    assert answer.status == status, answer.data[:200]
+
+
 # -- large heads -----------------------------------------------------------------------------
 
 
@@ -192,8 +217,24 @@ def send_huge_header(url: str, path: str, size: int, head: bytes = b"") -> Flood
     return Flood(answer, sent)
 
 
-def many_headers(count: int) -> bytes:
-    return b"".join(b"X-Header-%d: %d\r\n" % (i, i) for i in range(count))
+def many_headers_request(path: str, count: int) -> bytes:
+    """A POST to `path` with `count` headers of its own and a body of 2 bytes, asking the
+    server to close the connection after its answer (for `send_raw`)."""
+    start = b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    headers = b"".join(b"X-Header-%d: %d\r\n" % (i, i) for i in range(count))
+    return start + headers + b"Content-Length: 2\r\n\r\n{}"
+
+
+def assert_huge_header_refused(process: ServerProcess, path: str) -> Any:
+    """A request to `path` with a 64 MiB header gets 431 and is not read on: the client
+    could not write half of it, and the process's peak memory grew by less than 16 MiB.
+    Returns the refusal's error envelope."""
+    before = peak_rss_mib(process.process.pid)
+    flood = send_huge_header(process.url, path, 64 << 20)
+    assert flood.answer.status == 431, flood.answer.data[:200]
+    assert flood.sent < 32 << 20
+    assert peak_rss_mib(process.process.pid) - before < 16
+    return flood.answer.envelope()
 
 
 def send_raw(url: str, request: bytes, patience: float = 30) -> Answer:
