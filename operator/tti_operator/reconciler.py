@@ -209,6 +209,16 @@ class Written:
 
 
 @dataclass
+class ServedAdapters:
+    """What a ready pod's server last said of its adapters (its log), when that was read,
+    and the manifest it had loaded completely: no need to read again until it changes."""
+
+    said: dict[str, Served] | None = None
+    read_at: float = 0.0
+    all_loaded: str | None = None
+
+
+@dataclass
 class ModelState:
     """All this process remembers of one model (one uid) besides the caches."""
 
@@ -231,11 +241,7 @@ class ModelState:
     pruned: set[str] = field(default_factory=set)
     #: The adapters manifest the applied children were built with.
     manifest: str | None = None
-    #: What a ready pod's server last said of its adapters, when, and the manifest it had
-    #: loaded completely (no need to read again until the manifest changes).
-    served: dict[str, Served] | None = None
-    served_read: float = 0.0
-    served_all: str | None = None
+    served: ServedAdapters = field(default_factory=ServedAdapters)
     adapters: AdaptersState | None = None
 
 
@@ -570,27 +576,28 @@ class Reconciler:
         loaded, every few seconds; keep the `AdaptersReady` state. Returns when to look again."""
         name = record.owner.name
         manifest = adapters.manifest_json(name, spec, self.settings, fetches)
-        if not spec.adapters or manifest == state.served_all:
-            state.served = None if not spec.adapters else state.served
+        served = state.served
+        if not spec.adapters or manifest == served.all_loaded:
+            served.said = served.said if spec.adapters else None
             state.adapters = adapters.adapters_state(
-                name, spec, self.settings, fetches, state.served
+                name, spec, self.settings, fetches, served.said
             )
             return None
         pods = [p for p in self.cache.summaries(POD, record.key) if isinstance(p, PodState)]
         ready = [p.name for p in pods if p.ready and not p.terminating]
         again_s: float | None = None
         if ready:
-            wait = state.served_read + ADAPTERS_EVERY_S - time.monotonic()
+            wait = served.read_at + ADAPTERS_EVERY_S - time.monotonic()
             if wait <= 0:
-                state.served_read = time.monotonic()
-                state.served = await self._read_served(record, ready[0])
+                served.read_at = time.monotonic()
+                served.said = await self._read_served(record, ready[0])
                 wait = ADAPTERS_EVERY_S
             again_s = wait
         else:
-            state.served = None  # the pods that said it are gone
-        state.adapters = adapters.adapters_state(name, spec, self.settings, fetches, state.served)
+            served.said = None  # the pods that said it are gone
+        state.adapters = adapters.adapters_state(name, spec, self.settings, fetches, served.said)
         if state.adapters is not None and state.adapters.ready:
-            state.served_all = manifest  # all loaded: no need to read again until it changes
+            served.all_loaded = manifest
             again_s = None
         return again_s
 
