@@ -315,7 +315,11 @@ def pod_template(
     pod_spec: Obj = {
         "containers": [container],
         "volumes": vols,
-        "securityContext": pod_security_context(),
+        "securityContext": pod_security_context(
+            # A writable claim would otherwise have the kubelet change the group of every
+            # file of the weights at each pod start (the fetch made them with that group).
+            keep_owned_volumes=compiles_into_the_claim(spec, weights)
+        ),
         # The server never calls the API, and a namespace with many models would
         # otherwise inject every Service's variables into every pod.
         "automountServiceAccountToken": False,

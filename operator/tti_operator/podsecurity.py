@@ -26,6 +26,11 @@ def container_security_context() -> Obj:
     }
 
 
-def pod_security_context() -> Obj:
-    # fsGroup: volumes (the caches, the model cache's claim) are writable by that user.
-    return {**_AS_SERVER_USER, "fsGroup": SERVER_UID}
+def pod_security_context(*, keep_owned_volumes: bool = False) -> Obj:
+    """fsGroup: volumes (the caches, the model cache's claim) are writable by that user.
+    `keep_owned_volumes`: a volume whose top folder already has that group is left as it
+    is (`OnRootMismatch`), rather than every file of it walked at each pod start."""
+    context: Obj = {**_AS_SERVER_USER, "fsGroup": SERVER_UID}
+    if keep_owned_volumes:
+        context["fsGroupChangePolicy"] = "OnRootMismatch"
+    return context

@@ -355,6 +355,8 @@ def test_compiling_with_the_model_cache_writes_beside_the_weights() -> None:
         },
     ]
     assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
+    # The writable claim's files keep the group the fetch gave them: none is walked.
+    assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
     cache = next(v for v in pod["volumes"] if v["name"] == "cache")
     assert cache["emptyDir"]["sizeLimit"] == "2Gi"  # the graphs are in the claim
 
