@@ -41,27 +41,38 @@ BOUND, UNBOUND = "painter", "stranger"
 
 #: Makes each call of argv[1] (JSON: url, token file or null, body or null for a GET) in
 #: order and prints what it got, one JSON line each. A new pod's first connections can be
-#: refused for a moment (support/realpods.py, ADMISSION): such a call is tried again.
+#: refused or dropped for a moment (support/realpods.py, ADMISSION): it first waits until
+#: each address it calls accepts a connection.
 SCRIPT = r"""
-import json, ssl, sys, time, urllib.error, urllib.request
+import json, socket, ssl, sys, time, urllib.error, urllib.parse, urllib.request
 
+calls = json.loads(sys.argv[1])
 tls = ssl.create_default_context(cafile=sys.argv[2] + "/ca.crt")
 
 
-def send(request):
+def admitted(url):
+    parts = urllib.parse.urlsplit(url)
+    address = (parts.hostname, parts.port or {"http": 80, "https": 443}[parts.scheme])
     deadline = time.monotonic() + 60
     while True:
         try:
-            return urllib.request.urlopen(request, timeout=240, context=tls)
-        except urllib.error.HTTPError as error:
-            return error
+            return socket.create_connection(address, timeout=3).close()
         except OSError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
 
 
-for call in json.loads(sys.argv[1]):
+def send(request):
+    try:
+        return urllib.request.urlopen(request, timeout=240, context=tls)
+    except urllib.error.HTTPError as error:
+        return error
+
+
+for url in {call["url"] for call in calls}:
+    admitted(url)
+for call in calls:
     headers = {"Content-Type": "application/json"}
     if call["token"]:
         with open(sys.argv[2] + "/" + call["token"]) as file:
