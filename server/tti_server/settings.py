@@ -114,7 +114,7 @@ class Settings(ClientLimitSettings):
         default="none",
         description="compile: the denoiser and the VAE decoder compiled for batch sizes "
         "1..--max-batch-size at --default-size before the server is ready (other shapes run "
-        "uncompiled); compile-cudagraphs: also in CUDA graphs (CUDA only); adapters need off",
+        "uncompiled); compile-cudagraphs: also in CUDA graphs (CUDA only); adapters need none",
     )
     compile_cache_dir: str | None = Field(
         default=None,
