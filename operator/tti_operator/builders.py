@@ -175,7 +175,7 @@ def server_args(owner: Owner, spec: ModelSpec, weights: Weights | None = None) -
         args += ["--max-batch-size", str(spec.max_batch_size)]
     if spec.batch_wait_ms is not None:
         args += ["--batch-wait-ms", str(spec.batch_wait_ms)]
-    # Only when set: a model left at off keeps its pod template, so an upgrade rolls none out.
+    # Only when set: a model left at none keeps its pod template, so an upgrade rolls none out.
     if spec.optimisation != "none":
         args += ["--optimisation", spec.optimisation]
         args += ["--compile-cache-dir", compile_cache_dir(spec, weights)]

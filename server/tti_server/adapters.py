@@ -32,7 +32,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from tti_server.backends.base import AdapterFile, Backend, TakesAdapters
+from tti_server.backends.base import AdapterFile, Backend, Speedups, TakesAdapters
 
 if TYPE_CHECKING:
     from tti_server.engine import Engine
@@ -66,9 +66,11 @@ def refusal_for(optimisation: str, speedups: str) -> str | None:
     adapter's effect was lost, silently)."""
     if optimisation != "none":
         return NEEDS_NO_OPTIMISATION
-    if "fuse_qkv" in (part.strip() for part in speedups.split(",")):
-        return NEEDS_UNFUSED
-    return None
+    try:
+        fused = Speedups.parse(speedups).fuse_qkv
+    except ValueError:  # the model's load refuses it, naming the flag
+        fused = False
+    return NEEDS_UNFUSED if fused else None
 
 
 class ManifestError(ValueError):

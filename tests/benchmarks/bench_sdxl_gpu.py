@@ -249,7 +249,8 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from tti_server.app import create_app
-    from tti_server.backends.diffusion import Speedups, load_pipeline
+    from tti_server.backends.base import Speedups
+    from tti_server.backends.diffusion import load_pipeline
     from tti_server.backends.loading import worker_devices
     from tti_server.settings import Settings
 

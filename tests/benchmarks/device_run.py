@@ -64,7 +64,7 @@ import bench_sdxl_gpu as gpu  # noqa: E402
 from support.server import ServerExited, ServerProcess, launch_server  # noqa: E402
 
 from tti_contracts.api import OPTIMISATIONS, Optimisation  # noqa: E402
-from tti_server.backends.diffusion import Speedups  # noqa: E402
+from tti_server.backends.base import Speedups  # noqa: E402
 
 PATH = "/api/v1/task/text-to-image"
 CLIENTS = (1, 4, 8)

@@ -11,14 +11,13 @@ from typing import Any
 import pytest
 import torch
 
-from tti_server.backends.base import ModelLoadError
+from tti_server.backends.base import ModelLoadError, Speedups
 from tti_server.backends.compiled import (
     ShapeDispatch,
     cache_key,
     device_slug,
     write_atomically,
 )
-from tti_server.backends.diffusion import Speedups
 from tti_server.backends.loading import compile_plan, load_backends
 from tti_server.settings import Settings
 

@@ -22,8 +22,9 @@ from tti_server.backends.base import (
     BatchKey,
     GenerationRequest,
     ModelLoadError,
+    Speedups,
 )
-from tti_server.backends.diffusion import DiffusionBackend, Speedups, load_pipeline
+from tti_server.backends.diffusion import DiffusionBackend, load_pipeline
 from tti_server.tools.tiny_model import write_tiny_model
 
 BATCH_TOLERANCE = 2

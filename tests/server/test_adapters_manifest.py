@@ -219,7 +219,7 @@ def test_a_compiled_or_fused_model_refuses_every_adapter_and_fetches_none(tmp_pa
     refusal = Service(Settings(model="sdxl-turbo", optimisation="compile")).adapters.refusal
     assert refusal == "adapters need optimisation none: the compiled graphs are of the base model"
     assert Service(Settings(model="sdxl-turbo")).adapters.refusal is None
-    fused = Settings(model="sdxl-turbo", sdxl_speedups="channels_last, fuse_qkv")
+    fused = Settings(model="sdxl-turbo", sdxl_speedups="channels_last, fuse-qkv")
     assert Service(fused).adapters.refusal == (
         "adapters need --sdxl-speedups without fuse_qkv: the fused projections bypass the "
         "adapters' to_q, to_k and to_v layers"

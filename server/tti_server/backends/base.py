@@ -18,7 +18,7 @@ thread between batches, and runs each batch with the adapter its key names.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -55,6 +55,31 @@ class GenerationRequest:
     #: Partial images wanted per image (0-3), taken at evenly spaced denoising steps.
     partial_images: int = 0
     on_preview: PreviewSink | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Speedups:
+    """Optional speed-ups for CUDA; each trades start-up time or generality for speed."""
+
+    channels_last: bool = False  # UNet and VAE in channels-last memory format
+    fuse_qkv: bool = False  # one matmul for the q, k and v projections of self-attention
+
+    @classmethod
+    def parse(cls, text: str) -> Speedups:
+        """`"channels_last,fuse_qkv"` -> those options on; `""` -> none (a settings string)."""
+        names = [name.strip().replace("-", "_") for name in text.split(",") if name.strip()]
+        if "compile" in names:
+            # Compiling is its own setting now: ahead of serving, per batch size, cached.
+            raise ValueError("compile is not a speed-up; use --optimisation compile")
+        known = {field.name for field in fields(cls)}
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            choices = ", ".join(sorted(known))
+            raise ValueError(f"unknown speed-up {', '.join(unknown)}; choose from {choices}")
+        return cls(**dict.fromkeys(names, True))
+
+    def __str__(self) -> str:
+        return ",".join(f.name for f in fields(self) if getattr(self, f.name)) or "none"
 
 
 class BackendOutOfMemory(RuntimeError):

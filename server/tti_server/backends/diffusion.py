@@ -29,7 +29,7 @@ import re
 import secrets
 import socket
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -45,6 +45,7 @@ from tti_server.backends.base import (
     BackendOutOfMemory,
     GenerationRequest,
     ModelLoadError,
+    Speedups,
 )
 from tti_server.backends.previews import LATENT_RGB, PreviewCallback
 
@@ -75,31 +76,6 @@ HANDLING: dict[str, Handling] = {
     "sd3": Handling(torch.bfloat16, torch.float16, own_decode=False),
     "flux": Handling(torch.bfloat16, torch.float16, own_decode=False),
 }
-
-
-@dataclass(frozen=True)
-class Speedups:
-    """Optional speed-ups for CUDA; each trades start-up time or generality for speed."""
-
-    channels_last: bool = False  # UNet and VAE in channels-last memory format
-    fuse_qkv: bool = False  # one matmul for the q, k and v projections of self-attention
-
-    @classmethod
-    def parse(cls, text: str) -> Speedups:
-        """`"channels_last,fuse_qkv"` -> those options on; `""` -> none (a settings string)."""
-        names = [name.strip().replace("-", "_") for name in text.split(",") if name.strip()]
-        if "compile" in names:
-            # Compiling is its own setting now: ahead of serving, per batch size, cached.
-            raise ValueError("compile is not a speed-up; use --optimisation compile")
-        known = {field.name for field in fields(cls)}
-        unknown = [name for name in names if name not in known]
-        if unknown:
-            choices = ", ".join(sorted(known))
-            raise ValueError(f"unknown speed-up {', '.join(unknown)}; choose from {choices}")
-        return cls(**dict.fromkeys(names, True))
-
-    def __str__(self) -> str:
-        return ",".join(f.name for f in fields(self) if getattr(self, f.name)) or "none"
 
 
 @dataclass(frozen=True)

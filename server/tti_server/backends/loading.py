@@ -49,7 +49,8 @@ def load_backends(settings: Settings) -> list[Backend]:
         latency_s = settings.stub_latency_ms / 1000
         return [StubBackend("cpu", latency_s) for _ in range(settings.workers)]
     from tti_server.backends import compiled
-    from tti_server.backends.diffusion import Speedups, load_pipeline
+    from tti_server.backends.base import Speedups
+    from tti_server.backends.diffusion import load_pipeline
 
     try:
         speedups = Speedups.parse(settings.sdxl_speedups)
